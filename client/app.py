@@ -1,0 +1,83 @@
+"""The Stamen ClientApp: receive the global adapter, train locally, send back only the delta.
+
+Each reply carries the adapter delta (trained - received) in the run's wire dtype,
+numeric metrics, and this client's base fingerprint, so the server can refuse
+updates made on a different base.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from stamen.shared.adapters import adapter_state, load_adapter_state
+from stamen.shared.fingerprint import check_same_base
+from stamen.shared.protocol import ARRAYS, NUM_EXAMPLES, client_reply, read_instruction
+from stamen.shared.wire import decode_adapter, encode_adapter
+
+from .evaluation import EvalResult, evaluate_loss
+from .local_data import local_data
+from .runtime import ClientRuntime, client_runtime
+from .training import train_adapter
+
+app = ClientApp()
+
+
+def _prepare(msg: Message, context: Context):
+    """Parse the instruction, check the base, and load the received global adapter."""
+    instruction = read_instruction(msg.content)
+    runtime = client_runtime(instruction.config)
+    check_same_base(instruction.fingerprint, runtime.base.fingerprint, "server's base vs this client's base")
+    global_adapter = decode_adapter(msg.content[ARRAYS], runtime.schema)
+    load_adapter_state(runtime.model, global_adapter)
+    return instruction, runtime, global_adapter, local_data(context, instruction.config.seed)
+
+
+def _heldout(runtime: ClientRuntime, examples, training) -> EvalResult:
+    return evaluate_loss(
+        runtime.model, runtime.base.tokenizer, list(examples), training.max_seq_len, training.eval_batch_size
+    )
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global adapter on local data; reply with the delta."""
+    instruction, runtime, global_adapter, data = _prepare(msg, context)
+    training = instruction.config.training
+    before = _heldout(runtime, data.heldout, training)
+    seed = zlib.crc32(f"{instruction.config.seed}/{data.name}/{instruction.server_round}".encode())
+    result = train_adapter(runtime.model, runtime.base.tokenizer, list(data.train), training, seed)
+    trained = adapter_state(runtime.model)
+    delta = {name: trained[name].numpy() - global_adapter[name] for name in global_adapter}
+    metrics = {
+        NUM_EXAMPLES: len(data.train),
+        "examples-seen": result.examples_seen,
+        "train-loss": result.loss,
+        "train-steps": result.steps,
+        "train-tokens": result.tokens,
+        "train-seconds": result.seconds,
+        "heldout-loss-before": before.loss,
+    }
+    reply = client_reply(metrics, runtime.base.fingerprint, data.name, encode_adapter(delta, runtime.schema.wire_dtype))
+    return Message(reply, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Held-out loss on local data and loss on the general base domain, for the global adapter."""
+    started = time.perf_counter()
+    instruction, runtime, _, data = _prepare(msg, context)
+    training = instruction.config.training
+    heldout = _heldout(runtime, data.heldout, training)
+    general = _heldout(runtime, [*data.base_domain, *runtime.base_generated()], training)
+    metrics = {
+        NUM_EXAMPLES: len(data.heldout),
+        "heldout-loss": heldout.loss,
+        "heldout-ppl": heldout.perplexity,
+        "base-domain-loss": general.loss,
+        "eval-seconds": time.perf_counter() - started,
+    }
+    return Message(client_reply(metrics, runtime.base.fingerprint, data.name), reply_to=msg)

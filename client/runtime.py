@@ -1,0 +1,59 @@
+"""One loaded base + adapter per client process, reused across rounds and virtual clients.
+
+Loading (and quantising) the base is the expensive part of a client; a process
+keeps it for as long as the run's base, quantisation and adapter stay the same.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from stamen.shared.adapters import adapter_state, attach_adapter
+from stamen.shared.base_model import LoadedBase, load_base
+from stamen.shared.config import RunConfig
+from stamen.shared.wire import AdapterSchema
+
+from .base_domain import base_generated_examples
+from .data import Example
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClientRuntime:
+    """The frozen base with its adapter, and the schema updates must follow."""
+
+    base: LoadedBase
+    model: torch.nn.Module
+    schema: AdapterSchema
+    _generated: list[Example] = field(default_factory=list)
+
+    def base_generated(self) -> list[Example]:
+        """Texts the frozen base wrote itself (cached on disk after the first call)."""
+        if not self._generated:
+            self._generated = base_generated_examples(
+                self.model, self.base.tokenizer, self.base.fingerprint, self.base.quantisation.mode
+            )
+        return self._generated
+
+
+_current: tuple[tuple, ClientRuntime] | None = None
+
+
+def client_runtime(config: RunConfig, device: str | None = None) -> ClientRuntime:
+    """The process's runtime for ``config``, loading it on first use or when the base changes."""
+    global _current
+    key = (config.base_model, config.quantisation, config.adapter, config.wire_dtype, config.seed, device)
+    if _current is not None and _current[0] == key:
+        return _current[1]
+    _current = None
+    gc.collect()
+    base = load_base(config.base_model, config.quantisation, device)
+    model = attach_adapter(base.model, config.adapter, config.seed)
+    runtime = ClientRuntime(base, model, AdapterSchema.from_state(adapter_state(model), config.wire_dtype))
+    _current = (key, runtime)
+    return runtime

@@ -1,0 +1,71 @@
+"""The local training loop: a few optimiser steps on the adapter, nothing else.
+
+Kept small enough to hold in one's head (nanoGPT-style): seeded sampling,
+gradient accumulation, a learning-rate schedule, gradient clipping.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from stamen.shared.adapters import adapter_parameters
+from stamen.shared.config import TrainingSpec
+
+from .data import Example, collate, encode_example
+
+MAX_GRAD_NORM = 1.0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    loss: float  # mean training loss over the round's steps
+    steps: int
+    examples_seen: int
+    tokens: int
+    seconds: float
+
+
+def train_adapter(model, tokenizer, examples: list[Example], spec: TrainingSpec, seed: int) -> TrainResult:
+    """Run ``spec.local_steps`` optimiser steps on the adapter of ``model``."""
+    from transformers import get_scheduler
+
+    if not examples:
+        raise ValueError("cannot train on an empty example set")
+    started = time.perf_counter()
+    device = next(model.parameters()).device
+    encoded = [encode_example(tokenizer, e, spec.max_seq_len) for e in examples]
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(encoded), generator=generator).tolist()
+    params = list(adapter_parameters(model).values())
+    optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
+    scheduler = get_scheduler(spec.lr_schedule, optimizer, spec.warmup_steps, spec.local_steps)
+
+    model.train()
+    losses, tokens, cursor = [], 0, 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # adapter dropout draws from the global generator
+        for _ in range(spec.local_steps):
+            step_loss = 0.0
+            for _ in range(spec.grad_accum):
+                picked = []
+                for _ in range(spec.batch_size):
+                    if cursor == len(order):
+                        order, cursor = torch.randperm(len(encoded), generator=generator).tolist(), 0
+                    picked.append(encoded[order[cursor]])
+                    cursor += 1
+                batch = {k: v.to(device) for k, v in collate(picked, tokenizer.pad_token_id).items()}
+                loss = model(**batch).loss / spec.grad_accum
+                loss.backward()
+                step_loss += loss.item()
+                tokens += int(batch["attention_mask"].sum())
+            torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(step_loss)
+    model.eval()
+    seen = min(len(encoded), spec.local_steps * spec.grad_accum * spec.batch_size)
+    return TrainResult(sum(losses) / len(losses), spec.local_steps, seen, tokens, time.perf_counter() - started)

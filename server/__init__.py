@@ -1,0 +1,1 @@
+"""What sees only updates: validation, aggregation, the ServerApp and the run record."""

@@ -1,0 +1,33 @@
+"""A running example-weighted sum of adapter updates, one update in memory at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+
+class WeightedMean:
+    """Accumulates ``sum_k w_k * x_k`` and ``sum_k w_k`` in float64."""
+
+    def __init__(self) -> None:
+        self._sum: dict[str, np.ndarray] = {}
+        self.total_weight = 0.0
+        self.count = 0
+
+    def add(self, update: Mapping[str, np.ndarray], weight: float) -> None:
+        if weight <= 0:
+            raise ValueError(f"update weight must be > 0, got {weight}")
+        for name, value in update.items():
+            scaled = value.astype(np.float64) * weight
+            if name in self._sum:
+                self._sum[name] += scaled
+            else:
+                self._sum[name] = scaled
+        self.total_weight += weight
+        self.count += 1
+
+    def mean(self) -> dict[str, np.ndarray]:
+        if not self.count:
+            raise ValueError("no update was added")
+        return {name: (total / self.total_weight).astype(np.float32) for name, total in self._sum.items()}

@@ -1,0 +1,49 @@
+"""The run folder a person opens: resolved config, per-round/per-client metrics, summary, adapter."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stamen.shared.atomic import atomic_write_bytes, atomic_write_text
+from stamen.shared.config import RunConfig
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.json"
+ADAPTER_FILE = "global_adapter.safetensors"
+
+
+def new_run_id() -> str:
+    """Sortable and unique enough for one person's runs folder."""
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{np.random.default_rng().integers(16**4):04x}"
+
+
+class RunRecorder:
+    """Appends one JSON line per client result and per round to ``metrics.jsonl``."""
+
+    def __init__(self, run_dir: Path, config: RunConfig, meta: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / CONFIG_FILE, json.dumps({"config": config.to_flat(), **meta}, indent=2))
+        self._metrics = (run_dir / METRICS_FILE).open("a", encoding="utf-8")
+        self.rounds: list[dict[str, Any]] = []
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+        if row.get("kind") == "round":
+            self.rounds.append(row)
+
+    def save_adapter(self, adapter: dict[str, np.ndarray]) -> None:
+        from safetensors.numpy import save
+
+        atomic_write_bytes(self.run_dir / ADAPTER_FILE, save({k: np.ascontiguousarray(v) for k, v in adapter.items()}))
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self._metrics.close()
+        atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps({**summary, "rounds": self.rounds}, indent=2))

@@ -1,0 +1,5 @@
+"""Code both sides of a Stamen federation agree on.
+
+Model loading and the base fingerprint, adapter state and its wire format,
+and the run configuration schema. Nothing here touches private data.
+"""

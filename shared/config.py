@@ -1,0 +1,179 @@
+"""The run configuration: one typed schema shared by server, clients and CLI.
+
+Inside Stamen the configuration is a frozen dataclass; at the edges (Flower run
+config, ConfigRecords, TOML presets, ``--set key=value``) it is a flat mapping of
+kebab-case keys, the convention of ``[tool.flwr.app.config]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+QUANTISATION_MODES = ("auto", "nf4", "int8", "none")
+WIRE_DTYPES = ("float16", "float32")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is wrong; the message names which."""
+
+
+def _key(name: str, default: Any) -> Any:
+    """A dataclass field with its flat configuration key attached."""
+    return field(default=default, metadata={"key": name})
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """Which PEFT adapter every client trains on top of the shared base."""
+
+    method: str = _key("adapter", "lora")
+    rank: int = _key("lora-rank", 8)
+    alpha: float = _key("lora-alpha", 16.0)
+    dropout: float = _key("lora-dropout", 0.0)
+    targets: tuple[str, ...] = _key("lora-targets", ("q_proj", "v_proj"))
+
+    def __post_init__(self) -> None:
+        _require(self.rank >= 1, "lora-rank", self.rank, "must be >= 1")
+        _require(self.alpha > 0, "lora-alpha", self.alpha, "must be > 0")
+        _require(0.0 <= self.dropout < 1.0, "lora-dropout", self.dropout, "must be in [0, 1)")
+        _require(len(self.targets) > 0, "lora-targets", self.targets, "must name at least one module")
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """How one client trains in one round."""
+
+    local_steps: int = _key("local-steps", 6)
+    batch_size: int = _key("batch-size", 4)
+    grad_accum: int = _key("grad-accum", 1)
+    learning_rate: float = _key("learning-rate", 1e-3)
+    lr_schedule: str = _key("lr-schedule", "cosine")
+    warmup_steps: int = _key("warmup-steps", 0)
+    max_seq_len: int = _key("max-seq-len", 64)
+    eval_batch_size: int = _key("eval-batch-size", 8)
+
+    def __post_init__(self) -> None:
+        for name in ("local_steps", "batch_size", "grad_accum", "max_seq_len", "eval_batch_size"):
+            value = getattr(self, name)
+            _require(value >= 1, _flat_key(type(self), name), value, "must be >= 1")
+        _require(self.learning_rate > 0, "learning-rate", self.learning_rate, "must be > 0")
+        _require(self.warmup_steps >= 0, "warmup-steps", self.warmup_steps, "must be >= 0")
+        _require(self.lr_schedule in LR_SCHEDULES, "lr-schedule", self.lr_schedule, f"must be one of {LR_SCHEDULES}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a federation run needs; clients receive it from the server."""
+
+    base_model: str = _key("base-model", "smollm2-135m")
+    quantisation: str = _key("quantisation", "auto")
+    adapter: AdapterSpec = field(default_factory=AdapterSpec)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    wire_dtype: str = _key("wire-dtype", "float16")
+    num_rounds: int = _key("num-server-rounds", 3)
+    fraction_train: float = _key("fraction-train", 1.0)
+    fraction_evaluate: float = _key("fraction-evaluate", 1.0)
+    min_clients: int = _key("min-clients", 2)
+    round_timeout: float = _key("round-timeout", 3600.0)
+    seed: int = _key("seed", 0)
+    run_dir: str = _key("run-dir", "runs")
+    run_id: str = _key("run-id", "")
+
+    def __post_init__(self) -> None:
+        _require(self.quantisation in QUANTISATION_MODES, "quantisation", self.quantisation,
+                 f"must be one of {QUANTISATION_MODES}")
+        _require(self.wire_dtype in WIRE_DTYPES, "wire-dtype", self.wire_dtype, f"must be one of {WIRE_DTYPES}")
+        _require(self.num_rounds >= 1, "num-server-rounds", self.num_rounds, "must be >= 1")
+        _require(0.0 < self.fraction_train <= 1.0, "fraction-train", self.fraction_train, "must be in (0, 1]")
+        _require(0.0 <= self.fraction_evaluate <= 1.0, "fraction-evaluate", self.fraction_evaluate, "must be in [0, 1]")
+        _require(self.min_clients >= 1, "min-clients", self.min_clients, "must be >= 1")
+        _require(self.round_timeout > 0, "round-timeout", self.round_timeout, "must be > 0")
+
+    def to_flat(self) -> dict[str, bool | int | float | str]:
+        """The flat kebab-case mapping used by Flower records and the CLI."""
+        return _flatten(self)
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any], ignore: tuple[str, ...] = ()) -> RunConfig:
+        """Parse a flat mapping; unknown keys are an error unless listed in ``ignore``."""
+        known = set(_flatten(cls()))
+        unknown = sorted(set(values) - known - set(ignore))
+        if unknown:
+            raise ConfigError(f"unknown configuration key(s) {unknown}; known keys: {sorted(known)}")
+        return _build(cls, {k: v for k, v in values.items() if k in known})
+
+    def replace(self, **overrides: Any) -> RunConfig:
+        """A copy with flat kebab-case keys overridden, validated like any other input."""
+        return RunConfig.from_flat({**self.to_flat(), **overrides})
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``key=value`` command-line override, with TOML-like literals."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    for cast in (int, float):
+        try:
+            return key, cast(raw)
+        except ValueError:
+            pass
+    return key, raw.strip("\"'")
+
+
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"configuration key '{key}' = {value!r} {rule}")
+
+
+def _flat_key(cls: type, attribute: str) -> str:
+    return next(f.metadata["key"] for f in dataclasses.fields(cls) if f.name == attribute)
+
+
+def _flatten(obj: Any) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            flat.update(_flatten(value))
+        elif isinstance(value, tuple):
+            flat[f.metadata["key"]] = ",".join(value)
+        else:
+            flat[f.metadata["key"]] = value
+    return flat
+
+
+def _build(cls: type, values: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[f.name] = _build(hint, values)
+        elif f.metadata["key"] in values:
+            kwargs[f.name] = _coerce(f.metadata["key"], values[f.metadata["key"]], hint)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    if hint is bool or (hint in (int, float) and isinstance(value, bool)):
+        if not isinstance(value, bool) or hint is not bool:
+            raise ConfigError(f"configuration key '{key}' = {value!r} must be a {hint.__name__}")
+        return value
+    if hint is float and isinstance(value, int | float):
+        return float(value)
+    if hint is int and isinstance(value, int):
+        return value
+    if hint is str and isinstance(value, str):
+        return value
+    if typing.get_origin(hint) is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(item.strip() for item in items if str(item).strip())
+    raise ConfigError(f"configuration key '{key}' = {value!r} must be a {getattr(hint, '__name__', hint)}")

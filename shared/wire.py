@@ -1,0 +1,87 @@
+"""Adapter tensors on the wire: Flower ``ArrayRecord`` in a declared dtype, validated on receipt.
+
+Everything received is checked before use: exact key set, shapes, declared and
+actual dtype, and finiteness. A bad update raises :class:`AdapterValidationError`
+naming the problem, so the receiver can reject it and carry on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+
+WIRE_NUMPY_DTYPES = {"float16": np.dtype(np.float16), "float32": np.dtype(np.float32)}
+
+
+class AdapterValidationError(ValueError):
+    """A received adapter does not match what this federation expects."""
+
+
+@dataclass(frozen=True)
+class AdapterSchema:
+    """The names, shapes and wire dtype every adapter update must have."""
+
+    shapes: Mapping[str, tuple[int, ...]]
+    wire_dtype: str
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, torch.Tensor | np.ndarray], wire_dtype: str) -> AdapterSchema:
+        return cls({name: tuple(t.shape) for name, t in state.items()}, wire_dtype)
+
+    @property
+    def num_values(self) -> int:
+        return sum(int(np.prod(shape)) for shape in self.shapes.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Payload bytes of one adapter in the wire dtype (without array headers)."""
+        return self.num_values * WIRE_NUMPY_DTYPES[self.wire_dtype].itemsize
+
+
+def encode_adapter(state: Mapping[str, torch.Tensor | np.ndarray], wire_dtype: str) -> ArrayRecord:
+    """Adapter tensors as an ``ArrayRecord`` in ``wire_dtype`` (bf16 is cast via float32)."""
+    target = WIRE_NUMPY_DTYPES[wire_dtype]
+    arrays = {}
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor):
+            tensor = tensor.detach().to("cpu", torch.float32).numpy()
+        arrays[name] = Array(np.ascontiguousarray(tensor, dtype=target))
+    return ArrayRecord(arrays)
+
+
+def decode_adapter(record: object, schema: AdapterSchema) -> dict[str, np.ndarray]:
+    """Validate a received ``ArrayRecord`` against ``schema``; return float32 arrays."""
+    if not isinstance(record, ArrayRecord):
+        raise AdapterValidationError(f"expected an ArrayRecord of adapter tensors, got {type(record).__name__}")
+    missing = sorted(set(schema.shapes) - set(record))
+    unexpected = sorted(set(record) - set(schema.shapes))
+    if missing or unexpected:
+        raise AdapterValidationError(
+            f"adapter key set differs: {len(missing)} missing (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+    wire = WIRE_NUMPY_DTYPES[schema.wire_dtype]
+    decoded = {}
+    for name, expected_shape in schema.shapes.items():
+        array = record[name]
+        if array.dtype != schema.wire_dtype:
+            raise AdapterValidationError(f"tensor {name} has dtype {array.dtype}, expected {schema.wire_dtype}")
+        if tuple(array.shape) != expected_shape:
+            raise AdapterValidationError(f"tensor {name} has shape {tuple(array.shape)}, expected {expected_shape}")
+        try:
+            value = array.numpy()
+        except Exception as error:  # np.load raises several types on a corrupt payload
+            raise AdapterValidationError(f"tensor {name} is not a readable array payload ({error})") from error
+        if value.dtype != wire or value.shape != expected_shape:
+            raise AdapterValidationError(
+                f"tensor {name} payload is {value.dtype}{value.shape}, declared {array.dtype}{tuple(array.shape)}"
+            )
+        bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+        if bad:
+            raise AdapterValidationError(f"tensor {name} has {bad} NaN/Inf values")
+        decoded[name] = value.astype(np.float32)
+    return decoded

@@ -1,0 +1,102 @@
+"""The ``stamen`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from stamen.shared.config import ConfigError, RunConfig, parse_override
+
+app = typer.Typer(help="Stamen: federated personalisation of quantised language models.", no_args_is_help=True)
+console = Console()
+
+
+def _configure_logging(verbose: bool) -> None:
+    handler = RichHandler(console=console, show_path=False, markup=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
+    logging.getLogger("stamen").setLevel(logging.INFO)
+    flwr_logger = logging.getLogger("flwr")  # Flower logs through its own console handler
+    flwr_logger.propagate = False
+    for flwr_handler in flwr_logger.handlers:
+        flwr_handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    for noisy in ("transformers", "httpx", "huggingface_hub", "bitsandbytes"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _load_config(preset: Path | None, overrides: list[str]) -> RunConfig:
+    values: dict = {}
+    if preset is not None:
+        values.update(tomllib.loads(preset.read_text()))
+    for item in overrides:
+        key, value = parse_override(item)
+        values[key] = value
+    return RunConfig.from_flat({**RunConfig().to_flat(), **values})
+
+
+@app.command()
+def simulate(
+    clients: Annotated[int, typer.Option(help="Number of virtual clients (one embedded topic each).")] = 4,
+    rounds: Annotated[int | None, typer.Option(help="Rounds (overrides num-server-rounds).")] = None,
+    preset: Annotated[Path | None, typer.Option(help="TOML file of flat config keys.", exists=True)] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a config key: --set key=value.")] = [],
+    cpus_per_client: Annotated[int, typer.Option(help="CPU cores reserved per virtual client.")] = 1,
+    gpus_per_client: Annotated[float, typer.Option(help="Fraction of a GPU per virtual client.")] = 0.0,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's own INFO logs.")] = False,
+) -> None:
+    """Run a simulated federation on this machine and write runs/<id>/."""
+    from stamen.server.run_record import CONFIG_FILE, new_run_id
+    from stamen.simulations.engine import Resources, prepare_base, simulate as run
+    from stamen.simulations.progress import RunMonitor, summary_table
+
+    _configure_logging(verbose)
+    try:
+        config = _load_config(preset, set_)
+        extra = {"min-clients": min(config.min_clients, clients), "run-id": config.run_id or new_run_id()}
+        if rounds is not None:
+            extra["num-server-rounds"] = rounds
+        config = config.replace(**extra)
+    except ConfigError as error:
+        raise typer.BadParameter(str(error)) from error
+    run_dir = Path(config.run_dir) / config.run_id
+    console.print(f"[bold]Stamen simulation[/] {clients} clients x {config.num_rounds} rounds on base "
+                  f"[cyan]{config.base_model}[/] -> {run_dir}")
+    choice = prepare_base(config)
+    console.print(f"Quantisation: {choice.reason}")
+    with RunMonitor(run_dir, config.num_rounds, clients, console) as monitor:
+        run(config, clients, Resources(cpus_per_client, gpus_per_client))
+    meta = json.loads((run_dir / CONFIG_FILE).read_text())
+    console.print(summary_table(monitor.rounds, meta["base_stored_bytes"]))
+    console.print(
+        f"Upload per client per round: {meta['adapter_wire_bytes']:,} bytes of adapter "
+        f"({meta['adapter_values']:,} values, {config.wire_dtype}) vs {meta['base_stored_bytes']:,} bytes of base weights."
+    )
+    console.print(f"Metrics: {run_dir / 'metrics.jsonl'}  Summary: {run_dir / 'summary.json'}")
+
+
+@app.command()
+def info(
+    base: Annotated[str, typer.Option(help="Alias, hub id, local folder or .gguf file.")] = "smollm2-135m",
+    quantisation: Annotated[str, typer.Option(help="auto, nf4, int8 or none.")] = "auto",
+    device: Annotated[str | None, typer.Option(help="cpu or cuda:N (default: best available).")] = None,
+) -> None:
+    """Load a base as a client would and report its fingerprint and quantisation choice."""
+    from stamen.shared.base_model import load_base
+
+    _configure_logging(False)
+    loaded = load_base(base, quantisation, device)
+    console.print(f"folder:        {loaded.folder}")
+    console.print(f"fingerprint:   {loaded.fingerprint}")
+    console.print(f"device:        {loaded.device}")
+    console.print(f"quantisation:  {loaded.quantisation.mode} ({loaded.quantisation.reason})")
+    console.print(f"stored bytes:  {loaded.stored_bytes:,}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,124 @@
+"""The embedded default personal data: chatterbot-corpus dialogue topics, one topic per client.
+
+Topics are a natural non-IID split (each client talks about its own subject).
+Sizes are very uneven, so topics under ``min_examples`` are merged into groups,
+and when more clients are asked for than English groups exist, the corpus's
+other languages add clients (then, if still short, the largest groups are halved). Topics in ``BASE_DOMAIN_TOPICS`` and every group no client gets
+form the general "base-domain" set used to measure forgetting.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from stamen.client.data import Example
+
+BASE_DOMAIN_TOPICS = ("conversations", "greetings")
+BASE_DOMAIN_SIZE = 16
+
+
+@dataclass(frozen=True)
+class ClientDataset:
+    """One simulated client's private data."""
+
+    name: str
+    train: tuple[Example, ...]
+    heldout: tuple[Example, ...]
+
+
+@dataclass(frozen=True)
+class CorpusSplit:
+    clients: tuple[ClientDataset, ...]
+    base_domain: tuple[Example, ...]
+
+
+def corpus_folder(language: str = "english") -> Path:
+    spec = importlib.util.find_spec("chatterbot_corpus")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the embedded personal data needs the PyPI package chatterbot-corpus")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "data" / language
+    if not folder.is_dir():
+        raise RuntimeError(f"chatterbot-corpus has no language '{language}'")
+    return folder
+
+
+@lru_cache(maxsize=4)
+def load_topics(language: str = "english") -> dict[str, tuple[Example, ...]]:
+    """Each topic's consecutive dialogue turns as prompt → response examples."""
+    topics = {}
+    for path in sorted(corpus_folder(language).glob("*.yml")):
+        conversations = yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations") or []
+        pairs = [(str(turns[i]).strip(), str(turns[i + 1]).strip()) for turns in conversations for i in range(len(turns) - 1)]
+        # Some topics repeat dialogues verbatim; a duplicate would leak train data into held-out.
+        unique = dict.fromkeys((p, r) for p, r in pairs if p and r)
+        examples = [Example(prompt=prompt, response=response) for prompt, response in unique]
+        if examples:
+            topics[path.stem] = tuple(examples)
+    return topics
+
+
+@lru_cache(maxsize=16)
+def natural_split(
+    num_clients: int, seed: int = 0, min_examples: int = 40, heldout_fraction: float = 0.2, max_heldout: int = 16
+) -> CorpusSplit:
+    """Deterministic topic-per-client split (every process computes the same one).
+
+    English topics come first, largest first; more clients take the corpus's other
+    languages' topics (``language/topic``); beyond those, the largest groups are halved.
+    """
+    topics = load_topics()
+    ranked = _ranked(_merge_small({k: v for k, v in topics.items() if k not in BASE_DOMAIN_TOPICS}, min_examples))
+    english_groups = len(ranked)
+    for language in sorted(p.name for p in corpus_folder().parent.iterdir() if p.is_dir() and p.name != "english"):
+        if len(ranked) >= num_clients:
+            break
+        groups = _merge_small(load_topics(language), min_examples)
+        ranked += [(f"{language}/{name}", examples) for name, examples in _ranked(groups) if len(examples) >= min_examples]
+    while len(ranked) < num_clients:
+        name, examples = max(ranked, key=lambda item: len(item[1]))
+        if len(examples) < 2 * min_examples:
+            raise ValueError(f"the embedded corpus supports at most {len(ranked)} clients of >= {min_examples} examples")
+        half = len(examples) // 2
+        ranked.remove((name, examples))
+        ranked += [(f"{name}#1", examples[:half]), (f"{name}#2", examples[half:])]
+    rng = random.Random(seed)
+    clients = []
+    for name, examples in ranked[:num_clients]:
+        shuffled = list(examples)
+        rng.shuffle(shuffled)
+        n_heldout = min(max_heldout, max(1, int(len(shuffled) * heldout_fraction)))
+        clients.append(ClientDataset(name, tuple(shuffled[n_heldout:]), tuple(shuffled[:n_heldout])))
+    spare = [e for k in BASE_DOMAIN_TOPICS if k in topics for e in topics[k]]
+    spare += [e for _, examples in ranked[num_clients:english_groups] for e in examples]
+    base_domain = tuple(rng.sample(spare, min(BASE_DOMAIN_SIZE, len(spare))))
+    return CorpusSplit(tuple(clients), base_domain)
+
+
+def _ranked(groups: dict[str, tuple[Example, ...]]) -> list[tuple[str, tuple[Example, ...]]]:
+    return sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
+
+
+def _merge_small(topics: dict[str, tuple[Example, ...]], min_examples: int) -> dict[str, tuple[Example, ...]]:
+    groups = {k: v for k, v in topics.items() if len(v) >= min_examples}
+    pending_name, pending = [], []
+    for name, examples in sorted(topics.items(), key=lambda item: (-len(item[1]), item[0])):
+        if len(examples) >= min_examples:
+            continue
+        pending_name.append(name)
+        pending.extend(examples)
+        if len(pending) >= min_examples:
+            groups["+".join(pending_name)] = tuple(pending)
+            pending_name, pending = [], []
+    if pending:  # leftovers join the last merged group (or stand alone if none)
+        last = next((k for k in reversed(groups) if "+" in k), None)
+        if last is None:
+            groups["+".join(pending_name)] = tuple(pending)
+        else:
+            groups[f"{last}+{'+'.join(pending_name)}"] = groups.pop(last) + tuple(pending)
+    return groups

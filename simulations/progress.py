@@ -1,0 +1,114 @@
+"""A live view of a running federation, read from the run's ``metrics.jsonl``.
+
+Reading the file (not hooking the engine) means the same view works for any
+engine, and what a person sees is exactly what was recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from stamen.server.run_record import METRICS_FILE
+
+
+def round_line(row: dict, num_rounds: int) -> str:
+    """One human line per finished round."""
+    before, after = row.get("train_heldout_loss_before"), row.get("eval_heldout_loss")
+    parts = [f"round {row['round']}/{num_rounds}"]
+    if before is not None and after is not None:
+        parts.append(f"held-out loss {before:.4f} -> {after:.4f}")
+    if "eval_base_domain_loss" in row:
+        parts.append(f"base-domain loss {row['eval_base_domain_loss']:.4f}")
+    parts.append(f"{row.get('clients_accepted', 0)} clients")
+    parts.append(f"{row.get('bytes_up_per_client', 0) / 1e6:.3f} MB up/client")
+    return " | ".join(parts)
+
+
+class RunMonitor:
+    """Tails ``metrics.jsonl`` in a thread and drives a rich progress bar."""
+
+    def __init__(self, run_dir: Path, num_rounds: int, num_clients: int, console: Console) -> None:
+        self.path = run_dir / METRICS_FILE
+        self.num_rounds = num_rounds
+        self.num_clients = num_clients
+        self.console = console
+        self.rounds: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self._task = self.progress.add_task("rounds", total=num_rounds, status="starting clients")
+
+    def __enter__(self) -> RunMonitor:
+        self.progress.start()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.progress.stop()
+
+    def _follow(self) -> None:
+        offset = 0
+        results = 0
+        while True:
+            stopping = self._stop.is_set()
+            if self.path.is_file():
+                with self.path.open(encoding="utf-8") as handle:
+                    handle.seek(offset)
+                    for line in iter(handle.readline, ""):
+                        if not line.endswith("\n"):
+                            break
+                        offset += len(line.encode("utf-8"))
+                        results = self._show(json.loads(line), results)
+            if stopping:
+                return
+            time.sleep(0.5)
+
+    def _show(self, row: dict, results: int) -> int:
+        if row.get("kind") == "round":
+            self.rounds.append(row)
+            self.console.print(round_line(row, self.num_rounds))
+            loss = row.get("eval_heldout_loss", float("nan"))
+            self.progress.update(self._task, advance=1, status=f"held-out loss {loss:.4f}")
+            return 0
+        results += 1
+        self.progress.update(
+            self._task, status=f"round {row['round']}: {results} client results ({row['phase']})"
+        )
+        return results
+
+
+def summary_table(rounds: list[dict], base_bytes: int) -> Table:
+    """The per-round table printed at the end of a run."""
+    table = Table(title="Federation rounds")
+    for column in ("round", "held-out loss before", "held-out loss after", "base-domain loss", "clients",
+                   "bytes up/client", "% of base"):
+        table.add_column(column, justify="right")
+    for row in rounds:
+        up = row.get("bytes_up_per_client", 0)
+        table.add_row(
+            str(row["round"]),
+            f"{row.get('train_heldout_loss_before', float('nan')):.4f}",
+            f"{row.get('eval_heldout_loss', float('nan')):.4f}",
+            f"{row.get('eval_base_domain_loss', float('nan')):.4f}",
+            str(row.get("clients_accepted", 0)),
+            f"{up:,}",
+            f"{100 * up / base_bytes:.3f}%" if base_bytes else "n/a",
+        )
+    return table

@@ -1,0 +1,45 @@
+import pytest
+
+from stamen.shared.config import ConfigError, RunConfig, parse_override
+
+
+def test_flat_round_trip_keeps_every_value():
+    config = RunConfig().replace(**{"lora-rank": 4, "lora-targets": "q_proj,k_proj", "learning-rate": 0.01})
+    again = RunConfig.from_flat(config.to_flat())
+    assert again == config
+    assert again.adapter.targets == ("q_proj", "k_proj")
+    assert again.adapter.rank == 4
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("quantisation", "fp8", "quantisation"),
+        ("wire-dtype", "bfloat16", "wire-dtype"),
+        ("lora-rank", 0, "lora-rank"),
+        ("fraction-train", 1.5, "fraction-train"),
+        ("local-steps", "many", "local-steps"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(key, value, named):
+    with pytest.raises(ConfigError, match=named):
+        RunConfig().replace(**{key: value})
+
+
+def test_unknown_key_is_refused_and_listed():
+    with pytest.raises(ConfigError, match="lora-rnak"):
+        RunConfig.from_flat({"lora-rnak": 8})
+
+
+def test_ignored_protocol_keys_pass():
+    flat = {**RunConfig().to_flat(), "server-round": 3}
+    assert RunConfig.from_flat(flat, ignore=("server-round",)) == RunConfig()
+
+
+def test_override_parsing():
+    assert parse_override("lora-rank=16") == ("lora-rank", 16)
+    assert parse_override("learning-rate=5e-4") == ("learning-rate", 5e-4)
+    assert parse_override("use=true") == ("use", True)
+    assert parse_override("base-model=tiny") == ("base-model", "tiny")
+    with pytest.raises(ConfigError):
+        parse_override("no-equals-sign")

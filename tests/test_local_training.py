@@ -1,0 +1,72 @@
+"""Local training really lowers loss on CPU, on unquantised and bitsandbytes-quantised bases."""
+
+import re
+
+import pytest
+import torch
+
+from stamen.client.data import IGNORE_INDEX, Example, encode_example
+from stamen.client.evaluation import evaluate_loss
+from stamen.client.training import train_adapter
+from stamen.shared.adapters import attach_adapter
+from stamen.shared.base_model import load_base
+from stamen.shared.config import AdapterSpec, TrainingSpec
+from stamen.shared.quantisation import AUTO_TOLERANCE
+
+EXAMPLES = [
+    Example(prompt="What is your favourite food?", response="I like pizza with fresh cheese."),
+    Example(prompt="What do you eat for breakfast?", response="I like bread with fresh fruit."),
+    Example(prompt="Do you like cheese?", response="I like cheese on pizza and bread."),
+    Example(prompt="What is good to eat?", response="Fresh fruit and bread are good to eat."),
+]
+
+
+@pytest.mark.parametrize("mode", ["nf4", "int8", "none"])
+def test_a_few_steps_lower_the_loss(mode):
+    base = load_base("tiny", quantisation=mode, device="cpu")
+    assert base.quantisation.mode == mode
+    if mode != "none":
+        assert any("bitsandbytes" in type(m).__module__ for m in base.model.modules())
+    model = attach_adapter(base.model, AdapterSpec(rank=8, targets=("q_proj", "v_proj", "o_proj", "down_proj")), 0)
+    spec = TrainingSpec(local_steps=12, batch_size=4, learning_rate=1e-2, lr_schedule="constant")
+    before = evaluate_loss(model, base.tokenizer, EXAMPLES, 64, 4).loss
+    result = train_adapter(model, base.tokenizer, EXAMPLES, spec, seed=0)
+    after = evaluate_loss(model, base.tokenizer, EXAMPLES, 64, 4).loss
+    assert result.steps == 12 and result.tokens > 0
+    assert after < before - 0.05, (mode, before, after)
+
+
+def test_auto_reports_a_measured_choice():
+    base = load_base("tiny", quantisation="auto", device="cpu")
+    reason = base.quantisation.reason
+    assert base.quantisation.mode in ("nf4", "int8", "none")
+    assert f"auto chose {base.quantisation.mode} on cpu" in reason
+    measured = {m: float(p) for m, p in re.findall(r"(none|nf4|int8) (\d+\.\d+)", reason)}
+    assert set(measured) == {"none", "nf4", "int8"}
+    limit = measured["none"] * (1 + AUTO_TOLERANCE)
+    # the choice is the most compact mode within tolerance, as measured
+    expected = next((m for m in ("nf4", "int8") if measured[m] <= limit + 0.01), "none")
+    assert base.quantisation.mode == expected
+    cached = load_base("tiny", quantisation="auto", device="cpu").quantisation
+    assert cached.mode == base.quantisation.mode and cached.reason.endswith("(cached)")
+
+
+def test_prompt_tokens_are_not_scored(tiny_folder):
+    base = load_base("tiny", quantisation="none", device="cpu")
+    encoded = encode_example(base.tokenizer, EXAMPLES[0], max_len=256)
+    scored = [t for t, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
+    text = base.tokenizer.decode(scored)
+    assert text.startswith(EXAMPLES[0].response)
+    assert EXAMPLES[0].prompt not in text
+    assert encoded.labels[: len(encoded.labels) - len(scored)] == [IGNORE_INDEX] * (len(encoded.labels) - len(scored))
+
+
+def test_training_is_reproducible_under_a_seed():
+    def run():
+        base = load_base("tiny", quantisation="none", device="cpu")
+        model = attach_adapter(base.model, AdapterSpec(dropout=0.1), 0)
+        train_adapter(model, base.tokenizer, EXAMPLES, TrainingSpec(local_steps=3, batch_size=2), seed=7)
+        return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+    first, second = run(), run()
+    assert all(torch.equal(first[k], second[k]) for k in first)

@@ -1,0 +1,96 @@
+"""Server-side aggregation on real Flower messages: weighted deltas, and rejection of bad replies."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from flwr.app import Error, Message, MessageType, RecordDict
+
+from stamen.server.run_record import METRICS_FILE, RunRecorder
+from stamen.server.strategy import AdapterFedAvg
+from stamen.shared.config import RunConfig
+from stamen.shared.protocol import client_reply
+from stamen.shared.wire import AdapterSchema, decode_adapter, encode_adapter
+
+FP = "sha256:" + "ab" * 32
+GLOBAL = {"l.lora_A": np.zeros((2, 4), np.float32), "l.lora_B": np.ones((4, 2), np.float32)}
+
+
+def _reply(node, delta=None, examples=10, fingerprint=FP, error=None):
+    sent = Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+    if error:
+        return Message(Error(code=1, reason=error), reply_to=sent)
+    record = encode_adapter(delta, "float16") if delta is not None else None
+    return Message(client_reply({"num-examples": examples, "train-loss": 1.0}, fingerprint, f"c{node}", record), reply_to=sent)
+
+
+def _delta(value):
+    return {k: np.full(v.shape, value, np.float32) for k, v in GLOBAL.items()}
+
+
+@pytest.fixture(autouse=True)
+def flower_task_identity():
+    """Messages are stamped with the run they belong to, as the simulation engine sets up."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+@pytest.fixture
+def strategy(tmp_path):
+    recorder = RunRecorder(tmp_path, RunConfig(), {})
+    return AdapterFedAvg(GLOBAL, AdapterSchema.from_state(GLOBAL, "float16"), FP, recorder)
+
+
+def test_new_global_is_the_example_weighted_mean_delta_added(strategy):
+    arrays, metrics = strategy.aggregate_train(1, [_reply(1, _delta(0.5), 10), _reply(2, _delta(-0.25), 30)])
+    expected = (10 * 0.5 + 30 * -0.25) / 40  # = -0.0625
+    new = decode_adapter(arrays, strategy.schema)
+    np.testing.assert_allclose(new["l.lora_A"], 0.0 + expected)
+    np.testing.assert_allclose(new["l.lora_B"], 1.0 + expected)
+    assert metrics["train-loss"] == pytest.approx(1.0)
+
+
+def test_bad_replies_are_rejected_logged_and_the_round_goes_on(strategy, tmp_path, caplog):
+    nan = _delta(0.5)
+    nan["l.lora_A"][0, 0] = np.nan
+    wrong_shape = {"l.lora_A": np.zeros((2, 5), np.float32), "l.lora_B": np.zeros((4, 2), np.float32)}
+    replies = [
+        _reply(1, _delta(0.5), 10),
+        _reply(2, nan, 10),
+        _reply(3, _delta(9.0), 10, fingerprint="sha256:" + "cd" * 32),
+        _reply(4, wrong_shape, 10),
+        _reply(5, error="client ran out of memory"),
+        _reply(6, None, 10),
+        _reply(7, _delta(9.0), 0),
+    ]
+    with caplog.at_level(logging.WARNING, logger="stamen.server.strategy"):
+        arrays, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(decode_adapter(arrays, strategy.schema)["l.lora_A"], 0.5)
+    rows = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    verdicts = {row["node"]: row for row in rows}
+    assert verdicts[1]["accepted"] is True
+    reasons = {node: verdicts[node]["reason"] for node in range(2, 8)}
+    assert "NaN/Inf" in reasons[2]
+    assert "base model mismatch" in reasons[3]
+    assert "shape" in reasons[4]
+    assert "out of memory" in reasons[5]
+    assert "no adapter delta" in reasons[6]
+    assert "positive" in reasons[7]
+    assert caplog.text.count("rejected train reply") == 6
+
+
+def test_when_every_update_is_bad_the_global_is_unchanged(strategy):
+    arrays, _ = strategy.aggregate_train(1, [_reply(1, error="boom"), _reply(2, _delta(1.0), -5)])
+    new = decode_adapter(arrays, strategy.schema)
+    for name, value in GLOBAL.items():
+        np.testing.assert_array_equal(new[name], value)
+
+
+def test_uploaded_bytes_are_measured_from_the_actual_record(strategy, tmp_path):
+    strategy.aggregate_train(1, [_reply(1, _delta(0.5), 10)])
+    row = json.loads((tmp_path / METRICS_FILE).read_text().splitlines()[0])
+    record = encode_adapter(_delta(0.5), "float16")
+    assert row["bytes_up"] == record.count_bytes()
+    assert strategy.schema.nbytes == 16 * 2

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stamen.shared.wire import AdapterSchema, AdapterValidationError, decode_adapter, encode_adapter
+
+
+def _state():
+    rng = np.random.default_rng(0)
+    return {"a.lora_A": rng.normal(size=(4, 16)).astype(np.float32), "a.lora_B": rng.normal(size=(16, 4)).astype(np.float32)}
+
+
+def test_wire_bytes_are_the_adapter_bytes_in_the_wire_dtype():
+    state = _state()
+    for dtype, itemsize in (("float16", 2), ("float32", 4)):
+        schema = AdapterSchema.from_state(state, dtype)
+        record = encode_adapter(state, dtype)
+        payload = sum(record[k].numpy().nbytes for k in record)
+        assert payload == schema.nbytes == 128 * itemsize
+        assert all(record[k].dtype == dtype for k in record)
+        # what Flower counts on the wire = payload + a fixed .npy header and the key per tensor
+        overhead = record.count_bytes() - payload
+        assert 0 < overhead <= len(record) * 160
+
+
+def test_bfloat16_tensors_are_cast_before_the_wire():
+    state = {"w": torch.randn(3, 5, dtype=torch.bfloat16)}
+    record = encode_adapter(state, "float16")
+    decoded = decode_adapter(record, AdapterSchema.from_state(state, "float16"))
+    assert torch.allclose(torch.from_numpy(decoded["w"]), state["w"].float(), atol=1e-2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shapes=st.lists(st.tuples(st.integers(1, 8), st.integers(1, 8)), min_size=1, max_size=4),
+    scale=st.floats(1e-3, 1e3),
+)
+def test_round_trip_is_within_fp16_precision(shapes, scale):
+    rng = np.random.default_rng(1)
+    state = {f"t{i}": (rng.normal(size=s) * scale).astype(np.float32) for i, s in enumerate(shapes)}
+    schema = AdapterSchema.from_state(state, "float16")
+    decoded = decode_adapter(encode_adapter(state, "float16"), schema)
+    for name, value in state.items():
+        # fp16 keeps ~11 significant bits; below 6e-5 its spacing is a fixed 6e-8
+        np.testing.assert_allclose(decoded[name], value, rtol=1e-3, atol=3e-8)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (lambda r: r.pop("a.lora_B"), "missing"),
+        (lambda r: r.__setitem__("extra", Array(np.zeros(2, np.float16))), "unexpected"),
+        (lambda r: r.__setitem__("a.lora_A", Array(np.zeros((4, 15), np.float16))), "shape"),
+        (lambda r: r.__setitem__("a.lora_A", Array(np.zeros((4, 16), np.float32))), "dtype"),
+        (lambda r: r.__setitem__("a.lora_A", Array(np.full((4, 16), np.nan, np.float16))), "64 NaN/Inf"),
+        (lambda r: r.__setitem__("a.lora_B", Array(np.full((16, 4), np.inf, np.float16))), "NaN/Inf"),
+    ],
+)
+def test_malformed_adapters_are_refused_with_the_reason(corrupt, message):
+    state = _state()
+    record = encode_adapter(state, "float16")
+    corrupt(record)
+    with pytest.raises(AdapterValidationError, match=message):
+        decode_adapter(record, AdapterSchema.from_state(state, "float16"))
+
+
+def test_payload_that_lies_about_its_dtype_is_refused():
+    state = _state()
+    record = encode_adapter(state, "float16")
+    honest = Array(np.zeros((4, 16), np.float32))
+    record["a.lora_A"] = Array(dtype="float16", shape=(4, 16), stype=honest.stype, data=honest.data)
+    with pytest.raises(AdapterValidationError, match="payload"):
+        decode_adapter(record, AdapterSchema.from_state(state, "float16"))
+
+
+def test_garbage_payload_and_wrong_record_type_are_refused():
+    state = _state()
+    record = encode_adapter(state, "float16")
+    record["a.lora_A"] = Array(dtype="float16", shape=(4, 16), stype="numpy.ndarray", data=b"not an array")
+    with pytest.raises(AdapterValidationError, match="readable"):
+        decode_adapter(record, AdapterSchema.from_state(state, "float16"))
+    with pytest.raises(AdapterValidationError, match="ArrayRecord"):
+        decode_adapter(ConfigRecord({"x": 1}), AdapterSchema.from_state(state, "float16"))
