@@ -15,7 +15,7 @@ from flwr.clientapp import ClientApp
 
 from stamen.shared.adapters import adapter_state, load_adapter_state
 from stamen.shared.fingerprint import check_same_base
-from stamen.shared.protocol import ARRAYS, NUM_EXAMPLES, client_reply, read_instruction
+from stamen.shared.protocol import ARRAYS, HELDOUT_EXAMPLES, NUM_EXAMPLES, client_reply, read_instruction
 from stamen.shared.wire import decode_adapter, encode_adapter
 
 from .evaluation import EvalResult, evaluate_loss
@@ -47,7 +47,7 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received global adapter on local data; reply with the delta."""
     instruction, runtime, global_adapter, data = _prepare(msg, context)
     training = instruction.config.training
-    before = _heldout(runtime, data.heldout, training)
+    baseline = _initial_losses(runtime, data, training) if instruction.server_round == 1 else {}
     seed = zlib.crc32(f"{instruction.config.seed}/{data.name}/{instruction.server_round}".encode())
     result = train_adapter(runtime.model, runtime.base.tokenizer, list(data.train), training, seed)
     trained = adapter_state(runtime.model)
@@ -59,10 +59,23 @@ def train(msg: Message, context: Context) -> Message:
         "train-steps": result.steps,
         "train-tokens": result.tokens,
         "train-seconds": result.seconds,
-        "heldout-loss-before": before.loss,
+        **baseline,
     }
     reply = client_reply(metrics, runtime.base.fingerprint, data.name, encode_adapter(delta, runtime.schema.wire_dtype))
     return Message(reply, reply_to=msg)
+
+
+def _initial_losses(runtime: ClientRuntime, data, training) -> dict[str, float]:
+    """Losses of the initial global adapter, measured once (round 1) as the run's round-0 baseline."""
+    return {
+        HELDOUT_EXAMPLES: len(data.heldout),
+        "initial-heldout-loss": _heldout(runtime, data.heldout, training).loss,
+        "initial-base-domain-loss": _heldout(runtime, _general(runtime, data), training).loss,
+    }
+
+
+def _general(runtime: ClientRuntime, data) -> list:
+    return [*data.base_domain, *runtime.base_generated()]
 
 
 @app.evaluate()
@@ -72,7 +85,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     instruction, runtime, _, data = _prepare(msg, context)
     training = instruction.config.training
     heldout = _heldout(runtime, data.heldout, training)
-    general = _heldout(runtime, [*data.base_domain, *runtime.base_generated()], training)
+    general = _heldout(runtime, _general(runtime, data), training)
     metrics = {
         NUM_EXAMPLES: len(data.heldout),
         "heldout-loss": heldout.loss,

@@ -20,7 +20,16 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from stamen.shared.fingerprint import BaseMismatchError, check_same_base
-from stamen.shared.protocol import ARRAYS, CLIENT_INFO, CLIENT_NAME, FINGERPRINT, METRICS, NUM_EXAMPLES
+from stamen.shared.protocol import (
+    ARRAYS,
+    CLIENT_INFO,
+    CLIENT_NAME,
+    FINGERPRINT,
+    HELDOUT_EXAMPLES,
+    INITIAL_PREFIX,
+    METRICS,
+    NUM_EXAMPLES,
+)
 from stamen.shared.wire import AdapterSchema, AdapterValidationError, decode_adapter, encode_adapter
 
 from .accumulator import WeightedMean
@@ -89,7 +98,8 @@ class AdapterFedAvg(FedAvg):
             "clients_accepted": mean.count,
             "bytes_up_per_client": self.schema.nbytes if mean.count else 0,
             "bytes_down_per_client": self._bytes_down,
-            **{f"train_{k.replace('-', '_')}": v for k, v in metrics.items()},
+            **{f"train_{_snake(k)}": v for k, v in metrics.items() if not k.startswith(INITIAL_PREFIX)},
+            **_initial_losses([content[METRICS] for content in accepted]),
         }
         return self.global_record(), metrics
 
@@ -106,15 +116,14 @@ class AdapterFedAvg(FedAvg):
             row.update(self._describe(msg), accepted=True)
             self.recorder.write(row)
         metrics = aggregate_metricrecords(accepted, self.weighted_by_key) if accepted else None
-        evaluated = {f"eval_{k.replace('-', '_')}": v for k, v in (metrics or {}).items()}
+        evaluated = {f"eval_{_snake(k)}": v for k, v in (metrics or {}).items()}
         summary = {"kind": "round", "round": server_round, **self._train_summary, **evaluated}
         self.recorder.write(summary)
         log.info(
-            "round %d: held-out loss %.4f -> %.4f, base-domain loss %s, %d clients, %d bytes up per client",
+            "round %d: held-out loss %s, base-domain loss %s, %d clients, %d bytes up per client",
             server_round,
-            summary.get("train_heldout_loss_before", float("nan")),
-            summary.get("eval_heldout_loss", float("nan")),
-            f"{summary['eval_base_domain_loss']:.4f}" if "eval_base_domain_loss" in summary else "n/a",
+            summary.get("eval_heldout_loss", "n/a"),
+            summary.get("eval_base_domain_loss", "n/a"),
             summary.get("clients_accepted", 0),
             summary.get("bytes_up_per_client", 0),
         )
@@ -146,9 +155,25 @@ class AdapterFedAvg(FedAvg):
         return delta, float(msg.content[METRICS][NUM_EXAMPLES])
 
     def _describe(self, msg: Message) -> dict[str, Any]:
-        metrics = {k.replace("-", "_"): v for k, v in msg.content[METRICS].items()}
+        metrics = {_snake(k): v for k, v in msg.content[METRICS].items()}
         return {"client": str(msg.content[CLIENT_INFO].get(CLIENT_NAME, "?")), **metrics}
 
     def _reject(self, row: dict[str, Any], reason: str) -> None:
         log.warning("round %d: rejected %s reply from node %s: %s", row["round"], row["phase"], row["node"], reason)
         self.recorder.write({**row, "accepted": False, "reason": reason})
+
+
+def _snake(key: str) -> str:
+    return key.replace("-", "_")
+
+
+def _initial_losses(metrics: list[MetricRecord]) -> dict[str, float]:
+    """Round-0 baseline: ``initial-*`` losses weighted by held-out size, as evaluation weights them."""
+    reporting = [m for m in metrics if HELDOUT_EXAMPLES in m]
+    total = sum(float(m[HELDOUT_EXAMPLES]) for m in reporting)
+    if not total:
+        return {}
+    keys = {k for m in reporting for k in m if k.startswith(INITIAL_PREFIX)}
+    return {
+        _snake(k): sum(float(m[HELDOUT_EXAMPLES]) * float(m[k]) for m in reporting if k in m) / total for k in sorted(keys)
+    }

@@ -23,6 +23,8 @@ FINGERPRINT = "base-fingerprint"
 SERVER_ROUND = "server-round"
 CLIENT_NAME = "client-name"
 NUM_EXAMPLES = "num-examples"
+HELDOUT_EXAMPLES = "heldout-examples"  # weight of round-1 baseline losses
+INITIAL_PREFIX = "initial-"  # metrics of the initial global adapter, reported in round 1
 
 
 def round_config(config: RunConfig, fingerprint: str) -> ConfigRecord:

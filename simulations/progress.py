@@ -18,12 +18,12 @@ from rich.table import Table
 from stamen.server.run_record import METRICS_FILE
 
 
-def round_line(row: dict, num_rounds: int) -> str:
-    """One human line per finished round."""
-    before, after = row.get("train_heldout_loss_before"), row.get("eval_heldout_loss")
+def round_line(row: dict, num_rounds: int, previous_loss: float | None) -> str:
+    """One human line per finished round; ``previous_loss`` is the held-out loss the round started from."""
+    after = row.get("eval_heldout_loss")
     parts = [f"round {row['round']}/{num_rounds}"]
-    if before is not None and after is not None:
-        parts.append(f"held-out loss {before:.4f} -> {after:.4f}")
+    if previous_loss is not None and after is not None:
+        parts.append(f"held-out loss {previous_loss:.4f} -> {after:.4f}")
     if "eval_base_domain_loss" in row:
         parts.append(f"base-domain loss {row['eval_base_domain_loss']:.4f}")
     parts.append(f"{row.get('clients_accepted', 0)} clients")
@@ -82,8 +82,9 @@ class RunMonitor:
 
     def _show(self, row: dict, results: int) -> int:
         if row.get("kind") == "round":
+            previous = self.rounds[-1].get("eval_heldout_loss") if self.rounds else row.get("initial_heldout_loss")
             self.rounds.append(row)
-            self.console.print(round_line(row, self.num_rounds))
+            self.console.print(round_line(row, self.num_rounds, previous))
             loss = row.get("eval_heldout_loss", float("nan"))
             self.progress.update(self._task, advance=1, status=f"held-out loss {loss:.4f}")
             return 0
@@ -95,16 +96,18 @@ class RunMonitor:
 
 
 def summary_table(rounds: list[dict], base_bytes: int) -> Table:
-    """The per-round table printed at the end of a run."""
-    table = Table(title="Federation rounds")
-    for column in ("round", "held-out loss before", "held-out loss after", "base-domain loss", "clients",
-                   "bytes up/client", "% of base"):
+    """The per-round table printed at the end of a run; round 0 is the initial global adapter."""
+    table = Table(title="Federation rounds (global adapter)")
+    for column in ("round", "held-out loss", "base-domain loss", "clients", "bytes up/client", "% of base"):
         table.add_column(column, justify="right")
+    if rounds and "initial_heldout_loss" in rounds[0]:
+        first = rounds[0]
+        table.add_row("0", f"{first['initial_heldout_loss']:.4f}", f"{first.get('initial_base_domain_loss', float('nan')):.4f}",
+                      "", "", "")
     for row in rounds:
         up = row.get("bytes_up_per_client", 0)
         table.add_row(
             str(row["round"]),
-            f"{row.get('train_heldout_loss_before', float('nan')):.4f}",
             f"{row.get('eval_heldout_loss', float('nan')):.4f}",
             f"{row.get('eval_base_domain_loss', float('nan')):.4f}",
             str(row.get("clients_accepted", 0)),

@@ -9,7 +9,7 @@ from stamen.shared.base_model import load_base
 from stamen.shared.adapters import adapter_state, attach_adapter
 from stamen.shared.config import RunConfig
 from stamen.shared.fingerprint import BaseMismatchError
-from stamen.shared.protocol import ARRAYS, CLIENT_INFO, CONFIG, FINGERPRINT, METRICS, round_config
+from stamen.shared.protocol import ARRAYS, CLIENT_INFO, CONFIG, FINGERPRINT, METRICS, SERVER_ROUND, round_config
 from stamen.shared.wire import AdapterSchema, decode_adapter, encode_adapter
 
 CONFIG_TINY = RunConfig().replace(**{"base-model": "tiny", "quantisation": "none", "local-steps": 2, "seed": 0})
@@ -30,7 +30,9 @@ def server_view():
 
 
 def _message(kind, fingerprint, adapter):
-    content = RecordDict({ARRAYS: encode_adapter(adapter, "float16"), CONFIG: round_config(CONFIG_TINY, fingerprint)})
+    config = round_config(CONFIG_TINY, fingerprint)
+    config[SERVER_ROUND] = 1
+    content = RecordDict({ARRAYS: encode_adapter(adapter, "float16"), CONFIG: config})
     return Message(content, dst_node_id=7, message_type=kind)
 
 
@@ -50,6 +52,7 @@ def test_train_reply_is_a_delta_with_exactly_the_adapter(server_view):
     payload = sum(content[ARRAYS][k].numpy().nbytes for k in content[ARRAYS])
     assert payload == schema.nbytes
     assert content[METRICS]["num-examples"] > 0
+    assert content[METRICS]["initial-heldout-loss"] > 0  # round 1 carries the round-0 baseline
     assert content[CLIENT_INFO][FINGERPRINT] == fingerprint
 
 

@@ -20,7 +20,7 @@ def test_two_round_federation_of_three_clients_lowers_heldout_loss(tmp_path):
 
     rounds = [r for r in rows if r["kind"] == "round"]
     assert [r["round"] for r in rounds] == [1, 2]
-    assert rounds[-1]["eval_heldout_loss"] < rounds[0]["train_heldout_loss_before"]
+    assert rounds[-1]["eval_heldout_loss"] < rounds[0]["initial_heldout_loss"]
     assert rounds[-1]["eval_heldout_loss"] < rounds[0]["eval_heldout_loss"]
 
     uploads = [r for r in rows if r["kind"] == "client" and r["phase"] == "train"]

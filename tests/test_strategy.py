@@ -17,12 +17,13 @@ FP = "sha256:" + "ab" * 32
 GLOBAL = {"l.lora_A": np.zeros((2, 4), np.float32), "l.lora_B": np.ones((4, 2), np.float32)}
 
 
-def _reply(node, delta=None, examples=10, fingerprint=FP, error=None):
+def _reply(node, delta=None, examples=10, fingerprint=FP, error=None, **metrics):
     sent = Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
     if error:
         return Message(Error(code=1, reason=error), reply_to=sent)
     record = encode_adapter(delta, "float16") if delta is not None else None
-    return Message(client_reply({"num-examples": examples, "train-loss": 1.0}, fingerprint, f"c{node}", record), reply_to=sent)
+    metrics = {"num-examples": examples, "train-loss": 1.0, **metrics}
+    return Message(client_reply(metrics, fingerprint, f"c{node}", record), reply_to=sent)
 
 
 def _delta(value):
@@ -94,3 +95,16 @@ def test_uploaded_bytes_are_measured_from_the_actual_record(strategy, tmp_path):
     record = encode_adapter(_delta(0.5), "float16")
     assert row["bytes_up"] == record.count_bytes()
     assert strategy.schema.nbytes == 16 * 2
+
+
+def test_round_zero_baseline_is_weighted_by_heldout_size(strategy, tmp_path):
+    replies = [
+        _reply(1, _delta(0.0), 100, **{"heldout-examples": 10, "initial-heldout-loss": 1.0}),
+        _reply(2, _delta(0.0), 1, **{"heldout-examples": 30, "initial-heldout-loss": 2.0}),
+    ]
+    strategy.aggregate_train(1, replies)
+    strategy.aggregate_evaluate(1, [])
+    round_row = json.loads((tmp_path / METRICS_FILE).read_text().splitlines()[-1])
+    assert round_row["kind"] == "round"
+    assert round_row["initial_heldout_loss"] == pytest.approx((10 * 1.0 + 30 * 2.0) / 40)
+    assert "train_initial_heldout_loss" not in round_row
