@@ -22,7 +22,9 @@ def _configure_logging(verbose: bool) -> None:
     handler = RichHandler(console=console, show_path=False, markup=False)
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
     logging.getLogger("stamen").setLevel(logging.INFO)
-    flwr_logger = logging.getLogger("flwr")  # Flower logs through its own console handler
+    import flwr.common  # noqa: F401  -- installs Flower's own console handler, tuned below
+
+    flwr_logger = logging.getLogger("flwr")
     flwr_logger.propagate = False
     for flwr_handler in flwr_logger.handlers:
         flwr_handler.setLevel(logging.INFO if verbose else logging.WARNING)

@@ -42,6 +42,7 @@ def prepare_base(config: RunConfig) -> QuantisationChoice:
 def simulate(config: RunConfig, num_clients: int, resources: Resources = Resources()) -> Path:
     """Run ``config`` with ``num_clients`` virtual clients; return the run folder."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # keep Ray's GPU env as it is
     from flwr.simulation import run_simulation
 
     from stamen.client.app import app as client_app
