@@ -9,18 +9,29 @@ from __future__ import annotations
 
 import time
 import zlib
+from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from stamen.shared.adapters import adapter_state, load_adapter_state
 from stamen.shared.fingerprint import check_same_base
-from stamen.shared.protocol import ARRAYS, HELDOUT_EXAMPLES, NUM_EXAMPLES, client_reply, read_instruction
+from stamen.shared.protocol import (
+    ARRAYS,
+    CONTROL,
+    CONTROL_DELTA,
+    HELDOUT_EXAMPLES,
+    NUM_EXAMPLES,
+    client_reply,
+    read_instruction,
+)
 from stamen.shared.wire import decode_adapter, encode_adapter
 
+from .drift_correction import ScaffoldClient, proximal_term
 from .evaluation import EvalResult, evaluate_loss
 from .local_data import local_data
 from .runtime import ClientRuntime, client_runtime
+from .state_store import ClientStateStore, client_folder
 from .training import train_adapter
 
 app = ClientApp()
@@ -46,12 +57,21 @@ def _heldout(runtime: ClientRuntime, examples, training) -> EvalResult:
 def train(msg: Message, context: Context) -> Message:
     """Train the received global adapter on local data; reply with the delta."""
     instruction, runtime, global_adapter, data = _prepare(msg, context)
-    training = instruction.config.training
+    config, training = instruction.config, instruction.config.training
     baseline = _initial_losses(runtime, data, training) if instruction.server_round == 1 else {}
-    seed = zlib.crc32(f"{instruction.config.seed}/{data.name}/{instruction.server_round}".encode())
-    result = train_adapter(runtime.model, runtime.base.tokenizer, list(data.train), training, seed)
-    trained = adapter_state(runtime.model)
-    delta = {name: trained[name].numpy() - global_adapter[name] for name in global_adapter}
+    corrections = [proximal_term(config.proximal_mu, global_adapter)] if config.proximal_mu > 0 else []
+    scaffold = None
+    if CONTROL in msg.content.array_records:
+        store = ClientStateStore(client_folder(_state_root(context, config), data.name))
+        scaffold = ScaffoldClient(store, instruction.server_round, decode_adapter(msg.content[CONTROL], runtime.schema))
+        corrections.append(scaffold.correction())
+    seed = zlib.crc32(f"{config.seed}/{data.name}/{instruction.server_round}".encode())
+    result = train_adapter(runtime.model, runtime.base.tokenizer, list(data.train), training, seed, tuple(corrections))
+    trained = {k: v.numpy() for k, v in adapter_state(runtime.model).items()}
+    delta = {name: trained[name] - global_adapter[name] for name in global_adapter}
+    extra_uploads = {}
+    if scaffold:
+        extra_uploads[CONTROL_DELTA] = scaffold.finish(global_adapter, trained, training.local_steps, training.learning_rate)
     metrics = {
         NUM_EXAMPLES: len(data.train),
         "examples-seen": result.examples_seen,
@@ -62,7 +82,17 @@ def train(msg: Message, context: Context) -> Message:
         **baseline,
     }
     reply = client_reply(metrics, runtime.base.fingerprint, data.name, encode_adapter(delta, runtime.schema.wire_dtype))
+    for name, arrays in extra_uploads.items():
+        reply[name] = encode_adapter(arrays, runtime.schema.wire_dtype)
     return Message(reply, reply_to=msg)
+
+
+def _state_root(context: Context, config) -> Path:
+    """Where this device keeps state the server never sees: the node's ``state-dir``,
+    or (simulation) the run folder's ``clients/``."""
+    if "state-dir" in context.node_config:
+        return Path(str(context.node_config["state-dir"]))
+    return Path(config.run_dir) / config.run_id / "clients"
 
 
 def _initial_losses(runtime: ClientRuntime, data, training) -> dict[str, float]:

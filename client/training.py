@@ -7,6 +7,7 @@ gradient accumulation, a learning-rate schedule, gradient clipping.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +29,18 @@ class TrainResult:
     seconds: float
 
 
-def train_adapter(model, tokenizer, examples: list[Example], spec: TrainingSpec, seed: int) -> TrainResult:
-    """Run ``spec.local_steps`` optimiser steps on the adapter of ``model``."""
+def train_adapter(
+    model,
+    tokenizer,
+    examples: list[Example],
+    spec: TrainingSpec,
+    seed: int,
+    corrections: tuple[Callable[[dict], None], ...] = (),
+) -> TrainResult:
+    """Run ``spec.local_steps`` optimiser steps on the adapter of ``model``.
+
+    ``corrections`` adjust the adapter gradients before each step (FedProx, SCAFFOLD).
+    """
     from transformers import get_scheduler
 
     if not examples:
@@ -39,7 +50,8 @@ def train_adapter(model, tokenizer, examples: list[Example], spec: TrainingSpec,
     encoded = [encode_example(tokenizer, e, spec.max_seq_len) for e in examples]
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(encoded), generator=generator).tolist()
-    params = list(adapter_parameters(model).values())
+    named = adapter_parameters(model)
+    params = list(named.values())
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
     scheduler = get_scheduler(spec.lr_schedule, optimizer, spec.warmup_steps, spec.local_steps)
 
@@ -61,6 +73,8 @@ def train_adapter(model, tokenizer, examples: list[Example], spec: TrainingSpec,
                 loss.backward()
                 step_loss += loss.item()
                 tokens += int(batch["attention_mask"].sum())
+            for correct in corrections:
+                correct(named)
             torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
             optimizer.step()
             scheduler.step()

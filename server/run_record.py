@@ -26,12 +26,26 @@ def new_run_id() -> str:
 class RunRecorder:
     """Appends one JSON line per client result and per round to ``metrics.jsonl``."""
 
-    def __init__(self, run_dir: Path, config: RunConfig, meta: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, config: RunConfig, meta: dict[str, Any], resume_at: int | None = None) -> None:
+        """Start a run folder, or continue one from byte ``resume_at`` of its metrics
+        (what a crashed round wrote after the last checkpoint is cut off)."""
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / CONFIG_FILE, json.dumps({"config": config.to_flat(), **meta}, indent=2))
-        self._metrics = (run_dir / METRICS_FILE).open("a", encoding="utf-8")
+        path = run_dir / METRICS_FILE
         self.rounds: list[dict[str, Any]] = []
+        if resume_at is None:
+            path.write_text("")
+        else:
+            with path.open("r+b") as handle:
+                handle.truncate(resume_at)
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+            self.rounds = [row for row in rows if row.get("kind") == "round"]
+        self._metrics = path.open("a", encoding="utf-8")
+
+    def offset(self) -> int:
+        """Bytes of metrics written so far (stored in the checkpoint)."""
+        return self._metrics.tell()
 
     def write(self, row: dict[str, Any]) -> None:
         self._metrics.write(json.dumps(row) + "\n")

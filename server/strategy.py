@@ -1,10 +1,11 @@
-"""FedAvg over adapter deltas, on Flower's Message-API strategy.
+"""Adapter-delta aggregation on Flower's Message-API strategy.
 
-Flower's ``FedAvg`` samples nodes, builds messages and drives the rounds; this
-subclass replaces aggregation: every reply is validated (base fingerprint,
-adapter keys/shapes/dtype, finiteness, example count) before it is averaged,
-a bad reply is logged and dropped while the round goes on, and the example-
-weighted mean delta is added to the float32 global adapter the server keeps.
+Flower's ``FedAvg`` samples nodes and builds messages; this subclass replaces
+aggregation: every reply is validated (base fingerprint, adapter keys/shapes/dtype,
+finiteness, example count) before the configured :mod:`rule <stamen.server.rules>`
+sees it; a bad reply is logged and dropped while the round goes on. Accepted
+replies are folded into the rule one at a time, in client-name order, so a round's
+result does not depend on the order replies arrived in.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from stamen.shared.protocol import (
 )
 from stamen.shared.wire import AdapterSchema, AdapterValidationError, decode_adapter, encode_adapter
 
-from .accumulator import WeightedMean
+from .rules import AggregationRule, ClientUpdate
 from .run_record import RunRecorder
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,8 @@ class UpdateRejected(ValueError):
     """A client reply that must not reach aggregation; the message says why."""
 
 
-class AdapterFedAvg(FedAvg):
-    """Example-weighted FedAvg of validated adapter deltas."""
+class AdapterStrategy(FedAvg):
+    """Validated adapter deltas, aggregated by a pluggable rule."""
 
     def __init__(
         self,
@@ -51,6 +52,7 @@ class AdapterFedAvg(FedAvg):
         schema: AdapterSchema,
         fingerprint: str,
         recorder: RunRecorder,
+        rule: AggregationRule,
         **fedavg_options: Any,
     ) -> None:
         super().__init__(**fedavg_options)
@@ -58,7 +60,9 @@ class AdapterFedAvg(FedAvg):
         self.schema = schema
         self.fingerprint = fingerprint
         self.recorder = recorder
+        self.rule = rule
         self._bytes_down = 0
+        self._num_nodes = 0
         self._train_summary: dict[str, Any] = {}
 
     def global_record(self) -> ArrayRecord:
@@ -68,35 +72,41 @@ class AdapterFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._bytes_down = arrays.count_bytes()
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._num_nodes = len(list(grid.get_node_ids()))
+        if messages:  # Flower's messages share one RecordDict: extra records are added once
+            content = messages[0].content
+            for name, extra in self.rule.downloads().items():
+                content[name] = encode_adapter(extra, self.schema.wire_dtype)
+            self._bytes_down = sum(record.count_bytes() for record in content.array_records.values())
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        mean = WeightedMean()
+        self.rule.start_round(server_round, self._num_nodes)
         accepted = []
-        for msg in replies:
+        for msg in sorted(replies, key=_client_order):
             row = {"kind": "client", "phase": "train", "round": server_round, "node": msg.metadata.src_node_id}
             try:
-                delta, weight = self._admit_update(msg)
+                update = self._admit_update(msg)
             except UpdateRejected as reason:
                 self._reject(row, str(reason))
                 continue
-            mean.add(delta, weight)
+            self.rule.add(update)
             accepted.append(msg.content)
-            row.update(self._describe(msg), accepted=True, bytes_up=msg.content[ARRAYS].count_bytes())
-            row["bytes_down"] = self._bytes_down
-            self.recorder.write(row)
-        if mean.count:
-            for name, value in mean.mean().items():
-                self.global_adapter[name] += value
+            bytes_up = sum(record.count_bytes() for record in msg.content.array_records.values())
+            self.recorder.write({**row, **self._describe(msg), "accepted": True, "bytes_up": bytes_up,
+                                 "bytes_down": self._bytes_down})
+        if self.rule.count:
+            self.global_adapter = self.rule.finish_round(self.global_adapter)
         else:
             log.warning("round %d: no valid update; the global adapter is unchanged", server_round)
         metrics = aggregate_metricrecords(accepted, self.weighted_by_key) if accepted else MetricRecord()
+        uploads = 1 + len(self.rule.extra_uploads)
         self._train_summary = {
-            "clients_accepted": mean.count,
-            "bytes_up_per_client": self.schema.nbytes if mean.count else 0,
+            "clients_accepted": self.rule.count,
+            "bytes_up_per_client": self.schema.nbytes * uploads if self.rule.count else 0,
             "bytes_down_per_client": self._bytes_down,
             **{f"train_{_snake(k)}": v for k, v in metrics.items() if not k.startswith(INITIAL_PREFIX)},
             **_initial_losses([content[METRICS] for content in accepted]),
@@ -113,8 +123,7 @@ class AdapterFedAvg(FedAvg):
                 self._reject(row, str(reason))
                 continue
             accepted.append(msg.content)
-            row.update(self._describe(msg), accepted=True)
-            self.recorder.write(row)
+            self.recorder.write({**row, **self._describe(msg), "accepted": True})
         metrics = aggregate_metricrecords(accepted, self.weighted_by_key) if accepted else None
         evaluated = {f"eval_{_snake(k)}": v for k, v in (metrics or {}).items()}
         summary = {"kind": "round", "round": server_round, **self._train_summary, **evaluated}
@@ -144,23 +153,36 @@ class AdapterFedAvg(FedAvg):
         if not isinstance(examples, int | float) or not np.isfinite(examples) or examples <= 0:
             raise UpdateRejected(f"'{NUM_EXAMPLES}' must be a positive number, got {examples!r}")
 
-    def _admit_update(self, msg: Message) -> tuple[dict[str, np.ndarray], float]:
+    def _admit_update(self, msg: Message) -> ClientUpdate:
         self._admit_reply(msg)
-        if ARRAYS not in msg.content.array_records:
-            raise UpdateRejected("training reply carries no adapter delta")
+        records = msg.content.array_records
+        for name in (ARRAYS, *self.rule.extra_uploads):
+            if name not in records:
+                raise UpdateRejected(f"training reply carries no '{name}' record")
         try:
-            delta = decode_adapter(msg.content[ARRAYS], self.schema)
+            delta = decode_adapter(records[ARRAYS], self.schema)
+            extras = {name: decode_adapter(records[name], self.schema) for name in self.rule.extra_uploads}
         except AdapterValidationError as error:
             raise UpdateRejected(f"malformed adapter delta: {error}") from error
-        return delta, float(msg.content[METRICS][NUM_EXAMPLES])
+        return ClientUpdate(_client_name(msg), delta, float(msg.content[METRICS][NUM_EXAMPLES]), extras)
 
     def _describe(self, msg: Message) -> dict[str, Any]:
         metrics = {_snake(k): v for k, v in msg.content[METRICS].items()}
-        return {"client": str(msg.content[CLIENT_INFO].get(CLIENT_NAME, "?")), **metrics}
+        return {"client": _client_name(msg), **metrics}
 
     def _reject(self, row: dict[str, Any], reason: str) -> None:
         log.warning("round %d: rejected %s reply from node %s: %s", row["round"], row["phase"], row["node"], reason)
         self.recorder.write({**row, "accepted": False, "reason": reason})
+
+
+def _client_name(msg: Message) -> str:
+    if msg.has_error() or CLIENT_INFO not in msg.content.config_records:
+        return "?"
+    return str(msg.content[CLIENT_INFO].get(CLIENT_NAME, "?"))
+
+
+def _client_order(msg: Message) -> tuple[str, int]:
+    return _client_name(msg), msg.metadata.src_node_id
 
 
 def _snake(key: str) -> str:

@@ -75,6 +75,9 @@ class RunConfig:
     adapter: AdapterSpec = field(default_factory=AdapterSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
     wire_dtype: str = _key("wire-dtype", "float16")
+    aggregation: str = _key("aggregation", "fedavg")
+    aggregation_options: str = _key("aggregation-options", "")
+    proximal_mu: float = _key("proximal-mu", 0.0)
     num_rounds: int = _key("num-server-rounds", 3)
     fraction_train: float = _key("fraction-train", 1.0)
     fraction_evaluate: float = _key("fraction-evaluate", 1.0)
@@ -93,6 +96,21 @@ class RunConfig:
         _require(0.0 <= self.fraction_evaluate <= 1.0, "fraction-evaluate", self.fraction_evaluate, "must be in [0, 1]")
         _require(self.min_clients >= 1, "min-clients", self.min_clients, "must be >= 1")
         _require(self.round_timeout > 0, "round-timeout", self.round_timeout, "must be > 0")
+        _require(self.proximal_mu >= 0, "proximal-mu", self.proximal_mu, "must be >= 0")
+        self.rule_options()  # validates the syntax early
+
+    def rule_options(self) -> dict[str, float]:
+        """``aggregation-options`` ("server_lr=0.01,momentum=0.9") as keyword arguments of the rule."""
+        options = {}
+        for item in filter(None, (part.strip() for part in self.aggregation_options.split(","))):
+            name, _, value = item.partition("=")
+            try:
+                options[name.strip()] = float(value)
+            except ValueError:
+                raise ConfigError(
+                    f"configuration key 'aggregation-options' item {item!r} must be name=number"
+                ) from None
+        return options
 
     def to_flat(self) -> dict[str, bool | int | float | str]:
         """The flat kebab-case mapping used by Flower records and the CLI."""

@@ -48,31 +48,32 @@ def simulate(
     rounds: Annotated[int | None, typer.Option(help="Rounds (overrides num-server-rounds).")] = None,
     preset: Annotated[Path | None, typer.Option(help="TOML file of flat config keys.", exists=True)] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a config key: --set key=value.")] = [],
+    resume: Annotated[Path | None, typer.Option(help="Continue runs/<id> from its last completed round.",
+                                                exists=True, file_okay=False)] = None,
     cpus_per_client: Annotated[int, typer.Option(help="CPU cores reserved per virtual client.")] = 1,
     gpus_per_client: Annotated[float, typer.Option(help="Fraction of a GPU per virtual client.")] = 0.0,
     verbose: Annotated[bool, typer.Option(help="Show Flower's own INFO logs.")] = False,
 ) -> None:
     """Run a simulated federation on this machine and write runs/<id>/."""
-    from stamen.server.run_record import CONFIG_FILE, new_run_id
+    from stamen.server.run_record import CONFIG_FILE
     from stamen.simulations.engine import Resources, prepare_base, simulate as run
     from stamen.simulations.progress import RunMonitor, summary_table
 
     _configure_logging(verbose)
-    try:
-        config = _load_config(preset, set_)
-        extra = {"min-clients": min(config.min_clients, clients), "run-id": config.run_id or new_run_id()}
-        if rounds is not None:
-            extra["num-server-rounds"] = rounds
-        config = config.replace(**extra)
-    except ConfigError as error:
-        raise typer.BadParameter(str(error)) from error
+    if resume is not None:
+        config, clients, resources = _resumable(resume)
+    else:
+        config = _new_run_config(preset, set_, clients, rounds)
+        resources = Resources(cpus_per_client, gpus_per_client)
     run_dir = Path(config.run_dir) / config.run_id
-    console.print(f"[bold]Stamen simulation[/] {clients} clients x {config.num_rounds} rounds on base "
-                  f"[cyan]{config.base_model}[/] -> {run_dir}")
+    _remember_simulation(run_dir, config, clients, resources)
+    verb = "Resuming" if resume else "Stamen simulation"
+    console.print(f"[bold]{verb}[/] {clients} clients x {config.num_rounds} rounds on base "
+                  f"[cyan]{config.base_model}[/] ({config.aggregation}) -> {run_dir}")
     choice = prepare_base(config)
     console.print(f"Quantisation: {choice.reason}")
     with RunMonitor(run_dir, config.num_rounds, clients, console) as monitor:
-        run(config, clients, Resources(cpus_per_client, gpus_per_client))
+        run(config, clients, resources, resume=resume is not None)
     meta = json.loads((run_dir / CONFIG_FILE).read_text())
     console.print(summary_table(monitor.rounds, meta["base_stored_bytes"]))
     console.print(
@@ -80,6 +81,43 @@ def simulate(
         f"({meta['adapter_values']:,} values, {config.wire_dtype}) vs {meta['base_stored_bytes']:,} bytes of base weights."
     )
     console.print(f"Metrics: {run_dir / 'metrics.jsonl'}  Summary: {run_dir / 'summary.json'}")
+
+
+SIMULATION_FILE = "simulation.json"
+
+
+def _new_run_config(preset: Path | None, overrides: list[str], clients: int, rounds: int | None) -> RunConfig:
+    from stamen.server.run_record import new_run_id
+
+    try:
+        config = _load_config(preset, overrides)
+        extra = {"min-clients": min(config.min_clients, clients), "run-id": config.run_id or new_run_id()}
+        if rounds is not None:
+            extra["num-server-rounds"] = rounds
+        return config.replace(**extra)
+    except ConfigError as error:
+        raise typer.BadParameter(str(error)) from error
+
+
+def _remember_simulation(run_dir: Path, config: RunConfig, clients: int, resources) -> None:
+    """What ``--resume`` needs to start the same simulation again."""
+    from dataclasses import asdict
+
+    from stamen.shared.atomic import atomic_write_text
+
+    record = {"config": config.to_flat(), "clients": clients, "resources": asdict(resources)}
+    atomic_write_text(run_dir / SIMULATION_FILE, json.dumps(record, indent=2))
+
+
+def _resumable(run_dir: Path):
+    from stamen.simulations.engine import Resources
+
+    path = run_dir / SIMULATION_FILE
+    if not path.is_file():
+        raise typer.BadParameter(f"{run_dir} was not started by 'stamen simulate' (no {SIMULATION_FILE})")
+    record = json.loads(path.read_text())
+    config = RunConfig.from_flat(record["config"]).replace(**{"run-dir": str(run_dir.parent), "run-id": run_dir.name})
+    return config, record["clients"], Resources(**record["resources"])
 
 
 @app.command()

@@ -39,8 +39,8 @@ def prepare_base(config: RunConfig) -> QuantisationChoice:
     return choose_quantisation(folder, base_fingerprint(folder), load_tokenizer(folder), pick_device())
 
 
-def simulate(config: RunConfig, num_clients: int, resources: Resources = Resources()) -> Path:
-    """Run ``config`` with ``num_clients`` virtual clients; return the run folder."""
+def simulate(config: RunConfig, num_clients: int, resources: Resources = Resources(), resume: bool = False) -> Path:
+    """Run ``config`` with ``num_clients`` virtual clients (``resume``: continue its run folder)."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # keep Ray's GPU env as it is
     from flwr.simulation import run_simulation
@@ -55,7 +55,7 @@ def simulate(config: RunConfig, num_clients: int, resources: Resources = Resourc
         "init_args": {"num_cpus": os.cpu_count() or 1, "log_to_driver": False},
     }
     run_simulation(
-        server_app=server_app_for(config),
+        server_app=server_app_for(config, resume),
         client_app=client_app,
         num_supernodes=num_clients,
         backend_config=backend_config,

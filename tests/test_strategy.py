@@ -8,7 +8,8 @@ import pytest
 from flwr.app import Error, Message, MessageType, RecordDict
 
 from stamen.server.run_record import METRICS_FILE, RunRecorder
-from stamen.server.strategy import AdapterFedAvg
+from stamen.server.rules import make_rule
+from stamen.server.strategy import AdapterStrategy
 from stamen.shared.config import RunConfig
 from stamen.shared.protocol import client_reply
 from stamen.shared.wire import AdapterSchema, decode_adapter, encode_adapter
@@ -41,7 +42,7 @@ def flower_task_identity():
 @pytest.fixture
 def strategy(tmp_path):
     recorder = RunRecorder(tmp_path, RunConfig(), {})
-    return AdapterFedAvg(GLOBAL, AdapterSchema.from_state(GLOBAL, "float16"), FP, recorder)
+    return AdapterStrategy(GLOBAL, AdapterSchema.from_state(GLOBAL, "float16"), FP, recorder, make_rule("fedavg"))
 
 
 def test_new_global_is_the_example_weighted_mean_delta_added(strategy):
@@ -77,7 +78,7 @@ def test_bad_replies_are_rejected_logged_and_the_round_goes_on(strategy, tmp_pat
     assert "base model mismatch" in reasons[3]
     assert "shape" in reasons[4]
     assert "out of memory" in reasons[5]
-    assert "no adapter delta" in reasons[6]
+    assert "carries no 'arrays'" in reasons[6]
     assert "positive" in reasons[7]
     assert caplog.text.count("rejected train reply") == 6
 

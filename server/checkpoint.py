@@ -1,0 +1,77 @@
+"""The server's state after each completed round, in one file written atomically.
+
+One safetensors file holds the global adapter and the rule's arrays; its metadata
+holds the round, the sampling RNG state and how far ``metrics.jsonl`` had got. It is
+written beside the old one and renamed over it, so a crash at any moment leaves the
+last completed round's checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load, save
+
+from stamen.shared.atomic import atomic_write_bytes
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+ROUNDS_DIR = "rounds"
+_GLOBAL, _RULE = "global/", "rule/"
+
+
+@dataclass
+class ServerState:
+    round: int
+    global_adapter: dict[str, np.ndarray]
+    rule_state: dict[str, Any]
+    python_rng: Any
+    metrics_offset: int
+
+
+def save_checkpoint(run_dir: Path, state: ServerState) -> None:
+    """Replace the run's checkpoint, and keep this round's global adapter for export."""
+    tensors = {_GLOBAL + k: np.ascontiguousarray(v) for k, v in state.global_adapter.items()}
+    tensors.update({_RULE + k: np.ascontiguousarray(v) for k, v in state.rule_state.items()})
+    meta = {"round": state.round, "python_rng": state.python_rng, "metrics_offset": state.metrics_offset}
+    adapter_only = {k: v for k, v in tensors.items() if k.startswith(_GLOBAL)}
+    atomic_write_bytes(run_dir / ROUNDS_DIR / f"round-{state.round}.safetensors", save(adapter_only))
+    atomic_write_bytes(run_dir / CHECKPOINT_FILE, save(tensors, metadata={"stamen": json.dumps(meta)}))
+
+
+def load_checkpoint(run_dir: Path) -> ServerState | None:
+    """The last completed round's state, or None if the run has not finished a round."""
+    path = run_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as handle:
+        meta = json.loads(handle.metadata()["stamen"])
+    tensors = load(data)
+    return ServerState(
+        round=meta["round"],
+        global_adapter={k[len(_GLOBAL) :]: v for k, v in tensors.items() if k.startswith(_GLOBAL)},
+        rule_state={k[len(_RULE) :]: v for k, v in tensors.items() if k.startswith(_RULE)},
+        python_rng=_as_rng_state(meta["python_rng"]),
+        metrics_offset=meta["metrics_offset"],
+    )
+
+
+def load_round_adapter(run_dir: Path, server_round: int) -> dict[str, np.ndarray]:
+    """The global adapter as it was after ``server_round``."""
+    path = run_dir / ROUNDS_DIR / f"round-{server_round}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no adapter for round {server_round}")
+    return {k[len(_GLOBAL) :]: v for k, v in load(path.read_bytes()).items()}
+
+
+def _as_rng_state(saved: list) -> tuple:
+    """``random.getstate()`` went through JSON as lists; restore its tuple shape."""
+    version, internal, gauss = saved
+    return (version, tuple(internal), gauss)
+

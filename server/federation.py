@@ -1,0 +1,97 @@
+"""One federation run: set up from the config, then round after round with a checkpoint after each.
+
+Stamen drives the rounds itself (rather than ``Strategy.start``) so a run can
+resume from its last completed round: the checkpoint restores the global adapter,
+the rule's state, the node-sampling RNG and the metrics file.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import random
+from pathlib import Path
+
+from flwr.app import ConfigRecord
+from flwr.serverapp import Grid
+
+from stamen.shared.adapters import adapter_state, attach_adapter
+from stamen.shared.base_model import load_base
+from stamen.shared.config import RunConfig
+from stamen.shared.fingerprint import short
+from stamen.shared.protocol import round_config
+from stamen.shared.wire import AdapterSchema
+
+from .checkpoint import ServerState, load_checkpoint, save_checkpoint
+from .rules import make_rule
+from .run_record import RunRecorder, new_run_id
+from .strategy import AdapterStrategy
+
+log = logging.getLogger(__name__)
+
+
+def run_federation(grid: Grid, config: RunConfig, resume: bool = False) -> Path:
+    """Run (or, with ``resume``, continue) ``config``'s rounds on ``grid``; return the run folder."""
+    config = config if config.run_id else config.replace(**{"run-id": new_run_id()})
+    run_dir = Path(config.run_dir) / config.run_id
+    base = load_base(config.base_model, quantisation="none")
+    initial = {k: v.numpy() for k, v in adapter_state(attach_adapter(base.model, config.adapter, config.seed)).items()}
+    schema = AdapterSchema.from_state(initial, config.wire_dtype)
+    meta = {
+        "base_fingerprint": base.fingerprint,
+        "base_stored_bytes": base.stored_bytes,
+        "adapter_values": schema.num_values,
+        "adapter_wire_bytes": schema.nbytes,
+    }
+    del base.model
+    gc.collect()  # the server only needs the adapter's shapes and initial values
+    log.info(
+        "Base %s (fingerprint %s): adapter of %d values, %d bytes per upload vs %d bytes of base weights",
+        config.base_model, short(base.fingerprint), schema.num_values, schema.nbytes, meta["base_stored_bytes"],
+    )
+    checkpoint = load_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        log.warning("%s has no completed round to resume from; starting at round 1", run_dir)
+    recorder = RunRecorder(run_dir, config, meta, resume_at=checkpoint.metrics_offset if checkpoint else None)
+    rule = make_rule(config.aggregation, **config.rule_options())
+    strategy = AdapterStrategy(
+        initial,
+        schema,
+        base.fingerprint,
+        recorder,
+        rule,
+        fraction_train=config.fraction_train,
+        fraction_evaluate=config.fraction_evaluate,
+        min_train_nodes=config.min_clients,
+        min_evaluate_nodes=config.min_clients if config.fraction_evaluate > 0 else 0,
+        min_available_nodes=config.min_clients,
+    )
+    if checkpoint:
+        strategy.global_adapter = checkpoint.global_adapter
+        rule.load_state_dict(checkpoint.rule_state)
+        random.setstate(checkpoint.python_rng)
+        log.info("Resuming %s after round %d", run_dir, checkpoint.round)
+    else:
+        rule.initialise(strategy.global_adapter)
+        random.seed(config.seed)  # Flower samples nodes with the random module
+    first_round = checkpoint.round + 1 if checkpoint else 1
+    _run_rounds(grid, strategy, round_config(config, base.fingerprint), config, first_round, run_dir)
+    recorder.save_adapter(strategy.global_adapter)
+    recorder.finish(meta)
+    return run_dir
+
+
+def _run_rounds(
+    grid: Grid, strategy: AdapterStrategy, instruction: ConfigRecord, config: RunConfig, first: int, run_dir: Path
+) -> None:
+    for server_round in range(first, config.num_rounds + 1):
+        log.info("round %d/%d", server_round, config.num_rounds)
+        train = strategy.configure_train(server_round, strategy.global_record(), instruction, grid)
+        strategy.aggregate_train(server_round, grid.send_and_receive(train, timeout=config.round_timeout))
+        evaluate = strategy.configure_evaluate(server_round, strategy.global_record(), instruction, grid)
+        strategy.aggregate_evaluate(server_round, grid.send_and_receive(evaluate, timeout=config.round_timeout))
+        save_checkpoint(
+            run_dir,
+            ServerState(server_round, strategy.global_adapter, strategy.rule.state_dict(), random.getstate(),
+                        strategy.recorder.offset()),
+        )

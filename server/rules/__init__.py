@@ -1,0 +1,14 @@
+"""Aggregation rules, registered by name and chosen by the ``aggregation`` config key.
+
+Adding a rule: one module with one subclass of :class:`AggregationRule` decorated with
+``@register("name")``, and one import line below (see docs/aggregation-rules.md).
+"""
+
+from __future__ import annotations
+
+from .base import AggregationRule, ClientUpdate
+from .registry import RULES, make_rule, register
+
+from . import fedadagrad, fedadam, fedavg, fedavgm, fedprox, fedyogi, scaffold  # noqa: E402,F401  (registration)
+
+__all__ = ["RULES", "AggregationRule", "ClientUpdate", "make_rule", "register"]

@@ -1,0 +1,77 @@
+"""What an aggregation rule is: fold client updates in one at a time, then move the global adapter.
+
+A rule sees validated updates only (the strategy rejects bad ones first). Its
+server-side state (moments, control variates, ...) lives on the rule and goes into
+the checkpoint through ``state_dict`` / ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..accumulator import WeightedMean
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One accepted client reply: its adapter delta, weight, and any rule-specific extras."""
+
+    client: str
+    delta: Mapping[str, np.ndarray]
+    weight: float
+    extras: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
+
+
+class AggregationRule:
+    """Example-weighted mean of deltas, applied by ``step``. Subclasses override what differs."""
+
+    name: ClassVar[str]
+    needs_individual_updates: ClassVar[bool] = False  # secure aggregation yields only sums
+    extra_uploads: ClassVar[tuple[str, ...]] = ()  # extra ArrayRecords clients must send
+
+    def __init__(self, **options: float) -> None:
+        unknown = set(options) - set(self.option_defaults())
+        if unknown:
+            raise ValueError(f"rule '{self.name}' has no option(s) {sorted(unknown)}; it takes {self.option_defaults()}")
+        self.options = {**self.option_defaults(), **options}
+        self._mean = WeightedMean()
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, float]:
+        return {}
+
+    def initialise(self, global_adapter: Arrays) -> None:
+        """Set up server state for a new run (not called when resuming from a checkpoint)."""
+
+    def start_round(self, server_round: int, num_clients: int) -> None:
+        self._mean = WeightedMean()
+
+    def add(self, update: ClientUpdate) -> None:
+        self._mean.add(update.delta, update.weight)
+
+    @property
+    def count(self) -> int:
+        return self._mean.count
+
+    def finish_round(self, global_adapter: Arrays) -> Arrays:
+        """The new global adapter (called only when at least one update was added)."""
+        return self.step(global_adapter, self._mean.mean())
+
+    def step(self, global_adapter: Arrays, mean_delta: Arrays) -> Arrays:
+        return {k: global_adapter[k] + mean_delta[k] for k in global_adapter}
+
+    def downloads(self) -> dict[str, Arrays]:
+        """Extra ArrayRecords sent to clients with the global adapter (e.g. control variates)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
