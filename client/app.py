@@ -20,6 +20,7 @@ from stamen.shared.protocol import (
     ARRAYS,
     CONTROL,
     CONTROL_DELTA,
+    CORRECTIONS,
     HELDOUT_EXAMPLES,
     NUM_EXAMPLES,
     client_reply,
@@ -35,16 +36,29 @@ from .state_store import ClientStateStore, client_folder
 from .training import train_adapter
 
 app = ClientApp()
+PERSONAL = "personal"  # store name of the adapter part that stays on the device
 
 
-def _prepare(msg: Message, context: Context):
-    """Parse the instruction, check the base, and load the received global adapter."""
+def _prepare(msg: Message, context: Context, training_round: bool):
+    """Parse the instruction, check the base, and load the adapter this client runs with:
+    the received global part, its personal part (``fedsa``) and any exact-LoRA corrections."""
     instruction = read_instruction(msg.content)
     runtime = client_runtime(instruction.config)
     check_same_base(instruction.fingerprint, runtime.base.fingerprint, "server's base vs this client's base")
+    data = local_data(context, instruction.config.seed)
     global_adapter = decode_adapter(msg.content[ARRAYS], runtime.schema)
-    load_adapter_state(runtime.model, global_adapter)
-    return instruction, runtime, global_adapter, local_data(context, instruction.config.seed)
+    personal = {}
+    if len(runtime.schema.shapes) < len(runtime.initial):  # part of the adapter never leaves the device
+        # evaluation follows the round's training, so it reads the state that training saved
+        before = instruction.server_round + (0 if training_round else 1)
+        stored = _store(context, instruction.config, data.name).load(PERSONAL, before)
+        personal = stored or {k: v for k, v in runtime.initial.items() if k not in global_adapter}
+    load_adapter_state(runtime.model, {**global_adapter, **personal})
+    if runtime.corrections:
+        records = msg.content.array_records
+        corrections = decode_adapter(records[CORRECTIONS], runtime.corrections.schema) if CORRECTIONS in records else None
+        runtime.corrections.set(corrections)
+    return instruction, runtime, global_adapter, data
 
 
 def _heldout(runtime: ClientRuntime, examples, training) -> EvalResult:
@@ -56,19 +70,22 @@ def _heldout(runtime: ClientRuntime, examples, training) -> EvalResult:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global adapter on local data; reply with the delta."""
-    instruction, runtime, global_adapter, data = _prepare(msg, context)
+    instruction, runtime, global_adapter, data = _prepare(msg, context, training_round=True)
     config, training = instruction.config, instruction.config.training
     baseline = _initial_losses(runtime, data, training) if instruction.server_round == 1 else {}
     corrections = [proximal_term(config.proximal_mu, global_adapter)] if config.proximal_mu > 0 else []
     scaffold = None
     if CONTROL in msg.content.array_records:
-        store = ClientStateStore(client_folder(_state_root(context, config), data.name))
-        scaffold = ScaffoldClient(store, instruction.server_round, decode_adapter(msg.content[CONTROL], runtime.schema))
+        server_control = decode_adapter(msg.content[CONTROL], runtime.schema)
+        scaffold = ScaffoldClient(_store(context, config, data.name), instruction.server_round, server_control)
         corrections.append(scaffold.correction())
     seed = zlib.crc32(f"{config.seed}/{data.name}/{instruction.server_round}".encode())
     result = train_adapter(runtime.model, runtime.base.tokenizer, list(data.train), training, seed, tuple(corrections))
     trained = {k: v.numpy() for k, v in adapter_state(runtime.model).items()}
     delta = {name: trained[name] - global_adapter[name] for name in global_adapter}
+    personal = {name: value for name, value in trained.items() if name not in global_adapter}
+    if personal:
+        _store(context, config, data.name).save(PERSONAL, instruction.server_round, personal)
     extra_uploads = {}
     if scaffold:
         extra_uploads[CONTROL_DELTA] = scaffold.finish(global_adapter, trained, training.local_steps, training.learning_rate)
@@ -87,12 +104,14 @@ def train(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-def _state_root(context: Context, config) -> Path:
+def _store(context: Context, config, client_name: str) -> ClientStateStore:
     """Where this device keeps state the server never sees: the node's ``state-dir``,
-    or (simulation) the run folder's ``clients/``."""
+    or (simulation) one folder per client under the run folder's ``clients/``."""
     if "state-dir" in context.node_config:
-        return Path(str(context.node_config["state-dir"]))
-    return Path(config.run_dir) / config.run_id / "clients"
+        root = Path(str(context.node_config["state-dir"]))
+    else:
+        root = Path(config.run_dir) / config.run_id / "clients"
+    return ClientStateStore(client_folder(root, client_name))
 
 
 def _initial_losses(runtime: ClientRuntime, data, training) -> dict[str, float]:
@@ -112,7 +131,7 @@ def _general(runtime: ClientRuntime, data) -> list:
 def evaluate(msg: Message, context: Context) -> Message:
     """Held-out loss on local data and loss on the general base domain, for the global adapter."""
     started = time.perf_counter()
-    instruction, runtime, _, data = _prepare(msg, context)
+    instruction, runtime, _, data = _prepare(msg, context, training_round=False)
     training = instruction.config.training
     heldout = _heldout(runtime, data.heldout, training)
     general = _heldout(runtime, _general(runtime, data), training)

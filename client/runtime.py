@@ -10,15 +10,18 @@ import gc
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-from stamen.shared.adapters import adapter_state, attach_adapter
+from stamen.shared.adapters import adapter_state, attach_adapter, shared_state
 from stamen.shared.base_model import LoadedBase, load_base
 from stamen.shared.config import RunConfig
+from stamen.shared.lora_layers import lora_layers
 from stamen.shared.wire import AdapterSchema
 
 from .base_domain import base_generated_examples
 from .data import Example
+from .lora_corrections import LayerCorrections
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,9 @@ class ClientRuntime:
 
     base: LoadedBase
     model: torch.nn.Module
-    schema: AdapterSchema
+    schema: AdapterSchema  # the shared part of the adapter: what travels
+    initial: dict[str, np.ndarray]  # the seeded initial adapter, whole (personal parts start here)
+    corrections: LayerCorrections | None  # exact-LoRA corrections, when the run uses them
     _generated: list[Example] = field(default_factory=list)
 
     def base_generated(self) -> list[Example]:
@@ -54,6 +59,11 @@ def client_runtime(config: RunConfig, device: str | None = None) -> ClientRuntim
     gc.collect()
     base = load_base(config.base_model, config.quantisation, device)
     model = attach_adapter(base.model, config.adapter, config.seed)
-    runtime = ClientRuntime(base, model, AdapterSchema.from_state(adapter_state(model), config.wire_dtype))
+    initial = {k: v.numpy() for k, v in adapter_state(model).items()}
+    schema = AdapterSchema.from_state(shared_state(initial, config.adapter), config.wire_dtype)
+    corrections = None
+    if config.adapter.aggregation == "exact":
+        corrections = LayerCorrections(model, lora_layers(initial), config.wire_dtype)
+    runtime = ClientRuntime(base, model, schema, initial, corrections)
     _current = (key, runtime)
     return runtime

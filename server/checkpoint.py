@@ -27,7 +27,7 @@ _GLOBAL, _RULE = "global/", "rule/"
 class ServerState:
     round: int
     global_adapter: dict[str, np.ndarray]
-    rule_state: dict[str, Any]
+    rule_state: dict[str, Any]  # the strategy's server state: rule arrays, LoRA corrections
     python_rng: Any
     metrics_offset: int
 

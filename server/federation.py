@@ -15,14 +15,16 @@ from pathlib import Path
 from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 
-from stamen.shared.adapters import adapter_state, attach_adapter
+from stamen.shared.adapters import adapter_state, attach_adapter, shared_state
 from stamen.shared.base_model import load_base
 from stamen.shared.config import RunConfig
 from stamen.shared.fingerprint import short
+from stamen.shared.lora_layers import lora_layers
 from stamen.shared.protocol import round_config
 from stamen.shared.wire import AdapterSchema
 
 from .checkpoint import ServerState, load_checkpoint, save_checkpoint
+from .lora_exact import ExactLoraResidual, correction_shapes
 from .rules import make_rule
 from .run_record import RunRecorder, new_run_id
 from .strategy import AdapterStrategy
@@ -35,7 +37,8 @@ def run_federation(grid: Grid, config: RunConfig, resume: bool = False) -> Path:
     config = config if config.run_id else config.replace(**{"run-id": new_run_id()})
     run_dir = Path(config.run_dir) / config.run_id
     base = load_base(config.base_model, quantisation="none")
-    initial = {k: v.numpy() for k, v in adapter_state(attach_adapter(base.model, config.adapter, config.seed)).items()}
+    full = adapter_state(attach_adapter(base.model, config.adapter, config.seed))
+    initial = {k: v.numpy() for k, v in shared_state(full, config.adapter).items()}
     schema = AdapterSchema.from_state(initial, config.wire_dtype)
     meta = {
         "base_fingerprint": base.fingerprint,
@@ -54,12 +57,18 @@ def run_federation(grid: Grid, config: RunConfig, resume: bool = False) -> Path:
         log.warning("%s has no completed round to resume from; starting at round 1", run_dir)
     recorder = RunRecorder(run_dir, config, meta, resume_at=checkpoint.metrics_offset if checkpoint else None)
     rule = make_rule(config.aggregation, **config.rule_options())
+    residual = None
+    if config.adapter.aggregation == "exact":
+        layers = lora_layers(initial)
+        residual = ExactLoraResidual(layers, config.adapter.alpha / config.adapter.rank)
+        residual.initialise(correction_shapes(layers, initial))
     strategy = AdapterStrategy(
         initial,
         schema,
         base.fingerprint,
         recorder,
         rule,
+        residual,
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
         min_train_nodes=config.min_clients,
@@ -67,8 +76,7 @@ def run_federation(grid: Grid, config: RunConfig, resume: bool = False) -> Path:
         min_available_nodes=config.min_clients,
     )
     if checkpoint:
-        strategy.global_adapter = checkpoint.global_adapter
-        rule.load_state_dict(checkpoint.rule_state)
+        strategy.restore(checkpoint.global_adapter, checkpoint.rule_state)
         random.setstate(checkpoint.python_rng)
         log.info("Resuming %s after round %d", run_dir, checkpoint.round)
     else:
@@ -92,6 +100,6 @@ def _run_rounds(
         strategy.aggregate_evaluate(server_round, grid.send_and_receive(evaluate, timeout=config.round_timeout))
         save_checkpoint(
             run_dir,
-            ServerState(server_round, strategy.global_adapter, strategy.rule.state_dict(), random.getstate(),
+            ServerState(server_round, strategy.global_adapter, strategy.server_state(), random.getstate(),
                         strategy.recorder.offset()),
         )

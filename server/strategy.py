@@ -25,6 +25,7 @@ from stamen.shared.protocol import (
     ARRAYS,
     CLIENT_INFO,
     CLIENT_NAME,
+    CORRECTIONS,
     FINGERPRINT,
     HELDOUT_EXAMPLES,
     INITIAL_PREFIX,
@@ -33,6 +34,7 @@ from stamen.shared.protocol import (
 )
 from stamen.shared.wire import AdapterSchema, AdapterValidationError, decode_adapter, encode_adapter
 
+from .lora_exact import ExactLoraResidual
 from .rules import AggregationRule, ClientUpdate
 from .run_record import RunRecorder
 
@@ -53,9 +55,11 @@ class AdapterStrategy(FedAvg):
         fingerprint: str,
         recorder: RunRecorder,
         rule: AggregationRule,
+        residual: ExactLoraResidual | None = None,
         **fedavg_options: Any,
     ) -> None:
         super().__init__(**fedavg_options)
+        self.residual = residual
         self.global_adapter = {k: v.astype(np.float32) for k, v in global_adapter.items()}
         self.schema = schema
         self.fingerprint = fingerprint
@@ -69,22 +73,49 @@ class AdapterStrategy(FedAvg):
         """The global adapter in the wire dtype, as sent to clients."""
         return encode_adapter(self.global_adapter, self.schema.wire_dtype)
 
+    def server_state(self) -> dict[str, np.ndarray]:
+        """Everything besides the global adapter that a checkpoint must keep."""
+        corrections = self.residual.corrections if self.residual else {}
+        return {**self.rule.state_dict(), **{f"{CORRECTIONS}/{k}": v for k, v in corrections.items()}}
+
+    def restore(self, global_adapter: dict[str, np.ndarray], state: dict[str, np.ndarray]) -> None:
+        self.global_adapter = global_adapter
+        self.rule.load_state_dict(state)
+        if self.residual:
+            prefix = f"{CORRECTIONS}/"
+            self.residual.corrections = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._num_nodes = len(list(grid.get_node_ids()))
-        if messages:  # Flower's messages share one RecordDict: extra records are added once
-            content = messages[0].content
-            for name, extra in self.rule.downloads().items():
-                content[name] = encode_adapter(extra, self.schema.wire_dtype)
-            self._bytes_down = sum(record.count_bytes() for record in content.array_records.values())
+        self._add_downloads(messages, {**self.rule.downloads(), **self._corrections()})
+        if messages:
+            self._bytes_down = sum(r.count_bytes() for r in messages[0].content.array_records.values())
         return messages
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        self._add_downloads(messages, self._corrections())
+        return messages
+
+    def _corrections(self) -> dict[str, dict[str, np.ndarray]]:
+        return {CORRECTIONS: self.residual.corrections} if self.residual else {}
+
+    def _add_downloads(self, messages: list[Message], downloads: dict[str, dict[str, np.ndarray]]) -> None:
+        if messages:  # Flower's messages share one RecordDict: extra records are added once
+            for name, arrays in downloads.items():
+                messages[0].content[name] = encode_adapter(arrays, self.schema.wire_dtype)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self.rule.start_round(server_round, self._num_nodes)
+        if self.residual:
+            self.residual.start_round(self.global_adapter)
         accepted = []
         for msg in sorted(replies, key=_client_order):
             row = {"kind": "client", "phase": "train", "round": server_round, "node": msg.metadata.src_node_id}
@@ -94,11 +125,15 @@ class AdapterStrategy(FedAvg):
                 self._reject(row, str(reason))
                 continue
             self.rule.add(update)
+            if self.residual:
+                self.residual.add(update.delta, update.weight)
             accepted.append(msg.content)
             bytes_up = sum(record.count_bytes() for record in msg.content.array_records.values())
             self.recorder.write({**row, **self._describe(msg), "accepted": True, "bytes_up": bytes_up,
                                  "bytes_down": self._bytes_down})
         if self.rule.count:
+            if self.residual:
+                self.residual.finish_round()
             self.global_adapter = self.rule.finish_round(self.global_adapter)
         else:
             log.warning("round %d: no valid update; the global adapter is unchanged", server_round)

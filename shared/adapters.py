@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .config import AdapterSpec
+from .lora_layers import is_frozen, is_personal
 
 # Module names that IA3 treats as feed-forward (scaling the input, not the output).
 _FEEDFORWARD_MODULES = {"down_proj", "up_proj", "gate_proj", "fc1", "fc2", "c_fc", "mlp"}
@@ -52,6 +53,9 @@ def attach_adapter(model: torch.nn.Module, spec: AdapterSpec, seed: int) -> torc
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         peft_model = get_peft_model(model, peft_config(spec))
+    for name, parameter in peft_model.named_parameters():
+        if is_frozen(name, spec.aggregation):
+            parameter.requires_grad_(False)
     trainable = adapter_parameters(peft_model)
     if not trainable:
         raise ValueError(f"adapter {spec.method} on targets {spec.targets} matched no module of the base")
@@ -68,9 +72,18 @@ def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().to("cpu", torch.float32).clone() for name, p in adapter_parameters(model).items()}
 
 
-def load_adapter_state(model: torch.nn.Module, state: Mapping[str, np.ndarray | torch.Tensor]) -> None:
-    """Overwrite the adapter tensors with ``state`` (same names and shapes)."""
+def shared_state(state: Mapping[str, torch.Tensor], spec: AdapterSpec) -> dict[str, torch.Tensor]:
+    """The part of an adapter state that goes to the server (all of it except a personal part)."""
+    return {k: v for k, v in state.items() if not is_personal(k, spec.aggregation)}
+
+
+def load_adapter_state(
+    model: torch.nn.Module, state: Mapping[str, np.ndarray | torch.Tensor], partial: bool = False
+) -> None:
+    """Overwrite adapter tensors with ``state``: all of them, or with ``partial`` a subset."""
     params = adapter_parameters(model)
+    if partial and set(state) <= set(params):
+        params = {k: params[k] for k in state}
     if set(params) != set(state):
         missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
         raise KeyError(f"adapter state does not match the model: missing {missing[:3]}, unexpected {extra[:3]}")

@@ -16,6 +16,7 @@ from typing import Any
 QUANTISATION_MODES = ("auto", "nf4", "int8", "none")
 WIRE_DTYPES = ("float16", "float32")
 LR_SCHEDULES = ("constant", "linear", "cosine")
+LORA_AGGREGATIONS = ("naive", "ffa", "fedsa", "exact")
 
 
 class ConfigError(ValueError):
@@ -36,8 +37,15 @@ class AdapterSpec:
     alpha: float = _key("lora-alpha", 16.0)
     dropout: float = _key("lora-dropout", 0.0)
     targets: tuple[str, ...] = _key("lora-targets", ("q_proj", "v_proj"))
+    aggregation: str = _key("lora-aggregation", "naive")
 
     def __post_init__(self) -> None:
+        _require(self.aggregation in LORA_AGGREGATIONS, "lora-aggregation", self.aggregation,
+                 f"must be one of {LORA_AGGREGATIONS}")
+        _require(self.aggregation == "naive" or self.method in ("lora", "dora"), "lora-aggregation",
+                 self.aggregation, f"needs adapter lora or dora, not {self.method}")
+        _require(self.aggregation != "exact" or self.method == "lora", "lora-aggregation", self.aggregation,
+                 "corrects products B*A, which DoRA's magnitude normalisation does not add up; use adapter lora")
         _require(self.rank >= 1, "lora-rank", self.rank, "must be >= 1")
         _require(self.alpha > 0, "lora-alpha", self.alpha, "must be > 0")
         _require(0.0 <= self.dropout < 1.0, "lora-dropout", self.dropout, "must be in [0, 1)")
@@ -97,6 +105,8 @@ class RunConfig:
         _require(self.min_clients >= 1, "min-clients", self.min_clients, "must be >= 1")
         _require(self.round_timeout > 0, "round-timeout", self.round_timeout, "must be > 0")
         _require(self.proximal_mu >= 0, "proximal-mu", self.proximal_mu, "must be >= 0")
+        _require(self.adapter.aggregation != "exact" or self.aggregation in ("fedavg", "fedprox"), "lora-aggregation",
+                 "exact", f"corrects the plain mean of B*A, so it needs aggregation fedavg or fedprox, not {self.aggregation}")
         self.rule_options()  # validates the syntax early
 
     def rule_options(self) -> dict[str, float]:

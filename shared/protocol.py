@@ -19,6 +19,7 @@ ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 CLIENT_INFO = "client"
+CORRECTIONS = "corrections"  # exact LoRA: per-layer corrections C, sent down
 CONTROL = "control"  # SCAFFOLD: the server's control variate, sent down
 CONTROL_DELTA = "control-delta"  # SCAFFOLD: a client's control-variate change, sent up
 FINGERPRINT = "base-fingerprint"

@@ -1,18 +1,21 @@
-"""The ClientApp on real Flower messages, in-process: what it sends, and what it refuses."""
+"""The ClientApp on real Flower messages, in-process: what it sends, what it keeps, what it refuses."""
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Context, Message, MessageType, RecordDict
 
 from stamen.client.app import app as client_app
+from stamen.client.runtime import client_runtime
+from stamen.client.state_store import ClientStateStore, client_folder
+from stamen.shared.adapters import adapter_state, attach_adapter, shared_state
 from stamen.shared.base_model import load_base
-from stamen.shared.adapters import adapter_state, attach_adapter
 from stamen.shared.config import RunConfig
 from stamen.shared.fingerprint import BaseMismatchError
-from stamen.shared.protocol import ARRAYS, CLIENT_INFO, CONFIG, FINGERPRINT, METRICS, SERVER_ROUND, round_config
+from stamen.shared.protocol import ARRAYS, CLIENT_INFO, CONFIG, CORRECTIONS, FINGERPRINT, METRICS, SERVER_ROUND, round_config
 from stamen.shared.wire import AdapterSchema, decode_adapter, encode_adapter
 
-CONFIG_TINY = RunConfig().replace(**{"base-model": "tiny", "quantisation": "none", "local-steps": 2, "seed": 0})
+TINY = RunConfig().replace(**{"base-model": "tiny", "quantisation": "none", "local-steps": 2, "seed": 0})
 
 
 @pytest.fixture(autouse=True)
@@ -22,27 +25,31 @@ def flower_task_identity():
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
 
 
-@pytest.fixture(scope="module")
-def server_view():
+def _server_view(config):
+    """What the server holds: fingerprint, the shared initial adapter, its schema."""
     base = load_base("tiny", quantisation="none")
-    initial = {k: v.numpy() for k, v in adapter_state(attach_adapter(base.model, CONFIG_TINY.adapter, 0)).items()}
-    return base.fingerprint, initial, AdapterSchema.from_state(initial, "float16")
+    full = adapter_state(attach_adapter(base.model, config.adapter, config.seed))
+    shared = {k: v.numpy() for k, v in shared_state(full, config.adapter).items()}
+    return base.fingerprint, shared, AdapterSchema.from_state(shared, "float16")
 
 
-def _message(kind, fingerprint, adapter):
-    config = round_config(CONFIG_TINY, fingerprint)
-    config[SERVER_ROUND] = 1
-    content = RecordDict({ARRAYS: encode_adapter(adapter, "float16"), CONFIG: config})
+def _message(kind, config, fingerprint, adapter, server_round=1, extra=None):
+    instruction = round_config(config, fingerprint)
+    instruction[SERVER_ROUND] = server_round
+    content = RecordDict({ARRAYS: encode_adapter(adapter, "float16"), CONFIG: instruction})
+    for name, arrays in (extra or {}).items():
+        content[name] = encode_adapter(arrays, "float16")
     return Message(content, dst_node_id=7, message_type=kind)
 
 
-def _context():
-    return Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 3}, state=RecordDict(), run_config={})
+def _context(state_dir=None):
+    node = {"partition-id": 0, "num-partitions": 3, **({"state-dir": str(state_dir)} if state_dir else {})}
+    return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
 
 
-def test_train_reply_is_a_delta_with_exactly_the_adapter(server_view):
-    fingerprint, initial, schema = server_view
-    reply = client_app(_message(MessageType.TRAIN, fingerprint, initial), _context())
+def test_train_reply_is_a_delta_with_exactly_the_adapter():
+    fingerprint, initial, schema = _server_view(TINY)
+    reply = client_app(_message(MessageType.TRAIN, TINY, fingerprint, initial), _context())
     assert not reply.has_error()
     content = reply.content
     assert set(content.array_records) == {ARRAYS}
@@ -56,15 +63,58 @@ def test_train_reply_is_a_delta_with_exactly_the_adapter(server_view):
     assert content[CLIENT_INFO][FINGERPRINT] == fingerprint
 
 
-def test_evaluate_reply_carries_losses_and_no_arrays(server_view):
-    fingerprint, initial, _ = server_view
-    reply = client_app(_message(MessageType.EVALUATE, fingerprint, initial), _context())
+def test_evaluate_reply_carries_losses_and_no_arrays():
+    fingerprint, initial, _ = _server_view(TINY)
+    reply = client_app(_message(MessageType.EVALUATE, TINY, fingerprint, initial), _context())
     metrics = reply.content[METRICS]
     assert not reply.content.array_records
     assert metrics["heldout-loss"] > 0 and metrics["base-domain-loss"] > 0
 
 
-def test_client_refuses_a_server_on_another_base(server_view):
-    _, initial, _ = server_view
+def test_client_refuses_a_server_on_another_base():
+    _, initial, _ = _server_view(TINY)
     with pytest.raises(BaseMismatchError, match="mismatch"):
-        client_app(_message(MessageType.TRAIN, "sha256:" + "00" * 32, initial), _context())
+        client_app(_message(MessageType.TRAIN, TINY, "sha256:" + "00" * 32, initial), _context())
+
+
+def test_ffa_sends_only_b_and_a_is_the_same_seeded_init_on_a_quantised_client():
+    config = TINY.replace(**{"lora-aggregation": "ffa"})
+    fingerprint, initial, _ = _server_view(config)
+    assert initial and all(".lora_B." in k for k in initial)
+    reply = client_app(_message(MessageType.TRAIN, config, fingerprint, initial), _context())
+    assert set(reply.content[ARRAYS]) == set(initial)
+    server_a = adapter_state(attach_adapter(load_base("tiny", "none").model, config.adapter, config.seed))
+    nf4_a = adapter_state(attach_adapter(load_base("tiny", "nf4").model, config.adapter, config.seed))
+    for name in (k for k in server_a if ".lora_A." in k):
+        assert torch.equal(server_a[name], nf4_a[name])
+
+
+def test_fedsa_keeps_b_on_the_device_and_evaluates_with_it(tmp_path):
+    config = TINY.replace(**{"lora-aggregation": "fedsa", "learning-rate": 0.01})
+    fingerprint, initial, _ = _server_view(config)
+    assert initial and all(".lora_A." in k for k in initial)
+    reply = client_app(_message(MessageType.TRAIN, config, fingerprint, initial), _context(tmp_path))
+    sent = set(reply.content[ARRAYS])
+    assert sent == set(initial) and not any(".lora_B." in k for k in sent)
+    name = reply.content[CLIENT_INFO]["client-name"]
+    personal = ClientStateStore(client_folder(tmp_path, name)).load("personal", before_round=2)
+    assert personal and all(".lora_B." in k for k in personal)
+    assert any(np.abs(v).max() > 0 for v in personal.values())  # B trained away from its zero init
+    client_app(_message(MessageType.EVALUATE, config, fingerprint, initial), _context(tmp_path))
+    in_model = adapter_state(client_runtime(config).model)
+    for key, value in personal.items():
+        np.testing.assert_array_equal(in_model[key].numpy(), value)
+
+
+def test_exact_corrections_are_added_to_the_layer_outputs():
+    config = TINY.replace(**{"lora-aggregation": "exact"})
+    fingerprint, initial, _ = _server_view(config)
+    runtime = client_runtime(config)
+    ids = torch.tensor([[1, 5, 9, 13]])
+    client_app(_message(MessageType.EVALUATE, config, fingerprint, initial), _context())
+    plain = runtime.model(input_ids=ids).logits
+    corrections = {m: np.full(tuple(b.shape), 0.05, np.float32) for m, b in runtime.corrections.buffers.items()}
+    client_app(_message(MessageType.EVALUATE, config, fingerprint, initial, extra={CORRECTIONS: corrections}), _context())
+    corrected = runtime.model(input_ids=ids).logits
+    assert not torch.allclose(plain, corrected)
+    assert all(torch.all(b == float(np.float16(0.05))) for b in runtime.corrections.buffers.values())

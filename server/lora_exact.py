@@ -1,0 +1,65 @@
+"""Exact aggregation of LoRA products: the part of mean(B_k A_k) that mean(B) mean(A) misses.
+
+Averaging A and B separately gives B_bar A_bar, while the clients' adapters meant
+sum_k p_k B_k A_k; the difference is sum_k p_k (B_k - B_bar)(A_k - A_bar). This
+accumulator folds each client's product in one update at a time and keeps the
+running correction C (in weight units, scaling included) per adapted layer. C is
+sent to clients beside the adapter and added to the layer's output there; it is
+never merged into the (quantised) base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from stamen.shared.lora_layers import LoraLayer
+
+
+class ExactLoraResidual:
+    """Running per-layer correction C, updated every round by sum p_k B_k A_k - B_bar A_bar."""
+
+    def __init__(self, layers: list[LoraLayer], scaling: float) -> None:
+        self.layers = layers
+        self.scaling = scaling
+        self.corrections: dict[str, np.ndarray] = {}
+
+    def start_round(self, global_adapter: Mapping[str, np.ndarray]) -> None:
+        self._global = global_adapter
+        self._products: dict[str, np.ndarray] = {}
+        self._a_sum: dict[str, np.ndarray] = {}
+        self._b_sum: dict[str, np.ndarray] = {}
+        self._weight = 0.0
+
+    def add(self, delta: Mapping[str, np.ndarray], weight: float) -> None:
+        for layer in self.layers:
+            a = self._global[layer.a].astype(np.float64) + delta[layer.a]
+            b = self._global[layer.b].astype(np.float64) + delta[layer.b]
+            _accumulate(self._products, layer.module, weight * (b @ a))
+            _accumulate(self._a_sum, layer.module, weight * a)
+            _accumulate(self._b_sum, layer.module, weight * b)
+        self._weight += weight
+
+    def finish_round(self) -> dict[str, np.ndarray]:
+        """Add this round's residual to C; return this round's residual."""
+        residual = {}
+        for layer in self.layers:
+            m, w = layer.module, self._weight
+            mean_product = self._products[m] / w
+            separate = (self._b_sum[m] / w) @ (self._a_sum[m] / w)
+            residual[m] = (self.scaling * (mean_product - separate)).astype(np.float32)
+            self.corrections[m] = self.corrections.get(m, np.zeros_like(residual[m])) + residual[m]
+        return residual
+
+    def initialise(self, shapes: Mapping[str, tuple[int, int]]) -> None:
+        self.corrections = {m: np.zeros(shape, np.float32) for m, shape in shapes.items()}
+
+
+def correction_shapes(layers: list[LoraLayer], adapter: Mapping[str, np.ndarray]) -> dict[str, tuple[int, int]]:
+    """(out, in) of each adapted layer, read off its B (out x r) and A (r x in)."""
+    return {layer.module: (adapter[layer.b].shape[0], adapter[layer.a].shape[1]) for layer in layers}
+
+
+def _accumulate(sums: dict[str, np.ndarray], key: str, value: np.ndarray) -> None:
+    sums[key] = sums[key] + value if key in sums else value
