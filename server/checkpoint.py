@@ -17,10 +17,12 @@ import numpy as np
 from safetensors.numpy import load, save
 
 from stamen.shared.atomic import atomic_write_bytes
+from stamen.shared.protocol import CORRECTIONS
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 ROUNDS_DIR = "rounds"
 _GLOBAL, _RULE = "global/", "rule/"
+_CORRECTIONS = f"{_RULE}{CORRECTIONS}/"
 
 
 @dataclass
@@ -37,8 +39,8 @@ def save_checkpoint(run_dir: Path, state: ServerState) -> None:
     tensors = {_GLOBAL + k: np.ascontiguousarray(v) for k, v in state.global_adapter.items()}
     tensors.update({_RULE + k: np.ascontiguousarray(v) for k, v in state.rule_state.items()})
     meta = {"round": state.round, "python_rng": state.python_rng, "metrics_offset": state.metrics_offset}
-    adapter_only = {k: v for k, v in tensors.items() if k.startswith(_GLOBAL)}
-    atomic_write_bytes(run_dir / ROUNDS_DIR / f"round-{state.round}.safetensors", save(adapter_only))
+    exportable = {k: v for k, v in tensors.items() if k.startswith((_GLOBAL, _CORRECTIONS))}
+    atomic_write_bytes(run_dir / ROUNDS_DIR / f"round-{state.round}.safetensors", save(exportable))
     atomic_write_bytes(run_dir / CHECKPOINT_FILE, save(tensors, metadata={"stamen": json.dumps(meta)}))
 
 
@@ -62,12 +64,23 @@ def load_checkpoint(run_dir: Path) -> ServerState | None:
     )
 
 
-def load_round_adapter(run_dir: Path, server_round: int) -> dict[str, np.ndarray]:
-    """The global adapter as it was after ``server_round``."""
+def load_round(run_dir: Path, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The global adapter and the exact-LoRA corrections (empty if none) after ``server_round``."""
     path = run_dir / ROUNDS_DIR / f"round-{server_round}.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no adapter for round {server_round}")
-    return {k[len(_GLOBAL) :]: v for k, v in load(path.read_bytes()).items()}
+        raise FileNotFoundError(f"{run_dir} has no saved round {server_round}")
+    tensors = load(path.read_bytes())
+    adapter = {k[len(_GLOBAL) :]: v for k, v in tensors.items() if k.startswith(_GLOBAL)}
+    corrections = {k[len(_CORRECTIONS) :]: v for k, v in tensors.items() if k.startswith(_CORRECTIONS)}
+    return adapter, corrections
+
+
+def last_round(run_dir: Path) -> int:
+    """The newest round saved under ``rounds/``."""
+    rounds = [int(p.stem.split("-")[1]) for p in (run_dir / ROUNDS_DIR).glob("round-*.safetensors")]
+    if not rounds:
+        raise FileNotFoundError(f"{run_dir} has no completed round")
+    return max(rounds)
 
 
 def _as_rng_state(saved: list) -> tuple:

@@ -138,5 +138,21 @@ def info(
     console.print(f"stored bytes:  {loaded.stored_bytes:,}")
 
 
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A run folder, runs/<id>.", exists=True, file_okay=False)],
+    round_: Annotated[int | None, typer.Option("--round", help="Round to export (default: the last).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: runs/<id>/export-round-N).")] = None,
+) -> None:
+    """Write the global adapter as a PEFT folder that PeftModel.from_pretrained(base, folder) loads."""
+    from stamen.server.checkpoint import last_round
+    from stamen.server.export import export_peft
+
+    _configure_logging(False)
+    chosen = round_ or last_round(run)
+    folder = export_peft(run, out or run / f"export-round-{chosen}", chosen)
+    console.print(f"PEFT adapter of round {chosen} written to {folder}")
+
+
 def main() -> None:
     app()
