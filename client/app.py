@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
-from flwr.app import Context, Message
+import numpy as np
+from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from stamen.shared.adapters import adapter_state, load_adapter_state
+from stamen.shared.config import RunConfig
 from stamen.shared.fingerprint import check_same_base
+from stamen.shared.lora_ranks import pad_to_rank, padded_schema, truncate_to_rank
 from stamen.shared.protocol import (
     ARRAYS,
     CONTROL,
@@ -23,6 +27,7 @@ from stamen.shared.protocol import (
     CORRECTIONS,
     HELDOUT_EXAMPLES,
     NUM_EXAMPLES,
+    Instruction,
     client_reply,
     read_instruction,
 )
@@ -30,7 +35,7 @@ from stamen.shared.wire import decode_adapter, encode_adapter
 
 from .drift_correction import ScaffoldClient, proximal_term
 from .evaluation import EvalResult, evaluate_loss
-from .local_data import local_data
+from .local_data import LocalData, local_data
 from .runtime import ClientRuntime, client_runtime
 from .state_store import ClientStateStore, client_folder
 from .training import train_adapter
@@ -39,26 +44,66 @@ app = ClientApp()
 PERSONAL = "personal"  # store name of the adapter part that stays on the device
 
 
-def _prepare(msg: Message, context: Context, training_round: bool):
+@dataclass
+class RoundSetup:
+    """What a handler works with once a message is read and the adapter is loaded."""
+
+    instruction: Instruction
+    runtime: ClientRuntime
+    global_adapter: dict[str, np.ndarray]  # the shared part, at this client's rank
+    data: LocalData
+    rank: int
+
+    def to_wire(self, arrays: dict[str, np.ndarray]) -> ArrayRecord:
+        """Arrays at this client's rank, padded to the server's rank and encoded."""
+        server_rank = self.instruction.config.adapter.rank
+        if self.rank < server_rank:
+            arrays = pad_to_rank(arrays, self.rank, server_rank)
+        return encode_adapter(arrays, self.runtime.schema.wire_dtype)
+
+
+def _prepare(msg: Message, context: Context, training_round: bool) -> RoundSetup:
     """Parse the instruction, check the base, and load the adapter this client runs with:
-    the received global part, its personal part (``fedsa``) and any exact-LoRA corrections."""
+    the received global part (cut to this client's rank), its personal part (``fedsa``)
+    and any exact-LoRA corrections."""
     instruction = read_instruction(msg.content)
-    runtime = client_runtime(instruction.config)
+    config = instruction.config
+    rank = _client_rank(context, config)
+    runtime = client_runtime(config, rank)
     check_same_base(instruction.fingerprint, runtime.base.fingerprint, "server's base vs this client's base")
-    data = local_data(context, instruction.config.seed)
-    global_adapter = decode_adapter(msg.content[ARRAYS], runtime.schema)
+    data = local_data(context, config.seed)
+    if rank < config.adapter.rank:
+        received = decode_adapter(msg.content[ARRAYS], padded_schema(runtime.schema, config.adapter.rank))
+        global_adapter = truncate_to_rank(received, rank, config.adapter.rank)
+    else:
+        global_adapter = decode_adapter(msg.content[ARRAYS], runtime.schema)
     personal = {}
     if len(runtime.schema.shapes) < len(runtime.initial):  # part of the adapter never leaves the device
         # evaluation follows the round's training, so it reads the state that training saved
         before = instruction.server_round + (0 if training_round else 1)
-        stored = _store(context, instruction.config, data.name).load(PERSONAL, before)
+        stored = _store(context, config, data.name).load(PERSONAL, before)
         personal = stored or {k: v for k, v in runtime.initial.items() if k not in global_adapter}
     load_adapter_state(runtime.model, {**global_adapter, **personal})
     if runtime.corrections:
         records = msg.content.array_records
         corrections = decode_adapter(records[CORRECTIONS], runtime.corrections.schema) if CORRECTIONS in records else None
         runtime.corrections.set(corrections)
-    return instruction, runtime, global_adapter, data
+    return RoundSetup(instruction, runtime, global_adapter, data, rank)
+
+
+def _client_rank(context: Context, config: RunConfig) -> int:
+    """This client's LoRA rank: the device's ``lora-rank`` (its resources), a simulated
+    client's share of ``client-ranks``, or the run's ``lora-rank``."""
+    node = context.node_config
+    if "lora-rank" in node:
+        rank = int(node["lora-rank"])
+        if not 1 <= rank <= config.adapter.rank:
+            raise ValueError(f"this device's lora-rank {rank} must be in [1, {config.adapter.rank}] (the run's lora-rank)")
+        return rank
+    ranks = config.simulated_client_ranks()
+    if ranks and "partition-id" in node:
+        return ranks[int(node["partition-id"]) % len(ranks)]
+    return config.adapter.rank
 
 
 def _heldout(runtime: ClientRuntime, examples, training) -> EvalResult:
@@ -70,7 +115,8 @@ def _heldout(runtime: ClientRuntime, examples, training) -> EvalResult:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global adapter on local data; reply with the delta."""
-    instruction, runtime, global_adapter, data = _prepare(msg, context, training_round=True)
+    setup = _prepare(msg, context, training_round=True)
+    instruction, runtime, global_adapter, data = setup.instruction, setup.runtime, setup.global_adapter, setup.data
     config, training = instruction.config, instruction.config.training
     baseline = _initial_losses(runtime, data, training) if instruction.server_round == 1 else {}
     corrections = [proximal_term(config.proximal_mu, global_adapter)] if config.proximal_mu > 0 else []
@@ -98,9 +144,9 @@ def train(msg: Message, context: Context) -> Message:
         "train-seconds": result.seconds,
         **baseline,
     }
-    reply = client_reply(metrics, runtime.base.fingerprint, data.name, encode_adapter(delta, runtime.schema.wire_dtype))
+    reply = client_reply(metrics, runtime.base.fingerprint, data.name, setup.to_wire(delta))
     for name, arrays in extra_uploads.items():
-        reply[name] = encode_adapter(arrays, runtime.schema.wire_dtype)
+        reply[name] = setup.to_wire(arrays)
     return Message(reply, reply_to=msg)
 
 
@@ -131,8 +177,8 @@ def _general(runtime: ClientRuntime, data) -> list:
 def evaluate(msg: Message, context: Context) -> Message:
     """Held-out loss on local data and loss on the general base domain, for the global adapter."""
     started = time.perf_counter()
-    instruction, runtime, _, data = _prepare(msg, context, training_round=False)
-    training = instruction.config.training
+    setup = _prepare(msg, context, training_round=False)
+    runtime, data, training = setup.runtime, setup.data, setup.instruction.config.training
     heldout = _heldout(runtime, data.heldout, training)
     general = _heldout(runtime, _general(runtime, data), training)
     metrics = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -49,20 +49,29 @@ class ClientRuntime:
 _current: tuple[tuple, ClientRuntime] | None = None
 
 
-def client_runtime(config: RunConfig, device: str | None = None) -> ClientRuntime:
-    """The process's runtime for ``config``, loading it on first use or when the base changes."""
+def client_runtime(config: RunConfig, rank: int | None = None, device: str | None = None) -> ClientRuntime:
+    """The process's runtime for ``config`` (with this client's LoRA ``rank``), loaded on first use.
+
+    A change of adapter alone re-wraps the loaded base; only a change of base reloads it.
+    """
     global _current
-    key = (config.base_model, config.quantisation, config.adapter, config.wire_dtype, config.seed, device)
+    spec = replace(config.adapter, rank=rank or config.adapter.rank)
+    base_key = (config.base_model, config.quantisation, device)
+    key = (base_key, spec, config.wire_dtype, config.seed)
     if _current is not None and _current[0] == key:
         return _current[1]
+    base = None
+    if _current is not None and _current[0][0] == base_key:
+        base = _current[1].base
+        base.model = _current[1].model.unload()  # the frozen base without the old adapter
     _current = None
     gc.collect()
-    base = load_base(config.base_model, config.quantisation, device)
-    model = attach_adapter(base.model, config.adapter, config.seed)
+    base = base or load_base(config.base_model, config.quantisation, device)
+    model = attach_adapter(base.model, spec, config.seed)
     initial = {k: v.numpy() for k, v in adapter_state(model).items()}
-    schema = AdapterSchema.from_state(shared_state(initial, config.adapter), config.wire_dtype)
+    schema = AdapterSchema.from_state(shared_state(initial, spec), config.wire_dtype)
     corrections = None
-    if config.adapter.aggregation == "exact":
+    if spec.aggregation == "exact":
         corrections = LayerCorrections(model, lora_layers(initial), config.wire_dtype)
     runtime = ClientRuntime(base, model, schema, initial, corrections)
     _current = (key, runtime)

@@ -86,6 +86,7 @@ class RunConfig:
     aggregation: str = _key("aggregation", "fedavg")
     aggregation_options: str = _key("aggregation-options", "")
     proximal_mu: float = _key("proximal-mu", 0.0)
+    client_ranks: str = _key("client-ranks", "")
     num_rounds: int = _key("num-server-rounds", 3)
     fraction_train: float = _key("fraction-train", 1.0)
     fraction_evaluate: float = _key("fraction-evaluate", 1.0)
@@ -108,6 +109,23 @@ class RunConfig:
         _require(self.adapter.aggregation != "exact" or self.aggregation in ("fedavg", "fedprox"), "lora-aggregation",
                  "exact", f"corrects the plain mean of B*A, so it needs aggregation fedavg or fedprox, not {self.aggregation}")
         self.rule_options()  # validates the syntax early
+        self.simulated_client_ranks()
+
+    def simulated_client_ranks(self) -> tuple[int, ...]:
+        """``client-ranks`` ("8,4,2"): LoRA ranks given to simulated clients in turn (empty: all use lora-rank)."""
+        try:
+            ranks = tuple(int(part) for part in self.client_ranks.split(",") if part.strip())
+        except ValueError:
+            raise ConfigError(f"configuration key 'client-ranks' = {self.client_ranks!r} must list integers") from None
+        for rank in ranks:
+            _require(1 <= rank <= self.adapter.rank, "client-ranks", rank, f"must be in [1, lora-rank={self.adapter.rank}]")
+        if any(rank < self.adapter.rank for rank in ranks):
+            _require(self.adapter.method == "lora", "client-ranks", self.client_ranks, "needs adapter lora")
+            _require(self.aggregation != "scaffold", "client-ranks", self.client_ranks,
+                     "cannot be combined with scaffold (control variates are kept at one rank)")
+            _require(self.adapter.aggregation != "ffa", "client-ranks", self.client_ranks,
+                     "cannot be combined with lora-aggregation ffa (A is frozen at the server's rank)")
+        return ranks
 
     def rule_options(self) -> dict[str, float]:
         """``aggregation-options`` ("server_lr=0.01,momentum=0.9") as keyword arguments of the rule."""

@@ -118,3 +118,16 @@ def test_exact_corrections_are_added_to_the_layer_outputs():
     corrected = runtime.model(input_ids=ids).logits
     assert not torch.allclose(plain, corrected)
     assert all(torch.all(b == float(np.float16(0.05))) for b in runtime.corrections.buffers.values())
+
+
+def test_a_lower_rank_device_pads_its_delta_to_the_server_rank():
+    fingerprint, initial, schema = _server_view(TINY)
+    context = _context()
+    context.node_config["lora-rank"] = 2
+    reply = client_app(_message(MessageType.TRAIN, TINY, fingerprint, initial), context)
+    delta = decode_adapter(reply.content[ARRAYS], schema)  # validated against the server's rank-8 shapes
+    a_keys = [k for k in delta if ".lora_A." in k]
+    b_keys = [k for k in delta if ".lora_B." in k]
+    assert any(np.abs(delta[k][:2]).max() > 0 for k in a_keys)
+    assert all(not delta[k][2:].any() for k in a_keys) and all(not delta[k][:, 2:].any() for k in b_keys)
+    assert client_runtime(TINY, 2).schema.shapes[a_keys[0]][0] == 2  # the device really runs rank 2
