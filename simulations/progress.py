@@ -98,12 +98,13 @@ class RunMonitor:
 def summary_table(rounds: list[dict], base_bytes: int) -> Table:
     """The per-round table printed at the end of a run; round 0 is the initial global adapter."""
     table = Table(title="Federation rounds (global adapter)")
-    for column in ("round", "held-out loss", "base-domain loss", "clients", "bytes up/client", "% of base"):
+    for column in ("round", "held-out loss", "base-domain loss", "clients", "bytes up/client", "bytes down/client",
+                   "up % of base"):
         table.add_column(column, justify="right")
     if rounds and "initial_heldout_loss" in rounds[0]:
         first = rounds[0]
         table.add_row("0", f"{first['initial_heldout_loss']:.4f}", f"{first.get('initial_base_domain_loss', float('nan')):.4f}",
-                      "", "", "")
+                      "", "", "", "")
     for row in rounds:
         up = row.get("bytes_up_per_client", 0)
         table.add_row(
@@ -112,6 +113,7 @@ def summary_table(rounds: list[dict], base_bytes: int) -> Table:
             f"{row.get('eval_base_domain_loss', float('nan')):.4f}",
             str(row.get("clients_accepted", 0)),
             f"{up:,}",
+            f"{row.get('bytes_down_per_client', 0):,}",
             f"{100 * up / base_bytes:.3f}%" if base_bytes else "n/a",
         )
     return table
