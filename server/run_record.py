@@ -42,12 +42,14 @@ class RunRecorder:
             rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
             self.rounds = [row for row in rows if row.get("kind") == "round"]
         self._metrics = path.open("a", encoding="utf-8")
+        self._started = time.perf_counter()
 
     def offset(self) -> int:
         """Bytes of metrics written so far (stored in the checkpoint)."""
         return self._metrics.tell()
 
     def write(self, row: dict[str, Any]) -> None:
+        row = {**row, "time": round(time.time(), 3)}
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
         if row.get("kind") == "round":
@@ -60,4 +62,5 @@ class RunRecorder:
 
     def finish(self, summary: dict[str, Any]) -> None:
         self._metrics.close()
-        atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps({**summary, "rounds": self.rounds}, indent=2))
+        seconds = round(time.perf_counter() - self._started, 1)  # this process's share, if resumed
+        atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps({**summary, "seconds": seconds, "rounds": self.rounds}, indent=2))

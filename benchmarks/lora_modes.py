@@ -1,0 +1,72 @@
+"""LoRA aggregation modes side by side on the same clients, rounds and seed.
+
+Runs `stamen simulate` once per mode (skipping modes whose run already finished),
+then prints one table and writes results/lora_modes.json.
+
+    python benchmarks/lora_modes.py --clients 4 --rounds 3 [--runs runs/lora-modes]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+MODES = ("naive", "ffa", "fedsa", "exact")
+
+
+def run_mode(mode: str, runs: Path, clients: int, rounds: int, extra: list[str]) -> None:
+    """Run one mode unless its run already finished."""
+    if (runs / mode / "summary.json").is_file():
+        return
+    command = [str(Path(sys.executable).parent / "stamen"), "simulate", "--clients", str(clients), "--rounds", str(rounds),
+               "--set", f"lora-aggregation={mode}", "--set", f"run-dir={runs}", "--set", f"run-id={mode}", *extra]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+
+
+def summarise(run: Path, mode: str) -> dict:
+    summary = json.loads((run / "summary.json").read_text())
+    rounds = summary["rounds"]
+    first, last = rounds[0], rounds[-1]
+    return {
+        "mode": mode,
+        "rounds": len(rounds),
+        "heldout_loss_round0": round(first["initial_heldout_loss"], 4),
+        "heldout_loss_final": round(last["eval_heldout_loss"], 4),
+        "base_domain_loss_round0": round(first["initial_base_domain_loss"], 4),
+        "base_domain_loss_final": round(last["eval_base_domain_loss"], 4),
+        "bytes_up_per_client": last["bytes_up_per_client"],
+        "bytes_down_per_client": last["bytes_down_per_client"],
+        "server_seconds": summary.get("seconds"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", type=Path, default=Path("runs/lora-modes"))
+    parser.add_argument("--set", dest="extra", action="append", default=[], help="extra key=value for every run")
+    args = parser.parse_args()
+    extra = [item for pair in args.extra for item in ("--set", pair)]
+    for mode in MODES:
+        run_mode(mode, args.runs, args.clients, args.rounds, extra)
+    rows = [summarise(args.runs / mode, mode) for mode in MODES]
+    columns = list(rows[0])
+    print(" | ".join(columns))
+    for row in rows:
+        print(" | ".join(str(row[c]) for c in columns))
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "lora_modes.json"
+    out.write_text(json.dumps({"machine": platform.node(), "date": time.strftime("%Y-%m-%d"),
+                               "clients": args.clients, "rounds": args.rounds, "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
