@@ -7,7 +7,6 @@ keeps it for as long as the run's base, quantisation and adapter stay the same.
 from __future__ import annotations
 
 import gc
-import logging
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -22,8 +21,6 @@ from stamen.shared.wire import AdapterSchema
 from .base_domain import base_generated_examples
 from .data import Example
 from .lora_corrections import LayerCorrections
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

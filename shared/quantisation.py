@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import json
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,6 @@ from .atomic import atomic_write_text
 from .cache import cache_dir
 from .fingerprint import short
 
-log = logging.getLogger(__name__)
 
 AUTO_TOLERANCE = 0.10  # relative perplexity increase accepted for a more compact mode
 COMPACT_FIRST = ("nf4", "int8")

@@ -6,7 +6,6 @@ here, behind this one function, so the engine can be switched in one place.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,6 @@ from stamen.shared.base_source import resolve_base_folder
 from stamen.shared.config import RunConfig
 from stamen.shared.fingerprint import base_fingerprint
 from stamen.shared.quantisation import QuantisationChoice, choose_quantisation
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

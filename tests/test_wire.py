@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ConfigRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
