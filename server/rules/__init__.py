@@ -9,6 +9,20 @@ from __future__ import annotations
 from .base import AggregationRule, ClientUpdate
 from .registry import RULES, make_rule, register
 
-from . import fedadagrad, fedadam, fedavg, fedavgm, fedprox, fedyogi, scaffold  # noqa: E402,F401  (registration)
+from . import (  # noqa: E402,F401  (registration)
+    bulyan,
+    fedadagrad,
+    fedadam,
+    fedavg,
+    fedavgm,
+    fedprox,
+    fedyogi,
+    krum,
+    median,
+    multikrum,
+    norm_bounding,
+    scaffold,
+    trimmed_mean,
+)
 
 __all__ = ["RULES", "AggregationRule", "ClientUpdate", "make_rule", "register"]

@@ -1,0 +1,58 @@
+"""Robust aggregation rules against results worked out by hand on small deltas."""
+
+import numpy as np
+import pytest
+
+from stamen.server.rules import RULES, ClientUpdate, make_rule
+
+ZERO = {"w": np.zeros(2, np.float32)}
+
+
+def _aggregate(rule, deltas, weights=None):
+    rule.start_round(1, len(deltas))
+    for i, delta in enumerate(deltas):
+        rule.add(ClientUpdate(f"c{i}", {"w": np.asarray(delta, np.float32)}, (weights or [1.0] * len(deltas))[i]))
+    return rule.finish_round(ZERO)["w"]
+
+
+def test_median_is_coordinate_wise():
+    out = _aggregate(make_rule("median"), [[1, -1], [2, 5], [3, 0], [100, -100]])
+    np.testing.assert_allclose(out, [2.5, -0.5])
+
+
+def test_trimmed_mean_drops_the_extremes_per_coordinate():
+    out = _aggregate(make_rule("trimmed-mean", beta=0.25), [[1, -1], [2, 5], [3, 0], [100, -100]])
+    np.testing.assert_allclose(out, [2.5, -0.5])  # mean of the middle two per coordinate
+
+
+def test_krum_picks_the_honest_cluster():
+    honest = [[0.0, 0.0], [0.1, 0.0], [0.2, 0.1]]
+    out = _aggregate(make_rule("krum", f=1), [*honest, [10.0, -10.0]])
+    assert any(np.allclose(out, h) for h in honest)
+
+
+def test_multikrum_averages_the_best_scored_honest_updates():
+    honest = [[0.0, 0.0], [0.1, 0.0], [0.2, 0.0]]
+    out = _aggregate(make_rule("multikrum", f=1, m=2), [*honest, [10.0, -10.0], [9.0, -9.0]])
+    assert 0.0 <= out[0] <= 0.2 and out[1] == pytest.approx(0.0)
+
+
+def test_bulyan_resists_an_outlier_and_states_its_client_floor():
+    rng = np.random.default_rng(0)
+    honest = (1.0 + 0.01 * rng.normal(size=(6, 2))).tolist()
+    out = _aggregate(make_rule("bulyan", f=1), [*honest, [100.0, 100.0]])
+    np.testing.assert_allclose(out, [1.0, 1.0], atol=0.05)
+    with pytest.raises(ValueError, match="4 \\* num_malicious \\+ 3"):
+        _aggregate(make_rule("bulyan", f=1), honest[:4])
+
+
+def test_norm_bounding_clips_each_update_before_the_weighted_mean():
+    out = _aggregate(make_rule("norm-bounding", bound=1.0), [[3.0, 4.0], [0.3, 0.4]], weights=[1.0, 3.0])
+    # [3, 4] has norm 5 -> [0.6, 0.8]; [0.3, 0.4] is inside the bound
+    np.testing.assert_allclose(out, [(0.6 + 3 * 0.3) / 4, (0.8 + 3 * 0.4) / 4], rtol=1e-6)
+
+
+def test_rules_declare_whether_they_need_individual_updates():
+    robust = {"median", "trimmed-mean", "krum", "multikrum", "bulyan", "norm-bounding"}
+    assert all(RULES[name].needs_individual_updates for name in robust)
+    assert not any(RULES[name].needs_individual_updates for name in ("fedavg", "fedadam", "scaffold"))
