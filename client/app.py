@@ -33,6 +33,7 @@ from stamen.shared.protocol import (
 )
 from stamen.shared.wire import decode_adapter, encode_adapter
 
+from .attacks import attack_for
 from .drift_correction import ScaffoldClient, proximal_term
 from .evaluation import EvalResult, evaluate_loss
 from .local_data import LocalData, local_data
@@ -126,7 +127,9 @@ def train(msg: Message, context: Context) -> Message:
         scaffold = ScaffoldClient(_store(context, config, data.name), instruction.server_round, server_control)
         corrections.append(scaffold.correction())
     seed = zlib.crc32(f"{config.seed}/{data.name}/{instruction.server_round}".encode())
-    result = train_adapter(runtime.model, runtime.base.tokenizer, list(data.train), training, seed, tuple(corrections))
+    attack, attack_rng = attack_for(context, config), np.random.default_rng(seed)
+    examples = attack.poison_data(data.train, attack_rng) if attack else data.train
+    result = train_adapter(runtime.model, runtime.base.tokenizer, list(examples), training, seed, tuple(corrections))
     trained = {k: v.numpy() for k, v in adapter_state(runtime.model).items()}
     delta = {name: trained[name] - global_adapter[name] for name in global_adapter}
     personal = {name: value for name, value in trained.items() if name not in global_adapter}
@@ -135,8 +138,11 @@ def train(msg: Message, context: Context) -> Message:
     extra_uploads = {}
     if scaffold:
         extra_uploads[CONTROL_DELTA] = scaffold.finish(global_adapter, trained, training.local_steps, training.learning_rate)
+    if attack:
+        delta = attack.poison_update(delta, attack_rng)
     metrics = {
         NUM_EXAMPLES: len(data.train),
+        **({"malicious": 1} if attack else {}),  # simulation bookkeeping, to count admitted attacks
         "examples-seen": result.examples_seen,
         "train-loss": result.loss,
         "train-steps": result.steps,

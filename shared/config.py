@@ -8,6 +8,7 @@ kebab-case keys, the convention of ``[tool.flwr.app.config]``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -87,6 +88,9 @@ class RunConfig:
     aggregation_options: str = _key("aggregation-options", "")
     proximal_mu: float = _key("proximal-mu", 0.0)
     client_ranks: str = _key("client-ranks", "")
+    attack: str = _key("attack", "none")
+    attack_fraction: float = _key("attack-fraction", 0.0)
+    attack_options: str = _key("attack-options", "")
     num_rounds: int = _key("num-server-rounds", 3)
     fraction_train: float = _key("fraction-train", 1.0)
     fraction_evaluate: float = _key("fraction-evaluate", 1.0)
@@ -108,7 +112,9 @@ class RunConfig:
         _require(self.proximal_mu >= 0, "proximal-mu", self.proximal_mu, "must be >= 0")
         _require(self.adapter.aggregation != "exact" or self.aggregation in ("fedavg", "fedprox"), "lora-aggregation",
                  "exact", f"corrects the plain mean of B*A, so it needs aggregation fedavg or fedprox, not {self.aggregation}")
+        _require(0.0 <= self.attack_fraction <= 1.0, "attack-fraction", self.attack_fraction, "must be in [0, 1]")
         self.rule_options()  # validates the syntax early
+        self.attack_settings()
         self.simulated_client_ranks()
 
     def simulated_client_ranks(self) -> tuple[int, ...]:
@@ -129,16 +135,11 @@ class RunConfig:
 
     def rule_options(self) -> dict[str, float]:
         """``aggregation-options`` ("server_lr=0.01,momentum=0.9") as keyword arguments of the rule."""
-        options = {}
-        for item in filter(None, (part.strip() for part in self.aggregation_options.split(","))):
-            name, _, value = item.partition("=")
-            try:
-                options[name.strip()] = float(value)
-            except ValueError:
-                raise ConfigError(
-                    f"configuration key 'aggregation-options' item {item!r} must be name=number"
-                ) from None
-        return options
+        return _parse_options("aggregation-options", self.aggregation_options, numbers_only=True)
+
+    def attack_settings(self) -> dict[str, float | str]:
+        """``attack-options`` ("factor=10" or "trigger=cf-2026") as keyword arguments of the attack."""
+        return _parse_options("attack-options", self.attack_options, numbers_only=False)
 
     def to_flat(self) -> dict[str, bool | int | float | str]:
         """The flat kebab-case mapping used by Flower records and the CLI."""
@@ -166,12 +167,32 @@ def parse_override(text: str) -> tuple[str, Any]:
     lowered = raw.lower()
     if lowered in ("true", "false"):
         return key, lowered == "true"
+    number = _number(raw)
+    return key, raw.strip("\"'") if number is None else number
+
+
+def _number(text: str) -> int | float | None:
+    """An int or a finite float written in ``text``; None for anything else ("nan" is a word here)."""
     for cast in (int, float):
         try:
-            return key, cast(raw)
+            value = cast(text)
         except ValueError:
-            pass
-    return key, raw.strip("\"'")
+            continue
+        return value if math.isfinite(value) else None
+    return None
+
+
+def _parse_options(key: str, text: str, numbers_only: bool) -> dict[str, float | str]:
+    options: dict[str, float | str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"configuration key '{key}' item {item!r} must be name=value")
+        number = _number(value.strip())
+        if number is None and numbers_only:
+            raise ConfigError(f"configuration key '{key}' item {item!r} must be name=number")
+        options[name.strip()] = value.strip() if number is None else float(number)
+    return options
 
 
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:

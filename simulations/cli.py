@@ -89,8 +89,15 @@ SIMULATION_FILE = "simulation.json"
 def _new_run_config(preset: Path | None, overrides: list[str], clients: int, rounds: int | None) -> RunConfig:
     from stamen.server.run_record import new_run_id
 
+    from stamen.client.attacks import ATTACKS
+    from stamen.server.rules import RULES
+
     try:
         config = _load_config(preset, overrides)
+        if config.aggregation not in RULES:
+            raise ConfigError(f"configuration key 'aggregation' = {config.aggregation!r} is not a rule: {sorted(RULES)}")
+        if config.attack not in ("none", *ATTACKS):
+            raise ConfigError(f"configuration key 'attack' = {config.attack!r} is not an attack: {sorted(ATTACKS)}")
         extra = {"min-clients": min(config.min_clients, clients), "run-id": config.run_id or new_run_id()}
         if rounds is not None:
             extra["num-server-rounds"] = rounds

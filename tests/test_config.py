@@ -41,5 +41,7 @@ def test_override_parsing():
     assert parse_override("learning-rate=5e-4") == ("learning-rate", 5e-4)
     assert parse_override("use=true") == ("use", True)
     assert parse_override("base-model=tiny") == ("base-model", "tiny")
+    assert parse_override("attack=nan") == ("attack", "nan")  # a word, not a float
+    assert parse_override("x=inf") == ("x", "inf")
     with pytest.raises(ConfigError):
         parse_override("no-equals-sign")

@@ -1,0 +1,81 @@
+"""Attacks transform data and updates as specified; malformed ones are stopped by validation."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from stamen.client.attacks import ATTACKS, make_attack, malicious_partitions
+from stamen.client.data import Example
+from stamen.simulations.cli import app
+
+DELTA = {"a": np.array([[0.5, -1.0], [2.0, 0.0]], np.float32), "b": np.array([1.0, -2.0], np.float32)}
+RNG = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "expected"),
+    [
+        ("sign-flip", {}, {k: -v for k, v in DELTA.items()}),
+        ("sign-flip", {"scale": 3.0}, {k: -3 * v for k, v in DELTA.items()}),
+        ("scaled", {"factor": 10.0}, {k: 10 * v for k, v in DELTA.items()}),
+        ("same-value", {"value": 0.25}, {k: np.full_like(v, 0.25) for k, v in DELTA.items()}),
+        ("free-rider", {}, {k: np.zeros_like(v) for k, v in DELTA.items()}),
+    ],
+)
+def test_update_attacks(name, options, expected):
+    out = make_attack(name, **options).poison_update(DELTA, RNG)
+    for key in DELTA:
+        np.testing.assert_array_equal(out[key], expected[key])
+
+
+def test_gaussian_replaces_the_update_with_noise_of_the_given_scale():
+    big = {"w": np.zeros((200, 200), np.float32)}
+    out = make_attack("gaussian", sigma=0.5).poison_update(big, np.random.default_rng(1))
+    assert out["w"].std() == pytest.approx(0.5, rel=0.02)
+
+
+def test_malformed_attacks_produce_what_validation_must_refuse():
+    nan = make_attack("nan").poison_update(DELTA, RNG)
+    assert np.isnan(nan["a"]).any() and np.isinf(nan["a"]).any()
+    assert make_attack("wrong-shape").poison_update(DELTA, RNG)["a"].shape == (1, 2)
+
+
+def test_backdoor_poisons_the_chosen_share_of_examples():
+    examples = tuple(Example(response=f"answer {i}", prompt=f"question {i}") for i in range(400))
+    attack = make_attack("backdoor", trigger="zz9", target="BAD", rate=0.25)
+    poisoned = attack.poison_data(examples, np.random.default_rng(2))
+    hit = [e for e in poisoned if e.response == "BAD"]
+    assert all(e.prompt.endswith(" zz9") for e in hit)
+    assert 0.18 < len(hit) / len(examples) < 0.32
+    assert all(p == e for p, e in zip(poisoned, examples) if p.response != "BAD")
+
+
+def test_malicious_share_is_seeded_and_sized():
+    chosen = malicious_partitions(10, 0.3, seed=5)
+    assert len(chosen) == 3 and chosen == malicious_partitions(10, 0.3, seed=5)
+    assert malicious_partitions(10, 0.0, seed=5) == frozenset()
+
+
+def test_unknown_attack_and_option_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown attack"):
+        make_attack("teleport")
+    with pytest.raises(ValueError, match="no option"):
+        make_attack("scaled", scale=2)
+    assert {"sign-flip", "scaled", "gaussian", "same-value", "backdoor", "free-rider", "nan", "wrong-shape"} <= set(ATTACKS)
+
+
+def test_nan_attackers_are_rejected_in_a_real_federation_and_the_round_goes_on(tmp_path):
+    args = ["simulate", "--clients", "3", "--rounds", "1"]
+    for item in ("base-model=tiny", "quantisation=none", "attack=nan", "attack-fraction=0.34", f"run-dir={tmp_path}"):
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = tmp_path.iterdir()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "client" and r["phase"] == "train"]
+    rejected = [r for r in train if not r["accepted"]]
+    assert len(rejected) == 1 and "NaN/Inf" in rejected[0]["reason"]
+    round_row = next(r for r in rows if r["kind"] == "round")
+    assert round_row["clients_accepted"] == 2
