@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
 from safetensors.numpy import load, save
 
 from stamen.shared.atomic import atomic_write_bytes
@@ -49,12 +50,9 @@ def load_checkpoint(run_dir: Path) -> ServerState | None:
     path = run_dir / CHECKPOINT_FILE
     if not path.is_file():
         return None
-    data = path.read_bytes()
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="np") as handle:
         meta = json.loads(handle.metadata()["stamen"])
-    tensors = load(data)
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     return ServerState(
         round=meta["round"],
         global_adapter={k[len(_GLOBAL) :]: v for k, v in tensors.items() if k.startswith(_GLOBAL)},

@@ -6,29 +6,19 @@ for a seeded fraction of its clients (``attack-fraction``).
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import numpy as np
+
+from stamen.shared.plugins import Plugin
 
 from ..data import Example
 
 Arrays = dict[str, np.ndarray]
 
 
-class Attack:
+class Attack(Plugin):
     """Honest by default; subclasses override what they poison."""
 
-    name: ClassVar[str]
-
-    def __init__(self, **options: float | str) -> None:
-        unknown = set(options) - set(self.option_defaults())
-        if unknown:
-            raise ValueError(f"attack '{self.name}' has no option(s) {sorted(unknown)}; it takes {self.option_defaults()}")
-        self.options = {**self.option_defaults(), **options}
-
-    @classmethod
-    def option_defaults(cls) -> dict[str, float | str]:
-        return {}
+    kind = "attack"
 
     def poison_data(self, examples: tuple[Example, ...], rng: np.random.Generator) -> tuple[Example, ...]:
         return examples

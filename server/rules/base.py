@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from stamen.shared.plugins import Plugin
+
 from ..accumulator import WeightedMean
 
 Arrays = dict[str, np.ndarray]
@@ -28,23 +30,16 @@ class ClientUpdate:
     extras: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
 
 
-class AggregationRule:
+class AggregationRule(Plugin):
     """Example-weighted mean of deltas, applied by ``step``. Subclasses override what differs."""
 
-    name: ClassVar[str]
+    kind = "rule"
     needs_individual_updates: ClassVar[bool] = False  # secure aggregation yields only sums
     extra_uploads: ClassVar[tuple[str, ...]] = ()  # extra ArrayRecords clients must send
 
     def __init__(self, **options: float) -> None:
-        unknown = set(options) - set(self.option_defaults())
-        if unknown:
-            raise ValueError(f"rule '{self.name}' has no option(s) {sorted(unknown)}; it takes {self.option_defaults()}")
-        self.options = {**self.option_defaults(), **options}
+        super().__init__(**options)
         self._mean = WeightedMean()
-
-    @classmethod
-    def option_defaults(cls) -> dict[str, float]:
-        return {}
 
     def initialise(self, global_adapter: Arrays) -> None:
         """Set up server state for a new run (not called when resuming from a checkpoint)."""
