@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from report import print_table, write_results
+
 MODES = ("naive", "ffa", "fedsa", "exact")
 
 
@@ -57,15 +56,8 @@ def main() -> None:
     for mode in MODES:
         run_mode(mode, args.runs, args.clients, args.rounds, extra)
     rows = [summarise(args.runs / mode, mode) for mode in MODES]
-    columns = list(rows[0])
-    print(" | ".join(columns))
-    for row in rows:
-        print(" | ".join(str(row[c]) for c in columns))
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "lora_modes.json"
-    out.write_text(json.dumps({"machine": platform.node(), "date": time.strftime("%Y-%m-%d"),
-                               "clients": args.clients, "rounds": args.rounds, "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    print_table(rows)
+    write_results("lora_modes", rows, clients=args.clients, rounds=args.rounds)
 
 
 if __name__ == "__main__":

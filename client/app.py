@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from stamen.shared.adapters import adapter_state, load_adapter_state
 from stamen.shared.config import RunConfig
@@ -31,17 +32,30 @@ from stamen.shared.protocol import (
     client_reply,
     read_instruction,
 )
-from stamen.shared.wire import decode_adapter, encode_adapter
+from stamen.shared.secagg_protocol import (
+    MASK_STAGE,
+    MASKED,
+    MASKED_VECTOR,
+    PEERS,
+    PUBLIC_KEYS,
+    REVEALED,
+    SECAGG,
+    SHARE_STAGE,
+    SHARES,
+    UNMASK_STAGE,
+    StageInfo,
+)
+from stamen.shared.wire import AdapterSchema, decode_adapter, encode_adapter
 
 from .attacks import attack_for
 from .drift_correction import ScaffoldClient, proximal_term
 from .evaluation import EvalResult, evaluate_loss
 from .local_data import LocalData, local_data
 from .runtime import ClientRuntime, client_runtime
+from .secure_aggregation import SecAggClient, secure_input
 from .state_store import ClientStateStore, client_folder
 from .training import train_adapter
 
-app = ClientApp()
 PERSONAL = "personal"  # store name of the adapter part that stays on the device
 
 
@@ -55,12 +69,18 @@ class RoundSetup:
     data: LocalData
     rank: int
 
-    def to_wire(self, arrays: dict[str, np.ndarray]) -> ArrayRecord:
-        """Arrays at this client's rank, padded to the server's rank and encoded."""
+    def at_server_rank(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Arrays at this client's rank, zero-padded to the server's rank."""
         server_rank = self.instruction.config.adapter.rank
-        if self.rank < server_rank:
-            arrays = pad_to_rank(arrays, self.rank, server_rank)
-        return encode_adapter(arrays, self.runtime.schema.wire_dtype)
+        return pad_to_rank(arrays, self.rank, server_rank) if self.rank < server_rank else arrays
+
+    def server_schema(self) -> AdapterSchema:
+        server_rank = self.instruction.config.adapter.rank
+        return padded_schema(self.runtime.schema, server_rank) if self.rank < server_rank else self.runtime.schema
+
+    def to_wire(self, arrays: dict[str, np.ndarray]) -> ArrayRecord:
+        """Arrays at the server's rank, encoded in the wire dtype."""
+        return encode_adapter(self.at_server_rank(arrays), self.runtime.schema.wire_dtype)
 
 
 def _prepare(msg: Message, context: Context, training_round: bool) -> RoundSetup:
@@ -113,7 +133,6 @@ def _heldout(runtime: ClientRuntime, examples, training) -> EvalResult:
     )
 
 
-@app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global adapter on local data; reply with the delta."""
     setup = _prepare(msg, context, training_round=True)
@@ -140,8 +159,9 @@ def train(msg: Message, context: Context) -> Message:
         extra_uploads[CONTROL_DELTA] = scaffold.finish(global_adapter, trained, training.local_steps, training.learning_rate)
     if attack:
         delta = attack.poison_update(delta, attack_rng)
+    secure = config.privacy.secure_aggregation
     metrics = {
-        NUM_EXAMPLES: len(data.train),
+        NUM_EXAMPLES: 1 if secure else len(data.train),  # under secure aggregation the weight is masked too
         **({"malicious": 1} if attack else {}),  # simulation bookkeeping, to count admitted attacks
         "examples-seen": result.examples_seen,
         "train-loss": result.loss,
@@ -150,10 +170,38 @@ def train(msg: Message, context: Context) -> Message:
         "train-seconds": result.seconds,
         **baseline,
     }
+    if secure:
+        reply = client_reply(metrics, runtime.base.fingerprint, data.name)
+        vector = secure_input(setup.server_schema().flatten(setup.at_server_rank(delta)), len(data.train), config.privacy)
+        reply[PUBLIC_KEYS] = SecAggClient(context.state, context.node_id).advertise(config.run_id, instruction.server_round, vector)
+        return Message(reply, reply_to=msg)
     reply = client_reply(metrics, runtime.base.fingerprint, data.name, setup.to_wire(delta))
     for name, arrays in extra_uploads.items():
         reply[name] = setup.to_wire(arrays)
     return Message(reply, reply_to=msg)
+
+
+def secagg_share(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 2: encrypted shares of this client's secrets for its neighbours."""
+    client, info = _secagg(msg, context)
+    return Message(RecordDict({SHARES: client.share_keys(info, msg.content[PEERS])}), reply_to=msg)
+
+
+def secagg_mask(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 3: the masked update."""
+    client, info = _secagg(msg, context)
+    masked = client.masked_input(info, msg.content[SHARES])
+    return Message(RecordDict({MASKED: ArrayRecord({MASKED_VECTOR: Array(masked)})}), reply_to=msg)
+
+
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 4: the shares the server needs to unmask the sum."""
+    client, info = _secagg(msg, context)
+    return Message(RecordDict({REVEALED: client.unmask(info)}), reply_to=msg)
+
+
+def _secagg(msg: Message, context: Context) -> tuple[SecAggClient, StageInfo]:
+    return SecAggClient(context.state, context.node_id), StageInfo.from_record(msg.content[SECAGG])
 
 
 def _store(context: Context, config, client_name: str) -> ClientStateStore:
@@ -179,7 +227,6 @@ def _general(runtime: ClientRuntime, data) -> list:
     return [*data.base_domain, *runtime.base_generated()]
 
 
-@app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Held-out loss on local data and loss on the general base domain, for the global adapter."""
     started = time.perf_counter()
@@ -195,3 +242,17 @@ def evaluate(msg: Message, context: Context) -> Message:
         "eval-seconds": time.perf_counter() - started,
     }
     return Message(client_reply(metrics, runtime.base.fingerprint, data.name), reply_to=msg)
+
+
+def client_app_with(mods: list[Mod]) -> ClientApp:
+    """Stamen's ClientApp with Flower mods wrapped around every handler (Flower's extension point)."""
+    client_app = ClientApp(mods=mods)
+    client_app.train()(train)
+    client_app.train(SHARE_STAGE)(secagg_share)
+    client_app.train(MASK_STAGE)(secagg_mask)
+    client_app.train(UNMASK_STAGE)(secagg_unmask)
+    client_app.evaluate()(evaluate)
+    return client_app
+
+
+app = client_app_with([])

@@ -27,6 +27,13 @@ class WeightedMean:
         self.total_weight += weight
         self.count += 1
 
+    def add_sum(self, weighted_sum: Mapping[str, np.ndarray], total_weight: float, count: int) -> None:
+        """Fold in an already weighted sum of ``count`` updates (secure aggregation, DP noise)."""
+        for name, value in weighted_sum.items():
+            self._sum[name] = self._sum.get(name, 0.0) + value.astype(np.float64)
+        self.total_weight += total_weight
+        self.count += count
+
     def mean(self) -> dict[str, np.ndarray]:
         if not self.count:
             raise ValueError("no update was added")

@@ -27,6 +27,7 @@ from .checkpoint import ServerState, load_checkpoint, save_checkpoint
 from .lora_exact import ExactLoraResidual, correction_shapes
 from .rules import make_rule
 from .run_record import RunRecorder, new_run_id
+from .secure_round import run_secure_train_round
 from .strategy import AdapterStrategy
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def run_federation(grid: Grid, config: RunConfig, resume: bool = False) -> Path:
         recorder,
         rule,
         residual,
+        config.privacy,
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
         min_train_nodes=config.min_clients,
@@ -94,8 +96,11 @@ def _run_rounds(
 ) -> None:
     for server_round in range(first, config.num_rounds + 1):
         log.info("round %d/%d", server_round, config.num_rounds)
-        train = strategy.configure_train(server_round, strategy.global_record(), instruction, grid)
-        strategy.aggregate_train(server_round, grid.send_and_receive(train, timeout=config.round_timeout))
+        if config.privacy.secure_aggregation:
+            run_secure_train_round(grid, strategy, instruction, config, server_round)
+        else:
+            train = strategy.configure_train(server_round, strategy.global_record(), instruction, grid)
+            strategy.aggregate_train(server_round, grid.send_and_receive(train, timeout=config.round_timeout))
         evaluate = strategy.configure_evaluate(server_round, strategy.global_record(), instruction, grid)
         strategy.aggregate_evaluate(server_round, grid.send_and_receive(evaluate, timeout=config.round_timeout))
         save_checkpoint(

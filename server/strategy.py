@@ -11,15 +11,17 @@ result does not depend on the order replies arrived in.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from stamen.shared.config import PrivacySpec
 from stamen.shared.fingerprint import BaseMismatchError, check_same_base
 from stamen.shared.protocol import (
     ARRAYS,
@@ -32,9 +34,21 @@ from stamen.shared.protocol import (
     METRICS,
     NUM_EXAMPLES,
 )
-from stamen.shared.wire import AdapterSchema, AdapterValidationError, decode_adapter, encode_adapter
+from stamen.shared.secagg_protocol import (
+    ENCRYPTION_KEY,
+    MASK_KEY,
+    PUBLIC_KEYS,
+    read_sum,
+)
+from stamen.shared.wire import (
+    AdapterSchema,
+    AdapterValidationError,
+    decode_adapter,
+    encode_adapter,
+)
 
 from .lora_exact import ExactLoraResidual
+from .privacy import CentralPrivacy, PrivacyAccountant, check_privacy
 from .rules import AggregationRule, ClientUpdate
 from .run_record import RunRecorder
 
@@ -56,9 +70,15 @@ class AdapterStrategy(FedAvg):
         recorder: RunRecorder,
         rule: AggregationRule,
         residual: ExactLoraResidual | None = None,
+        privacy: PrivacySpec = PrivacySpec(),
         **fedavg_options: Any,
     ) -> None:
         super().__init__(**fedavg_options)
+        check_privacy(rule, privacy)
+        self.privacy = privacy
+        self.central_privacy = CentralPrivacy(privacy) if privacy.dp == "central" else None
+        self.accountant = PrivacyAccountant(privacy.dp_delta) if privacy.dp != "none" else None
+        self._num_sampled = 0
         self.residual = residual
         self.global_adapter = {k: v.astype(np.float32) for k, v in global_adapter.items()}
         self.schema = schema
@@ -76,11 +96,14 @@ class AdapterStrategy(FedAvg):
     def server_state(self) -> dict[str, np.ndarray]:
         """Everything besides the global adapter that a checkpoint must keep."""
         corrections = self.residual.corrections if self.residual else {}
-        return {**self.rule.state_dict(), **{f"{CORRECTIONS}/{k}": v for k, v in corrections.items()}}
+        accounting = self.accountant.state_dict() if self.accountant else {}
+        return {**self.rule.state_dict(), **accounting, **{f"{CORRECTIONS}/{k}": v for k, v in corrections.items()}}
 
     def restore(self, global_adapter: dict[str, np.ndarray], state: dict[str, np.ndarray]) -> None:
         self.global_adapter = global_adapter
         self.rule.load_state_dict(state)
+        if self.accountant:
+            self.accountant.load_state_dict(state)
         if self.residual:
             prefix = f"{CORRECTIONS}/"
             self.residual.corrections = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -90,6 +113,7 @@ class AdapterStrategy(FedAvg):
     ) -> Iterable[Message]:
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._num_nodes = len(list(grid.get_node_ids()))
+        self._num_sampled = len(messages)
         self._add_downloads(messages, {**self.rule.downloads(), **self._corrections()})
         if messages:
             self._bytes_down = sum(r.count_bytes() for r in messages[0].content.array_records.values())
@@ -113,45 +137,104 @@ class AdapterStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        self.rule.start_round(server_round, self._num_nodes)
-        if self.residual:
-            self.residual.start_round(self.global_adapter)
+        self._start_round(server_round)
         accepted = []
         for msg in sorted(replies, key=_client_order):
-            row = {"kind": "client", "phase": "train", "round": server_round, "node": msg.metadata.src_node_id}
+            row = self._row(msg, "train", server_round)
             try:
                 update = self._admit_update(msg)
             except UpdateRejected as reason:
                 self._reject(row, str(reason))
                 continue
+            if self.central_privacy:
+                update = self.central_privacy.clip_update(update)
             self.rule.add(update)
             if self.residual:
                 self.residual.add(update.delta, update.weight)
             accepted.append(msg.content)
-            bytes_up = sum(record.count_bytes() for record in msg.content.array_records.values())
-            self.recorder.write({**row, **self._describe(msg), "accepted": True, "bytes_up": bytes_up,
+            self.recorder.write({**row, **self._describe(msg), "accepted": True, "bytes_up": _bytes(msg),
                                  "bytes_down": self._bytes_down})
+        if self.central_privacy and self.rule.count:
+            self.central_privacy.add_noise(self.rule, self.schema.shapes)
+        uploads = 1 + len(self.rule.extra_uploads)
+        metrics = self._finish_train(server_round, accepted, self.schema.nbytes * uploads, self.privacy.dp_noise_multiplier)
+        return self.global_record(), metrics
+
+    def admit_key_replies(self, server_round: int, replies: Iterable[Message]) -> dict[int, Message]:
+        """Secure round, stage 1: the replies (by node) that carry a valid base fingerprint and public keys."""
+        self._start_round(server_round)
+        admitted = {}
+        for msg in sorted(replies, key=_client_order):
+            row = self._row(msg, "train", server_round)
+            try:
+                self._admit_reply(msg)
+                keys = msg.content.config_records.get(PUBLIC_KEYS)
+                if keys is None or any(len(bytes(keys.get(name, b""))) != 32 for name in (ENCRYPTION_KEY, MASK_KEY)):
+                    raise UpdateRejected("secure-aggregation reply lacks two 32-byte public keys")
+            except UpdateRejected as reason:
+                self._reject(row, str(reason))
+                continue
+            admitted[msg.metadata.src_node_id] = msg
+        return admitted
+
+    def aggregate_secure_sum(
+        self, server_round: int, admitted: dict[int, Message], survivors: dict[int, int], total: np.ndarray | None
+    ) -> None:
+        """Secure round, end: fold the unmasked sum of ``survivors`` (node -> bytes sent) into the rule.
+
+        ``total`` is None when the round was aborted: the global adapter stays as it was."""
+        accepted = [admitted[node].content for node in sorted(survivors)] if total is not None else []
+        for node, msg in admitted.items():
+            row = self._row(msg, "train", server_round)
+            if node in survivors and total is not None:
+                self.recorder.write({**row, **self._describe(msg), "accepted": True, "bytes_up": survivors[node],
+                                     "bytes_down": self._bytes_down})
+            else:
+                self._reject(row, "dropped out of the secure round" if total is not None else "secure round aborted")
+        per_client = max(survivors.values(), default=0)
+        multiplier = self.privacy.dp_noise_multiplier * math.sqrt(len(survivors) / max(len(admitted), 1))
+        if total is not None:
+            weighted_sum, total_weight = read_sum(total, self.privacy.secagg_value_range)
+            if total_weight > 0:
+                self.rule.add_sum(self.schema.unflatten(weighted_sum), total_weight, len(survivors))
+            else:
+                log.warning("round %d: the secure sum's total weight is %s; round dropped", server_round, total_weight)
+        self._finish_train(server_round, accepted, per_client, multiplier)
+
+    def _start_round(self, server_round: int) -> None:
+        self.rule.start_round(server_round, self._num_nodes)
+        if self.residual:
+            self.residual.start_round(self.global_adapter)
+
+    def _finish_train(
+        self, server_round: int, accepted: list[RecordDict], bytes_up: int, noise_multiplier: float
+    ) -> MetricRecord:
+        """Move the global adapter if any update arrived, account privacy, and keep the round's summary."""
         if self.rule.count:
             if self.residual:
                 self.residual.finish_round()
             self.global_adapter = self.rule.finish_round(self.global_adapter)
         else:
             log.warning("round %d: no valid update; the global adapter is unchanged", server_round)
+        privacy = {}
+        if self.accountant and self.rule.count:
+            epsilon = self.accountant.record_round(noise_multiplier, self._num_sampled / max(self._num_nodes, 1))
+            privacy = {"dp_epsilon": epsilon, "dp_delta": self.privacy.dp_delta, "dp_noise_multiplier": noise_multiplier}
         metrics = aggregate_metricrecords(accepted, self.weighted_by_key) if accepted else MetricRecord()
-        uploads = 1 + len(self.rule.extra_uploads)
         self._train_summary = {
             "clients_accepted": self.rule.count,
-            "bytes_up_per_client": self.schema.nbytes * uploads if self.rule.count else 0,
+            "bytes_up_per_client": bytes_up if self.rule.count else 0,
             "bytes_down_per_client": self._bytes_down,
+            **privacy,
             **{f"train_{_snake(k)}": v for k, v in metrics.items() if not k.startswith(INITIAL_PREFIX)},
             **_initial_losses([content[METRICS] for content in accepted]),
         }
-        return self.global_record(), metrics
+        return metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         accepted = []
         for msg in replies:
-            row = {"kind": "client", "phase": "evaluate", "round": server_round, "node": msg.metadata.src_node_id}
+            row = self._row(msg, "evaluate", server_round)
             try:
                 self._admit_reply(msg)
             except UpdateRejected as reason:
@@ -201,6 +284,9 @@ class AdapterStrategy(FedAvg):
             raise UpdateRejected(f"malformed adapter delta: {error}") from error
         return ClientUpdate(_client_name(msg), delta, float(msg.content[METRICS][NUM_EXAMPLES]), extras)
 
+    def _row(self, msg: Message, phase: str, server_round: int) -> dict[str, Any]:
+        return {"kind": "client", "phase": phase, "round": server_round, "node": msg.metadata.src_node_id}
+
     def _describe(self, msg: Message) -> dict[str, Any]:
         metrics = {_snake(k): v for k, v in msg.content[METRICS].items()}
         return {"client": _client_name(msg), **metrics}
@@ -218,6 +304,10 @@ def _client_name(msg: Message) -> str:
 
 def _client_order(msg: Message) -> tuple[str, int]:
     return _client_name(msg), msg.metadata.src_node_id
+
+
+def _bytes(msg: Message) -> int:
+    return sum(record.count_bytes() for record in msg.content.array_records.values())
 
 
 def _snake(key: str) -> str:

@@ -18,6 +18,7 @@ QUANTISATION_MODES = ("auto", "nf4", "int8", "none")
 WIRE_DTYPES = ("float16", "float32")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 LORA_AGGREGATIONS = ("naive", "ffa", "fedsa", "exact")
+DP_MODES = ("none", "central", "distributed")
 
 
 class ConfigError(ValueError):
@@ -76,6 +77,40 @@ class TrainingSpec:
 
 
 @dataclass(frozen=True)
+class PrivacySpec:
+    """Secure aggregation and differential privacy (see docs/privacy.md)."""
+
+    secure_aggregation: bool = _key("secure-aggregation", False)
+    secagg_degree: int = _key("secagg-degree", 0)
+    secagg_threshold: float = _key("secagg-threshold", 0.5)
+    secagg_value_range: float = _key("secagg-value-range", 1.0)
+    secagg_max_weight: float = _key("secagg-max-weight", 1000.0)
+    secagg_modulus_bits: int = _key("secagg-modulus-bits", 32)
+    secagg_timeout: float = _key("secagg-timeout", 600.0)
+    dp: str = _key("dp", "none")
+    dp_clip: float = _key("dp-clip", 1.0)
+    dp_noise_multiplier: float = _key("dp-noise-multiplier", 1.0)
+    dp_delta: float = _key("dp-delta", 1e-5)
+
+    def __post_init__(self) -> None:
+        _require(self.secagg_degree >= 0, "secagg-degree", self.secagg_degree, "must be >= 0 (0: about 2 log2 n)")
+        _require(0.0 <= self.secagg_threshold < 1.0, "secagg-threshold", self.secagg_threshold, "must be in [0, 1)")
+        _require(self.secagg_value_range > 0, "secagg-value-range", self.secagg_value_range, "must be > 0")
+        _require(self.secagg_max_weight > 0, "secagg-max-weight", self.secagg_max_weight, "must be > 0")
+        _require(self.secagg_modulus_bits in (32, 64), "secagg-modulus-bits", self.secagg_modulus_bits, "must be 32 or 64")
+        _require(self.secagg_timeout > 0, "secagg-timeout", self.secagg_timeout, "must be > 0")
+        _require(self.dp in DP_MODES, "dp", self.dp, f"must be one of {DP_MODES}")
+        _require(self.dp_clip > 0, "dp-clip", self.dp_clip, "must be > 0")
+        _require(self.dp_noise_multiplier > 0, "dp-noise-multiplier", self.dp_noise_multiplier, "must be > 0")
+        _require(0 < self.dp_delta < 1, "dp-delta", self.dp_delta, "must be in (0, 1)")
+        _require(self.dp != "distributed" or self.secure_aggregation, "dp", self.dp,
+                 "adds each client's share of the noise, which only hides an update inside a secure sum: "
+                 "set secure-aggregation = true, or use dp = central")
+        _require(self.dp != "central" or not self.secure_aggregation, "dp", self.dp,
+                 "clips single updates at the server, which secure aggregation never shows it: use dp = distributed")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a federation run needs; clients receive it from the server."""
 
@@ -83,6 +118,7 @@ class RunConfig:
     quantisation: str = _key("quantisation", "auto")
     adapter: AdapterSpec = field(default_factory=AdapterSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
     wire_dtype: str = _key("wire-dtype", "float16")
     aggregation: str = _key("aggregation", "fedavg")
     aggregation_options: str = _key("aggregation-options", "")
@@ -113,6 +149,11 @@ class RunConfig:
         _require(self.adapter.aggregation != "exact" or self.aggregation in ("fedavg", "fedprox"), "lora-aggregation",
                  "exact", f"corrects the plain mean of B*A, so it needs aggregation fedavg or fedprox, not {self.aggregation}")
         _require(0.0 <= self.attack_fraction <= 1.0, "attack-fraction", self.attack_fraction, "must be in [0, 1]")
+        if self.privacy.secure_aggregation:
+            _require(self.adapter.aggregation != "exact", "secure-aggregation", True,
+                     "yields only the sum of updates; lora-aggregation exact needs each client's B and A")
+            _require(self.aggregation != "scaffold", "secure-aggregation", True,
+                     "masks the adapter update only; scaffold's control variates would travel in the clear")
         self.rule_options()  # validates the syntax early
         self.attack_settings()
         self.simulated_client_ranks()

@@ -41,6 +41,21 @@ class AdapterSchema:
         """Payload bytes of one adapter in the wire dtype (without array headers)."""
         return self.num_values * WIRE_NUMPY_DTYPES[self.wire_dtype].itemsize
 
+    def flatten(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        """One float64 vector in schema order (secure aggregation masks vectors)."""
+        return np.concatenate([np.asarray(arrays[name], dtype=np.float64).ravel() for name in self.shapes])
+
+    def unflatten(self, vector: np.ndarray) -> dict[str, np.ndarray]:
+        """The inverse of :meth:`flatten`, as float32 arrays."""
+        if vector.size != self.num_values:
+            raise AdapterValidationError(f"expected {self.num_values} values, got {vector.size}")
+        arrays, start = {}, 0
+        for name, shape in self.shapes.items():
+            size = int(np.prod(shape))
+            arrays[name] = vector[start:start + size].reshape(shape).astype(np.float32)
+            start += size
+        return arrays
+
 
 def encode_adapter(state: Mapping[str, torch.Tensor | np.ndarray], wire_dtype: str) -> ArrayRecord:
     """Adapter tensors as an ``ArrayRecord`` in ``wire_dtype`` (bf16 is cast via float32)."""

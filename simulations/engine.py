@@ -9,12 +9,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stamen.shared.base_model import pick_device
 from stamen.shared.base_source import resolve_base_folder
 from stamen.shared.config import RunConfig
 from stamen.shared.fingerprint import base_fingerprint
 from stamen.shared.quantisation import QuantisationChoice, choose_quantisation
+
+if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
 
 
 @dataclass(frozen=True)
@@ -36,13 +40,22 @@ def prepare_base(config: RunConfig) -> QuantisationChoice:
     return choose_quantisation(folder, base_fingerprint(folder), load_tokenizer(folder), pick_device())
 
 
-def simulate(config: RunConfig, num_clients: int, resources: Resources = Resources(), resume: bool = False) -> Path:
-    """Run ``config`` with ``num_clients`` virtual clients (``resume``: continue its run folder)."""
+def simulate(
+    config: RunConfig,
+    num_clients: int,
+    resources: Resources = Resources(),
+    resume: bool = False,
+    client_app: ClientApp | None = None,
+) -> Path:
+    """Run ``config`` with ``num_clients`` virtual clients (``resume``: continue its run folder).
+
+    ``client_app`` replaces Stamen's ClientApp, e.g. one built by :func:`stamen.client.app.client_app_with`
+    to add Flower mods."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # keep Ray's GPU env as it is
     from flwr.simulation import run_simulation
 
-    from stamen.client.app import app as client_app
+    from stamen.client.app import app as stamen_client_app
     from stamen.server.app import server_app_for
 
     if not config.run_id:
@@ -53,7 +66,7 @@ def simulate(config: RunConfig, num_clients: int, resources: Resources = Resourc
     }
     run_simulation(
         server_app=server_app_for(config, resume),
-        client_app=client_app,
+        client_app=client_app or stamen_client_app,
         num_supernodes=num_clients,
         backend_config=backend_config,
     )

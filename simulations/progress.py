@@ -12,7 +12,14 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from stamen.server.run_record import METRICS_FILE
@@ -28,6 +35,8 @@ def round_line(row: dict, num_rounds: int, previous_loss: float | None) -> str:
         parts.append(f"base-domain loss {row['eval_base_domain_loss']:.4f}")
     parts.append(f"{row.get('clients_accepted', 0)} clients")
     parts.append(f"{row.get('bytes_up_per_client', 0) / 1e6:.3f} MB up/client")
+    if "dp_epsilon" in row:
+        parts.append(f"ε {row['dp_epsilon']:.2f} at δ {row['dp_delta']:g}")
     return " | ".join(parts)
 
 
@@ -98,13 +107,14 @@ class RunMonitor:
 def summary_table(rounds: list[dict], base_bytes: int) -> Table:
     """The per-round table printed at the end of a run; round 0 is the initial global adapter."""
     table = Table(title="Federation rounds (global adapter)")
+    private = any("dp_epsilon" in row for row in rounds)
     for column in ("round", "held-out loss", "base-domain loss", "clients", "bytes up/client", "bytes down/client",
-                   "up % of base"):
+                   "up % of base", *(["ε (DP)"] if private else [])):
         table.add_column(column, justify="right")
     if rounds and "initial_heldout_loss" in rounds[0]:
         first = rounds[0]
         table.add_row("0", f"{first['initial_heldout_loss']:.4f}", f"{first.get('initial_base_domain_loss', float('nan')):.4f}",
-                      "", "", "", "")
+                      *[""] * (5 if private else 4))
     for row in rounds:
         up = row.get("bytes_up_per_client", 0)
         table.add_row(
@@ -115,5 +125,6 @@ def summary_table(rounds: list[dict], base_bytes: int) -> Table:
             f"{up:,}",
             f"{row.get('bytes_down_per_client', 0):,}",
             f"{100 * up / base_bytes:.3f}%" if base_bytes else "n/a",
+            *([f"{row['dp_epsilon']:.2f}" if "dp_epsilon" in row else ""] if private else []),
         )
     return table

@@ -50,6 +50,12 @@ class AggregationRule(Plugin):
     def add(self, update: ClientUpdate) -> None:
         self._mean.add(update.delta, update.weight)
 
+    def add_sum(self, weighted_sum: Arrays, total_weight: float, count: int) -> None:
+        """Fold in a sum of ``count`` updates the rule never saw one by one (secure aggregation)."""
+        if self.needs_individual_updates:
+            raise TypeError(f"rule '{self.name}' needs individual updates and cannot take a sum")
+        self._mean.add_sum(weighted_sum, total_weight, count)
+
     @property
     def count(self) -> int:
         return self._mean.count

@@ -1,0 +1,172 @@
+"""The server half of secure aggregation: neighbourhoods, share routing, and unmasking the sum.
+
+The server only ever holds masked vectors and their modular sum. After the masked
+inputs are in, it asks each surviving client for the shares it needs, and nothing
+else: self-mask seeds of clients whose input arrived, mask keys of clients that
+shared keys but sent no input. It rebuilds those secrets, strips their masks from
+the sum, and decodes the fixed-point sum.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from flwr.app import ConfigRecord
+
+from stamen.shared import shamir
+from stamen.shared.fixed_point import FixedPoint
+from stamen.shared.secagg_crypto import agreed_key, mask_stream, public_bytes
+from stamen.shared.secagg_protocol import (
+    ENCRYPTION_KEY,
+    KEY_SHARE,
+    MASK_KEY,
+    MASK_STAGE,
+    SEED_SHARE,
+    SHARE_STAGE,
+    UNMASK_STAGE,
+    SecAggError,
+    StageInfo,
+    pairwise_sign,
+    peer_entry,
+)
+
+log = logging.getLogger(__name__)
+
+
+class SecAggAborted(RuntimeError):
+    """Too many clients dropped to recover the sum; the round leaves the global adapter unchanged."""
+
+
+@dataclass(frozen=True)
+class SecAggSettings:
+    degree: int = 0  # neighbours per client; 0: about 2 log2(n) (SecAgg+), complete below that
+    threshold: float = 0.5  # a client's secrets need more than this fraction of its share holders
+    modulus_bits: int = 32
+
+
+def neighbourhoods(nodes: list[int], degree: int, rng: random.Random) -> dict[int, set[int]]:
+    """A random k-regular graph (Harary graph over a shuffled ring), as in SecAgg+."""
+    n = len(nodes)
+    k = degree or 2 * math.ceil(math.log2(max(n, 2)))
+    if k >= n - 1:
+        return {node: set(nodes) - {node} for node in nodes}
+    k += k % 2  # each node links k/2 ring positions either side
+    ring = rng.sample(nodes, n)
+    graph: dict[int, set[int]] = {node: set() for node in nodes}
+    for i, node in enumerate(ring):
+        for step in range(1, k // 2 + 1):
+            peer = ring[(i + step) % n]
+            graph[node].add(peer)
+            graph[peer].add(node)
+    return graph
+
+
+class SecureAggregator:
+    """One round's server state, from the advertised keys to the decoded sum."""
+
+    def __init__(
+        self,
+        run: str,
+        server_round: int,
+        keys: dict[int, ConfigRecord],
+        length: int,
+        settings: SecAggSettings,
+        noise_std: float,
+        rng: random.Random,
+    ) -> None:
+        if len(keys) < 2:
+            raise SecAggAborted(f"secure aggregation needs at least 2 clients, {len(keys)} advertised keys")
+        self.run, self.round, self.length, self.settings, self.noise_std = run, server_round, length, settings, noise_std
+        self.keys = {node: (bytes(record[ENCRYPTION_KEY]), bytes(record[MASK_KEY])) for node, record in keys.items()}
+        nodes = sorted(keys)
+        self.points = {node: i + 1 for i, node in enumerate(nodes)}
+        self.graph = neighbourhoods(nodes, settings.degree, rng)
+        holders = min(len(peers) for peers in self.graph.values()) + 1
+        self.threshold = min(holders, math.floor(settings.threshold * holders) + 1)
+        self.codec = FixedPoint(clip=1.0, num_summands=len(nodes), bits=settings.modulus_bits)
+        self.shared: dict[int, ConfigRecord] = {}  # U2: node -> its encrypted shares by recipient
+        self.masked: set[int] = set()  # U3
+        self._sum = np.zeros(length, dtype=self.codec.dtype)
+
+    def info(self, node: int, stage: str, **extra: tuple[int, ...]) -> StageInfo:
+        return StageInfo(self.run, self.round, stage, len(self.points), self.threshold, self.points[node],
+                         self.settings.modulus_bits, self.noise_std, **extra)
+
+    def share_requests(self) -> dict[int, tuple[StageInfo, ConfigRecord]]:
+        """Stage 2: each client's neighbours with their points and public keys."""
+        return {
+            node: (self.info(node, SHARE_STAGE),
+                   ConfigRecord({str(peer): peer_entry(self.points[peer], *self.keys[peer]) for peer in sorted(peers)}))
+            for node, peers in self.graph.items()
+        }
+
+    def add_shares(self, node: int, ciphertexts: ConfigRecord) -> None:
+        recipients = {int(recipient) for recipient in ciphertexts}
+        if recipients != self.graph[node]:
+            raise SecAggError(f"node {node} sent shares for {sorted(recipients)}, not for its neighbours")
+        self.shared[node] = ciphertexts
+
+    def mask_requests(self) -> dict[int, tuple[StageInfo, ConfigRecord]]:
+        """Stage 3: each client gets the shares its neighbours (that shared) encrypted for it."""
+        return {
+            node: (self.info(node, MASK_STAGE),
+                   ConfigRecord({str(peer): self.shared[peer][str(node)] for peer in sorted(self.graph[node] & set(self.shared))}))
+            for node in sorted(self.shared)
+        }
+
+    def add_masked(self, node: int, masked: np.ndarray) -> None:
+        if node not in self.shared or node in self.masked:
+            raise SecAggError(f"node {node} may not send a masked input now")
+        if masked.dtype != self.codec.dtype or masked.shape != (self.length,):
+            raise SecAggError(f"masked input of node {node} is {masked.dtype}{masked.shape}, "
+                              f"expected {np.dtype(self.codec.dtype)}({self.length},)")
+        self._sum += masked  # wraps modulo 2^bits
+        self.masked.add(node)
+
+    def unmask_requests(self) -> dict[int, StageInfo]:
+        """Stage 4: each surviving client learns which of its neighbours survived and which dropped."""
+        dropped = set(self.shared) - self.masked
+        return {
+            node: self.info(node, UNMASK_STAGE, survivors=tuple(sorted((self.graph[node] | {node}) & self.masked)),
+                            dropped=tuple(sorted(self.graph[node] & dropped)))
+            for node in sorted(self.masked)
+        }
+
+    def finish(self, revealed: dict[int, ConfigRecord]) -> np.ndarray:
+        """The decoded sum of the surviving clients' vectors."""
+        if not self.masked:
+            raise SecAggAborted("no client sent a masked input")
+        total = self._sum.copy()
+        for node in sorted(self.masked):
+            seed = self._rebuild(node, SEED_SHARE, revealed)
+            total -= mask_stream(seed, self.length, self.codec.dtype)
+        for node in sorted(set(self.shared) - self.masked):
+            survivors = self.graph[node] & self.masked
+            if not survivors:
+                continue
+            secret = self._rebuild(node, KEY_SHARE, revealed)
+            if public_bytes(X25519PrivateKey.from_private_bytes(secret)) != self.keys[node][1]:
+                raise SecAggAborted(f"the rebuilt mask key of dropped node {node} does not match its public key")
+            for survivor in survivors:
+                pair_mask = mask_stream(agreed_key(secret, self.keys[survivor][1], self.info(node, "").mask_purpose()),
+                                        self.length, self.codec.dtype)
+                total = total - pair_mask if pairwise_sign(survivor, node) > 0 else total + pair_mask
+        return self.codec.decode_sum(total)
+
+    def _rebuild(self, node: int, kind: str, revealed: dict[int, ConfigRecord]) -> bytes:
+        shares = []
+        for holder in sorted((self.graph[node] | {node}) & set(revealed)):
+            data = revealed[holder].get(f"{kind}/{node}")
+            if isinstance(data, bytes):
+                share = shamir.Share.from_bytes(data)
+                if share.x == self.points[holder]:
+                    shares.append(share)
+        if len(shares) < self.threshold:
+            raise SecAggAborted(f"only {len(shares)} of {self.threshold} needed shares of node {node}'s "
+                                f"{kind} came back; the round cannot be unmasked")
+        return shamir.combine(shares, self.threshold)

@@ -1,0 +1,133 @@
+"""What both sides of secure aggregation agree on: stages, record names, and the byte layouts.
+
+A secure round (SecAgg+, Bell et al. 2020) runs four message exchanges:
+
+1. ``train`` — the client trains and keeps its update on the device; it replies
+   with two X25519 public keys (one to encrypt shares, one for pairwise masks).
+2. ``train.secagg_share`` — the server sends each client its neighbours' keys; the
+   client Shamir-shares its self-mask seed and mask private key among them and
+   replies with the shares, each encrypted for one neighbour.
+3. ``train.secagg_mask`` — the server routes the encrypted shares; the client
+   replies with its fixed-point update plus its self mask plus pairwise masks.
+4. ``train.secagg_unmask`` — the server names which neighbours survived and which
+   dropped; the client reveals self-mask shares of survivors and mask-key shares
+   of the dropped, never both for one node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ConfigRecord
+
+from .shamir import Share
+
+SHARE_STAGE = "secagg_share"
+MASK_STAGE = "secagg_mask"
+UNMASK_STAGE = "secagg_unmask"
+
+SECAGG = "secagg"  # ConfigRecord: the stage's parameters
+PUBLIC_KEYS = "secagg-public-keys"  # client -> server (stage 1)
+PEERS = "secagg-peers"  # server -> client (stage 2): node id -> point || encryption key || mask key
+SHARES = "secagg-shares"  # stage 2 reply: recipient -> ciphertext; stage 3 message: sender -> ciphertext
+MASKED = "secagg-masked"  # ArrayRecord, stage 3 reply
+REVEALED = "secagg-revealed"  # stage 4 reply: "seed/<node>" or "key/<node>" -> share
+ENCRYPTION_KEY = "encryption-key"
+MASK_KEY = "mask-key"
+SEED_SHARE, KEY_SHARE = "seed", "key"
+MASKED_VECTOR = "masked"
+
+
+class SecAggError(ValueError):
+    """A secure-aggregation message that must not be acted on; the message says why."""
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """The parameters the server declares with every stage after the first."""
+
+    run: str
+    server_round: int
+    stage: str
+    num_clients: int  # clients that advertised keys: the fixed-point codec's number of summands
+    threshold: int  # shares needed to rebuild one client's secrets
+    point: int  # this client's Shamir point
+    modulus_bits: int
+    noise_std: float  # distributed DP: this client's share of the noise, in encoded units
+    survivors: tuple[int, ...] = ()  # unmask stage only
+    dropped: tuple[int, ...] = ()
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord({
+            "run": self.run, "server-round": self.server_round, "stage": self.stage,
+            "num-clients": self.num_clients, "threshold": self.threshold, "point": self.point,
+            "modulus-bits": self.modulus_bits, "noise-std": self.noise_std,
+            "survivors": list(self.survivors), "dropped": list(self.dropped),
+        })
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> StageInfo:
+        try:
+            return cls(str(record["run"]), int(record["server-round"]), str(record["stage"]),
+                       int(record["num-clients"]), int(record["threshold"]), int(record["point"]),
+                       int(record["modulus-bits"]), float(record["noise-std"]),
+                       tuple(int(n) for n in record["survivors"]), tuple(int(n) for n in record["dropped"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise SecAggError(f"malformed secure-aggregation stage record: {error}") from None
+
+    def share_context(self, sender: int, recipient: int) -> bytes:
+        """Associated data of one encrypted share: binds it to run, round, sender and recipient."""
+        return f"{self.run}/{self.server_round}/{sender}->{recipient}".encode()
+
+    def mask_purpose(self) -> bytes:
+        return f"mask/{self.run}/{self.server_round}".encode()
+
+    def encryption_purpose(self) -> bytes:
+        return f"shares/{self.run}/{self.server_round}".encode()
+
+
+def pack_shares(sender: int, recipient: int, seed_share: Share, key_share: Share) -> bytes:
+    """Plaintext of one encrypted message: who sent it to whom, and the two shares."""
+    return sender.to_bytes(8, "big") + recipient.to_bytes(8, "big") + seed_share.to_bytes() + key_share.to_bytes()
+
+
+def unpack_shares(plaintext: bytes) -> tuple[int, int, Share, Share]:
+    half = (len(plaintext) - 16) // 2
+    return (int.from_bytes(plaintext[:8], "big"), int.from_bytes(plaintext[8:16], "big"),
+            Share.from_bytes(plaintext[16:16 + half]), Share.from_bytes(plaintext[16 + half:]))
+
+
+def pairwise_sign(node: int, peer: int) -> int:
+    """+1 if ``node`` adds the pair's mask, -1 if it subtracts it: the two cancel in the sum."""
+    return 1 if node < peer else -1
+
+
+def peer_entry(point: int, encryption_key: bytes, mask_key: bytes) -> bytes:
+    return point.to_bytes(4, "big") + encryption_key + mask_key
+
+
+def read_peer_entry(entry: bytes) -> tuple[int, bytes, bytes]:
+    if len(entry) != 68:
+        raise SecAggError(f"a peer entry is 68 bytes, got {len(entry)}")
+    return int.from_bytes(entry[:4], "big"), entry[4:36], entry[36:]
+
+
+def update_vector(delta_flat: np.ndarray, weight: float, value_range: float) -> np.ndarray:
+    """What a client sums securely: its delta times its weight, over the value range, then the weight.
+
+    Weights are in (0, 1] (example counts over ``secagg-max-weight``, or 1 under DP), so every
+    coordinate lies in [-1, 1] unless the delta leaves the declared range (then it is clipped).
+    """
+    return np.append(delta_flat * (weight / value_range), weight)
+
+
+def read_sum(total: np.ndarray, value_range: float) -> tuple[np.ndarray, float]:
+    """The weighted sum of deltas and the total weight from a decoded secure sum."""
+    return total[:-1] * value_range, float(total[-1])
+
+
+def distributed_noise_std(noise_multiplier: float, clip: float, value_range: float, num_clients: int) -> float:
+    """Each of ``num_clients`` clients' noise share, in encoded units, so the sum carries std ``z * C``."""
+    return noise_multiplier * clip / (value_range * math.sqrt(num_clients))

@@ -1,0 +1,65 @@
+"""Differential privacy: clipping, the noise each mode adds, and the accountant's state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from opacus.accountants import RDPAccountant
+
+from stamen.client.secure_aggregation import secure_input
+from stamen.server.privacy import CentralPrivacy, PrivacyAccountant, check_privacy
+from stamen.server.rules import ClientUpdate, make_rule
+from stamen.shared.config import ConfigError, PrivacySpec
+from stamen.shared.secagg_protocol import distributed_noise_std, read_sum
+from stamen.simulations.secure_sum import secure_sum
+
+
+def test_distributed_noise_shares_add_up_to_the_target_noise_in_the_secure_sum():
+    privacy = PrivacySpec(secure_aggregation=True, dp="distributed", dp_clip=0.5, dp_noise_multiplier=1.5,
+                          secagg_value_range=4.0)
+    length, clients = 20_000, 5
+    vectors = {node: secure_input(np.zeros(length), 10, privacy) for node in range(1, clients + 1)}
+    std = distributed_noise_std(1.5, 0.5, 4.0, clients)
+    noisy_sum, weight = read_sum(secure_sum(vectors, noise_std=std).total, 4.0)
+    assert weight == pytest.approx(clients)  # every client weighs 1 under DP
+    assert noisy_sum.std() == pytest.approx(1.5 * 0.5, rel=0.03)  # z * C
+
+
+def test_clients_clip_their_update_before_it_is_masked():
+    privacy = PrivacySpec(secure_aggregation=True, dp="distributed", dp_clip=1.0)
+    vector = secure_input(np.full(100, 3.0), 50, privacy)
+    assert np.linalg.norm(vector[:-1]) == pytest.approx(1.0)
+    assert vector[-1] == 1.0
+
+
+def test_central_privacy_clips_each_update_and_noises_the_sum():
+    privacy = PrivacySpec(dp="central", dp_clip=2.0, dp_noise_multiplier=0.05)
+    central, rule = CentralPrivacy(privacy), make_rule("fedavg")
+    rule.start_round(1, 4)
+    for i in range(4):
+        clipped = central.clip_update(ClientUpdate(f"c{i}", {"w": np.full(40_000, 10.0)}, weight=123.0))
+        assert clipped.weight == 1.0 and np.linalg.norm(clipped.delta["w"]) == pytest.approx(2.0)
+        rule.add(clipped)
+    central.add_noise(rule, {"w": (40_000,)})
+    moved = rule.finish_round({"w": np.zeros(40_000, dtype=np.float32)})["w"]
+    assert moved.mean() == pytest.approx(2.0 / 200, abs=7e-4)  # each clipped update is 2/sqrt(40000) = 0.01
+    assert moved.std() == pytest.approx(0.05 * 2.0 / 4, rel=0.03)  # z * C / clients
+
+
+def test_accountant_state_survives_a_checkpoint_and_matches_opacus():
+    accountant = PrivacyAccountant(1e-5)
+    for _ in range(3):
+        accountant.record_round(1.2, 0.3)
+    restored = PrivacyAccountant(1e-5)
+    restored.load_state_dict(accountant.state_dict())
+    reference = RDPAccountant()
+    for _ in range(4):
+        reference.step(noise_multiplier=1.2, sample_rate=0.3)
+    assert restored.record_round(1.2, 0.3) == pytest.approx(reference.get_epsilon(1e-5))
+
+
+def test_dp_refuses_rules_that_do_not_average():
+    with pytest.raises(ConfigError, match="differential privacy bounds"):
+        check_privacy(make_rule("median"), PrivacySpec(dp="central"))
+    with pytest.raises(ConfigError, match="control-delta"):
+        check_privacy(make_rule("scaffold"), PrivacySpec(dp="central"))

@@ -1,0 +1,168 @@
+"""Secure aggregation: the protocol halves driven in one process, with real cryptography."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from flwr.app import RecordDict
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stamen.client.secure_aggregation import SecAggClient
+from stamen.server.privacy import check_privacy
+from stamen.server.rules import make_rule
+from stamen.server.secure_aggregation import (
+    SecAggAborted,
+    SecAggSettings,
+    SecureAggregator,
+    neighbourhoods,
+)
+from stamen.shared import shamir
+from stamen.shared.config import ConfigError, PrivacySpec, RunConfig
+from stamen.shared.fixed_point import FixedPoint
+from stamen.shared.secagg_protocol import SecAggError, read_sum, update_vector
+from stamen.shared.wire import AdapterSchema
+from stamen.simulations.secure_sum import secure_sum
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    num_clients=st.integers(2, 7),
+    shapes=st.lists(st.lists(st.integers(1, 12), min_size=1, max_size=3), min_size=1, max_size=4),
+    bits=st.sampled_from([32, 64]),
+    data=st.data(),
+)
+def test_secure_weighted_sum_equals_the_plain_one_within_the_quantisation_bound(num_clients, shapes, bits, data):
+    schema = AdapterSchema({f"t{i}": tuple(shape) for i, shape in enumerate(shapes)}, "float32")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    deltas = {node: {k: rng.uniform(-0.9, 0.9, shape) for k, shape in schema.shapes.items()}
+              for node in range(10, 10 + num_clients)}
+    weights = {node: data.draw(st.floats(0.01, 1.0)) for node in deltas}
+    vectors = {node: update_vector(schema.flatten(deltas[node]), weights[node], 1.0) for node in deltas}
+    result = secure_sum(vectors, settings=SecAggSettings(modulus_bits=bits))
+    weighted_sum, total_weight = read_sum(result.total, 1.0)
+    bound = result.server.codec.sum_error_bound
+    secure = schema.unflatten(weighted_sum)  # float32 tensors, as the rule receives them
+    for name in schema.shapes:
+        plain = sum(weights[n] * deltas[n][name] for n in deltas)
+        assert np.abs(secure[name] - plain).max() <= bound + 1e-6 * np.abs(plain).max()
+    assert abs(total_weight - sum(weights.values())) <= bound + 1e-12
+
+
+@pytest.mark.parametrize("stage", ["share", "mask", "unmask"])
+@pytest.mark.parametrize("degree", [0, 4])  # complete graph, and a sparse SecAgg+ neighbourhood
+def test_dropouts_at_each_stage_leave_the_exact_sum_of_the_survivors(stage, degree):
+    rng = np.random.default_rng(1)
+    vectors = {node: rng.uniform(-0.5, 0.5, 64) for node in range(1, 11)}
+    dropped = {3, 8}
+    result = secure_sum(vectors, {stage: dropped}, SecAggSettings(degree=degree))
+    total, server = result.total, result.server
+    survivors = set(vectors) - dropped if stage in ("share", "mask") else set(vectors)
+    assert server.masked == survivors
+    assert np.abs(total - sum(vectors[n] for n in survivors)).max() <= server.codec.sum_error_bound
+
+
+def test_too_many_dropouts_abort_the_round():
+    vectors = {node: np.full(8, 0.1) for node in range(1, 6)}
+    with pytest.raises(SecAggAborted, match="needed shares"):  # 2 of 5 answer the unmasking, threshold 3
+        secure_sum(vectors, {"unmask": {1, 2, 3}})
+    with pytest.raises(SecAggError, match="fewer than the threshold"):  # survivors refuse to reveal anything
+        secure_sum(vectors, {"mask": {1, 2, 3}})
+
+
+def test_a_masked_vector_on_the_wire_looks_uniform_and_does_not_follow_the_input():
+    length = 50_000
+    structured = np.linspace(-1, 1, length)  # a ramp: strongly patterned input
+    vectors = {1: structured, 2: np.zeros(length), 3: structured[::-1].copy()}
+    clients = {node: SecAggClient(RecordDict(), node) for node in vectors}
+    keys = {node: c.advertise("run", 1, vectors[node]) for node, c in clients.items()}
+    server = SecureAggregator("run", 1, keys, length, SecAggSettings(), 0.0, random.Random(0))
+    for node, (info, peers) in server.share_requests().items():
+        server.add_shares(node, clients[node].share_keys(info, peers))
+    masked = {node: clients[node].masked_input(info, shares) for node, (info, shares) in server.mask_requests().items()}
+    wire = masked[1].view(np.uint8)
+    counts = np.bincount(wire, minlength=256)
+    chi2 = float(((counts - wire.size / 256) ** 2 / (wire.size / 256)).sum())
+    assert chi2 < 350  # 255 degrees of freedom: p ~ 1e-4 at 350
+    as_float = masked[1].astype(np.float64)
+    assert abs(np.corrcoef(as_float, structured)[0, 1]) < 0.03
+    assert abs(np.corrcoef(as_float[1:], as_float[:-1])[0, 1]) < 0.03
+
+
+def test_a_tampered_share_is_refused():
+    def flip_a_bit(server: SecureAggregator) -> None:
+        shares = server.shared[1]
+        ciphertext = bytearray(shares["2"])
+        ciphertext[-1] ^= 1
+        shares["2"] = bytes(ciphertext)
+
+    vectors = {node: np.zeros(4) for node in (1, 2, 3)}
+    with pytest.raises(SecAggError, match="share from node 1 failed authentication"):
+        secure_sum(vectors, tamper=flip_a_bit)
+
+
+def test_messages_for_another_round_or_stage_are_refused():
+    vectors = {node: np.zeros(4) for node in (1, 2, 3)}
+    clients = {node: SecAggClient(RecordDict(), node) for node in vectors}
+    round_one = {node: c.advertise("run", 1, vectors[node]) for node, c in clients.items()}
+    server_one = SecureAggregator("run", 1, round_one, 4, SecAggSettings(), 0.0, random.Random(0))
+    requests_one = server_one.share_requests()
+    for node, (info, peers) in requests_one.items():
+        server_one.add_shares(node, clients[node].share_keys(info, peers))
+    old_shares = server_one.mask_requests()
+    # the clients move on to round 2; a replayed round-1 stage message must not be acted on
+    round_two = {node: c.advertise("run", 2, vectors[node]) for node, c in clients.items()}
+    info, shares = old_shares[1]
+    with pytest.raises(SecAggError, match="round 1.*round 2"):
+        clients[1].masked_input(info, shares)
+    server_two = SecureAggregator("run", 2, round_two, 4, SecAggSettings(), 0.0, random.Random(0))
+    info_two, peers_two = server_two.share_requests()[1]
+    with pytest.raises(SecAggError, match="arrived while"):  # stage 3 before stage 2
+        clients[1].masked_input(server_two.mask_requests().get(1, (info_two, peers_two))[0], shares)
+    clients[1].share_keys(info_two, peers_two)
+    with pytest.raises(SecAggError, match="failed authentication"):  # round-1 ciphertexts under round-2 keys
+        clients[1].masked_input(info_two.__class__(**{**info_two.__dict__, "stage": "secagg_mask"}), shares)
+
+
+def test_shamir_needs_the_threshold_and_rebuilds_from_any_subset():
+    secret = bytes(range(32))
+    shares = shamir.split(secret, [1, 2, 3, 4, 5], threshold=3)
+    assert shamir.combine(shares[2:], 3) == secret
+    assert shamir.combine([shares[0], shares[4], shares[2]], 3) == secret
+    with pytest.raises(shamir.ShamirError, match="cannot rebuild"):
+        shamir.combine(shares[:2], 3)
+
+
+def test_neighbourhoods_are_symmetric_and_regular():
+    graph = neighbourhoods(list(range(100)), 0, random.Random(0))
+    degrees = {len(peers) for peers in graph.values()}
+    assert degrees == {14}  # 2 * ceil(log2 100)
+    assert all(node in graph[peer] for node, peers in graph.items() for peer in peers)
+    assert all(node not in peers for node, peers in graph.items())
+
+
+def test_fixed_point_refuses_nan_and_clips_to_the_declared_range():
+    codec = FixedPoint(clip=1.0, num_summands=2)
+    with pytest.raises(ValueError, match="NaN"):
+        codec.encode(np.array([np.nan]))
+    assert codec.decode_sum(codec.encode(np.array([5.0, -5.0]))).tolist() == pytest.approx([1.0, -1.0], abs=1e-8)
+
+
+@pytest.mark.parametrize("rule", ["krum", "median", "trimmed-mean", "norm-bounding"])
+def test_rules_that_need_single_updates_are_refused_with_secure_aggregation(rule):
+    with pytest.raises(ConfigError, match="needs each client's update.*secure aggregation yields only the sum"):
+        check_privacy(make_rule(rule), PrivacySpec(secure_aggregation=True))
+    check_privacy(make_rule("fedadam"), PrivacySpec(secure_aggregation=True))  # acts on the mean: fine
+
+
+def test_settings_that_secure_aggregation_cannot_serve_are_refused_at_config_time():
+    with pytest.raises(ConfigError, match="lora-aggregation exact"):
+        RunConfig().replace(**{"secure-aggregation": True, "lora-aggregation": "exact"})
+    with pytest.raises(ConfigError, match="scaffold"):
+        RunConfig().replace(**{"secure-aggregation": True, "aggregation": "scaffold"})
+    with pytest.raises(ConfigError, match="secure-aggregation = true"):
+        RunConfig().replace(dp="distributed")
+    with pytest.raises(ConfigError, match="dp = distributed"):
+        RunConfig().replace(**{"secure-aggregation": True, "dp": "central"})
