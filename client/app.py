@@ -51,12 +51,12 @@ from .attacks import attack_for
 from .drift_correction import ScaffoldClient, proximal_term
 from .evaluation import EvalResult, evaluate_loss
 from .local_data import LocalData, local_data
+from .resource_guard import ResourceGuards, record_pace
 from .runtime import ClientRuntime, client_runtime
 from .secure_aggregation import SecAggClient, secure_input
-from .state_store import ClientStateStore, client_folder
+from .state_store import PERSONAL, ClientStateStore, client_folder
 from .training import train_adapter
 
-PERSONAL = "personal"  # store name of the adapter part that stays on the device
 
 
 @dataclass
@@ -90,7 +90,7 @@ def _prepare(msg: Message, context: Context, training_round: bool) -> RoundSetup
     instruction = read_instruction(msg.content)
     config = instruction.config
     rank = _client_rank(context, config)
-    runtime = client_runtime(config, rank)
+    runtime = client_runtime(_on_this_device(context, config), rank)
     check_same_base(instruction.fingerprint, runtime.base.fingerprint, "server's base vs this client's base")
     data = local_data(context, config.seed)
     if rank < config.adapter.rank:
@@ -110,6 +110,13 @@ def _prepare(msg: Message, context: Context, training_round: bool) -> RoundSetup
         corrections = decode_adapter(records[CORRECTIONS], runtime.corrections.schema) if CORRECTIONS in records else None
         runtime.corrections.set(corrections)
     return RoundSetup(instruction, runtime, global_adapter, data, rank)
+
+
+def _on_this_device(context: Context, config: RunConfig) -> RunConfig:
+    """The run config with the device's own copy of the base (node config ``base-model``), if it names one:
+    edge apps ship the base themselves, and the fingerprint check tells whether it is the server's."""
+    base = context.node_config.get("base-model")
+    return config.replace(**{"base-model": str(base)}) if base else config
 
 
 def _client_rank(context: Context, config: RunConfig) -> int:
@@ -138,6 +145,8 @@ def train(msg: Message, context: Context) -> Message:
     setup = _prepare(msg, context, training_round=True)
     instruction, runtime, global_adapter, data = setup.instruction, setup.runtime, setup.global_adapter, setup.data
     config, training = instruction.config, instruction.config.training
+    state_dir = _store(context, config, data.name).folder
+    ResourceGuards.from_node_config(context.node_config).check(training, state_dir)
     baseline = _initial_losses(runtime, data, training) if instruction.server_round == 1 else {}
     corrections = [proximal_term(config.proximal_mu, global_adapter)] if config.proximal_mu > 0 else []
     scaffold = None
@@ -149,6 +158,7 @@ def train(msg: Message, context: Context) -> Message:
     attack, attack_rng = attack_for(context, config), np.random.default_rng(seed)
     examples = attack.poison_data(data.train, attack_rng) if attack else data.train
     result = train_adapter(runtime.model, runtime.base.tokenizer, list(examples), training, seed, tuple(corrections))
+    record_pace(state_dir, result.seconds, result.steps)
     trained = {k: v.numpy() for k, v in adapter_state(runtime.model).items()}
     delta = {name: trained[name] - global_adapter[name] for name in global_adapter}
     personal = {name: value for name, value in trained.items() if name not in global_adapter}

@@ -16,6 +16,7 @@ from safetensors.numpy import load, save
 from stamen.shared.atomic import atomic_write_bytes
 
 KEEP_VERSIONS = 2
+PERSONAL = "personal"  # the adapter part a device keeps and never sends (e.g. fedsa's B)
 
 
 class ClientStateStore:

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -31,4 +33,16 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point for ``flwr run``: the run config is the flat Stamen config."""
-    run_federation(grid, RunConfig.from_flat(context.run_config))
+    _log_through_flower()
+    config = RunConfig.from_flat(context.run_config)
+    run_federation(grid, config, resume=config.resume)
+
+
+def _log_through_flower() -> None:
+    """Send Stamen's round log lines through Flower's handlers, which ``flwr run --stream`` shows."""
+    stamen_logger = logging.getLogger("stamen")
+    stamen_logger.setLevel(logging.INFO)
+    for handler in logging.getLogger("flwr").handlers:
+        if handler not in stamen_logger.handlers:
+            stamen_logger.addHandler(handler)
+    stamen_logger.propagate = False

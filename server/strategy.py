@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -78,7 +79,8 @@ class AdapterStrategy(FedAvg):
         self.privacy = privacy
         self.central_privacy = CentralPrivacy(privacy) if privacy.dp == "central" else None
         self.accountant = PrivacyAccountant(privacy.dp_delta) if privacy.dp != "none" else None
-        self._num_sampled = 0
+        self._num_sampled = self._replies = self._rejected = 0
+        self._round_started = 0.0
         self.residual = residual
         self.global_adapter = {k: v.astype(np.float32) for k, v in global_adapter.items()}
         self.schema = schema
@@ -138,6 +140,8 @@ class AdapterStrategy(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self._start_round(server_round)
+        replies = list(replies)
+        self._replies = len(replies)
         accepted = []
         for msg in sorted(replies, key=_client_order):
             row = self._row(msg, "train", server_round)
@@ -163,6 +167,8 @@ class AdapterStrategy(FedAvg):
     def admit_key_replies(self, server_round: int, replies: Iterable[Message]) -> dict[int, Message]:
         """Secure round, stage 1: the replies (by node) that carry a valid base fingerprint and public keys."""
         self._start_round(server_round)
+        replies = list(replies)
+        self._replies = len(replies)
         admitted = {}
         for msg in sorted(replies, key=_client_order):
             row = self._row(msg, "train", server_round)
@@ -202,6 +208,7 @@ class AdapterStrategy(FedAvg):
         self._finish_train(server_round, accepted, per_client, multiplier)
 
     def _start_round(self, server_round: int) -> None:
+        self._round_started, self._rejected = time.perf_counter(), 0
         self.rule.start_round(server_round, self._num_nodes)
         if self.residual:
             self.residual.start_round(self.global_adapter)
@@ -221,7 +228,21 @@ class AdapterStrategy(FedAvg):
             epsilon = self.accountant.record_round(noise_multiplier, self._num_sampled / max(self._num_nodes, 1))
             privacy = {"dp_epsilon": epsilon, "dp_delta": self.privacy.dp_delta, "dp_noise_multiplier": noise_multiplier}
         metrics = aggregate_metricrecords(accepted, self.weighted_by_key) if accepted else MetricRecord()
+        traffic = {
+            "clients_sampled": self._num_sampled,
+            "clients_replied": self._replies,
+            "clients_without_reply": self._num_sampled - self._replies,
+            "clients_rejected": self._rejected,
+            "bytes_in": bytes_up * self.rule.count,
+            "bytes_out": self._bytes_down * self._num_sampled,
+            "aggregation_seconds": round(time.perf_counter() - self._round_started, 4),
+        }
+        log.info("round %d: %d sampled, %d replied, %d without reply, %d rejected, %d aggregated; "
+                 "%d bytes in, %d bytes out; aggregation %.3f s", server_round, traffic["clients_sampled"],
+                 traffic["clients_replied"], traffic["clients_without_reply"], traffic["clients_rejected"],
+                 self.rule.count, traffic["bytes_in"], traffic["bytes_out"], traffic["aggregation_seconds"])
         self._train_summary = {
+            **traffic,
             "clients_accepted": self.rule.count,
             "bytes_up_per_client": bytes_up if self.rule.count else 0,
             "bytes_down_per_client": self._bytes_down,
@@ -292,6 +313,7 @@ class AdapterStrategy(FedAvg):
         return {"client": _client_name(msg), **metrics}
 
     def _reject(self, row: dict[str, Any], reason: str) -> None:
+        self._rejected += row["phase"] == "train"
         log.warning("round %d: rejected %s reply from node %s: %s", row["round"], row["phase"], row["node"], reason)
         self.recorder.write({**row, "accepted": False, "reason": reason})
 

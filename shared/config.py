@@ -135,6 +135,7 @@ class RunConfig:
     seed: int = _key("seed", 0)
     run_dir: str = _key("run-dir", "runs")
     run_id: str = _key("run-id", "")
+    resume: bool = _key("resume", False)  # continue run-id from its last checkpoint
 
     def __post_init__(self) -> None:
         _require(self.quantisation in QUANTISATION_MODES, "quantisation", self.quantisation,

@@ -86,7 +86,7 @@ def simulate(
 SIMULATION_FILE = "simulation.json"
 
 
-def _new_run_config(preset: Path | None, overrides: list[str], clients: int, rounds: int | None) -> RunConfig:
+def _new_run_config(preset: Path | None, overrides: list[str], clients: int | None, rounds: int | None) -> RunConfig:
     from stamen.server.run_record import new_run_id
 
     from stamen.client.attacks import ATTACKS
@@ -98,7 +98,9 @@ def _new_run_config(preset: Path | None, overrides: list[str], clients: int, rou
             raise ConfigError(f"configuration key 'aggregation' = {config.aggregation!r} is not a rule: {sorted(RULES)}")
         if config.attack not in ("none", *ATTACKS):
             raise ConfigError(f"configuration key 'attack' = {config.attack!r} is not an attack: {sorted(ATTACKS)}")
-        extra = {"min-clients": min(config.min_clients, clients), "run-id": config.run_id or new_run_id()}
+        extra = {"run-id": config.run_id or new_run_id()}
+        if clients is not None:  # a simulation cannot wait for more clients than it has
+            extra["min-clients"] = min(config.min_clients, clients)
         if rounds is not None:
             extra["num-server-rounds"] = rounds
         return config.replace(**extra)
@@ -159,6 +161,107 @@ def export(
     chosen = round_ or last_round(run)
     folder = export_peft(run, out or run / f"export-round-{chosen}", chosen)
     console.print(f"PEFT adapter of round {chosen} written to {folder}")
+
+
+@app.command()
+def certs(
+    out: Annotated[Path, typer.Argument(help="Folder for ca.crt, server.pem/.key and nodes/<name>.key/.pub.")] = Path("certs"),
+    host: Annotated[list[str], typer.Option(help="Name or IP the server is reached at (repeat).")] = ["127.0.0.1", "localhost"],
+    node: Annotated[list[str], typer.Option(help="Device name to make a key pair for (repeat).")] = ["device-1", "device-2"],
+) -> None:
+    """Make a development CA, server certificate and device keys.
+
+    FOR DEVELOPMENT ONLY, never for production: the CA's private key is written
+    unencrypted beside the certificates it signs. Production deployments use
+    certificates from their own PKI and keys generated on each device."""
+    from stamen.shared.dev_certs import make_dev_certificates
+
+    made = make_dev_certificates(out, host, node)
+    console.print(f"CA {made.ca_certificate}, server certificate {made.server_certificate} for {host}, "
+                  f"device keys in {out / 'nodes'}: {', '.join(node)}")
+
+
+server_commands = typer.Typer(help="The server side of a deployment on real devices.", no_args_is_help=True)
+client_commands = typer.Typer(help="A device in a deployment.", no_args_is_help=True)
+app.add_typer(server_commands, name="server")
+app.add_typer(client_commands, name="client")
+
+
+@server_commands.command("start")
+def server_start(
+    certs: Annotated[Path, typer.Option(help="Folder made by 'stamen certs' (or your own with the same names).",
+                                        exists=True, file_okay=False)] = Path("certs"),
+    host: Annotated[str, typer.Option(help="Interface the SuperLink listens on (0.0.0.0: all).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The SuperLink's port (TLS).")] = 9091,
+    preset: Annotated[Path | None, typer.Option(help="TOML file of flat config keys.", exists=True)] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a config key: --set key=value.")] = [],
+    rounds: Annotated[int | None, typer.Option(help="Rounds (overrides num-server-rounds).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue runs/<id> from its last completed round.",
+                                                exists=True, file_okay=False)] = None,
+    work_dir: Annotated[Path, typer.Option(help="Flower's CLI home, the generated app and logs.")] = Path("stamen-server"),
+    keep_running: Annotated[bool, typer.Option(help="Keep the SuperLink up after the run (for 'flwr run').")] = False,
+) -> None:
+    """Start a SuperLink with TLS and device authentication, register the devices' keys, and run the federation."""
+    from stamen.server import deployment as deploy
+    from stamen.shared.dev_certs import DevCertificates
+
+    _configure_logging(False)
+    found = DevCertificates(certs)
+    if resume is not None:
+        config = deploy.resumed_config(resume)
+    else:
+        config = _new_run_config(preset, set_, None, rounds)
+        config = config.replace(**{"run-dir": str(Path(config.run_dir).resolve())})
+    setup = deploy.ServerDeployment(
+        deploy.TlsFiles(found.ca_certificate, found.server_certificate, found.server_key), host, port, work_dir.resolve())
+    superlink = deploy.start_superlink(setup)
+    try:
+        deploy.write_connection(setup)
+        deploy.register_nodes(setup, found.node_public_keys())
+        console.print(f"[bold]Stamen server[/] on {setup.reachable_address}: waiting for {config.min_clients} devices, "
+                      f"then {config.num_rounds} rounds -> {Path(config.run_dir) / config.run_id}")
+        run_dir = deploy.run_federation_on(setup, config)
+        rounds_done = json.loads((run_dir / "summary.json").read_text())["rounds"]
+        from stamen.simulations.progress import summary_table
+
+        console.print(summary_table(rounds_done, json.loads((run_dir / "config.json").read_text())["base_stored_bytes"]))
+        if keep_running:
+            console.print(f"SuperLink still up; FLWR_HOME={setup.flower_home} flwr run <app> stamen. Ctrl-C stops it.")
+            superlink.wait()
+    except deploy.DeploymentError as error:
+        console.print(f"[red]{error}[/]")
+        raise typer.Exit(1) from None
+    finally:
+        deploy.stop(superlink)
+
+
+@client_commands.command("join")
+def client_join(
+    server: Annotated[str, typer.Option(help="The server's host:port.")],
+    data: Annotated[Path, typer.Option(help="Folder of .txt, or a .jsonl / .csv of this device's examples.", exists=True)],
+    key: Annotated[Path, typer.Option(help="This device's private key (registered with the server).", exists=True)],
+    ca: Annotated[Path, typer.Option(help="The CA certificate that signed the server's certificate.", exists=True)],
+    state_dir: Annotated[Path, typer.Option(help="Where this device keeps its personal state.")] = Path("stamen-device"),
+    name: Annotated[str | None, typer.Option(help="Client name in the server's records (default: the data's name).")] = None,
+    max_local_steps: Annotated[int | None, typer.Option(help="Decline rounds asking more local steps.")] = None,
+    max_round_seconds: Annotated[float | None, typer.Option(help="Decline rounds expected to take longer.")] = None,
+    max_memory_mb: Annotated[float | None, typer.Option(help="Decline rounds once the process peaks above this.")] = None,
+    base: Annotated[str | None, typer.Option(help="This device's own copy of the base (default: the run's).")] = None,
+) -> None:
+    """Join a Stamen server as a SuperNode with TLS and this device's key; train on local data that never leaves."""
+    from stamen.client.deployment import DeviceSetup, stay_joined, supernode_command
+    from stamen.client.device_data import DeviceDataError
+    from stamen.client.resource_guard import ResourceGuards
+
+    _configure_logging(False)
+    guards = ResourceGuards(max_local_steps, max_round_seconds, max_memory_mb)
+    device = DeviceSetup(server, ca, key, data, state_dir, name or data.stem, guards, base)
+    try:
+        supernode_command(device)  # reads the data once: a bad file is reported before joining
+    except DeviceDataError as error:
+        raise typer.BadParameter(str(error)) from error
+    console.print(f"[bold]Device {device.name}[/] joining {server}; data {data}, state in {state_dir}. Ctrl-C leaves.")
+    stay_joined(device)
 
 
 def main() -> None:

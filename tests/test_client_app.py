@@ -131,3 +131,16 @@ def test_a_lower_rank_device_pads_its_delta_to_the_server_rank():
     assert any(np.abs(delta[k][:2]).max() > 0 for k in a_keys)
     assert all(not delta[k][2:].any() for k in a_keys) and all(not delta[k][:, 2:].any() for k in b_keys)
     assert client_runtime(TINY, 2).schema.shapes[a_keys[0]][0] == 2  # the device really runs rank 2
+
+
+def test_a_device_declines_a_round_beyond_its_limits_before_training(tmp_path):
+    """Flower turns the exception into the error reply the server logs (as with a base mismatch)."""
+    from stamen.client.resource_guard import RoundDeclined
+
+    fingerprint, initial, _ = _server_view(TINY)
+    (tmp_path / "notes.jsonl").write_text("\n".join('{"text": "line %d of my notes"}' % i for i in range(10)))
+    device = {"data-path": str(tmp_path / "notes.jsonl"), "state-dir": str(tmp_path / "state"), "max-local-steps": 1}
+    context = Context(run_id=1, node_id=7, node_config=device, state=RecordDict(), run_config={})
+    with pytest.raises(RoundDeclined, match="declined: the round asks 2 local steps, this device allows 1"):
+        client_app(_message(MessageType.TRAIN, TINY, fingerprint, initial), context)
+    assert not (tmp_path / "state").exists() or not any((tmp_path / "state").rglob("*.safetensors"))

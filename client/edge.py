@@ -1,0 +1,94 @@
+"""Personalisation inside an app, without the CLI: the shared base with this device's adapter.
+
+``PersonalModel`` loads the base (quantised where the device allows), attaches an
+adapter (fresh, or a PEFT folder such as ``stamen export`` writes, plus the personal
+part a device kept from federated rounds), trains it on the app's own examples,
+and generates, scores and exports with the personalised model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from stamen.shared.adapters import adapter_parameters, attach_adapter, load_adapter_state
+from stamen.shared.base_model import LoadedBase, load_base
+from stamen.shared.config import AdapterSpec, TrainingSpec
+
+from .data import format_prompt
+from .device_data import as_example
+from .evaluation import evaluate_loss
+from .state_store import PERSONAL, ClientStateStore
+from .training import TrainResult, train_adapter
+
+
+class PersonalModel:
+    """A base model and the adapter that personalises it on this device."""
+
+    def __init__(self, base: LoadedBase, model: torch.nn.Module, max_seq_len: int = 128) -> None:
+        self.base, self.model, self.max_seq_len = base, model, max_seq_len
+
+    @classmethod
+    def load(
+        cls,
+        base: str = "smollm2-135m",
+        adapter: str | Path | None = None,
+        personal_state: str | Path | None = None,
+        quantisation: str = "auto",
+        spec: AdapterSpec = AdapterSpec(),
+        device: str | None = None,
+        seed: int = 0,
+    ) -> PersonalModel:
+        """``base``: alias, hub id, folder or .gguf. ``adapter``: a PEFT folder to continue from (else a
+        fresh ``spec`` adapter). ``personal_state``: a device's state folder whose latest personal part
+        (e.g. ``fedsa``'s B) is laid over the adapter."""
+        loaded = load_base(base, quantisation, device)
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(loaded.model, str(adapter), is_trainable=True)
+        else:
+            model = attach_adapter(loaded.model, spec, seed)
+        if personal_state is not None:
+            personal = ClientStateStore(Path(personal_state)).load(PERSONAL, before_round=2**31)
+            if personal:
+                load_adapter_state(model, personal, partial=True)
+        return cls(loaded, model)
+
+    def personalise(
+        self, examples: Iterable[object], steps: int = 20, learning_rate: float = 1e-3, batch_size: int = 4,
+        seed: int = 0,
+    ) -> TrainResult:
+        """Train the adapter on ``examples`` (prompt/response or text mappings, strings, or Examples)."""
+        spec = TrainingSpec(local_steps=steps, learning_rate=learning_rate, batch_size=batch_size,
+                            max_seq_len=self.max_seq_len)
+        return train_adapter(self.model, self.base.tokenizer, [as_example(e) for e in examples], spec, seed)
+
+    def score(self, examples: Iterable[object]) -> float:
+        """Mean loss per scored token on ``examples`` (lower: the model expects them more)."""
+        return evaluate_loss(self.model, self.base.tokenizer, [as_example(e) for e in examples],
+                             self.max_seq_len, batch_size=8).loss
+
+    @torch.no_grad()
+    def generate(self, prompt: str, max_new_tokens: int = 48) -> str:
+        """The personalised model's answer to ``prompt`` (greedy)."""
+        tokenizer = self.base.tokenizer
+        inputs = tokenizer(format_prompt(tokenizer, prompt), return_tensors="pt").to(self.base.device)
+        was_training = self.model.training
+        self.model.eval()
+        output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+        self.model.train(was_training)
+        return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def export(self, folder: str | Path) -> Path:
+        """A PEFT folder: ``PeftModel.from_pretrained(base, folder)`` or ``PersonalModel.load(adapter=folder)``."""
+        self.model.peft_config["default"].base_model_name_or_path = str(self.base.folder)
+        self.model.save_pretrained(str(folder))
+        return Path(folder)
+
+    @property
+    def trainable_values(self) -> int:
+        return sum(p.numel() for p in adapter_parameters(self.model).values())

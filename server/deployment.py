@@ -1,0 +1,157 @@
+"""A Stamen server for real devices: Flower's SuperLink with TLS and SuperNode authentication,
+the devices' keys registered with Flower's CLI, and the Stamen run submitted to it with ``flwr run``.
+
+Everything here drives Flower's own processes and CLI (``flower-superlink``,
+``flwr supernode register``, ``flwr run``) as they are in the pinned release.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from stamen.shared.atomic import atomic_write_text
+from stamen.shared.config import RunConfig
+from stamen.shared.flower_tools import flower_environment, flower_tool
+
+from .run_record import CONFIG_FILE
+
+log = logging.getLogger(__name__)
+CONNECTION = "stamen"  # the SuperLink connection's name in Flower's CLI configuration
+
+
+class DeploymentError(RuntimeError):
+    """A Flower process or CLI call failed; the message carries its output."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_certificate: Path
+    server_certificate: Path
+    server_key: Path
+
+
+@dataclass(frozen=True)
+class ServerDeployment:
+    tls: TlsFiles
+    host: str  # where the SuperLink listens ("0.0.0.0" for other machines)
+    port: int
+    work_dir: Path  # Flower's CLI home, the generated Flower app, the SuperLink log
+
+    @property
+    def reachable_address(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def flower_home(self) -> Path:
+        return self.work_dir / "flwr-home"
+
+    def environment(self) -> dict[str, str]:
+        return flower_environment(FLWR_HOME=str(self.flower_home))
+
+
+def start_superlink(deployment: ServerDeployment) -> subprocess.Popen:
+    """Start ``flower-superlink`` with TLS and SuperNode authentication; return once it accepts connections."""
+    deployment.work_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        flower_tool("flower-superlink"),
+        "--ssl-ca-certfile", str(deployment.tls.ca_certificate),
+        "--ssl-certfile", str(deployment.tls.server_certificate),
+        "--ssl-keyfile", str(deployment.tls.server_key),
+        "--enable-supernode-auth",
+        "--disable-runtime-dependency-installation",
+        "--host", deployment.host,
+        "--port", str(deployment.port),
+    ]
+    log_path = deployment.work_dir / "superlink.log"
+    process = subprocess.Popen(command, env=deployment.environment(), stdout=log_path.open("ab"),
+                               stderr=subprocess.STDOUT)
+    wait_for_port(deployment.reachable_address, process, log_path)
+    log.info("SuperLink listening on %s (TLS, SuperNode authentication on); log: %s", deployment.reachable_address,
+             log_path)
+    return process
+
+
+def wait_for_port(address: str, process: subprocess.Popen, log_path: Path, timeout: float = 60.0) -> None:
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DeploymentError(f"the SuperLink exited with code {process.returncode}:\n{_tail(log_path)}")
+        try:
+            with socket.create_connection((host, int(port)), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise DeploymentError(f"the SuperLink did not open {address} within {timeout:.0f} s:\n{_tail(log_path)}")
+
+
+def write_connection(deployment: ServerDeployment) -> None:
+    """Flower's CLI configuration: one connection to this SuperLink, verified against the CA."""
+    text = (f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "{deployment.reachable_address}"\n'
+            f'root-certificates = "{deployment.tls.ca_certificate.resolve()}"\n')
+    atomic_write_text(deployment.flower_home / "config.toml", text)
+
+
+def register_nodes(deployment: ServerDeployment, public_keys: list[Path]) -> None:
+    """Allow exactly these devices' keys to connect (``flwr supernode register``)."""
+    for key in public_keys:
+        result = subprocess.run([flower_tool("flwr"), "supernode", "register", str(key), CONNECTION],
+                                env=deployment.environment(), capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise DeploymentError(f"registering {key} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+        log.info("registered device key %s", key.name)
+
+
+def write_flower_app(folder: Path, config: RunConfig) -> Path:
+    """A Flower app folder whose run config is ``config``: what ``flwr run`` submits."""
+    lines = [
+        "[project]", 'name = "stamen-federation"', 'version = "1.0.0"',
+        'description = "A Stamen federation run"', 'license = "Apache-2.0"', "",
+        "[tool.flwr.app]", 'publisher = "stamen"', "",
+        "[tool.flwr.app.components]", 'serverapp = "stamen.server.app:app"', 'clientapp = "stamen.client.app:app"', "",
+        "[tool.flwr.app.config]",
+        *(f"{key} = {json.dumps(value)}" for key, value in config.to_flat().items()),
+    ]
+    atomic_write_text(folder / "pyproject.toml", "\n".join(lines) + "\n")
+    return folder
+
+
+def run_federation_on(deployment: ServerDeployment, config: RunConfig) -> Path:
+    """Submit ``config`` to the running SuperLink, stream its logs, and return the run folder."""
+    app_folder = write_flower_app(deployment.work_dir / "app", config)
+    result = subprocess.run([flower_tool("flwr"), "run", str(app_folder), CONNECTION, "--stream"],
+                            env=deployment.environment(), cwd=deployment.work_dir)
+    run_dir = Path(config.run_dir) / config.run_id
+    if result.returncode != 0 or not (run_dir / "summary.json").is_file():
+        raise DeploymentError(f"the run did not finish (flwr run exited with {result.returncode}); see {run_dir}")
+    return run_dir
+
+
+def resumed_config(run_dir: Path) -> RunConfig:
+    """The configuration of ``run_dir``, set to continue from its last completed round."""
+    record = json.loads((run_dir / CONFIG_FILE).read_text())
+    return RunConfig.from_flat(record["config"]).replace(
+        **{"run-dir": str(run_dir.parent.resolve()), "run-id": run_dir.name, "resume": True})
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a Flower process (its SuperExec follows its parent out)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""

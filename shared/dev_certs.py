@@ -1,0 +1,112 @@
+"""Development certificates and node keys for a Stamen deployment, made with ``cryptography``.
+
+A CA, a server certificate signed by it (for the SuperLink's TLS), and one EC key
+pair per device in OpenSSH format (Flower's SuperNode authentication). For trying a
+deployment on one machine or a lab network, never for production: the CA key sits
+unencrypted beside the certificates it signs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from .atomic import atomic_write_bytes
+
+_VALID_DAYS = 365
+
+
+@dataclass(frozen=True)
+class DevCertificates:
+    """Where ``make_dev_certificates`` put everything."""
+
+    folder: Path
+
+    @property
+    def ca_certificate(self) -> Path:
+        return self.folder / "ca.crt"
+
+    @property
+    def server_certificate(self) -> Path:
+        return self.folder / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.folder / "server.key"
+
+    def node_key(self, name: str) -> Path:
+        return self.folder / "nodes" / f"{name}.key"
+
+    def node_public_key(self, name: str) -> Path:
+        return self.folder / "nodes" / f"{name}.pub"
+
+    def node_public_keys(self) -> list[Path]:
+        return sorted((self.folder / "nodes").glob("*.pub"))
+
+
+def make_dev_certificates(folder: Path, hosts: list[str], nodes: list[str]) -> DevCertificates:
+    """A CA, a server certificate valid for ``hosts`` (names or IPs), and a key pair per node name."""
+    certs = DevCertificates(folder)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Stamen development CA")])
+    ca = _certificate(ca_name, ca_name, ca_key.public_key(), ca_key, is_ca=True, hosts=[])
+    server_key = ec.generate_private_key(ec.SECP384R1())
+    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
+    server = _certificate(server_name, ca_name, server_key.public_key(), ca_key, is_ca=False, hosts=hosts)
+    atomic_write_bytes(folder / "ca.key", _private_pem(ca_key))
+    atomic_write_bytes(certs.ca_certificate, ca.public_bytes(serialization.Encoding.PEM))
+    atomic_write_bytes(certs.server_key, _private_pem(server_key))
+    atomic_write_bytes(certs.server_certificate, server.public_bytes(serialization.Encoding.PEM))
+    for name in nodes:
+        add_node_key(certs, name)
+    return certs
+
+
+def add_node_key(certs: DevCertificates, name: str) -> Path:
+    """One device's EC key pair (OpenSSH format, as ``flower-supernode`` and ``flwr supernode register`` read)."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    atomic_write_bytes(certs.node_key(name), private)
+    atomic_write_bytes(certs.node_public_key(name), public + b"\n")
+    certs.node_key(name).chmod(0o600)
+    return certs.node_key(name)
+
+
+def _certificate(subject, issuer, public_key, signing_key, is_ca: bool, hosts: list[str]) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=_VALID_DAYS))
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+    )
+    if hosts:
+        names = [x509.IPAddress(ipaddress.ip_address(h)) if _is_ip(h) else x509.DNSName(h) for h in hosts]
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(signing_key, hashes.SHA256())
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption())

@@ -1,0 +1,112 @@
+"""A real deployment on 127.0.0.1: SuperLink and SuperNodes started by `stamen server start` / `stamen client join`
+with TLS and SuperNode authentication, as in the README's "Deploy on real devices"."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from deployment_helpers import Processes, device_files, free_port, tiny_run_args, wait_for
+
+from stamen.client.deployment import DeviceSetup, supernode_command
+from stamen.shared.dev_certs import DevCertificates, add_node_key, make_dev_certificates
+from stamen.shared.flower_tools import flower_environment, flower_tool
+
+
+@pytest.fixture
+def site(tmp_path: Path):
+    make_dev_certificates(tmp_path / "certs", ["127.0.0.1", "localhost"], ["device-1", "device-2", "device-3"])
+    processes = Processes(tmp_path)
+    yield processes
+    processes.close()
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _refused(log: Path, command: list[str]) -> tuple[int, str]:
+    """Run a SuperNode that should be turned away; its exit code and output."""
+    with log.open("wb") as output:
+        process = subprocess.Popen([*command, "--max-retries", "1", "--max-wait-time", "20"], stdout=output,
+                                   stderr=subprocess.STDOUT, env=flower_environment(), start_new_session=True)
+    try:
+        code = process.wait(timeout=90)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # its SuperExec child too
+    return code, log.read_text(errors="replace")
+
+
+def _run_dir(runs: Path) -> Path:
+    (run_dir,) = runs.iterdir()
+    return run_dir
+
+
+def test_readme_sequence_with_tls_and_auth_refuses_strangers_plaintext_and_another_base(site, tmp_path,
+                                                                                     other_tiny_folder):
+    port, runs = free_port(), tmp_path / "runs"
+    data = device_files(tmp_path, 3)
+    site.server("server", port, *tiny_run_args(runs, rounds=1, min_clients=3))
+    wait_for(lambda: "registered device key device-3" in site.log("server"), 90, "the server to register keys")
+
+    stranger = DevCertificates(tmp_path / "stranger")
+    add_node_key(stranger, "device-9")  # a valid key the server never registered
+    stranger_node = DeviceSetup(f"127.0.0.1:{port}", tmp_path / "certs/ca.crt", stranger.node_key("device-9"),
+                                data[0], tmp_path / "stranger-state", "stranger")
+    code, output = _refused(tmp_path / "stranger.log", supernode_command(stranger_node))
+    assert code != 0 and "Failed to activate SuperNode" in output
+    code, output = _refused(tmp_path / "plaintext.log", [flower_tool("flower-supernode"),
+                                                         "--superlink", f"127.0.0.1:{port}", "--insecure",
+                                                         "--port", str(free_port())])
+    assert code != 0 and "could not establish a connection" in output
+
+    site.device("device-1", port, data[0])
+    site.device("device-2", port, data[1])
+    site.device("device-3", port, data[2], "--base", str(other_tiny_folder))  # this device's base differs
+    wait_for(lambda: site.started["server"].poll() is not None, 420, "the run to finish")
+    assert site.started["server"].returncode == 0, site.log("server")[-3000:]
+
+    superlink_log = (tmp_path / "work-server/superlink.log").read_text()
+    assert "No SuperNode found with the given public key" in superlink_log
+    rows = _rows(_run_dir(runs))
+    rejected = [r for r in rows if r["kind"] == "client" and not r["accepted"]]
+    assert len(rejected) == 1 and "fingerprint" in rejected[0]["reason"]
+    (round_row,) = [r for r in rows if r["kind"] == "round"]
+    assert round_row["clients_accepted"] == 2 and round_row["clients_rejected"] == 1
+    assert round_row["clients_sampled"] == 3 and round_row["bytes_in"] > 0
+    assert "rejected train reply" in site.log("server") and "fingerprint" in site.log("server")
+
+
+def test_a_killed_device_and_a_killed_server_do_not_stop_a_secure_federation(site, tmp_path):
+    port, runs = free_port(), tmp_path / "runs"
+    data = device_files(tmp_path, 3)
+    site.server("server", port, *tiny_run_args(runs, 2, 2, "round-timeout=60", "secure-aggregation=true",
+                                                "secagg-timeout=60"))
+    for number, path in enumerate(data, start=1):
+        site.device(f"device-{number}", port, path)
+    wait_for(lambda: runs.is_dir() and any(runs.iterdir()), 180, "the run to start")
+    run_dir = _run_dir(runs)
+
+    site.kill("device-3")  # dies in round 1, which must still complete with the other two
+    wait_for(lambda: (run_dir / "rounds/round-1.safetensors").is_file(), 300, "round 1 to complete")
+    round_one = [r for r in _rows(run_dir) if r["kind"] == "round"][0]
+    assert round_one["clients_accepted"] == 2
+
+    site.kill("server")  # SIGKILL the server side after round 1
+    saved = hashlib.sha256((run_dir / "rounds/round-1.safetensors").read_bytes()).hexdigest()
+    site.device("device-3", port, data[2])  # the device comes back
+    site.server("server-again", port, "--resume", str(run_dir))
+    wait_for(lambda: site.started["server-again"].poll() is not None, 480, "the resumed run to finish")
+    assert site.started["server-again"].returncode == 0, site.log("server-again")[-3000:]
+
+    rounds = json.loads((run_dir / "summary.json").read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert hashlib.sha256((run_dir / "rounds/round-1.safetensors").read_bytes()).hexdigest() == saved
+    assert "Resuming" in site.log("server-again") and "after round 1" in site.log("server-again")
+    assert rounds[1]["clients_accepted"] == 3  # the returning device is admitted again
+    assert "secure sum of 3 of 3 clients" in site.log("server-again")  # secure aggregation across real nodes

@@ -1,0 +1,73 @@
+"""The edge-client API: the README's snippet, run as written (on the tiny base), and its parts."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stamen.client import PersonalModel
+from stamen.client.device_data import DeviceDataError, read_examples
+from stamen.client.resource_guard import PACE_FILE, ResourceGuards, RoundDeclined, record_pace
+from stamen.client.state_store import PERSONAL, ClientStateStore
+from stamen.shared.adapters import adapter_state
+from stamen.shared.config import TrainingSpec
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_snippet() -> str:
+    text = README.read_text()
+    return re.search(r"### In an app, without the CLI\n\n```python\n(.*?)```", text, re.S).group(1)
+
+
+def test_the_readme_snippet_personalises_and_exports(tmp_path, monkeypatch, tiny_folder):
+    snippet = _readme_snippet()
+    assert len(snippet.strip().splitlines()) <= 15
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet.replace('"smollm2-135m"', '"tiny"'), "README", "exec"), {})  # the tiny base: no GGUF here
+    assert (tmp_path / "my-adapter" / "adapter_config.json").is_file()
+
+
+def test_an_exported_adapter_and_a_devices_personal_part_load_back(tmp_path, tiny_folder):
+    model = PersonalModel.load("tiny", quantisation="none")
+    model.personalise(["a line of the device's own text", "another one"], steps=3, learning_rate=0.05)
+    trained = adapter_state(model.model)
+    again = PersonalModel.load("tiny", adapter=model.export(tmp_path / "adapter"), quantisation="none")
+    for name, value in adapter_state(again.model).items():
+        assert torch.equal(value, trained[name])
+    personal_name = next(name for name in trained if "lora_B" in name)
+    ClientStateStore(tmp_path / "state").save(PERSONAL, 4, {personal_name: np.full(trained[personal_name].shape, 0.5,
+                                                                                     dtype=np.float32)})
+    overlaid = PersonalModel.load("tiny", adapter=tmp_path / "adapter", personal_state=tmp_path / "state",
+                                  quantisation="none")
+    assert torch.all(adapter_state(overlaid.model)[personal_name] == 0.5)
+
+
+def test_device_data_formats_and_their_errors(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes/a.txt").write_text("first paragraph\n\nsecond paragraph\n")
+    assert [e.response for e in read_examples(tmp_path / "notes")] == ["first paragraph", "second paragraph"]
+    (tmp_path / "rows.csv").write_text("prompt,response\nhi,hello there\n")
+    assert read_examples(tmp_path / "rows.csv")[0].prompt == "hi"
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"prompt": "no answer"}\n')
+    with pytest.raises(DeviceDataError, match="bad.jsonl:2"):
+        read_examples(tmp_path / "bad.jsonl")
+    with pytest.raises(DeviceDataError, match="expected a folder"):
+        read_examples(tmp_path / "rows.parquet")
+
+
+def test_a_device_declines_rounds_beyond_its_limits(tmp_path):
+    training = TrainingSpec(local_steps=12)
+    with pytest.raises(RoundDeclined, match="asks 12 local steps, this device allows 5"):
+        ResourceGuards(max_local_steps=5).check(training, tmp_path)
+    with pytest.raises(RoundDeclined, match="MB"):
+        ResourceGuards(max_memory_mb=1).check(training, tmp_path)
+    ResourceGuards(max_round_seconds=10).check(training, tmp_path)  # no pace measured yet: accepted
+    record_pace(tmp_path, seconds=6.0, steps=3)
+    assert (tmp_path / PACE_FILE).is_file()
+    with pytest.raises(RoundDeclined, match="about 24 s"):
+        ResourceGuards(max_round_seconds=10).check(training, tmp_path)
