@@ -181,6 +181,18 @@ def certs(
                   f"device keys in {out / 'nodes'}: {', '.join(node)}")
 
 
+@app.command("example-data")
+def example_data(
+    out: Annotated[Path, typer.Argument(help="Folder for device-1.jsonl, device-2.jsonl, ...")] = Path("."),
+    devices: Annotated[int, typer.Option(help="How many devices to write data for.")] = 2,
+) -> None:
+    """Write each device's private data as a .jsonl (one embedded-corpus topic each), to try a deployment."""
+    from stamen.simulations.corpus import write_device_files
+
+    for path, topic in write_device_files(out, devices):
+        console.print(f"{path}: {topic}")
+
+
 server_commands = typer.Typer(help="The server side of a deployment on real devices.", no_args_is_help=True)
 client_commands = typer.Typer(help="A device in a deployment.", no_args_is_help=True)
 app.add_typer(server_commands, name="server")

@@ -10,6 +10,7 @@ form the general "base-domain" set used to measure forgetting.
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from stamen.client.data import Example
+from stamen.shared.atomic import atomic_write_text
 
 BASE_DOMAIN_TOPICS = ("conversations", "greetings")
 BASE_DOMAIN_SIZE = 16
@@ -122,3 +124,14 @@ def _merge_small(topics: dict[str, tuple[Example, ...]], min_examples: int) -> d
         else:
             groups[f"{last}+{'+'.join(pending_name)}"] = groups.pop(last) + tuple(pending)
     return groups
+
+
+def write_device_files(folder: Path, devices: int, seed: int = 0) -> list[tuple[Path, str]]:
+    """``device-N.jsonl`` with the prompt/response rows of the natural split's N-th client, and its topic."""
+    written = []
+    for number, client in enumerate(natural_split(devices, seed).clients, start=1):
+        rows = [{"prompt": e.prompt, "response": e.response} for e in (*client.train, *client.heldout)]
+        path = folder / f"device-{number}.jsonl"
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+        written.append((path, client.name))
+    return written

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,20 +11,8 @@ from pathlib import Path
 
 from stamen.client.deployment import free_port
 from stamen.shared.flower_tools import flower_environment
-from stamen.simulations.corpus import natural_split
 
 STAMEN = str(Path(sys.executable).parent / "stamen")
-
-
-def device_files(folder: Path, count: int) -> list[Path]:
-    """One .jsonl of prompt/response rows per device, from the embedded corpus's topics."""
-    paths = []
-    for client in natural_split(count, 0).clients:
-        path = folder / f"{client.name}.jsonl"
-        rows = [{"prompt": e.prompt, "response": e.response} for e in (*client.train, *client.heldout)]
-        path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
-        paths.append(path)
-    return paths
 
 
 class Processes:
@@ -50,6 +37,10 @@ class Processes:
         return self.start(name, "client", "join", "--server", f"127.0.0.1:{port}", "--data", str(data),
                           "--key", f"certs/nodes/{name}.key", "--ca", "certs/ca.crt", "--state-dir", f"state-{name}",
                           *args)
+
+    def run(self, *args: str) -> None:
+        """A short ``stamen`` command, as a user types it in the deployment folder."""
+        subprocess.run([STAMEN, *args], cwd=self.folder, env=flower_environment(), check=True, capture_output=True)
 
     def kill(self, name: str) -> None:
         """SIGKILL the whole process group: the CLI, Flower's process and the app it runs."""
@@ -83,4 +74,4 @@ def tiny_run_args(run_dir: Path, rounds: int, min_clients: int, *extra: str) -> 
     return ["--rounds", str(rounds), *(item for setting in settings for item in ("--set", setting))]
 
 
-__all__ = ["Processes", "device_files", "free_port", "tiny_run_args", "wait_for"]
+__all__ = ["Processes", "free_port", "tiny_run_args", "wait_for"]

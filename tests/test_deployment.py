@@ -11,17 +11,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from deployment_helpers import Processes, device_files, free_port, tiny_run_args, wait_for
+from deployment_helpers import Processes, free_port, tiny_run_args, wait_for
 
 from stamen.client.deployment import DeviceSetup, supernode_command
-from stamen.shared.dev_certs import DevCertificates, add_node_key, make_dev_certificates
+from stamen.shared.dev_certs import DevCertificates, add_node_key
 from stamen.shared.flower_tools import flower_environment, flower_tool
 
 
 @pytest.fixture
 def site(tmp_path: Path):
-    make_dev_certificates(tmp_path / "certs", ["127.0.0.1", "localhost"], ["device-1", "device-2", "device-3"])
     processes = Processes(tmp_path)
+    processes.run("certs", "certs", "--node", "device-1", "--node", "device-2", "--node", "device-3")
+    processes.run("example-data", ".", "--devices", "3")
     yield processes
     processes.close()
 
@@ -50,7 +51,7 @@ def _run_dir(runs: Path) -> Path:
 def test_readme_sequence_with_tls_and_auth_refuses_strangers_plaintext_and_another_base(site, tmp_path,
                                                                                      other_tiny_folder):
     port, runs = free_port(), tmp_path / "runs"
-    data = device_files(tmp_path, 3)
+    data = [tmp_path / f"device-{n}.jsonl" for n in (1, 2, 3)]
     site.server("server", port, *tiny_run_args(runs, rounds=1, min_clients=3))
     wait_for(lambda: "registered device key device-3" in site.log("server"), 90, "the server to register keys")
 
@@ -84,7 +85,7 @@ def test_readme_sequence_with_tls_and_auth_refuses_strangers_plaintext_and_anoth
 
 def test_a_killed_device_and_a_killed_server_do_not_stop_a_secure_federation(site, tmp_path):
     port, runs = free_port(), tmp_path / "runs"
-    data = device_files(tmp_path, 3)
+    data = [tmp_path / f"device-{n}.jsonl" for n in (1, 2, 3)]
     site.server("server", port, *tiny_run_args(runs, 2, 2, "round-timeout=60", "secure-aggregation=true",
                                                 "secagg-timeout=60"))
     for number, path in enumerate(data, start=1):
