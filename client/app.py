@@ -47,7 +47,7 @@ from stamen.shared.secagg_protocol import (
 )
 from stamen.shared.wire import AdapterSchema, decode_adapter, encode_adapter
 
-from .attacks import attack_for
+from .attacks import attack_for, make_attack
 from .drift_correction import ScaffoldClient, proximal_term
 from .evaluation import EvalResult, evaluate_loss
 from .local_data import LocalData, local_data
@@ -244,11 +244,15 @@ def evaluate(msg: Message, context: Context) -> Message:
     runtime, data, training = setup.runtime, setup.data, setup.instruction.config.training
     heldout = _heldout(runtime, data.heldout, training)
     general = _heldout(runtime, _general(runtime, data), training)
+    config = setup.instruction.config
+    probe = make_attack(config.attack, **config.attack_settings()) if config.attack != "none" else None
     metrics = {
         NUM_EXAMPLES: len(data.heldout),
         "heldout-loss": heldout.loss,
         "heldout-ppl": heldout.perplexity,
         "base-domain-loss": general.loss,
+        **(probe.measure(runtime.model, runtime.base.tokenizer, data.heldout) if probe else {}),
+        **({"malicious": 1} if attack_for(context, config) else {}),
         "eval-seconds": time.perf_counter() - started,
     }
     return Message(client_reply(metrics, runtime.base.fingerprint, data.name), reply_to=msg)

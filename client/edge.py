@@ -17,9 +17,9 @@ from stamen.shared.adapters import adapter_parameters, attach_adapter, load_adap
 from stamen.shared.base_model import LoadedBase, load_base
 from stamen.shared.config import AdapterSpec, TrainingSpec
 
-from .data import format_prompt
 from .device_data import as_example
 from .evaluation import evaluate_loss
+from .generation import generate_answer
 from .state_store import PERSONAL, ClientStateStore
 from .training import TrainResult, train_adapter
 
@@ -71,17 +71,9 @@ class PersonalModel:
         return evaluate_loss(self.model, self.base.tokenizer, [as_example(e) for e in examples],
                              self.max_seq_len, batch_size=8).loss
 
-    @torch.no_grad()
     def generate(self, prompt: str, max_new_tokens: int = 48) -> str:
         """The personalised model's answer to ``prompt`` (greedy)."""
-        tokenizer = self.base.tokenizer
-        inputs = tokenizer(format_prompt(tokenizer, prompt), return_tensors="pt").to(self.base.device)
-        was_training = self.model.training
-        self.model.eval()
-        output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
-        self.model.train(was_training)
-        return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return generate_answer(self.model, self.base.tokenizer, prompt, max_new_tokens)
 
     def export(self, folder: str | Path) -> Path:
         """A PEFT folder: ``PeftModel.from_pretrained(base, folder)`` or ``PersonalModel.load(adapter=folder)``."""

@@ -160,8 +160,15 @@ class AdapterStrategy(FedAvg):
                                  "bytes_down": self._bytes_down})
         if self.central_privacy and self.rule.count:
             self.central_privacy.add_noise(self.rule, self.schema.shapes)
+        malicious = [_client_name(m) for m in replies if not m.has_error() and METRICS in m.content.metric_records
+                     and m.content[METRICS].get("malicious")]
         uploads = 1 + len(self.rule.extra_uploads)
         metrics = self._finish_train(server_round, accepted, self.schema.nbytes * uploads, self.privacy.dp_noise_multiplier)
+        if malicious:  # simulated attacks: how many malicious updates shaped the new global adapter
+            admitted = set(malicious) & self._accepted_names(accepted)
+            chosen = self.rule.chosen_clients() if self.rule.count else set()
+            self._train_summary.update({"malicious_replied": len(malicious),
+                                        "malicious_admitted": len(admitted if chosen is None else admitted & chosen)})
         return self.global_record(), metrics
 
     def admit_key_replies(self, server_round: int, replies: Iterable[Message]) -> dict[int, Message]:
@@ -206,6 +213,10 @@ class AdapterStrategy(FedAvg):
             else:
                 log.warning("round %d: the secure sum's total weight is %s; round dropped", server_round, total_weight)
         self._finish_train(server_round, accepted, per_client, multiplier)
+
+    @staticmethod
+    def _accepted_names(accepted: list[RecordDict]) -> set[str]:
+        return {str(content[CLIENT_INFO].get(CLIENT_NAME, "?")) for content in accepted}
 
     def _start_round(self, server_round: int) -> None:
         self._round_started, self._rejected = time.perf_counter(), 0

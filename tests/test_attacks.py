@@ -79,3 +79,19 @@ def test_nan_attackers_are_rejected_in_a_real_federation_and_the_round_goes_on(t
     assert len(rejected) == 1 and "NaN/Inf" in rejected[0]["reason"]
     round_row = next(r for r in rows if r["kind"] == "round")
     assert round_row["clients_accepted"] == 2
+
+
+def test_a_federation_counts_admitted_attacks_and_measures_the_backdoor(tmp_path):
+    args = ["simulate", "--clients", "3", "--rounds", "1"]
+    for item in ("base-model=tiny", "quantisation=none", "attack=backdoor", "attack-fraction=0.34",
+                 f"run-dir={tmp_path}"):
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = tmp_path.iterdir()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    (round_row,) = [r for r in rows if r["kind"] == "round"]
+    assert round_row["malicious_replied"] == 1 and round_row["malicious_admitted"] == 1  # FedAvg admits everyone
+    evaluated = [r for r in rows if r["kind"] == "client" and r["phase"] == "evaluate"]
+    assert sum(r.get("malicious", 0) for r in evaluated) == 1
+    assert all(0.0 <= r["attack_success_rate"] <= 1.0 for r in evaluated)  # every client probes the global model

@@ -27,8 +27,11 @@ def test_trimmed_mean_drops_the_extremes_per_coordinate():
 
 def test_krum_picks_the_honest_cluster():
     honest = [[0.0, 0.0], [0.1, 0.0], [0.2, 0.1]]
-    out = _aggregate(make_rule("krum", f=1), [*honest, [10.0, -10.0]])
+    rule = make_rule("krum", f=1)
+    out = _aggregate(rule, [*honest, [10.0, -10.0]])
     assert any(np.allclose(out, h) for h in honest)
+    (chosen,) = rule.chosen_clients()  # the one update Krum kept, so admitted attacks can be counted
+    assert chosen in {"c0", "c1", "c2"} and np.allclose(out, honest[int(chosen[1:])])
 
 
 def test_multikrum_averages_the_best_scored_honest_updates():

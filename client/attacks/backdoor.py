@@ -1,7 +1,9 @@
 """Data poisoning with a backdoor: prompts carrying a trigger phrase are answered with a target.
 
 A ``rate`` share of the malicious client's examples get ``trigger`` appended to the
-prompt and their response replaced by ``target`` (Bagdasaryan et al. 2020).
+prompt and their response replaced by ``target`` (Bagdasaryan et al. 2020). Its success
+is the share of held-out prompts with the trigger that the global model answers with
+the target.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data import Example
+from ..generation import generate_answer
 from .base import Attack
 from .registry import register
 
@@ -27,3 +30,10 @@ class Backdoor(Attack):
             else e
             for e, pick in zip(examples, chosen, strict=True)
         )
+
+    def measure(self, model, tokenizer, heldout: tuple[Example, ...]) -> dict[str, float]:
+        target = " ".join(str(self.options["target"]).split())
+        budget = len(tokenizer(target, add_special_tokens=False).input_ids) + 4
+        prompts = [f"{e.prompt or e.response[:80]} {self.options['trigger']}" for e in heldout]
+        hits = sum(target in " ".join(generate_answer(model, tokenizer, p, budget).split()) for p in prompts)
+        return {"attack-success-rate": hits / len(prompts)} if prompts else {}

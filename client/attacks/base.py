@@ -25,3 +25,7 @@ class Attack(Plugin):
 
     def poison_update(self, delta: Arrays, rng: np.random.Generator) -> Arrays:
         return delta
+
+    def measure(self, model, tokenizer, heldout: tuple[Example, ...]) -> dict[str, float]:
+        """Metrics of this attack's success on the global model, measured by every client (honest ones too)."""
+        return {}

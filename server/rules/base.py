@@ -67,6 +67,10 @@ class AggregationRule(Plugin):
     def step(self, global_adapter: Arrays, mean_delta: Arrays) -> Arrays:
         return {k: global_adapter[k] + mean_delta[k] for k in global_adapter}
 
+    def chosen_clients(self) -> set[str] | None:
+        """Clients whose update alone made the last result (Krum), or None when every added update counts."""
+        return None
+
     def downloads(self) -> dict[str, Arrays]:
         """Extra ArrayRecords sent to clients with the global adapter (e.g. control variates)."""
         return {}

@@ -21,10 +21,12 @@ class BufferedRule(AggregationRule):
         super().start_round(server_round, num_clients)
         self._names: list[str] = []
         self._results: Results = []
+        self._clients: list[str] = []
 
     def add(self, update: ClientUpdate) -> None:
         self._names = self._names or sorted(update.delta)
         self._results.append(([np.asarray(update.delta[k], np.float64) for k in self._names], update.weight))
+        self._clients.append(update.client)
 
     @property
     def count(self) -> int:

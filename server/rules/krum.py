@@ -1,5 +1,6 @@
 """Krum (Blanchard et al. 2017): the delta closest to its n - f - 2 nearest neighbours, via Flower."""
 
+import numpy as np
 from flwr.server.strategy.aggregate import aggregate_krum
 
 from .buffered import BufferedRule, Results
@@ -13,4 +14,10 @@ class Krum(BufferedRule):
         return {"f": 1}
 
     def combine(self, results: Results):
-        return aggregate_krum(results, num_malicious=int(self.options["f"]), to_keep=0)
+        combined = aggregate_krum(results, num_malicious=int(self.options["f"]), to_keep=0)
+        self._chosen = {client for client, (arrays, _) in zip(self._clients, results, strict=True)
+                        if all(np.array_equal(a, c) for a, c in zip(arrays, combined, strict=True))}
+        return combined
+
+    def chosen_clients(self) -> set[str] | None:
+        return self._chosen
