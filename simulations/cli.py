@@ -164,6 +164,25 @@ def export(
 
 
 @app.command()
+def sweep(
+    grid: Annotated[Path, typer.Argument(help="TOML with [sweep] rules/attacks/fractions (see simulations/robustness.toml).",
+                                         exists=True, dir_okay=False)],
+    out: Annotated[Path | None, typer.Option(help="Folder for the cells' runs and results (default: runs/sweep-<name>).")] = None,
+    parallel: Annotated[int, typer.Option(help="Cells run at once (each a whole simulation).")] = 1,
+) -> None:
+    """Run rules x attacks x malicious fractions with the same seeds; skip finished cells; write a table and heat maps."""
+    from stamen.simulations.sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec.from_toml(grid)
+    folder = out or Path("runs") / f"sweep-{grid.stem}"
+    console.print(f"[bold]Sweep[/] {len(spec.cells())} cells ({len(spec.rules)} rules x {len(spec.attacks)} attacks x "
+                  f"fractions {list(spec.fractions)}), {spec.clients} clients x {spec.rounds} rounds -> {folder}")
+    run_sweep(spec, folder, parallel)
+    console.print((folder / "sweep.md").read_text())
+    console.print(f"Heat maps: {folder}/heatmap-*.png  Table: {folder / 'sweep.md'}")
+
+
+@app.command()
 def certs(
     out: Annotated[Path, typer.Argument(help="Folder for ca.crt, server.pem/.key and nodes/<name>.key/.pub.")] = Path("certs"),
     host: Annotated[list[str], typer.Option(help="Name or IP the server is reached at (repeat).")] = ["127.0.0.1", "localhost"],
