@@ -26,6 +26,7 @@ from stamen.shared.wire import AdapterSchema
 from .checkpoint import ServerState, load_checkpoint, save_checkpoint
 from .lora_exact import ExactLoraResidual, correction_shapes
 from .rules import make_rule
+from .root_update import RootTrainer
 from .run_record import RunRecorder, new_run_id
 from .secure_round import run_secure_train_round
 from .strategy import AdapterStrategy
@@ -85,17 +86,21 @@ def run_federation(grid: Grid, config: RunConfig, resume: bool = False) -> Path:
         rule.initialise(strategy.global_adapter)
         random.seed(config.seed)  # Flower samples nodes with the random module
     first_round = checkpoint.round + 1 if checkpoint else 1
-    _run_rounds(grid, strategy, round_config(config, base.fingerprint), config, first_round, run_dir)
+    root = RootTrainer(config) if rule.needs_root_update else None
+    _run_rounds(grid, strategy, round_config(config, base.fingerprint), config, first_round, run_dir, root)
     recorder.save_adapter(strategy.global_adapter)
     recorder.finish(meta)
     return run_dir
 
 
 def _run_rounds(
-    grid: Grid, strategy: AdapterStrategy, instruction: ConfigRecord, config: RunConfig, first: int, run_dir: Path
+    grid: Grid, strategy: AdapterStrategy, instruction: ConfigRecord, config: RunConfig, first: int, run_dir: Path,
+    root: RootTrainer | None,
 ) -> None:
     for server_round in range(first, config.num_rounds + 1):
         log.info("round %d/%d", server_round, config.num_rounds)
+        if root:
+            strategy.rule.set_root_update(root.update(strategy.global_adapter, server_round))
         if config.privacy.secure_aggregation:
             run_secure_train_round(grid, strategy, instruction, config, server_round)
         else:

@@ -23,6 +23,7 @@ from stamen.shared.atomic import atomic_write_text
 
 BASE_DOMAIN_TOPICS = ("conversations", "greetings")
 BASE_DOMAIN_SIZE = 16
+ROOT_SIZE = 16  # the server's own clean examples (FLTrust), apart from clients and the forgetting probe
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class ClientDataset:
 class CorpusSplit:
     clients: tuple[ClientDataset, ...]
     base_domain: tuple[Example, ...]
+    root: tuple[Example, ...] = ()
 
 
 def corpus_folder(language: str = "english") -> Path:
@@ -99,7 +101,9 @@ def natural_split(
     spare = [e for k in BASE_DOMAIN_TOPICS if k in topics for e in topics[k]]
     spare += [e for _, examples in ranked[num_clients:english_groups] for e in examples]
     base_domain = tuple(rng.sample(spare, min(BASE_DOMAIN_SIZE, len(spare))))
-    return CorpusSplit(tuple(clients), base_domain)
+    rest = [e for e in spare if e not in set(base_domain)]
+    root = tuple(rng.sample(rest, min(ROOT_SIZE, len(rest))))
+    return CorpusSplit(tuple(clients), base_domain, root)
 
 
 def _ranked(groups: dict[str, tuple[Example, ...]]) -> list[tuple[str, tuple[Example, ...]]]:

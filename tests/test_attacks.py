@@ -95,3 +95,16 @@ def test_a_federation_counts_admitted_attacks_and_measures_the_backdoor(tmp_path
     evaluated = [r for r in rows if r["kind"] == "client" and r["phase"] == "evaluate"]
     assert sum(r.get("malicious", 0) for r in evaluated) == 1
     assert all(0.0 <= r["attack_success_rate"] <= 1.0 for r in evaluated)  # every client probes the global model
+
+
+def test_fltrust_trains_on_its_root_set_and_shuts_out_a_sign_flip_attacker(tmp_path):
+    args = ["simulate", "--clients", "3", "--rounds", "2"]
+    for item in ("base-model=tiny", "quantisation=none", "aggregation=fltrust", "attack=sign-flip",
+                 "attack-fraction=0.34", "attack-options=scale=5", "fraction-evaluate=0.0", f"run-dir={tmp_path}"):
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = tmp_path.iterdir()
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rounds = [r for r in rounds if r["kind"] == "round"]
+    assert [(r["malicious_replied"], r["malicious_admitted"]) for r in rounds] == [(1, 0), (1, 0)]

@@ -59,3 +59,15 @@ def test_rules_declare_whether_they_need_individual_updates():
     robust = {"median", "trimmed-mean", "krum", "multikrum", "bulyan", "norm-bounding"}
     assert all(RULES[name].needs_individual_updates for name in robust)
     assert not any(RULES[name].needs_individual_updates for name in ("fedavg", "fedadam", "scaffold"))
+
+
+def test_fltrust_weights_by_direction_against_the_root_update_and_drops_opposed_ones():
+    rule = make_rule("fltrust")
+    rule.start_round(1, 3)
+    rule.set_root_update({"w": np.array([1.0, 0.0], np.float32)})
+    for name, delta in (("a", [1.0, 1.0]), ("b", [3.0, 0.0]), ("evil", [-5.0, 0.5])):
+        rule.add(ClientUpdate(name, {"w": np.array(delta, np.float32)}, 1.0))
+    out = rule.finish_round(ZERO)["w"]
+    # a: trust cos 45deg = 0.7071, rescaled to |g0| = 1 -> [0.7071, 0.7071]; b: trust 1 -> [1, 0]; evil: trust 0
+    np.testing.assert_allclose(out, [(0.5 + 1.0) / 1.70711, 0.5 / 1.70711], rtol=1e-4)
+    assert rule.chosen_clients() == {"a", "b"}

@@ -17,6 +17,7 @@ from . import (  # noqa: E402,F401  (registration)
     fedavgm,
     fedprox,
     fedyogi,
+    fltrust,
     krum,
     median,
     multikrum,

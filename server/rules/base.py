@@ -36,6 +36,7 @@ class AggregationRule(Plugin):
     kind = "rule"
     needs_individual_updates: ClassVar[bool] = False  # secure aggregation yields only sums
     extra_uploads: ClassVar[tuple[str, ...]] = ()  # extra ArrayRecords clients must send
+    needs_root_update: ClassVar[bool] = False  # the server trains on its own root set each round (FLTrust)
 
     def __init__(self, **options: float) -> None:
         super().__init__(**options)
@@ -66,6 +67,9 @@ class AggregationRule(Plugin):
 
     def step(self, global_adapter: Arrays, mean_delta: Arrays) -> Arrays:
         return {k: global_adapter[k] + mean_delta[k] for k in global_adapter}
+
+    def set_root_update(self, root_delta: Arrays) -> None:
+        """The server's own update this round, for rules with ``needs_root_update``."""
 
     def chosen_clients(self) -> set[str] | None:
         """Clients whose update alone made the last result (Krum), or None when every added update counts."""
