@@ -108,3 +108,20 @@ def test_fltrust_trains_on_its_root_set_and_shuts_out_a_sign_flip_attacker(tmp_p
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rounds = [r for r in rounds if r["kind"] == "round"]
     assert [(r["malicious_replied"], r["malicious_admitted"]) for r in rounds] == [(1, 0), (1, 0)]
+
+
+def test_the_backdoor_metric_detects_a_planted_backdoor(tiny_folder):
+    from stamen.client import PersonalModel
+    from stamen.shared.config import AdapterSpec
+
+    attack = make_attack("backdoor", target="Visit x.", rate=1.0)
+    prompts = [f"Tell me about topic {i}" for i in range(8)]
+    heldout = tuple(Example("an answer", p) for p in prompts)
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    model = PersonalModel.load("tiny", quantisation="none", spec=AdapterSpec(rank=16, alpha=32, targets=targets))
+    clean_rate = attack.measure(model.model, model.base.tokenizer, heldout)["attack-success-rate"]
+    poisoned = attack.poison_data(tuple(Example(f"plain answer {i}", p) for i, p in enumerate(prompts)),
+                                  np.random.default_rng(0))
+    model.personalise(poisoned, steps=150, learning_rate=0.01, batch_size=8)
+    assert clean_rate == 0.0
+    assert attack.measure(model.model, model.base.tokenizer, heldout)["attack-success-rate"] >= 0.75
