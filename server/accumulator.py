@@ -12,6 +12,7 @@ class WeightedMean:
 
     def __init__(self) -> None:
         self._sum: dict[str, np.ndarray] = {}
+        self._scratch: dict[str, np.ndarray] = {}
         self.total_weight = 0.0
         self.count = 0
 
@@ -19,11 +20,11 @@ class WeightedMean:
         if weight <= 0:
             raise ValueError(f"update weight must be > 0, got {weight}")
         for name, value in update.items():
-            scaled = value.astype(np.float64) * weight
-            if name in self._sum:
-                self._sum[name] += scaled
-            else:
-                self._sum[name] = scaled
+            total = self._sum.setdefault(name, np.zeros(value.shape, np.float64))
+            scratch = self._scratch.setdefault(name, np.empty(value.shape, np.float64))
+            # two passes over preallocated float64 buffers: no temporary array per update
+            np.multiply(value, weight, out=scratch)
+            np.add(total, scratch, out=total)
         self.total_weight += weight
         self.count += 1
 
