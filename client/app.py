@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,12 +52,12 @@ from .attacks import attack_for, make_attack
 from .drift_correction import ScaffoldClient, proximal_term
 from .evaluation import EvalResult, evaluate_loss
 from .local_data import LocalData, local_data
+from .personalisation import load_personal, train_ditto
 from .resource_guard import ResourceGuards, record_pace
 from .runtime import ClientRuntime, client_runtime
 from .secure_aggregation import SecAggClient, secure_input
 from .state_store import PERSONAL, ClientStateStore, client_folder
 from .training import train_adapter
-
 
 
 @dataclass
@@ -92,7 +93,7 @@ def _prepare(msg: Message, context: Context, training_round: bool) -> RoundSetup
     rank = _client_rank(context, config)
     runtime = client_runtime(_on_this_device(context, config), rank)
     check_same_base(instruction.fingerprint, runtime.base.fingerprint, "server's base vs this client's base")
-    data = local_data(context, config.seed)
+    data = local_data(context, config, instruction.server_round if training_round else 0)
     if rank < config.adapter.rank:
         received = decode_adapter(msg.content[ARRAYS], padded_schema(runtime.schema, config.adapter.rank))
         global_adapter = truncate_to_rank(received, rank, config.adapter.rank)
@@ -167,28 +168,50 @@ def train(msg: Message, context: Context) -> Message:
     extra_uploads = {}
     if scaffold:
         extra_uploads[CONTROL_DELTA] = scaffold.finish(global_adapter, trained, training.local_steps, training.learning_rate)
+    personal_seconds = 0.0
+    if config.personalisation == "ditto":
+        store = _store(context, config, data.name)
+        personal_seconds = train_ditto(runtime.model, runtime.base.tokenizer, store, instruction.server_round,
+                                       global_adapter, list(data.train), config, seed + 1).seconds
     if attack:
         delta = attack.poison_update(delta, attack_rng)
-    secure = config.privacy.secure_aggregation
     metrics = {
-        NUM_EXAMPLES: 1 if secure else len(data.train),  # under secure aggregation the weight is masked too
+        NUM_EXAMPLES: 1 if config.privacy.secure_aggregation else len(data.train),  # under secure aggregation the weight is masked too
         **({"malicious": 1} if attack else {}),  # simulation bookkeeping, to count admitted attacks
         "examples-seen": result.examples_seen,
         "train-loss": result.loss,
         "train-steps": result.steps,
         "train-tokens": result.tokens,
         "train-seconds": result.seconds,
+        **({"personal-train-seconds": personal_seconds} if personal_seconds else {}),
         **baseline,
     }
-    if secure:
-        reply = client_reply(metrics, runtime.base.fingerprint, data.name)
-        vector = secure_input(setup.server_schema().flatten(setup.at_server_rank(delta)), len(data.train), config.privacy)
-        reply[PUBLIC_KEYS] = SecAggClient(context.state, context.node_id).advertise(config.run_id, instruction.server_round, vector)
-        return Message(reply, reply_to=msg)
-    reply = client_reply(metrics, runtime.base.fingerprint, data.name, setup.to_wire(delta))
+    reply = update_reply(context, instruction, metrics, runtime.base.fingerprint, data.name,
+                         setup.at_server_rank(delta), setup.server_schema(), len(data.train))
     for name, arrays in extra_uploads.items():
         reply[name] = setup.to_wire(arrays)
     return Message(reply, reply_to=msg)
+
+
+def update_reply(
+    context: Context,
+    instruction: Instruction,
+    metrics: dict[str, int | float],
+    fingerprint: str,
+    client_name: str,
+    delta: dict[str, np.ndarray],
+    schema: AdapterSchema,
+    num_examples: int,
+) -> RecordDict:
+    """The content of a train reply: the delta in the wire dtype, or, under secure aggregation,
+    only this client's public keys (its masked delta and weight follow in stage 3)."""
+    config = instruction.config
+    if not config.privacy.secure_aggregation:
+        return client_reply(metrics, fingerprint, client_name, encode_adapter(delta, schema.wire_dtype))
+    reply = client_reply(metrics, fingerprint, client_name)
+    vector = secure_input(schema.flatten(delta), num_examples, config.privacy)
+    reply[PUBLIC_KEYS] = SecAggClient(context.state, context.node_id).advertise(config.run_id, instruction.server_round, vector)
+    return reply
 
 
 def secagg_share(msg: Message, context: Context) -> Message:
@@ -238,7 +261,7 @@ def _general(runtime: ClientRuntime, data) -> list:
 
 
 def evaluate(msg: Message, context: Context) -> Message:
-    """Held-out loss on local data and loss on the general base domain, for the global adapter."""
+    """Held-out and base-domain loss of the global adapter and of this client's personal model."""
     started = time.perf_counter()
     setup = _prepare(msg, context, training_round=False)
     runtime, data, training = setup.runtime, setup.data, setup.instruction.config.training
@@ -246,22 +269,34 @@ def evaluate(msg: Message, context: Context) -> Message:
     general = _heldout(runtime, _general(runtime, data), training)
     config = setup.instruction.config
     probe = make_attack(config.attack, **config.attack_settings()) if config.attack != "none" else None
+    attack_metrics = probe.measure(runtime.model, runtime.base.tokenizer, data.heldout) if probe else {}
+    server_round, seed = setup.instruction.server_round, zlib.crc32(f"{config.seed}/{data.name}/personal".encode())
+    examples = list(local_data(context, config, server_round).train)  # what a finetune trains on this round
+    store = _store(context, config, data.name)
+    has_personal = load_personal(runtime.model, runtime.base.tokenizer, store, server_round, examples, config, seed)
+    personal = _heldout(runtime, data.heldout, training) if has_personal else heldout
     metrics = {
         NUM_EXAMPLES: len(data.heldout),
         "heldout-loss": heldout.loss,
         "heldout-ppl": heldout.perplexity,
+        "personal-heldout-loss": personal.loss,
+        "personal-gain": heldout.loss - personal.loss,
         "base-domain-loss": general.loss,
-        **(probe.measure(runtime.model, runtime.base.tokenizer, data.heldout) if probe else {}),
+        **({"personal-base-domain-loss": _heldout(runtime, _general(runtime, data), training).loss}
+           if has_personal else {}),
+        **attack_metrics,
         **({"malicious": 1} if attack_for(context, config) else {}),
         "eval-seconds": time.perf_counter() - started,
     }
     return Message(client_reply(metrics, runtime.base.fingerprint, data.name), reply_to=msg)
 
 
-def client_app_with(mods: list[Mod]) -> ClientApp:
-    """Stamen's ClientApp with Flower mods wrapped around every handler (Flower's extension point)."""
+def client_app_with(mods: list[Mod], train_handler: Callable[[Message, Context], Message] = train) -> ClientApp:
+    """Stamen's ClientApp with Flower mods wrapped around every handler (Flower's extension point).
+
+    ``train_handler`` answers ordinary train messages (benchmarks swap in synthetic updates)."""
     client_app = ClientApp(mods=mods)
-    client_app.train()(train)
+    client_app.train()(train_handler)
     client_app.train(SHARE_STAGE)(secagg_share)
     client_app.train(MASK_STAGE)(secagg_mask)
     client_app.train(UNMASK_STAGE)(secagg_unmask)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from flwr.app import Context
 
+from stamen.shared.config import RunConfig
+
 from .data import Example
 from .device_data import read_examples
 
@@ -27,18 +29,24 @@ class LocalData:
     base_domain: tuple[Example, ...]  # general-domain texts no client trains on
 
 
-def local_data(context: Context, seed: int) -> LocalData:
-    """The data of the node running ``context``."""
+def local_data(context: Context, config: RunConfig, server_round: int) -> LocalData:
+    """The data of the node running ``context`` in ``server_round`` (0: evaluation only)."""
     from stamen.simulations.corpus import natural_split
+    from stamen.simulations.partitions import split_corpus, stage_examples, stream_stage
 
     node = context.node_config
     if "data-path" in node:
         path = Path(str(node["data-path"])).expanduser()
-        return device_data(path, str(node.get("client-name", path.stem)), seed, natural_split(1, seed).base_domain)
+        base_domain = natural_split(1, config.seed).base_domain
+        return device_data(path, str(node.get("client-name", path.stem)), config.seed, base_domain)
     if "partition-id" in node and "num-partitions" in node:
-        split = natural_split(int(node["num-partitions"]), seed)
+        split = split_corpus(int(node["num-partitions"]), config.seed, config.partition, config.partition_alpha)
         mine = split.clients[int(node["partition-id"])]
-        return LocalData(mine.name, mine.train, mine.heldout, split.base_domain)
+        train = mine.train
+        if config.partition == "stream" and server_round > 0:
+            stage = stream_stage(server_round, config.num_rounds, config.stream_stages)
+            train = stage_examples(train, stage, config.stream_stages)
+        return LocalData(mine.name, train, mine.heldout, split.base_domain)
     raise ValueError("this node has no local data: give a device 'data-path' in its node config "
                      "(a simulated node gets 'partition-id' and 'num-partitions')")
 

@@ -24,9 +24,10 @@ from stamen.shared.protocol import round_config
 from stamen.shared.wire import AdapterSchema
 
 from .checkpoint import ServerState, load_checkpoint, save_checkpoint
+from .exchange import send_and_collect
 from .lora_exact import ExactLoraResidual, correction_shapes
-from .rules import make_rule
 from .root_update import RootTrainer
+from .rules import make_rule
 from .run_record import RunRecorder, new_run_id
 from .secure_round import run_secure_train_round
 from .strategy import AdapterStrategy
@@ -101,15 +102,20 @@ def _run_rounds(
         log.info("round %d/%d", server_round, config.num_rounds)
         if root:
             strategy.rule.set_root_update(root.update(strategy.global_adapter, server_round))
-        if config.privacy.secure_aggregation:
-            run_secure_train_round(grid, strategy, instruction, config, server_round)
-        else:
-            train = strategy.configure_train(server_round, strategy.global_record(), instruction, grid)
-            strategy.aggregate_train(server_round, grid.send_and_receive(train, timeout=config.round_timeout))
+        train_round(grid, strategy, instruction, config, server_round)
         evaluate = strategy.configure_evaluate(server_round, strategy.global_record(), instruction, grid)
-        strategy.aggregate_evaluate(server_round, grid.send_and_receive(evaluate, timeout=config.round_timeout))
+        strategy.aggregate_evaluate(server_round, send_and_collect(grid, evaluate, config.round_timeout))
         save_checkpoint(
             run_dir,
             ServerState(server_round, strategy.global_adapter, strategy.server_state(), random.getstate(),
                         strategy.recorder.offset()),
         )
+
+
+def train_round(grid: Grid, strategy: AdapterStrategy, instruction: ConfigRecord, config: RunConfig, server_round: int) -> None:
+    """One training round: clients' updates into the strategy, in the clear or as a secure sum."""
+    if config.privacy.secure_aggregation:
+        run_secure_train_round(grid, strategy, instruction, config, server_round)
+    else:
+        train = strategy.configure_train(server_round, strategy.global_record(), instruction, grid)
+        strategy.aggregate_train(server_round, send_and_collect(grid, train, config.round_timeout))

@@ -32,6 +32,7 @@ from stamen.shared.secagg_protocol import (
     distributed_noise_std,
 )
 
+from .exchange import send_and_collect
 from .secure_aggregation import SecAggAborted, SecAggSettings, SecureAggregator
 from .strategy import AdapterStrategy
 
@@ -44,7 +45,7 @@ def run_secure_train_round(
     """Train, mask, and unmask one round; the strategy sees only the sum of the survivors' updates."""
     privacy, timeout = config.privacy, config.privacy.secagg_timeout
     train = strategy.configure_train(server_round, strategy.global_record(), instruction, grid)
-    admitted = strategy.admit_key_replies(server_round, grid.send_and_receive(train, timeout=config.round_timeout))
+    admitted = strategy.admit_key_replies(server_round, send_and_collect(grid, train, config.round_timeout))
     keys = {node: msg.content[PUBLIC_KEYS] for node, msg in admitted.items()}
     bytes_up = {node: record.count_bytes() for node, record in keys.items()}  # every secure-aggregation record sent
     try:
@@ -86,7 +87,7 @@ def _exchange(
     """Send one stage's messages; return the content of every reply without an error, by node."""
     messages = [Message(content, dst_node_id=node, message_type=f"train.{stage}") for node, content in contents.items()]
     answered, failed = {}, set()
-    for reply in grid.send_and_receive(messages, timeout=timeout):
+    for reply in send_and_collect(grid, messages, timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
             failed.add(node)

@@ -19,6 +19,8 @@ WIRE_DTYPES = ("float16", "float32")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 LORA_AGGREGATIONS = ("naive", "ffa", "fedsa", "exact")
 DP_MODES = ("none", "central", "distributed")
+PERSONALISATIONS = ("global", "ditto", "finetune")
+PARTITIONS = ("natural", "iid", "dirichlet", "quantity", "stream")
 
 
 class ConfigError(ValueError):
@@ -124,6 +126,12 @@ class RunConfig:
     aggregation_options: str = _key("aggregation-options", "")
     proximal_mu: float = _key("proximal-mu", 0.0)
     client_ranks: str = _key("client-ranks", "")
+    personalisation: str = _key("personalisation", "global")  # the personal model a client keeps and evaluates
+    ditto_lambda: float = _key("ditto-lambda", 0.1)  # pull of Ditto's personal adapter toward the global one
+    personal_steps: int = _key("personal-steps", 0)  # ditto / finetune local steps (0: local-steps)
+    partition: str = _key("partition", "natural")  # how a simulation deals data to clients
+    partition_alpha: float = _key("partition-alpha", 0.5)  # Dirichlet concentration (dirichlet, quantity)
+    stream_stages: int = _key("stream-stages", 3)  # partition stream: stages a client's data arrives in
     attack: str = _key("attack", "none")
     attack_fraction: float = _key("attack-fraction", 0.0)
     attack_options: str = _key("attack-options", "")
@@ -149,6 +157,15 @@ class RunConfig:
         _require(self.proximal_mu >= 0, "proximal-mu", self.proximal_mu, "must be >= 0")
         _require(self.adapter.aggregation != "exact" or self.aggregation in ("fedavg", "fedprox"), "lora-aggregation",
                  "exact", f"corrects the plain mean of B*A, so it needs aggregation fedavg or fedprox, not {self.aggregation}")
+        _require(self.personalisation in PERSONALISATIONS, "personalisation", self.personalisation,
+                 f"must be one of {PERSONALISATIONS}")
+        _require(self.personalisation == "global" or self.adapter.aggregation != "fedsa", "personalisation",
+                 self.personalisation, "cannot be combined with lora-aggregation fedsa, whose B is already personal")
+        _require(self.ditto_lambda >= 0, "ditto-lambda", self.ditto_lambda, "must be >= 0")
+        _require(self.personal_steps >= 0, "personal-steps", self.personal_steps, "must be >= 0")
+        _require(self.partition in PARTITIONS, "partition", self.partition, f"must be one of {PARTITIONS}")
+        _require(self.partition_alpha > 0, "partition-alpha", self.partition_alpha, "must be > 0")
+        _require(self.stream_stages >= 1, "stream-stages", self.stream_stages, "must be >= 1")
         _require(0.0 <= self.attack_fraction <= 1.0, "attack-fraction", self.attack_fraction, "must be in [0, 1]")
         if self.privacy.secure_aggregation:
             _require(self.adapter.aggregation != "exact", "secure-aggregation", True,

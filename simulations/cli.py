@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from stamen.shared.config import ConfigError, RunConfig, parse_override
+from stamen.simulations.report import compare_runs, write_report
 
 app = typer.Typer(help="Stamen: federated personalisation of quantised language models.", no_args_is_help=True)
 console = Console()
@@ -56,7 +57,8 @@ def simulate(
 ) -> None:
     """Run a simulated federation on this machine and write runs/<id>/."""
     from stamen.server.run_record import CONFIG_FILE
-    from stamen.simulations.engine import Resources, prepare_base, simulate as run
+    from stamen.simulations.engine import Resources, prepare_base
+    from stamen.simulations.engine import simulate as run
     from stamen.simulations.progress import RunMonitor, summary_table
 
     _configure_logging(verbose)
@@ -72,7 +74,8 @@ def simulate(
                   f"[cyan]{config.base_model}[/] ({config.aggregation}) -> {run_dir}")
     choice = prepare_base(config)
     console.print(f"Quantisation: {choice.reason}")
-    with RunMonitor(run_dir, config.num_rounds, clients, console) as monitor:
+    sampled = max(config.min_clients, int(clients * config.fraction_train))  # as Flower's FedAvg samples
+    with RunMonitor(run_dir, config.num_rounds, sampled, console) as monitor:
         run(config, clients, resources, resume=resume is not None)
     meta = json.loads((run_dir / CONFIG_FILE).read_text())
     console.print(summary_table(monitor.rounds, meta["base_stored_bytes"]))
@@ -80,17 +83,49 @@ def simulate(
         f"Upload per client per round: {meta['adapter_wire_bytes']:,} bytes of adapter "
         f"({meta['adapter_values']:,} values, {config.wire_dtype}) vs {meta['base_stored_bytes']:,} bytes of base weights."
     )
-    console.print(f"Metrics: {run_dir / 'metrics.jsonl'}  Summary: {run_dir / 'summary.json'}")
+    console.print(f"Metrics: {run_dir / 'metrics.jsonl'}  Summary: {run_dir / 'summary.json'}  "
+                  f"Report: {write_report(run_dir)}")
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="A run folder (runs/<id>).", exists=True, file_okay=False)],
+) -> None:
+    """(Re)build a run's plots and report.md from its metrics, finished or not."""
+    console.print(f"Report: {write_report(run)}")
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders to compare, or one preset TOML with [runs.<name>] "
+                                                     "tables (see simulations/compare-rules.toml) to run first.",
+                                                exists=True)],
+    out: Annotated[Path | None, typer.Option(help="Folder for compare.png/.md/.json (default: runs/compare-<name or time>).")] = None,
+) -> None:
+    """Overlay several runs' held-out loss in one plot and one Markdown table (running a preset's runs first)."""
+    from stamen.server.run_record import new_run_id
+
+    if len(runs) == 1 and runs[0].suffix == ".toml":
+        from stamen.simulations.campaign import Campaign, run_campaign
+
+        campaign = Campaign.from_toml(runs[0])
+        folder = out or Path("runs") / f"compare-{runs[0].stem}"
+        console.print(f"[bold]Compare[/] {len(campaign.runs)} runs ({', '.join(campaign.runs)}), {campaign.clients} "
+                      f"clients x {campaign.rounds} rounds -> {folder}")
+        table = run_campaign(campaign, folder)
+    else:
+        table = compare_runs(runs, out or Path("runs") / f"compare-{new_run_id()}")
+    console.print(table.read_text())
+    console.print(f"Plot and table: {table.parent}")
 
 
 SIMULATION_FILE = "simulation.json"
 
 
 def _new_run_config(preset: Path | None, overrides: list[str], clients: int | None, rounds: int | None) -> RunConfig:
-    from stamen.server.run_record import new_run_id
-
     from stamen.client.attacks import ATTACKS
     from stamen.server.rules import RULES
+    from stamen.server.run_record import new_run_id
 
     try:
         config = _load_config(preset, overrides)

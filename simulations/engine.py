@@ -19,6 +19,7 @@ from stamen.shared.quantisation import QuantisationChoice, choose_quantisation
 
 if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
 
 
 @dataclass(frozen=True)
@@ -51,26 +52,27 @@ def simulate(
 
     ``client_app`` replaces Stamen's ClientApp, e.g. one built by :func:`stamen.client.app.client_app_with`
     to add Flower mods."""
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # keep Ray's GPU env as it is
-    from flwr.simulation import run_simulation
-
     from stamen.client.app import app as stamen_client_app
     from stamen.server.app import server_app_for
 
     if not config.run_id:
         raise ValueError("simulate needs config.run_id so the run folder is known in advance")
-    backend_config = {
-        "client_resources": {"num_cpus": resources.cpus_per_client, "num_gpus": resources.gpus_per_client},
-        "init_args": {"num_cpus": os.cpu_count() or 1, "log_to_driver": False},
-    }
-    run_simulation(
-        server_app=server_app_for(config, resume),
-        client_app=client_app or stamen_client_app,
-        num_supernodes=num_clients,
-        backend_config=backend_config,
-    )
+    run_apps(server_app_for(config, resume), client_app or stamen_client_app, num_clients, resources)
     run_dir = Path(config.run_dir) / config.run_id
     if not (run_dir / "summary.json").is_file():
         raise RuntimeError(f"the simulation ended without finishing its run; see the log above and {run_dir}")
     return run_dir
+
+
+def run_apps(server_app: ServerApp, client_app: ClientApp, num_clients: int, resources: Resources = Resources()) -> None:
+    """Run any ServerApp/ClientApp pair with ``num_clients`` virtual SuperNodes on this machine."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # keep Ray's GPU env as it is
+    from flwr.simulation import run_simulation
+
+    backend_config = {
+        "client_resources": {"num_cpus": resources.cpus_per_client, "num_gpus": resources.gpus_per_client},
+        "init_args": {"num_cpus": os.cpu_count() or 1, "log_to_driver": False},
+    }
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients,
+                   backend_config=backend_config)

@@ -43,10 +43,13 @@ def round_line(row: dict, num_rounds: int, previous_loss: float | None) -> str:
 class RunMonitor:
     """Tails ``metrics.jsonl`` in a thread and drives a rich progress bar."""
 
-    def __init__(self, run_dir: Path, num_rounds: int, num_clients: int, console: Console) -> None:
+    def __init__(self, run_dir: Path, num_rounds: int, sampled: int, console: Console) -> None:
+        """``sampled``: clients asked per round (train and evaluate), shown as the results to expect."""
         self.path = run_dir / METRICS_FILE
         self.num_rounds = num_rounds
-        self.num_clients = num_clients
+        self.sampled = sampled
+        self.bytes_moved = 0
+        self._losses: list[float] = []
         self.console = console
         self.rounds: list[dict] = []
         self._stop = threading.Event()
@@ -90,17 +93,23 @@ class RunMonitor:
             time.sleep(0.5)
 
     def _show(self, row: dict, results: int) -> int:
+        self.bytes_moved += row.get("bytes_up", 0) + row.get("bytes_down", 0)
+        traffic = f"{self.bytes_moved / 1e6:.1f} MB moved"
         if row.get("kind") == "round":
             previous = self.rounds[-1].get("eval_heldout_loss") if self.rounds else row.get("initial_heldout_loss")
             self.rounds.append(row)
             self.console.print(round_line(row, self.num_rounds, previous))
             loss = row.get("eval_heldout_loss", float("nan"))
-            self.progress.update(self._task, advance=1, status=f"held-out loss {loss:.4f}")
+            self.progress.update(self._task, advance=1, status=f"held-out loss {loss:.4f} | {traffic}")
+            self._losses = []
             return 0
         results += 1
-        self.progress.update(
-            self._task, status=f"round {row['round']}: {results} client results ({row['phase']})"
-        )
+        loss = row.get("train_loss", row.get("heldout_loss"))
+        if loss is not None:
+            self._losses.append(loss)
+        mean = f", mean loss {sum(self._losses) / len(self._losses):.4f}" if self._losses else ""
+        self.progress.update(self._task, status=f"round {row['round']}: {results} of {self.sampled} client results "
+                                                f"({row['phase']}{mean}) | {traffic}")
         return results
 
 

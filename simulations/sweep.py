@@ -18,6 +18,8 @@ from pathlib import Path
 
 from stamen.shared.atomic import atomic_write_text
 
+from .report import format_cell, pyplot
+
 METRICS = {  # column -> what a reader should know about it
     "honest_heldout_loss": "clean held-out loss of honest clients, last round (lower is better)",
     "attack_success_rate": "share of trigger prompts answered with the backdoor target (lower is better)",
@@ -79,16 +81,20 @@ def run_sweep(spec: SweepSpec, folder: Path, parallel: int = 1) -> list[dict]:
 
 def _run_cell(spec: SweepSpec, folder: Path, rule: str, attack: str, fraction: float) -> str | None:
     settings = {**spec.config, "aggregation": rule, "aggregation-options": spec.rule_options.get(rule, ""),
-                "attack": attack, "attack-fraction": fraction, "attack-options": spec.attack_options.get(attack, ""),
-                "run-dir": str(folder), "run-id": cell_id(rule, attack, fraction)}
-    command = [str(Path(sys.executable).parent / "stamen"), "simulate", "--clients", str(spec.clients),
-               "--rounds", str(spec.rounds)]
-    for key, value in settings.items():
+                "attack": attack, "attack-fraction": fraction, "attack-options": spec.attack_options.get(attack, "")}
+    return simulate_in_subprocess(settings, spec.clients, spec.rounds, folder, cell_id(rule, attack, fraction))
+
+
+def simulate_in_subprocess(settings: dict, clients: int, rounds: int, folder: Path, run_id: str) -> str | None:
+    """``stamen simulate`` as its own process (Ray and the base are torn down after each run),
+    logging to ``folder/<run_id>.log``; returns why it failed, or None."""
+    command = [str(Path(sys.executable).parent / "stamen"), "simulate", "--clients", str(clients), "--rounds", str(rounds)]
+    for key, value in {**settings, "run-dir": str(folder), "run-id": run_id}.items():
         command += ["--set", f"{key}={value}"]
-    log = folder / f"{cell_id(rule, attack, fraction)}.log"
+    log = folder / f"{run_id}.log"
     with log.open("w") as output:
         code = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ}).returncode
-    return None if code == 0 else f"cell {cell_id(rule, attack, fraction)} failed (exit {code}); see {log}"
+    return None if code == 0 else f"run {run_id} failed (exit {code}); see {log}"
 
 
 def summarise_cell(run_dir: Path, rule: str, attack: str, fraction: float) -> dict:
@@ -112,18 +118,16 @@ def markdown_table(rows: list[dict]) -> str:
     columns = ["rule", "attack", "fraction", *METRICS]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(f"{row[c]:g}" if c == "fraction" else _cell(row[c]) for c in columns) + " |")
+        lines.append("| " + " | ".join(f"{row[c]:g}" if c == "fraction" else format_cell(row[c]) for c in columns) + " |")
     notes = [f"- `{name}`: {meaning}" for name, meaning in METRICS.items()]
     return "\n".join([*lines, "", *notes]) + "\n"
 
 
 def heat_map(rows: list[dict], metric: str, path: Path) -> None:
     """Rules down, attack@fraction across; admitted counts are shown as the admitted share."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     rules = list(dict.fromkeys(r["rule"] for r in rows))
     columns = list(dict.fromkeys(f"{r['attack']}@{r['fraction']:g}" for r in rows))
@@ -156,9 +160,3 @@ def _number(value: object) -> float:
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return ""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -35,3 +35,14 @@ def test_two_round_federation_of_three_clients_lowers_heldout_loss(tmp_path):
     assert (run_dir / "global_adapter.safetensors").is_file()
     assert json.loads((run_dir / "summary.json").read_text())["rounds"] == rounds
     assert "Federation rounds" in result.output
+
+    report = (run_dir / "report.md").read_text()
+    assert f"-> {rounds[-1]['eval_heldout_loss']:.4f}" in report
+    for plot in ("loss.png", "gains.png", "bytes.png"):
+        assert f"]({plot})" in report and (run_dir / plot).read_bytes().startswith(b"\x89PNG")
+
+    compared = CliRunner().invoke(app, ["compare", str(run_dir), "--out", str(tmp_path / "compare")])
+    assert compared.exit_code == 0, compared.output
+    table = json.loads((tmp_path / "compare" / "compare.json").read_text())
+    assert table[0]["run"] == run_dir.name and table[0]["heldout_end"] == rounds[-1]["eval_heldout_loss"]
+    assert table[0]["mean_client_gain"] > 0 and (tmp_path / "compare" / "compare.png").is_file()

@@ -1,0 +1,188 @@
+"""What a person opens after a run: PNG plots and a Markdown report, and several runs side by side.
+
+Everything is read back from the run folder (``metrics.jsonl``, ``summary.json``,
+``config.json``), so a report can be rebuilt for any finished or interrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from stamen.shared.atomic import atomic_write_text
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run's rows, split the way the report reads them."""
+
+    folder: Path
+    rounds: list[dict]
+    clients: list[dict]
+    meta: dict
+    seconds: float | None  # wall time the run took, once finished
+
+    @classmethod
+    def read(cls, folder: Path) -> RunRecord:
+        path = folder / "metrics.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} is not a run folder: it has no metrics.jsonl")
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        config = folder / "config.json"
+        meta = json.loads(config.read_text()).get("config", {}) if config.is_file() else {}
+        summary = folder / "summary.json"
+        seconds = json.loads(summary.read_text()).get("seconds") if summary.is_file() else None
+        return cls(folder, [r for r in rows if r.get("kind") == "round"], [r for r in rows if r.get("kind") == "client"],
+                   meta, seconds)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def curve(self, key: str = "eval_heldout_loss", before: str = "initial_heldout_loss") -> list[tuple[int, float]]:
+        """(round, mean of ``key``), with round 0 the clients' ``before`` value (their loss before any training)."""
+        points = [(r["round"], r[key]) for r in self.rounds if key in r]
+        if points and self.rounds and before in self.rounds[0]:
+            points.insert(0, (0, self.rounds[0][before]))
+        return points
+
+    def client_gains(self) -> dict[str, float]:
+        """Per client: held-out loss before training minus its personal model's after the last evaluated round."""
+        before = {r["client"]: r["initial_heldout_loss"] for r in self.clients
+                  if r.get("phase") == "train" and "initial_heldout_loss" in r}
+        after: dict[str, float] = {}
+        for row in self.clients:
+            if row.get("phase") == "evaluate" and row.get("accepted") and "heldout_loss" in row:
+                # rows are in round order: the last one wins
+                after[row["client"]] = row.get("personal_heldout_loss", row["heldout_loss"])
+        return {client: before[client] - after[client] for client in sorted(before.keys() & after.keys())}
+
+    def summary_row(self) -> dict:
+        """The numbers a comparison table shows for this run."""
+        curve, last = self.curve(), self.rounds[-1] if self.rounds else {}
+        gains = list(self.client_gains().values())
+        return {
+            "run": self.name,
+            "rounds": len(self.rounds),
+            "heldout_start": curve[0][1] if curve else None,
+            "heldout_end": curve[-1][1] if curve else None,
+            "personal_end": last.get("eval_personal_heldout_loss"),
+            "base_domain_end": last.get("eval_base_domain_loss"),
+            "mean_client_gain": sum(gains) / len(gains) if gains else None,
+            "bytes_up_per_client": last.get("bytes_up_per_client"),
+            "seconds": self.seconds,
+        }
+
+
+def write_report(folder: Path) -> Path:
+    """``loss.png``, ``gains.png``, ``bytes.png`` and ``report.md`` embedding them; returns the report."""
+    run = RunRecord.read(folder)
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4))
+    _plot_curve(axis, run.curve(), "global model, held-out (clients' own data)")
+    _plot_curve(axis, run.curve("eval_personal_heldout_loss"), "personal model, held-out")
+    _plot_curve(axis, run.curve("eval_base_domain_loss", "initial_base_domain_loss"), "base-domain (forgetting probe)")
+    axis.set(xlabel="round", ylabel="loss", title=f"{run.name}: loss per round")
+    axis.legend()
+    _save(figure, folder / "loss.png")
+
+    gains = run.client_gains()
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.hist(list(gains.values()) or [0.0], bins=min(20, max(5, len(gains))))
+    axis.axvline(0.0, color="black", linewidth=0.8)
+    axis.set(xlabel="held-out loss before - after (higher is better)", ylabel="clients",
+             title="per-client personalisation gain")
+    _save(figure, folder / "gains.png")
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    rounds = [r["round"] for r in run.rounds]
+    axis.bar([r - 0.2 for r in rounds], [r.get("bytes_in", 0) for r in run.rounds], width=0.4, label="up (all clients)")
+    axis.bar([r + 0.2 for r in rounds], [r.get("bytes_out", 0) for r in run.rounds], width=0.4, label="down (all clients)")
+    axis.set(xlabel="round", ylabel="bytes", title="traffic per round")
+    axis.legend()
+    _save(figure, folder / "bytes.png")
+
+    atomic_write_text(folder / "report.md", _report_markdown(run, gains))
+    return folder / "report.md"
+
+
+def compare_runs(folders: list[Path], out: Path) -> Path:
+    """One plot of every run's held-out loss per round and one Markdown table; returns the table's file."""
+    runs = [RunRecord.read(folder) for folder in folders]
+    out.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for run in runs:
+        _plot_curve(axis, run.curve("eval_personal_heldout_loss") or run.curve(), run.name)
+    axis.set(xlabel="round", ylabel="mean held-out loss of the model each client uses", title="runs compared")
+    axis.legend(fontsize="small")
+    _save(figure, out / "compare.png")
+    rows = [run.summary_row() for run in runs]
+    table = markdown_table(rows)
+    best = min((r for r in rows if r["personal_end"] is not None), key=lambda r: r["personal_end"], default=None)
+    verdict = f"\nLowest final held-out loss (personal model): **{best['run']}** ({best['personal_end']:.4f}).\n" if best else ""
+    atomic_write_text(out / "compare.md", f"# Runs compared\n\n![held-out loss](compare.png)\n\n{table}{verdict}")
+    atomic_write_text(out / "compare.json", json.dumps(rows, indent=2))
+    return out / "compare.md"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(format_cell(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _report_markdown(run: RunRecord, gains: dict[str, float]) -> str:
+    summary = run.summary_row()
+    rounds = [{"round": r["round"], "clients": r.get("clients_accepted"), "held-out loss": r.get("eval_heldout_loss"),
+               "personal held-out loss": r.get("eval_personal_heldout_loss"),
+               "base-domain loss": r.get("eval_base_domain_loss"), "bytes up/client": r.get("bytes_up_per_client"),
+               "rejected": r.get("clients_rejected"), **({"dp epsilon": r["dp_epsilon"]} if "dp_epsilon" in r else {})}
+              for r in run.rounds]
+    settings = ", ".join(f"{k}={run.meta[k]}" for k in ("base-model", "aggregation", "lora-aggregation", "personalisation", "partition",
+                                                        "secure-aggregation", "dp") if k in run.meta)
+    improved = sum(gain > 0 for gain in gains.values())
+    return "\n".join([
+        f"# Run {run.name}", "", settings, "",
+        f"Held-out loss {format_cell(summary['heldout_start'])} -> {format_cell(summary['heldout_end'])}; "
+        f"{improved} of {len(gains)} clients' personal models improved on their own held-out data.", "",
+        "![loss per round](loss.png)", "", markdown_table(rounds) if rounds else "No round finished.", "",
+        "![per-client gain](gains.png)", "", "![traffic per round](bytes.png)", "",
+    ])
+
+
+def _plot_curve(axis, curve: list[tuple[int, float]], label: str) -> None:
+    if curve:
+        axis.plot([r for r, _ in curve], [v for _, v in curve], marker="o", label=label)
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only backend (no display on servers and CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    figure.clear()
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+
+
+def format_cell(value: object) -> str:
+    """A table cell: blank for missing, 4 decimals for floats, thousands separators for counts."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)

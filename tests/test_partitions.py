@@ -1,0 +1,63 @@
+"""Partitioners: the same examples dealt differently, with the skew each scheme promises."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from stamen.simulations.corpus import natural_split
+from stamen.simulations.partitions import split_corpus, stage_examples, stream_stage
+
+CLIENTS = 10
+
+
+def topic_of() -> dict:
+    return {example: i for i, client in enumerate(natural_split(CLIENTS).clients)
+            for example in client.train + client.heldout}
+
+
+def topic_skew(partition: str, alpha: float = 0.5, seed: int = 0) -> float:
+    """Mean total-variation distance between each client's topic mix and the whole corpus's."""
+    topics = topic_of()
+    clients = split_corpus(CLIENTS, seed, partition, alpha).clients
+    overall = np.bincount(list(topics.values()), minlength=CLIENTS) / len(topics)
+    distances = []
+    for client in clients:
+        mix = np.bincount([topics[e] for e in client.train + client.heldout], minlength=CLIENTS)
+        distances.append(0.5 * np.abs(mix / mix.sum() - overall).sum())
+    return float(np.mean(distances))
+
+
+@pytest.mark.parametrize("partition", ["iid", "dirichlet", "quantity"])
+def test_every_example_goes_to_exactly_one_client(partition):
+    dealt = Counter(e for c in split_corpus(CLIENTS, 0, partition).clients for e in c.train + c.heldout)
+    assert set(dealt) == set(topic_of()) and set(dealt.values()) == {1}
+    assert all(len(c.heldout) >= 1 and len(c.train) >= 3 for c in split_corpus(CLIENTS, 0, partition).clients)
+
+
+def test_dirichlet_alpha_moves_clients_from_single_topics_to_the_corpus_mix():
+    assert topic_skew("natural") > 0.8 and topic_skew("iid") < 0.15
+    for seed in (0, 1):  # not one lucky draw
+        skews = [topic_skew("dirichlet", alpha, seed) for alpha in (0.05, 0.5, 100.0)]
+        assert skews[0] > 0.6 and skews[2] < 0.1
+        assert skews == sorted(skews, reverse=True)
+
+
+def test_quantity_skew_varies_sizes_but_not_contents():
+    sizes = [len(c.train) + len(c.heldout) for c in split_corpus(CLIENTS, 0, "quantity", 0.5).clients]
+    iid_sizes = [len(c.train) + len(c.heldout) for c in split_corpus(CLIENTS, 0, "iid").clients]
+    assert np.std(sizes) / np.mean(sizes) > 0.4 and np.std(iid_sizes) / np.mean(iid_sizes) < 0.05
+    assert topic_skew("quantity", 0.5) < 0.35  # contents stay mixed (small clients vary more)
+
+
+def test_stream_reveals_each_clients_data_in_disjoint_stages_over_the_rounds():
+    assert [stream_stage(r, num_rounds=6, stages=3) for r in range(1, 7)] == [0, 0, 1, 1, 2, 2]
+    assert [stream_stage(r, num_rounds=2, stages=3) for r in (1, 2)] == [0, 1]
+    train = split_corpus(CLIENTS, 0, "stream").clients[0].train
+    parts = [stage_examples(train, s, 3) for s in range(3)]
+    assert sum(parts, ()) == train and all(parts) and not set(parts[0]) & set(parts[1])
+
+
+def test_a_bad_alpha_is_refused_with_its_name():
+    with pytest.raises(ValueError, match="partition-alpha"):
+        split_corpus(CLIENTS, 0, "dirichlet", 0.0)
