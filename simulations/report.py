@@ -84,7 +84,8 @@ def write_report(folder: Path) -> Path:
     _plot_curve(axis, run.curve("eval_personal_heldout_loss"), "personal model, held-out")
     _plot_curve(axis, run.curve("eval_base_domain_loss", "initial_base_domain_loss"), "base-domain (forgetting probe)")
     axis.set(xlabel="round", ylabel="loss", title=f"{run.name}: loss per round")
-    axis.legend()
+    if axis.lines:  # a run without evaluation has no curves
+        axis.legend()
     _save(figure, folder / "loss.png")
 
     gains = run.client_gains()
@@ -116,7 +117,8 @@ def compare_runs(folders: list[Path], out: Path) -> Path:
     for run in runs:
         _plot_curve(axis, run.curve("eval_personal_heldout_loss") or run.curve(), run.name)
     axis.set(xlabel="round", ylabel="mean held-out loss of the model each client uses", title="runs compared")
-    axis.legend(fontsize="small")
+    if axis.lines:
+        axis.legend(fontsize="small")
     _save(figure, out / "compare.png")
     rows = [run.summary_row() for run in runs]
     table = markdown_table(rows)
