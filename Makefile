@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamen-installed
 export FLWR_TELEMETRY_ENABLED := 0
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,14 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# CPU benchmarks (about 20 min on 2 cores); refreshes the tables in benchmarks/README.md.
+bench: install
+	cd benchmarks && ../$(BIN)/python client_round.py --device cpu
+	cd benchmarks && ../$(BIN)/python communication.py
+	cd benchmarks && ../$(BIN)/python server_aggregation.py
+	cd benchmarks && ../$(BIN)/python simulation_scale.py
+	cd benchmarks && ../$(BIN)/python readme_tables.py
 
 clean:
 	rm -rf $(VENV) runs

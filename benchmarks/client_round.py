@@ -2,7 +2,10 @@
 
 Each mode runs in its own subprocess so peak RSS (CPU) and peak CUDA memory are the
 mode's own. Modes: LoRA on an nf4 / int8 / unquantised base (Stamen's training loop),
-and a full fine-tune of the unquantised base (what adapters avoid).
+a full fine-tune of the unquantised base (what adapters avoid), and ``peft-*``: the same
+LoRA steps (batch size, sequence length, AdamW, learning rate) through a plain
+transformers + peft loop, the way a peer would write it, so Stamen's loop can be checked
+for overhead.
 
     python benchmarks/client_round.py --base smollm2-135m --device cpu
 """
@@ -10,21 +13,63 @@ and a full fine-tune of the unquantised base (what adapters avoid).
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import platform
-import resource
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
-MODES = ("lora-nf4", "lora-int8", "lora-none", "full-none")
+from report import print_table, write_results
+
+MODES = ("lora-nf4", "peft-nf4", "lora-int8", "lora-none", "peft-none", "full-none")
 
 
-def run_mode(mode: str, base: str, device: str, steps: int, batch: int, seq: int) -> dict:
-    """Measure one mode in this process (called in a fresh subprocess)."""
+def plain_peft_loop(model, tokenizer, examples, steps: int, batch: int, seq: int, learning_rate: float) -> int:
+    """A textbook transformers + peft training loop: chat-formatted texts, padded batches,
+    labels = input ids (padding ignored), AdamW. Returns the tokens it trained on."""
     import torch
+
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": e.prompt or ""},
+                                            {"role": "assistant", "content": e.response}], tokenize=False)
+             for e in examples]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+    device, tokens = next(model.parameters()).device, 0
+    model.train()
+    for step in range(steps):
+        chunk = [texts[(step * batch + i) % len(texts)] for i in range(batch)]
+        inputs = tokenizer(chunk, padding=True, truncation=True, max_length=seq, return_tensors="pt").to(device)
+        labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+        model(**inputs, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += int(inputs["attention_mask"].sum())
+    return tokens
+
+
+def reset_peak_rss() -> None:
+    """Hand freed heap back to the OS, then reset the kernel's high-water mark of this
+    process's RSS (Linux: clear_refs 5), so loading's transient copies do not count."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def rss_kb(field: str) -> int:
+    """``VmRSS`` (now) or ``VmHWM`` (the peak since :func:`reset_peak_rss`) of this process, in kB."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:")))
+
+
+def run_mode(mode: str, base: str, device: str, steps: int, batch: int, seq: int, repeats: int) -> dict:
+    """Measure one mode in this process (called in a fresh subprocess): the median speed of
+    ``repeats`` rounds after a warm-up round, and the peak memory over them."""
+    import torch
+    from peft import LoraConfig, get_peft_model
 
     from stamen.client.training import train_adapter
     from stamen.shared.adapters import attach_adapter
@@ -33,34 +78,48 @@ def run_mode(mode: str, base: str, device: str, steps: int, batch: int, seq: int
     from stamen.simulations.corpus import natural_split
 
     kind, quantisation = mode.split("-")
+    imports_kb = rss_kb("VmRSS")  # torch, transformers, peft, bitsandbytes: the same in every mode
     loaded = load_base(base, quantisation, device)
+    spec = AdapterSpec()
     if kind == "lora":
-        model = attach_adapter(loaded.model, AdapterSpec(), seed=0)
+        model = attach_adapter(loaded.model, spec, seed=0)
+    elif kind == "peft":
+        model = get_peft_model(loaded.model, LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                                                        target_modules=list(spec.targets), task_type="CAUSAL_LM"))
     else:
         model = loaded.model
         for parameter in model.parameters():
             parameter.requires_grad_(True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     examples = list(natural_split(4).clients[0].train)
-    spec = TrainingSpec(local_steps=1, batch_size=batch, max_seq_len=seq)
-    train_adapter(model, loaded.tokenizer, examples, spec, seed=0)  # warm-up
+    training = TrainingSpec(local_steps=steps, batch_size=batch, max_seq_len=seq)
+
+    def one_round(n_steps: int, seed: int) -> int:
+        if kind == "peft":
+            return plain_peft_loop(model, loaded.tokenizer, examples, n_steps, batch, seq, training.learning_rate)
+        return train_adapter(model, loaded.tokenizer, examples, replace(training, local_steps=n_steps), seed).tokens
+
+    one_round(steps, seed=0)  # warm-up: bitsandbytes' CUDA kernels take several steps to settle
+    reset_peak_rss()  # what loading took is not the round's
     if loaded.device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    result = train_adapter(model, loaded.tokenizer, examples, TrainingSpec(local_steps=steps, batch_size=batch, max_seq_len=seq), seed=1)
-    if loaded.device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
+    speeds = []
+    for repeat in range(repeats):
+        started = time.perf_counter()
+        tokens = one_round(steps, seed=1 + repeat)
+        if loaded.device.type == "cuda":
+            torch.cuda.synchronize()
+        speeds.append(tokens / (time.perf_counter() - started))
     row = {
         "mode": mode,
         "device": torch.cuda.get_device_name(loaded.device) if loaded.device.type == "cuda" else platform.processor() or "cpu",
         "trainable_params": trainable,
         "steps": steps,
-        "tokens": result.tokens,
-        "seconds": round(seconds, 3),
-        "tokens_per_s": round(result.tokens / seconds, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "tokens": tokens,
+        "tokens_per_s": round(statistics.median(speeds), 1),
+        "peak_rss_mb": round(rss_kb("VmHWM") / 1024, 1),
+        "above_imports_mb": round((rss_kb("VmHWM") - imports_kb) / 1024, 1),
     }
     if loaded.device.type == "cuda":
         row["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(loaded.device) / 2**20, 1)
@@ -75,31 +134,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--one-mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_mode:
-        print(json.dumps(run_mode(args.one_mode, args.base, args.device, args.steps, args.batch, args.seq)))
+        print(json.dumps(run_mode(args.one_mode, args.base, args.device, args.steps, args.batch, args.seq, args.repeats)))
         return
     rows = []
     for mode in args.modes.split(","):
         command = [sys.executable, __file__, "--one-mode", mode, "--base", args.base, "--device", args.device,
-                   "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq)]
+                   "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq),
+                   "--repeats", str(args.repeats)]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(output.strip().splitlines()[-1]))
         print(f"measured {mode}", file=sys.stderr)
-    full = next((r for r in rows if r["mode"] == "full-none"), None)
     memory_key = "peak_cuda_mb" if "peak_cuda_mb" in rows[0] else "peak_rss_mb"
-    header = f"{'mode':<10} {'trainable':>12} {'tokens/s':>10} {memory_key:>14} {'vs full FT':>10}"
-    print(header)
+    full = next((r for r in rows if r["mode"] == "full-none"), None)
     for row in rows:
-        ratio = f"{row[memory_key] / full[memory_key]:.0%}" if full else "n/a"
-        print(f"{row['mode']:<10} {row['trainable_params']:>12,} {row['tokens_per_s']:>10} {row[memory_key]:>14} {ratio:>10}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"client_round-{args.device.split(':')[0]}.json"
-    out.write_text(json.dumps({"machine": platform.node(), "date": time.strftime("%Y-%m-%d"), "base": args.base,
-                               "rows": rows}, indent=2))
-    print(f"wrote {out}")
-
+        row["vs_full_ft"] = round(row[memory_key] / full[memory_key], 3) if full else None
+        row["above_imports_vs_full_ft"] = (round(row["above_imports_mb"] / full["above_imports_mb"], 3)
+                                           if full else None)
+    print_table([{k: v for k, v in row.items() if k != "device"} for row in rows])
+    write_results(f"client_round-{args.device.split(':')[0]}", rows, base=args.base, device_name=rows[0]["device"],
+                  steps=args.steps, batch=args.batch, seq=args.seq, repeats=args.repeats)
 
 if __name__ == "__main__":
     main()

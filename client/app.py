@@ -50,9 +50,11 @@ from stamen.shared.wire import AdapterSchema, decode_adapter, encode_adapter
 
 from .attacks import attack_for, make_attack
 from .drift_correction import ScaffoldClient, proximal_term
+from .error_feedback import with_error_feedback
 from .evaluation import EvalResult, evaluate_loss
 from .local_data import LocalData, local_data
 from .personalisation import load_personal, train_ditto
+from .replay import round_replay
 from .resource_guard import ResourceGuards, record_pace
 from .runtime import ClientRuntime, client_runtime
 from .secure_aggregation import SecAggClient, secure_input
@@ -146,35 +148,41 @@ def train(msg: Message, context: Context) -> Message:
     setup = _prepare(msg, context, training_round=True)
     instruction, runtime, global_adapter, data = setup.instruction, setup.runtime, setup.global_adapter, setup.data
     config, training = instruction.config, instruction.config.training
-    state_dir = _store(context, config, data.name).folder
+    store = _store(context, config, data.name)
+    state_dir = store.folder
     ResourceGuards.from_node_config(context.node_config).check(training, state_dir)
     baseline = _initial_losses(runtime, data, training) if instruction.server_round == 1 else {}
     corrections = [proximal_term(config.proximal_mu, global_adapter)] if config.proximal_mu > 0 else []
     scaffold = None
     if CONTROL in msg.content.array_records:
         server_control = decode_adapter(msg.content[CONTROL], runtime.schema)
-        scaffold = ScaffoldClient(_store(context, config, data.name), instruction.server_round, server_control)
+        scaffold = ScaffoldClient(store, instruction.server_round, server_control)
         corrections.append(scaffold.correction())
     seed = zlib.crc32(f"{config.seed}/{data.name}/{instruction.server_round}".encode())
     attack, attack_rng = attack_for(context, config), np.random.default_rng(seed)
     examples = attack.poison_data(data.train, attack_rng) if attack else data.train
-    result = train_adapter(runtime.model, runtime.base.tokenizer, list(examples), training, seed, tuple(corrections))
+    replay = round_replay(config.replay, store, instruction.server_round, data.name)
+    replayed = replay.examples
+    result = train_adapter(runtime.model, runtime.base.tokenizer, list(examples), training, seed, tuple(corrections),
+                           replayed, config.replay.ratio)
+    replay.remember(store, instruction.server_round, list(data.train))
     record_pace(state_dir, result.seconds, result.steps)
     trained = {k: v.numpy() for k, v in adapter_state(runtime.model).items()}
     delta = {name: trained[name] - global_adapter[name] for name in global_adapter}
     personal = {name: value for name, value in trained.items() if name not in global_adapter}
     if personal:
-        _store(context, config, data.name).save(PERSONAL, instruction.server_round, personal)
+        store.save(PERSONAL, instruction.server_round, personal)
     extra_uploads = {}
     if scaffold:
         extra_uploads[CONTROL_DELTA] = scaffold.finish(global_adapter, trained, training.local_steps, training.learning_rate)
     personal_seconds = 0.0
     if config.personalisation == "ditto":
-        store = _store(context, config, data.name)
         personal_seconds = train_ditto(runtime.model, runtime.base.tokenizer, store, instruction.server_round,
                                        global_adapter, list(data.train), config, seed + 1).seconds
     if attack:
         delta = attack.poison_update(delta, attack_rng)
+    if not config.privacy.secure_aggregation:  # a masked sum is exact: nothing to feed back
+        delta = with_error_feedback(delta, config.wire_dtype, store, instruction.server_round)
     metrics = {
         NUM_EXAMPLES: 1 if config.privacy.secure_aggregation else len(data.train),  # under secure aggregation the weight is masked too
         **({"malicious": 1} if attack else {}),  # simulation bookkeeping, to count admitted attacks
@@ -184,6 +192,7 @@ def train(msg: Message, context: Context) -> Message:
         "train-tokens": result.tokens,
         "train-seconds": result.seconds,
         **({"personal-train-seconds": personal_seconds} if personal_seconds else {}),
+        **({"replay-seconds": replay.seconds, "replay-examples": len(replayed)} if config.replay.enabled() else {}),
         **baseline,
     }
     reply = update_reply(context, instruction, metrics, runtime.base.fingerprint, data.name,

@@ -73,3 +73,11 @@ def client_runtime(config: RunConfig, rank: int | None = None, device: str | Non
     runtime = ClientRuntime(base, model, schema, initial, corrections)
     _current = (key, runtime)
     return runtime
+
+
+def release_runtime() -> None:
+    """Drop the process's loaded base, so the next client loads it afresh (what a stateless
+    client function does; the simulation-scale benchmark measures that cost)."""
+    global _current
+    _current = None
+    gc.collect()

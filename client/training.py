@@ -36,10 +36,13 @@ def train_adapter(
     spec: TrainingSpec,
     seed: int,
     corrections: tuple[Callable[[dict], None], ...] = (),
+    replay: list[Example] = (),
+    replay_ratio: float = 0.0,
 ) -> TrainResult:
     """Run ``spec.local_steps`` optimiser steps on the adapter of ``model``.
 
     ``corrections`` adjust the adapter gradients before each step (FedProx, SCAFFOLD).
+    ``replay`` examples take ``replay_ratio`` of every batch's slots (forgetting protection).
     """
     from transformers import get_scheduler
 
@@ -48,6 +51,8 @@ def train_adapter(
     started = time.perf_counter()
     device = next(model.parameters()).device
     encoded = [encode_example(tokenizer, e, spec.max_seq_len) for e in examples]
+    replayed = [encode_example(tokenizer, e, spec.max_seq_len) for e in replay]
+    replay_slots = min(round(replay_ratio * spec.batch_size), spec.batch_size - 1) if replayed else 0
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(encoded), generator=generator).tolist()
     named = adapter_parameters(model)
@@ -62,8 +67,9 @@ def train_adapter(
         for _ in range(spec.local_steps):
             step_loss = 0.0
             for _ in range(spec.grad_accum):
-                picked = []
-                for _ in range(spec.batch_size):
+                picked = ([replayed[i] for i in torch.randint(len(replayed), (replay_slots,), generator=generator)]
+                          if replay_slots else [])
+                for _ in range(spec.batch_size - replay_slots):
                     if cursor == len(order):
                         order, cursor = torch.randperm(len(encoded), generator=generator).tolist(), 0
                     picked.append(encoded[order[cursor]])

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 QUANTISATION_MODES = ("auto", "nf4", "int8", "none")
-WIRE_DTYPES = ("float16", "float32")
+WIRE_DTYPES = ("float16", "float32", "int8")  # int8: 8-bit blockwise, sent up with error feedback
 LR_SCHEDULES = ("constant", "linear", "cosine")
 LORA_AGGREGATIONS = ("naive", "ffa", "fedsa", "exact")
 DP_MODES = ("none", "central", "distributed")
 PERSONALISATIONS = ("global", "ditto", "finetune")
 PARTITIONS = ("natural", "iid", "dirichlet", "quantity", "stream")
+REPLAY_SOURCES = ("buffer",)
 
 
 class ConfigError(ValueError):
@@ -79,6 +80,26 @@ class TrainingSpec:
 
 
 @dataclass(frozen=True)
+class ReplaySpec:
+    """Forgetting protection on the device (see client/replay_buffer.py): which sources, how much."""
+
+    sources: str = _key("replay", "none")  # "none" or a comma list of REPLAY_SOURCES
+    ratio: float = _key("replay-ratio", 0.25)  # share of every batch taken from replay examples
+    buffer_size: int = _key("replay-buffer-size", 256)  # examples the reservoir keeps
+    buffer_bytes: int = _key("replay-buffer-bytes", 262144)  # and at most this much text
+
+    def __post_init__(self) -> None:
+        for source in self.enabled():
+            _require(source in REPLAY_SOURCES, "replay", self.sources, f"lists sources from {REPLAY_SOURCES} (or none)")
+        _require(0.0 <= self.ratio < 1.0, "replay-ratio", self.ratio, "must be in [0, 1)")
+        _require(self.buffer_size >= 1, "replay-buffer-size", self.buffer_size, "must be >= 1")
+        _require(self.buffer_bytes >= 1, "replay-buffer-bytes", self.buffer_bytes, "must be >= 1")
+
+    def enabled(self) -> tuple[str, ...]:
+        return tuple(part.strip() for part in self.sources.split(",") if part.strip() not in ("", "none"))
+
+
+@dataclass(frozen=True)
 class PrivacySpec:
     """Secure aggregation and differential privacy (see docs/privacy.md)."""
 
@@ -121,6 +142,7 @@ class RunConfig:
     adapter: AdapterSpec = field(default_factory=AdapterSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
     privacy: PrivacySpec = field(default_factory=PrivacySpec)
+    replay: ReplaySpec = field(default_factory=ReplaySpec)
     wire_dtype: str = _key("wire-dtype", "float16")
     aggregation: str = _key("aggregation", "fedavg")
     aggregation_options: str = _key("aggregation-options", "")

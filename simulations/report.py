@@ -132,7 +132,7 @@ def compare_runs(folders: list[Path], out: Path) -> Path:
 def markdown_table(rows: list[dict]) -> str:
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(format_cell(row[c]) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(format_cell(row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -156,8 +156,11 @@ def _report_markdown(run: RunRecord, gains: dict[str, float]) -> str:
 
 
 def _plot_curve(axis, curve: list[tuple[int, float]], label: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     if curve:
         axis.plot([r for r, _ in curve], [v for _, v in curve], marker="o", label=label)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def pyplot():
@@ -180,11 +183,11 @@ def _save(figure, path: Path) -> None:
 
 
 def format_cell(value: object) -> str:
-    """A table cell: blank for missing, 4 decimals for floats, thousands separators for counts."""
+    """A table cell: blank for missing, 4 decimals for floats, thousands separators for numbers."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:,.4f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)

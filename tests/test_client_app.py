@@ -144,3 +144,38 @@ def test_a_device_declines_a_round_beyond_its_limits_before_training(tmp_path):
     with pytest.raises(RoundDeclined, match="declined: the round asks 2 local steps, this device allows 1"):
         client_app(_message(MessageType.TRAIN, TINY, fingerprint, initial), context)
     assert not (tmp_path / "state").exists() or not any((tmp_path / "state").rglob("*.safetensors"))
+
+
+def test_int8_wire_uploads_codes_and_block_scales_and_keeps_the_residual_on_the_device(tmp_path):
+    config = TINY.replace(**{"wire-dtype": "int8"})
+    fingerprint, initial, _ = _server_view(config)
+    schema = AdapterSchema.from_state(initial, "int8")
+    instruction = round_config(config, fingerprint)
+    instruction[SERVER_ROUND] = 1
+    message = Message(RecordDict({ARRAYS: encode_adapter(initial, "int8"), CONFIG: instruction}), dst_node_id=7,
+                      message_type=MessageType.TRAIN)
+    reply = client_app(message, _context(tmp_path))
+    assert not reply.has_error(), reply.error
+    record = reply.content[ARRAYS]
+    assert sum(record[k].numpy().nbytes for k in record) == schema.nbytes < AdapterSchema.from_state(initial, "float16").nbytes
+    delta = decode_adapter(record, schema)
+    residual_files = list(tmp_path.rglob("wire-residual-r000001.safetensors"))
+    assert len(residual_files) == 1 and any(np.abs(d).max() > 0 for d in delta.values())
+
+
+def test_replay_buffer_stays_on_the_device_and_feeds_the_next_round(tmp_path):
+    config = TINY.replace(**{"replay": "buffer", "replay-ratio": 0.5})
+    fingerprint, initial, _ = _server_view(config)
+    context = _context(tmp_path)
+    first = client_app(_message(MessageType.TRAIN, config, fingerprint, initial, server_round=1), context)
+    second = client_app(_message(MessageType.TRAIN, config, fingerprint, initial, server_round=2), context)
+    assert first.content[METRICS]["replay-examples"] == 0  # nothing earlier to replay yet
+    assert second.content[METRICS]["replay-examples"] > 0
+    saved = ClientStateStore(next(tmp_path.rglob("replay-buffer-r000002.json")).parent).load_document("replay-buffer", 3)
+    texts = [item["response"] for item in saved["items"]] + [item["prompt"] for item in saved["items"]]
+    for reply in (first, second):
+        sent = b"".join(
+            [a.data for record in reply.content.array_records.values() for a in record.values()]
+            + [repr(dict(r)).encode() for r in (*reply.content.metric_records.values(), *reply.content.config_records.values())]
+        )
+        assert not any(text.encode() in sent for text in texts if len(text) > 8)

@@ -46,3 +46,23 @@ def test_two_round_federation_of_three_clients_lowers_heldout_loss(tmp_path):
     table = json.loads((tmp_path / "compare" / "compare.json").read_text())
     assert table[0]["run"] == run_dir.name and table[0]["heldout_end"] == rounds[-1]["eval_heldout_loss"]
     assert table[0]["mean_client_gain"] > 0 and (tmp_path / "compare" / "compare.png").is_file()
+
+
+def test_int8_updates_with_error_feedback_are_accepted_and_leave_their_residuals_on_the_device(tmp_path):
+    args = ["simulate", "--clients", "2", "--rounds", "2"]
+    for override in ("base-model=tiny", "quantisation=none", "learning-rate=0.005", "fraction-evaluate=0",
+                     "wire-dtype=int8", "lora-targets=q_proj,v_proj,o_proj,down_proj", f"run-dir={tmp_path}"):
+        args += ["--set", override]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = tmp_path.iterdir()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    meta = json.loads((run_dir / "config.json").read_text())
+    uploads = [r for r in rows if r["kind"] == "client" and r["phase"] == "train"]
+    assert len(uploads) == 4 and all(r["accepted"] for r in uploads)
+    assert meta["adapter_values"] < meta["adapter_wire_bytes"] < 1.1 * meta["adapter_values"]  # 1 byte + block scales
+    n_arrays = 2 * 2 * 4 * 2  # layers x (A, B) x targets x (codes, scales)
+    for r in uploads:  # what was sent: the int8 payload plus an npy header and key per array
+        assert 0 < r["bytes_up"] - meta["adapter_wire_bytes"] <= n_arrays * 256
+    residuals = list((run_dir / "clients").rglob("wire-residual-r*.safetensors"))
+    assert len(residuals) == 4  # each client keeps the last two rounds' residuals on the device

@@ -2,45 +2,25 @@
 
 from __future__ import annotations
 
-import threading
-
 from pathlib import Path
-
-import psutil
 
 from stamen.shared.config import RunConfig
 from stamen.shared.tiny_model import build_tiny_base
 from stamen.simulations.engine import simulate
+from stamen.simulations.process_memory import PeakTreeMemory
 
 BASE_MB = 36  # a small base whose copies would show: ~9.6M float32 parameters
 
 
 def _peak_rss_of_run(tmp_path, base: Path, clients: int) -> int:
     """Peak resident memory of this process and every process it starts (Ray, its workers) during a run."""
-    me, peak, done = psutil.Process(), [0], threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.2):
-            total = 0
-            for process in [me, *me.children(recursive=True)]:
-                try:
-                    total += process.memory_info().rss
-                except psutil.Error:
-                    pass  # a worker ended between listing and reading
-            peak[0] = max(peak[0], total)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     config = RunConfig().replace(**{
         "base-model": str(base), "quantisation": "none", "num-server-rounds": 1, "local-steps": 1,
         "fraction-evaluate": 0.0, "run-dir": str(tmp_path), "run-id": f"clients-{clients}",
     })
-    try:
+    with PeakTreeMemory() as peak:
         simulate(config, clients)
-    finally:
-        done.set()
-        sampler.join()
-    return peak[0]
+    return peak.bytes
 
 
 def test_a_hundred_virtual_clients_take_no_more_memory_than_ten(tmp_path):

@@ -84,3 +84,29 @@ def test_garbage_payload_and_wrong_record_type_are_refused():
         decode_adapter(record, AdapterSchema.from_state(state, "float16"))
     with pytest.raises(AdapterValidationError, match="ArrayRecord"):
         decode_adapter(ConfigRecord({"x": 1}), AdapterSchema.from_state(state, "float16"))
+
+
+def test_int8_wire_is_one_byte_per_value_plus_a_scale_per_block_and_decodes_close():
+    rng = np.random.default_rng(2)
+    state = {"a.lora_A": rng.normal(size=(8, 300)).astype(np.float32) * 1e-3, "b": rng.normal(size=(5,)).astype(np.float32)}
+    schema = AdapterSchema.from_state(state, "int8")
+    record = encode_adapter(state, "int8")
+    assert set(record) == {"a.lora_A", "a.lora_A#absmax", "b", "b#absmax"}
+    payload = sum(record[k].numpy().nbytes for k in record)
+    assert payload == schema.nbytes == 2400 + 5 + 4 * (10 + 1)  # 2400 values -> 10 blocks of 256
+    decoded = decode_adapter(record, schema)
+    for name, value in state.items():
+        assert np.abs(decoded[name] - value).max() <= 0.02 * np.abs(value).max()
+        assert not np.array_equal(decoded[name], value)  # lossy, unlike fp32
+
+
+def test_int8_wire_refuses_bad_block_scales():
+    state = _state()
+    schema = AdapterSchema.from_state(state, "int8")
+    record = encode_adapter(state, "int8")
+    record["a.lora_B#absmax"] = Array(np.array([np.nan], np.float32))
+    with pytest.raises(AdapterValidationError, match="a.lora_B#absmax has 1 NaN/Inf"):
+        decode_adapter(record, schema)
+    record.pop("a.lora_B#absmax")
+    with pytest.raises(AdapterValidationError, match="1 missing"):
+        decode_adapter(record, schema)

@@ -1,0 +1,41 @@
+"""Refresh the tables in benchmarks/README.md from results/*.json.
+
+A table lives between ``<!-- results:NAME -->`` and ``<!-- /results -->``; it is rebuilt
+from ``results/NAME.json`` (its rows, one column per key, and the machine and date it
+was measured on), so the README always shows the latest run of every benchmark.
+
+    python benchmarks/readme_tables.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from stamen.simulations.report import markdown_table
+
+HERE = Path(__file__).parent
+README = HERE / "README.md"
+MARKED = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n).*?(<!-- /results -->)", re.S)
+HIDDEN = {"device"}  # the same in every row: shown in the table's caption
+
+
+def render(name: str) -> str:
+    data = json.loads((HERE / "results" / f"{name}.json").read_text())
+    rows = data["rows"]
+    columns = [c for c in rows[0] if c not in HIDDEN]
+    device = rows[0].get("device") or data.get("processor", "")
+    caption = f"_{data['date']}, {data['machine']} ({device}); `results/{name}.json`_"
+    return f"{caption}\n\n" + markdown_table([{c: row.get(c) for c in columns} for row in rows])
+
+
+def main() -> None:
+    text = README.read_text()
+    refreshed = MARKED.sub(lambda m: m.group(1) + render(m.group("name")) + m.group(3), text)
+    README.write_text(refreshed)
+    print(f"refreshed {len(MARKED.findall(text))} tables in {README}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""A reservoir-sampled buffer of the device's own earlier examples, kept across rounds and sessions.
+
+Vitter's Algorithm R keeps a uniform sample of everything the device has trained on, in
+bounded space: the n-th example enters with probability capacity/n and replaces a random
+slot. A byte bound shrinks the capacity (evicting uniformly at random, which keeps the
+sample uniform). The buffer, its count of examples seen and its random state live in the
+client's state store, so a restarted device continues the same sample; none of it is sent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .data import Example
+from .state_store import ClientStateStore
+
+REPLAY_BUFFER = "replay-buffer"
+
+
+def example_bytes(example: Example) -> int:
+    """What an example costs in the stored buffer (its UTF-8 text)."""
+    return len(example.response.encode()) + len((example.prompt or "").encode())
+
+
+@dataclass
+class ReservoirBuffer:
+    """A uniform sample of at most ``capacity`` examples and ``max_bytes`` bytes of text."""
+
+    capacity: int
+    max_bytes: int
+    seed: int = 0
+    items: list[Example] = field(default_factory=list)
+    seen: int = 0
+    _rng: np.random.Generator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.capacity < 1 or self.max_bytes < 1:
+            raise ValueError(f"a replay buffer needs capacity >= 1 and max_bytes >= 1, got {self.capacity}, {self.max_bytes}")
+        self._rng = np.random.default_rng(self.seed)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(example_bytes(e) for e in self.items)
+
+    def add(self, examples: Iterable[Example]) -> None:
+        for example in examples:
+            self.seen += 1
+            if len(self.items) < self.capacity:
+                self.items.append(example)
+            else:
+                slot = int(self._rng.integers(self.seen))
+                if slot < self.capacity:
+                    self.items[slot] = example
+            self._respect_byte_bound()
+
+    def sample(self, count: int, rng: np.random.Generator) -> list[Example]:
+        """``count`` examples drawn with replacement (empty if the buffer is)."""
+        if not self.items:
+            return []
+        return [self.items[i] for i in rng.integers(len(self.items), size=count)]
+
+    def _respect_byte_bound(self) -> None:
+        total = self.nbytes
+        while total > self.max_bytes and self.items:
+            evicted = self.items.pop(int(self._rng.integers(len(self.items))))
+            total -= example_bytes(evicted)
+            self.capacity = max(1, len(self.items))
+
+    def save(self, store: ClientStateStore, server_round: int) -> None:
+        store.save_document(REPLAY_BUFFER, server_round, {
+            "capacity": self.capacity, "max_bytes": self.max_bytes, "seen": self.seen,
+            "rng": json.loads(json.dumps(self._rng.bit_generator.state)),
+            "items": [{"response": e.response, "prompt": e.prompt} for e in self.items],
+        })
+
+    @classmethod
+    def load(cls, store: ClientStateStore, before_round: int, capacity: int, max_bytes: int, seed: int) -> ReservoirBuffer:
+        """The buffer as saved before ``before_round``, or a new one. A smaller configured bound applies at once."""
+        document = store.load_document(REPLAY_BUFFER, before_round)
+        if document is None:
+            return cls(capacity, max_bytes, seed)
+        buffer = cls(min(capacity, document["capacity"]), max_bytes, seed,
+                     [Example(**item) for item in document["items"]], document["seen"])
+        buffer._rng.bit_generator.state = document["rng"]
+        if len(buffer.items) > buffer.capacity:  # keep a uniform subset
+            keep = sorted(buffer._rng.choice(len(buffer.items), size=buffer.capacity, replace=False))
+            buffer.items = [buffer.items[i] for i in keep]
+        buffer._respect_byte_bound()
+        return buffer
