@@ -29,14 +29,19 @@ from report import print_table, write_results
 MODES = ("lora-nf4", "peft-nf4", "lora-int8", "lora-none", "peft-none", "full-none")
 
 
-def plain_peft_loop(model, tokenizer, examples, steps: int, batch: int, seq: int, learning_rate: float) -> int:
+def plain_peft_loop(model, tokenizer, examples, steps: int, batch: int, seq: int, learning_rate: float,
+                    seed: int) -> int:
     """A textbook transformers + peft training loop: chat-formatted texts, padded batches,
-    labels = input ids (padding ignored), AdamW. Returns the tokens it trained on."""
+    labels = input ids (padding ignored), AdamW. Returns the tokens it trained on.
+
+    Examples are drawn in the same seeded order as Stamen's loop draws them, so both pad
+    the same batches (the order decides how much padding a batch carries)."""
     import torch
 
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": e.prompt or ""},
-                                            {"role": "assistant", "content": e.response}], tokenize=False)
-             for e in examples]
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": examples[i].prompt or ""},
+                                            {"role": "assistant", "content": examples[i].response}], tokenize=False)
+             for i in order]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
     device, tokens = next(model.parameters()).device, 0
     model.train()
@@ -96,7 +101,7 @@ def run_mode(mode: str, base: str, device: str, steps: int, batch: int, seq: int
 
     def one_round(n_steps: int, seed: int) -> int:
         if kind == "peft":
-            return plain_peft_loop(model, loaded.tokenizer, examples, n_steps, batch, seq, training.learning_rate)
+            return plain_peft_loop(model, loaded.tokenizer, examples, n_steps, batch, seq, training.learning_rate, seed)
         return train_adapter(model, loaded.tokenizer, examples, replace(training, local_steps=n_steps), seed).tokens
 
     one_round(steps, seed=0)  # warm-up: bitsandbytes' CUDA kernels take several steps to settle

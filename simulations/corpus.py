@@ -77,20 +77,9 @@ def natural_split(
     languages' topics (``language/topic``); beyond those, the largest groups are halved.
     """
     topics = load_topics()
-    ranked = _ranked(_merge_small({k: v for k, v in topics.items() if k not in BASE_DOMAIN_TOPICS}, min_examples))
-    english_groups = len(ranked)
-    for language in sorted(p.name for p in corpus_folder().parent.iterdir() if p.is_dir() and p.name != "english"):
-        if len(ranked) >= num_clients:
-            break
-        groups = _merge_small(load_topics(language), min_examples)
-        ranked += [(f"{language}/{name}", examples) for name, examples in _ranked(groups) if len(examples) >= min_examples]
-    while len(ranked) < num_clients:
-        name, examples = max(ranked, key=lambda item: len(item[1]))
-        if len(examples) < 2 * min_examples:
-            raise ValueError(f"the embedded corpus supports at most {len(ranked)} clients of >= {min_examples} examples")
-        half = len(examples) // 2
-        ranked.remove((name, examples))
-        ranked += [(f"{name}#1", examples[:half]), (f"{name}#2", examples[half:])]
+    ranked, english_groups = _topic_groups(num_clients, min_examples)
+    if len(ranked) < num_clients:
+        raise ValueError(f"the embedded corpus supports at most {len(ranked)} clients of >= {min_examples} examples")
     rng = random.Random(seed)
     clients = []
     for name, examples in ranked[:num_clients]:
@@ -104,6 +93,33 @@ def natural_split(
     rest = [e for e in spare if e not in set(base_domain)]
     root = tuple(rng.sample(rest, min(ROOT_SIZE, len(rest))))
     return CorpusSplit(tuple(clients), base_domain, root)
+
+
+@lru_cache(maxsize=16)
+def _topic_groups(num_clients: int, min_examples: int) -> tuple[list[tuple[str, tuple[Example, ...]]], int]:
+    """Up to ``num_clients`` topic groups of >= ``min_examples`` examples (fewer if the corpus runs
+    out), and how many of them are English topics."""
+    topics = load_topics()
+    ranked = _ranked(_merge_small({k: v for k, v in topics.items() if k not in BASE_DOMAIN_TOPICS}, min_examples))
+    english_groups = len(ranked)
+    for language in sorted(p.name for p in corpus_folder().parent.iterdir() if p.is_dir() and p.name != "english"):
+        if len(ranked) >= num_clients:
+            break
+        groups = _merge_small(load_topics(language), min_examples)
+        ranked += [(f"{language}/{name}", examples) for name, examples in _ranked(groups) if len(examples) >= min_examples]
+    while len(ranked) < num_clients:
+        name, examples = max(ranked, key=lambda item: len(item[1]))
+        if len(examples) < 2 * min_examples:
+            break
+        half = len(examples) // 2
+        ranked.remove((name, examples))
+        ranked += [(f"{name}#1", examples[:half]), (f"{name}#2", examples[half:])]
+    return ranked, english_groups
+
+
+def natural_capacity(min_examples: int = 40) -> int:
+    """The most clients the natural split can give a topic group each."""
+    return len(_topic_groups(10**6, min_examples)[0])
 
 
 def _ranked(groups: dict[str, tuple[Example, ...]]) -> list[tuple[str, tuple[Example, ...]]]:

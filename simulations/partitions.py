@@ -24,7 +24,7 @@ import numpy as np
 from stamen.client.data import Example
 from stamen.shared.config import PARTITIONS
 
-from .corpus import ClientDataset, CorpusSplit, natural_split
+from .corpus import ClientDataset, CorpusSplit, natural_capacity, natural_split
 
 MIN_EXAMPLES = 4  # a client needs something to train on and something to hold out
 HELDOUT_FRACTION, MAX_HELDOUT = 0.2, 16
@@ -35,9 +35,10 @@ def split_corpus(num_clients: int, seed: int = 0, partition: str = "natural", al
     """The clients' data under ``partition`` (deterministic: every process computes the same split)."""
     if partition not in PARTITIONS:
         raise ValueError(f"partition {partition!r} must be one of {PARTITIONS}")
-    natural = natural_split(num_clients, seed)
     if partition in ("natural", "stream"):
-        return natural
+        return natural_split(num_clients, seed)
+    # the redistributing schemes deal the topics of up to as many clients as the natural split can have
+    natural = natural_split(min(num_clients, natural_capacity()), seed)
     if alpha <= 0:
         raise ValueError(f"partition-alpha must be > 0, not {alpha}")
     topics = [client.train + client.heldout for client in natural.clients]

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from stamen.simulations.corpus import natural_split
+from stamen.simulations.corpus import natural_capacity, natural_split
 from stamen.simulations.partitions import split_corpus, stage_examples, stream_stage
 
 CLIENTS = 10
@@ -61,3 +61,12 @@ def test_stream_reveals_each_clients_data_in_disjoint_stages_over_the_rounds():
 def test_a_bad_alpha_is_refused_with_its_name():
     with pytest.raises(ValueError, match="partition-alpha"):
         split_corpus(CLIENTS, 0, "dirichlet", 0.0)
+
+
+def test_redistributing_partitions_serve_more_clients_than_there_are_topics():
+    topics = natural_capacity()
+    split = split_corpus(topics + 21, seed=0, partition="iid")
+    assert len(split.clients) == topics + 21
+    assert all(len(client.train) >= 3 and client.heldout for client in split.clients)
+    with pytest.raises(ValueError, match=f"at most {topics} clients"):
+        split_corpus(topics + 21, seed=0, partition="natural")
