@@ -11,7 +11,8 @@ Ray workers, loads the base and measures every client's round-0 losses).
   as a client function that builds its model on each call does (Flower's simulation
   examples load the model inside ``client_fn`` / the train handler).
 
-    python benchmarks/simulation_scale.py [--tiny 10 50 200] [--embedded 10 20 50] [--per-call-embedded 10 20]
+    python benchmarks/simulation_scale.py [--tiny 10 50 200] [--embedded 10 20 50]
+                                          [--per-call-tiny 10 50] [--per-call-embedded 10]
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", type=int, nargs="*", default=[10, 50, 200])
     parser.add_argument("--embedded", type=int, nargs="*", default=[10, 20, 50])
-    parser.add_argument("--per-call-tiny", type=int, nargs="*", default=[10, 50, 200])
-    parser.add_argument("--per-call-embedded", type=int, nargs="*", default=[10, 20])
+    parser.add_argument("--per-call-tiny", type=int, nargs="*", default=[10, 50])
+    parser.add_argument("--per-call-embedded", type=int, nargs="*", default=[10])
     parser.add_argument("--one-cell", nargs=3, metavar=("BASE", "CLIENTS", "LOADER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_cell:

@@ -58,7 +58,7 @@ from .replay import round_replay
 from .resource_guard import ResourceGuards, record_pace
 from .runtime import ClientRuntime, client_runtime
 from .secure_aggregation import SecAggClient, secure_input
-from .state_store import PERSONAL, ClientStateStore, client_folder
+from .state_store import OPTIMIZER, PERSONAL, ClientStateStore, client_folder
 from .training import train_adapter
 
 
@@ -163,9 +163,12 @@ def train(msg: Message, context: Context) -> Message:
     examples = attack.poison_data(data.train, attack_rng) if attack else data.train
     replay = round_replay(config.replay, store, instruction.server_round, data.name)
     replayed = replay.examples
+    optimizer_state = store.load(OPTIMIZER, instruction.server_round) if config.keep_optimizer_state else None
     result = train_adapter(runtime.model, runtime.base.tokenizer, list(examples), training, seed, tuple(corrections),
-                           replayed, config.replay.ratio)
+                           replayed, config.replay.ratio, optimizer_state)
     replay.remember(store, instruction.server_round, list(data.train))
+    if config.keep_optimizer_state:
+        store.save(OPTIMIZER, instruction.server_round, result.optimizer_state)
     record_pace(state_dir, result.seconds, result.steps)
     trained = {k: v.numpy() for k, v in adapter_state(runtime.model).items()}
     delta = {name: trained[name] - global_adapter[name] for name in global_adapter}

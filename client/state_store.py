@@ -19,6 +19,7 @@ from stamen.shared.atomic import atomic_write_bytes, atomic_write_text
 
 KEEP_VERSIONS = 2
 PERSONAL = "personal"  # the adapter part a device keeps and never sends (e.g. fedsa's B)
+OPTIMIZER = "optimizer"  # the local optimiser's moments (keep-optimizer-state)
 
 
 class ClientStateStore:

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from stamen.shared.adapters import adapter_parameters
 from stamen.shared.config import TrainingSpec
 
 from .data import Example, collate, encode_example
+from .optimizer_state import export_state, import_state
 
 MAX_GRAD_NORM = 1.0
 
@@ -27,6 +29,7 @@ class TrainResult:
     examples_seen: int
     tokens: int
     seconds: float
+    optimizer_state: dict[str, np.ndarray] = field(default_factory=dict)  # AdamW's moments after the round
 
 
 def train_adapter(
@@ -38,11 +41,13 @@ def train_adapter(
     corrections: tuple[Callable[[dict], None], ...] = (),
     replay: list[Example] = (),
     replay_ratio: float = 0.0,
+    optimizer_state: dict[str, np.ndarray] | None = None,
 ) -> TrainResult:
     """Run ``spec.local_steps`` optimiser steps on the adapter of ``model``.
 
     ``corrections`` adjust the adapter gradients before each step (FedProx, SCAFFOLD).
     ``replay`` examples take ``replay_ratio`` of every batch's slots (forgetting protection).
+    ``optimizer_state`` (from an earlier result) continues AdamW's moments instead of starting afresh.
     """
     from transformers import get_scheduler
 
@@ -58,6 +63,8 @@ def train_adapter(
     named = adapter_parameters(model)
     params = list(named.values())
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
+    if optimizer_state:
+        import_state(optimizer, named, optimizer_state)
     scheduler = get_scheduler(spec.lr_schedule, optimizer, spec.warmup_steps, spec.local_steps)
 
     model.train()
@@ -88,4 +95,5 @@ def train_adapter(
             losses.append(step_loss)
     model.eval()
     seen = min(len(encoded), spec.local_steps * spec.grad_accum * spec.batch_size)
-    return TrainResult(sum(losses) / len(losses), spec.local_steps, seen, tokens, time.perf_counter() - started)
+    return TrainResult(sum(losses) / len(losses), spec.local_steps, seen, tokens, time.perf_counter() - started,
+                       export_state(optimizer, named))

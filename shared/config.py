@@ -151,6 +151,7 @@ class RunConfig:
     personalisation: str = _key("personalisation", "global")  # the personal model a client keeps and evaluates
     ditto_lambda: float = _key("ditto-lambda", 0.1)  # pull of Ditto's personal adapter toward the global one
     personal_steps: int = _key("personal-steps", 0)  # ditto / finetune local steps (0: local-steps)
+    keep_optimizer_state: bool = _key("keep-optimizer-state", False)  # AdamW's moments carried to the next round
     partition: str = _key("partition", "natural")  # how a simulation deals data to clients
     partition_alpha: float = _key("partition-alpha", 0.5)  # Dirichlet concentration (dirichlet, quantity)
     stream_stages: int = _key("stream-stages", 3)  # partition stream: stages a client's data arrives in

@@ -163,8 +163,8 @@ def test_int8_wire_uploads_codes_and_block_scales_and_keeps_the_residual_on_the_
     assert len(residual_files) == 1 and any(np.abs(d).max() > 0 for d in delta.values())
 
 
-def test_replay_buffer_stays_on_the_device_and_feeds_the_next_round(tmp_path):
-    config = TINY.replace(**{"replay": "buffer", "replay-ratio": 0.5})
+def test_replay_buffer_and_optimizer_state_stay_on_the_device_and_feed_the_next_round(tmp_path):
+    config = TINY.replace(**{"replay": "buffer", "replay-ratio": 0.5, "keep-optimizer-state": True})
     fingerprint, initial, _ = _server_view(config)
     context = _context(tmp_path)
     first = client_app(_message(MessageType.TRAIN, config, fingerprint, initial, server_round=1), context)
@@ -179,3 +179,7 @@ def test_replay_buffer_stays_on_the_device_and_feeds_the_next_round(tmp_path):
             + [repr(dict(r)).encode() for r in (*reply.content.metric_records.values(), *reply.content.config_records.values())]
         )
         assert not any(text.encode() in sent for text in texts if len(text) > 8)
+    moments = ClientStateStore(next(tmp_path.rglob("optimizer-r000002.safetensors")).parent).load("optimizer", 3)
+    assert {v.item() for k, v in moments.items() if k.endswith("/step")} == {4.0}  # 2 rounds x local-steps 2
+    sent_arrays = [a.numpy() for record in second.content.array_records.values() for a in record.values()]
+    assert not any(m.shape == a.shape and np.allclose(m, a) for m in moments.values() for a in sent_arrays)

@@ -70,3 +70,17 @@ def test_training_is_reproducible_under_a_seed():
 
     first, second = run(), run()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_kept_optimizer_state_continues_adamw_where_the_last_round_stopped():
+    base = load_base("tiny", quantisation="none", device="cpu")
+    model = attach_adapter(base.model, AdapterSpec(rank=4, targets=("q_proj", "v_proj")), 0)
+    spec = TrainingSpec(local_steps=3, batch_size=2, lr_schedule="constant")
+    first = train_adapter(model, base.tokenizer, EXAMPLES, spec, seed=0)
+    steps = {k: v.item() for k, v in first.optimizer_state.items() if k.endswith("/step")}
+    assert steps and set(steps.values()) == {3.0}
+    assert all(abs(v).max() > 0 for k, v in first.optimizer_state.items() if k.endswith("/exp_avg_sq"))
+    continued = train_adapter(model, base.tokenizer, EXAMPLES, spec, seed=1, optimizer_state=first.optimizer_state)
+    fresh = train_adapter(model, base.tokenizer, EXAMPLES, spec, seed=1)
+    assert {v.item() for k, v in continued.optimizer_state.items() if k.endswith("/step")} == {6.0}
+    assert {v.item() for k, v in fresh.optimizer_state.items() if k.endswith("/step")} == {3.0}
