@@ -27,7 +27,12 @@ def render(name: str) -> str:
     columns = [c for c in rows[0] if c not in HIDDEN]
     device = rows[0].get("device") or data.get("processor", "")
     caption = f"_{data['date']}, {data['machine']} ({device}); `results/{name}.json`_"
-    return f"{caption}\n\n" + markdown_table([{c: row.get(c) for c in columns} for row in rows])
+    return f"{caption}\n\n" + markdown_table([{c: _significant(row.get(c)) for c in columns} for row in rows])
+
+
+def _significant(value: object) -> object:
+    """Floats to 4 significant digits (timings and ratios); everything else as it is."""
+    return f"{value:,.4g}" if isinstance(value, float) else value
 
 
 def main() -> None:
