@@ -3,7 +3,7 @@
 Each cell is a real Stamen simulation (Ray, 2 rounds, one local step per client, no
 evaluation) started in its own process, so its peak memory (driver + Ray workers,
 sampled every 0.2 s) is its own. The round time is round 2's (round 1 also starts the
-Ray workers, loads the base and measures every client's round-0 losses).
+Ray workers and loads the base).
 
 - ``shared``: Stamen's ClientApp: each worker process loads the base once and its
   virtual clients re-use it.

@@ -19,6 +19,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from stamen.shared.adapters import adapter_state, load_adapter_state
+from stamen.shared.anchor_set import ANCHOR
 from stamen.shared.config import RunConfig
 from stamen.shared.fingerprint import check_same_base
 from stamen.shared.lora_ranks import pad_to_rank, padded_schema, truncate_to_rank
@@ -52,6 +53,8 @@ from .attacks import attack_for, make_attack
 from .drift_correction import ScaffoldClient, proximal_term
 from .error_feedback import with_error_feedback
 from .evaluation import EvalResult, evaluate_loss
+from .forgetting import forgetting_metrics
+from .local_data import MAX_HELDOUT as MAX_STAGE_EXAMPLES
 from .local_data import LocalData, local_data
 from .personalisation import load_personal, train_ditto
 from .replay import round_replay
@@ -151,7 +154,9 @@ def train(msg: Message, context: Context) -> Message:
     store = _store(context, config, data.name)
     state_dir = store.folder
     ResourceGuards.from_node_config(context.node_config).check(training, state_dir)
-    baseline = _initial_losses(runtime, data, training) if instruction.server_round == 1 else {}
+    # the round-0 baseline the evaluations are compared with; a run that never evaluates skips it
+    measure_baseline = instruction.server_round == 1 and config.fraction_evaluate > 0
+    baseline = _initial_losses(runtime, data, training) if measure_baseline else {}
     corrections = [proximal_term(config.proximal_mu, global_adapter)] if config.proximal_mu > 0 else []
     scaffold = None
     if CONTROL in msg.content.array_records:
@@ -161,11 +166,11 @@ def train(msg: Message, context: Context) -> Message:
     seed = zlib.crc32(f"{config.seed}/{data.name}/{instruction.server_round}".encode())
     attack, attack_rng = attack_for(context, config), np.random.default_rng(seed)
     examples = attack.poison_data(data.train, attack_rng) if attack else data.train
-    replay = round_replay(config.replay, store, instruction.server_round, data.name)
-    replayed = replay.examples
+    replay = round_replay(config, store, instruction.server_round, data.name, runtime.model, runtime.base.tokenizer,
+                          msg.content.config_records.get(ANCHOR))
     optimizer_state = store.load(OPTIMIZER, instruction.server_round) if config.keep_optimizer_state else None
-    result = train_adapter(runtime.model, runtime.base.tokenizer, list(examples), training, seed, tuple(corrections),
-                           replayed, config.replay.ratio, optimizer_state)
+    result = train_adapter(runtime.model, runtime.base.tokenizer, list(examples), training, seed,
+                           (*corrections, *replay.corrections), replay.examples, config.replay.ratio, optimizer_state)
     replay.remember(store, instruction.server_round, list(data.train))
     if config.keep_optimizer_state:
         store.save(OPTIMIZER, instruction.server_round, result.optimizer_state)
@@ -195,7 +200,7 @@ def train(msg: Message, context: Context) -> Message:
         "train-tokens": result.tokens,
         "train-seconds": result.seconds,
         **({"personal-train-seconds": personal_seconds} if personal_seconds else {}),
-        **({"replay-seconds": replay.seconds, "replay-examples": len(replayed)} if config.replay.enabled() else {}),
+        **({"replay-seconds": replay.seconds, "replay-examples": len(replay.examples)} if config.replay.enabled() else {}),
         **baseline,
     }
     reply = update_reply(context, instruction, metrics, runtime.base.fingerprint, data.name,
@@ -287,6 +292,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     store = _store(context, config, data.name)
     has_personal = load_personal(runtime.model, runtime.base.tokenizer, store, server_round, examples, config, seed)
     personal = _heldout(runtime, data.heldout, training) if has_personal else heldout
+    personal_general = _heldout(runtime, _general(runtime, data), training) if has_personal else general
+    stage, stage_losses = _stage_losses(runtime, context, config, server_round) if config.partition == "stream" else (None, None)
+    forgetting = forgetting_metrics(store, server_round, personal_general.loss,
+                                    lambda: _base_alone(runtime, _general(runtime, data), training), stage, stage_losses)
     metrics = {
         NUM_EXAMPLES: len(data.heldout),
         "heldout-loss": heldout.loss,
@@ -294,13 +303,31 @@ def evaluate(msg: Message, context: Context) -> Message:
         "personal-heldout-loss": personal.loss,
         "personal-gain": heldout.loss - personal.loss,
         "base-domain-loss": general.loss,
-        **({"personal-base-domain-loss": _heldout(runtime, _general(runtime, data), training).loss}
-           if has_personal else {}),
+        **({"personal-base-domain-loss": personal_general.loss} if has_personal else {}),
+        **forgetting,
         **attack_metrics,
         **({"malicious": 1} if attack_for(context, config) else {}),
         "eval-seconds": time.perf_counter() - started,
     }
     return Message(client_reply(metrics, runtime.base.fingerprint, data.name), reply_to=msg)
+
+
+def _base_alone(runtime: ClientRuntime, examples: list, training) -> float:
+    """Loss of the frozen base with every adapter disabled: what the base could do (round 0)."""
+    with runtime.model.disable_adapter():
+        return _heldout(runtime, examples, training).loss
+
+
+def _stage_losses(runtime: ClientRuntime, context: Context, config: RunConfig, server_round: int) -> tuple[int, dict[int, float]]:
+    """Stream partitions: the stage trained in ``server_round`` and the loss on every stage so far
+    (each on up to ``MAX_STAGE_EXAMPLES`` of its training examples)."""
+    from stamen.simulations.partitions import stage_examples, stream_stage
+
+    everything = local_data(context, config, 0).train
+    stage = stream_stage(server_round, config.num_rounds, config.stream_stages)
+    losses = {j: _heldout(runtime, stage_examples(everything, j, config.stream_stages)[:MAX_STAGE_EXAMPLES],
+                          config.training).loss for j in range(stage + 1)}
+    return stage, losses
 
 
 def client_app_with(mods: list[Mod], train_handler: Callable[[Message, Context], Message] = train) -> ClientApp:

@@ -23,6 +23,7 @@ from stamen.shared.lora_layers import lora_layers
 from stamen.shared.protocol import round_config
 from stamen.shared.wire import AdapterSchema
 
+from .anchor_distribution import AnchorDistribution
 from .checkpoint import ServerState, load_checkpoint, save_checkpoint
 from .exchange import send_and_collect
 from .lora_exact import ExactLoraResidual, correction_shapes
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 def run_federation(grid: Grid, config: RunConfig, resume: bool = False) -> Path:
     """Run (or, with ``resume``, continue) ``config``'s rounds on ``grid``; return the run folder."""
     config = config if config.run_id else config.replace(**{"run-id": new_run_id()})
+    anchor = None
+    if "anchor" in config.replay.enabled():
+        anchor = AnchorDistribution.load(config.replay.anchor, config.seed)
+        config = config.replace(**{"replay-anchor-sha256": anchor.sha256})  # clients verify the set against it
     run_dir = Path(config.run_dir) / config.run_id
     base = load_base(config.base_model, quantisation="none")
     full = adapter_state(attach_adapter(base.model, config.adapter, config.seed))
@@ -73,6 +78,7 @@ def run_federation(grid: Grid, config: RunConfig, resume: bool = False) -> Path:
         rule,
         residual,
         config.privacy,
+        anchor,
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
         min_train_nodes=config.min_clients,

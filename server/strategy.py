@@ -48,6 +48,7 @@ from stamen.shared.wire import (
     encode_adapter,
 )
 
+from .anchor_distribution import AnchorDistribution
 from .lora_exact import ExactLoraResidual
 from .privacy import CentralPrivacy, PrivacyAccountant, check_privacy
 from .rules import AggregationRule, ClientUpdate
@@ -72,9 +73,11 @@ class AdapterStrategy(FedAvg):
         rule: AggregationRule,
         residual: ExactLoraResidual | None = None,
         privacy: PrivacySpec = PrivacySpec(),
+        anchor: AnchorDistribution | None = None,
         **fedavg_options: Any,
     ) -> None:
         super().__init__(**fedavg_options)
+        self.anchor = anchor
         check_privacy(rule, privacy)
         self.privacy = privacy
         self.central_privacy = CentralPrivacy(privacy) if privacy.dp == "central" else None
@@ -119,7 +122,7 @@ class AdapterStrategy(FedAvg):
         self._add_downloads(messages, {**self.rule.downloads(), **self._corrections()})
         if messages:
             self._bytes_down = sum(r.count_bytes() for r in messages[0].content.array_records.values())
-        return messages
+        return self.anchor.attach(messages) if self.anchor else messages
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -139,9 +142,7 @@ class AdapterStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        self._start_round(server_round)
-        replies = list(replies)
-        self._replies = len(replies)
+        replies = self._start_round(server_round, replies)
         accepted = []
         for msg in sorted(replies, key=_client_order):
             row = self._row(msg, "train", server_round)
@@ -173,9 +174,7 @@ class AdapterStrategy(FedAvg):
 
     def admit_key_replies(self, server_round: int, replies: Iterable[Message]) -> dict[int, Message]:
         """Secure round, stage 1: the replies (by node) that carry a valid base fingerprint and public keys."""
-        self._start_round(server_round)
-        replies = list(replies)
-        self._replies = len(replies)
+        replies = self._start_round(server_round, replies)
         admitted = {}
         for msg in sorted(replies, key=_client_order):
             row = self._row(msg, "train", server_round)
@@ -218,11 +217,17 @@ class AdapterStrategy(FedAvg):
     def _accepted_names(accepted: list[RecordDict]) -> set[str]:
         return {str(content[CLIENT_INFO].get(CLIENT_NAME, "?")) for content in accepted}
 
-    def _start_round(self, server_round: int) -> None:
+    def _start_round(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """Reset the round's counters on the first train replies; returns them as a list."""
         self._round_started, self._rejected = time.perf_counter(), 0
         self.rule.start_round(server_round, self._num_nodes)
         if self.residual:
             self.residual.start_round(self.global_adapter)
+        replies = list(replies)
+        self._replies = len(replies)
+        if self.anchor:
+            self.anchor.confirm(replies)
+        return replies
 
     def _finish_train(
         self, server_round: int, accepted: list[RecordDict], bytes_up: int, noise_multiplier: float

@@ -21,7 +21,7 @@ LORA_AGGREGATIONS = ("naive", "ffa", "fedsa", "exact")
 DP_MODES = ("none", "central", "distributed")
 PERSONALISATIONS = ("global", "ditto", "finetune")
 PARTITIONS = ("natural", "iid", "dirichlet", "quantity", "stream")
-REPLAY_SOURCES = ("buffer",)
+REPLAY_SOURCES = ("buffer", "anchor", "self", "ewc")
 
 
 class ConfigError(ValueError):
@@ -81,12 +81,17 @@ class TrainingSpec:
 
 @dataclass(frozen=True)
 class ReplaySpec:
-    """Forgetting protection on the device (see client/replay_buffer.py): which sources, how much."""
+    """Forgetting protection on the device (see client/replay.py): which sources, how much."""
 
     sources: str = _key("replay", "none")  # "none" or a comma list of REPLAY_SOURCES
     ratio: float = _key("replay-ratio", 0.25)  # share of every batch taken from replay examples
     buffer_size: int = _key("replay-buffer-size", 256)  # examples the reservoir keeps
     buffer_bytes: int = _key("replay-buffer-bytes", 262144)  # and at most this much text
+    anchor: str = _key("replay-anchor", "")  # the server's anchor file (.jsonl/.csv); "": the embedded one
+    anchor_sha256: str = _key("replay-anchor-sha256", "")  # filled in by the server; clients verify the set
+    self_size: int = _key("replay-self-size", 16)  # pseudo-examples the frozen base writes for self-replay
+    self_refresh: int = _key("replay-self-refresh", 5)  # rounds before they are written afresh
+    ewc_lambda: float = _key("ewc-lambda", 1.0)  # pull toward the received adapter, per Fisher-weighted parameter
 
     def __post_init__(self) -> None:
         for source in self.enabled():
@@ -94,6 +99,9 @@ class ReplaySpec:
         _require(0.0 <= self.ratio < 1.0, "replay-ratio", self.ratio, "must be in [0, 1)")
         _require(self.buffer_size >= 1, "replay-buffer-size", self.buffer_size, "must be >= 1")
         _require(self.buffer_bytes >= 1, "replay-buffer-bytes", self.buffer_bytes, "must be >= 1")
+        _require(self.self_size >= 1, "replay-self-size", self.self_size, "must be >= 1")
+        _require(self.self_refresh >= 1, "replay-self-refresh", self.self_refresh, "must be >= 1")
+        _require(self.ewc_lambda >= 0, "ewc-lambda", self.ewc_lambda, "must be >= 0")
 
     def enabled(self) -> tuple[str, ...]:
         return tuple(part.strip() for part in self.sources.split(",") if part.strip() not in ("", "none"))

@@ -1,6 +1,6 @@
 """Named runs from one TOML, run once each and compared side by side (``stamen compare PRESET.toml``).
 
-A preset holds ``[compare]`` (clients, rounds), ``[config]`` (flat keys for every run) and
+A preset holds ``[compare]`` (clients, rounds, optional baseline run), ``[config]`` (flat keys for every run) and
 one ``[runs.<name>]`` table of flat keys per run. Finished runs are skipped, so an
 interrupted comparison resumes where it stopped.
 """
@@ -20,6 +20,7 @@ class Campaign:
     runs: dict[str, dict]  # name -> flat config keys (the shared [config] applied first)
     clients: int
     rounds: int
+    baseline: str | None = None  # the run others are measured against (forgetting cut, gain kept, time)
 
     @classmethod
     def from_toml(cls, path: Path) -> Campaign:
@@ -28,8 +29,11 @@ class Campaign:
         if not runs:
             raise ValueError(f"{path}: no [runs.<name>] tables to compare")
         shared, settings = data.get("config", {}), data.get("compare", {})
+        baseline = settings.get("baseline")
+        if baseline is not None and baseline not in runs:
+            raise ValueError(f"{path}: [compare] baseline {baseline!r} names no [runs.<name>] table")
         return cls({name: {**shared, **keys} for name, keys in runs.items()},
-                   int(settings.get("clients", 4)), int(settings.get("rounds", 3)))
+                   int(settings.get("clients", 4)), int(settings.get("rounds", 3)), baseline)
 
 
 def run_campaign(campaign: Campaign, folder: Path) -> Path:
@@ -40,4 +44,4 @@ def run_campaign(campaign: Campaign, folder: Path) -> Path:
             failure = simulate_in_subprocess(settings, campaign.clients, campaign.rounds, folder, name)
             if failure:
                 raise RuntimeError(failure)
-    return compare_runs([folder / name for name in campaign.runs], folder)
+    return compare_runs([folder / name for name in campaign.runs], folder, campaign.baseline)

@@ -101,6 +101,8 @@ def compare(
                                                      "tables (see simulations/compare-rules.toml) to run first.",
                                                 exists=True)],
     out: Annotated[Path | None, typer.Option(help="Folder for compare.png/.md/.json (default: runs/compare-<name or time>).")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Run (folder name) the others are measured against: forgetting "
+                                                      "cut, gain kept, extra client time. A preset names it in [compare].")] = None,
 ) -> None:
     """Overlay several runs' held-out loss in one plot and one Markdown table (running a preset's runs first)."""
     from stamen.server.run_record import new_run_id
@@ -114,7 +116,7 @@ def compare(
                       f"clients x {campaign.rounds} rounds -> {folder}")
         table = run_campaign(campaign, folder)
     else:
-        table = compare_runs(runs, out or Path("runs") / f"compare-{new_run_id()}")
+        table = compare_runs(runs, out or Path("runs") / f"compare-{new_run_id()}", baseline)
     console.print(table.read_text())
     console.print(f"Plot and table: {table.parent}")
 

@@ -4,7 +4,8 @@ Topics are a natural non-IID split (each client talks about its own subject).
 Sizes are very uneven, so topics under ``min_examples`` are merged into groups,
 and when more clients are asked for than English groups exist, the corpus's
 other languages add clients (then, if still short, the largest groups are halved). Topics in ``BASE_DOMAIN_TOPICS`` and every group no client gets
-form the general "base-domain" set used to measure forgetting.
+form the general "base-domain" set used to measure forgetting; disjoint samples of what is
+left are the server's FLTrust root set and the anchor-replay set.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from stamen.shared.atomic import atomic_write_text
 BASE_DOMAIN_TOPICS = ("conversations", "greetings")
 BASE_DOMAIN_SIZE = 16
 ROOT_SIZE = 16  # the server's own clean examples (FLTrust), apart from clients and the forgetting probe
+ANCHOR_SIZE = 32  # the general-domain set the server distributes for anchor replay, apart from the rest
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class CorpusSplit:
     clients: tuple[ClientDataset, ...]
     base_domain: tuple[Example, ...]
     root: tuple[Example, ...] = ()
+    anchor: tuple[Example, ...] = ()
 
 
 def corpus_folder(language: str = "english") -> Path:
@@ -92,7 +95,9 @@ def natural_split(
     base_domain = tuple(rng.sample(spare, min(BASE_DOMAIN_SIZE, len(spare))))
     rest = [e for e in spare if e not in set(base_domain)]
     root = tuple(rng.sample(rest, min(ROOT_SIZE, len(rest))))
-    return CorpusSplit(tuple(clients), base_domain, root)
+    rest = [e for e in rest if e not in set(root)]
+    anchor = tuple(rng.sample(rest, min(ANCHOR_SIZE, len(rest))))
+    return CorpusSplit(tuple(clients), base_domain, root, anchor)
 
 
 @lru_cache(maxsize=16)

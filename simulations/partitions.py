@@ -50,7 +50,7 @@ def split_corpus(num_clients: int, seed: int = 0, partition: str = "natural", al
     else:
         shares = _dirichlet_by_topic(topics, alpha, rng)
     clients = tuple(_client(f"{partition}-{i}", share, random.Random(f"{seed}/{i}")) for i, share in enumerate(shares))
-    return CorpusSplit(clients, natural.base_domain, natural.root)
+    return CorpusSplit(clients, natural.base_domain, natural.root, natural.anchor)
 
 
 def stream_stage(server_round: int, num_rounds: int, stages: int) -> int:

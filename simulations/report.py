@@ -58,6 +58,17 @@ class RunRecord:
                 after[row["client"]] = row.get("personal_heldout_loss", row["heldout_loss"])
         return {client: before[client] - after[client] for client in sorted(before.keys() & after.keys())}
 
+    def mean_forgetting(self) -> float | None:
+        """Forgetting averaged over the evaluated rounds: steadier than the last round's alone."""
+        values = [r["eval_forgetting"] for r in self.rounds if "eval_forgetting" in r]
+        return sum(values) / len(values) if values else None
+
+    def client_seconds(self) -> float | None:
+        """Mean seconds a client spent on a training round: training plus keeping and building its replay."""
+        spent = [r.get("train_seconds", 0.0) + r.get("replay_seconds", 0.0) for r in self.clients
+                 if r.get("phase") == "train" and r.get("accepted")]
+        return sum(spent) / len(spent) if spent else None
+
     def summary_row(self) -> dict:
         """The numbers a comparison table shows for this run."""
         curve, last = self.curve(), self.rounds[-1] if self.rounds else {}
@@ -70,6 +81,10 @@ class RunRecord:
             "personal_end": last.get("eval_personal_heldout_loss"),
             "base_domain_end": last.get("eval_base_domain_loss"),
             "mean_client_gain": sum(gains) / len(gains) if gains else None,
+            "forgetting_end": last.get("eval_forgetting"),
+            "forgetting_mean": self.mean_forgetting(),
+            **({"backward_transfer_end": last["eval_backward_transfer"]} if "eval_backward_transfer" in last else {}),
+            "client_seconds": self.client_seconds(),
             "bytes_up_per_client": last.get("bytes_up_per_client"),
             "seconds": self.seconds,
         }
@@ -108,8 +123,10 @@ def write_report(folder: Path) -> Path:
     return folder / "report.md"
 
 
-def compare_runs(folders: list[Path], out: Path) -> Path:
-    """One plot of every run's held-out loss per round and one Markdown table; returns the table's file."""
+def compare_runs(folders: list[Path], out: Path, baseline: str | None = None) -> Path:
+    """Plots of every run's held-out loss per round and of personal gain against forgetting, and one
+    Markdown table; with a ``baseline`` run, each run's forgetting cut, gain kept and extra client time
+    against it. Returns the table's file."""
     runs = [RunRecord.read(folder) for folder in folders]
     out.mkdir(parents=True, exist_ok=True)
     plt = pyplot()
@@ -121,12 +138,53 @@ def compare_runs(folders: list[Path], out: Path) -> Path:
         axis.legend(fontsize="small")
     _save(figure, out / "compare.png")
     rows = [run.summary_row() for run in runs]
+    if baseline:
+        rows = against_baseline(rows, baseline)
+    _plot_gain_vs_forgetting(rows, out / "gain_vs_forgetting.png")
     table = markdown_table(rows)
     best = min((r for r in rows if r["personal_end"] is not None), key=lambda r: r["personal_end"], default=None)
     verdict = f"\nLowest final held-out loss (personal model): **{best['run']}** ({best['personal_end']:.4f}).\n" if best else ""
-    atomic_write_text(out / "compare.md", f"# Runs compared\n\n![held-out loss](compare.png)\n\n{table}{verdict}")
+    atomic_write_text(out / "compare.md", f"# Runs compared\n\n![held-out loss](compare.png)\n\n"
+                                          f"![personal gain vs forgetting](gain_vs_forgetting.png)\n\n{table}{verdict}")
     atomic_write_text(out / "compare.json", json.dumps(rows, indent=2))
     return out / "compare.md"
+
+
+def against_baseline(rows: list[dict], baseline: str) -> list[dict]:
+    """Each row with ``forgetting_cut`` (share of the baseline's forgetting, averaged over rounds,
+    removed), ``gain_kept`` (share of its mean client gain kept) and ``extra_client_time``
+    (relative), all in percent."""
+    base = next((row for row in rows if row["run"] == baseline), None)
+    if base is None:
+        raise ValueError(f"baseline run {baseline!r} is not among the runs compared")
+
+    def percent(numerator: float | None, denominator: float | None) -> float | None:
+        return None if numerator is None or not denominator else round(100.0 * numerator / denominator, 1)
+
+    return [{**row,
+             "forgetting_cut": percent(_minus(base["forgetting_mean"], row["forgetting_mean"]), base["forgetting_mean"]),
+             "gain_kept": percent(row["mean_client_gain"], base["mean_client_gain"]),
+             "extra_client_time": percent(_minus(row["client_seconds"], base["client_seconds"]), base["client_seconds"])}
+            for row in rows]
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _plot_gain_vs_forgetting(rows: list[dict], path: Path) -> None:
+    """One point per run: mean personal gain (up is better) against forgetting averaged over rounds (left is better)."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    for row in rows:
+        if row["mean_client_gain"] is not None and row["forgetting_mean"] is not None:
+            axis.scatter(row["forgetting_mean"], row["mean_client_gain"])
+            axis.annotate(row["run"], (row["forgetting_mean"], row["mean_client_gain"]), textcoords="offset points",
+                          xytext=(4, 4), fontsize="small")
+    axis.axvline(0.0, color="black", linewidth=0.8)
+    axis.set(xlabel="forgetting: base-domain loss - base alone, mean over rounds (lower is better)",
+             ylabel="mean personal gain (higher is better)", title="personal gain vs forgetting")
+    _save(figure, path)
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -140,17 +198,20 @@ def _report_markdown(run: RunRecord, gains: dict[str, float]) -> str:
     summary = run.summary_row()
     rounds = [{"round": r["round"], "clients": r.get("clients_accepted"), "held-out loss": r.get("eval_heldout_loss"),
                "personal held-out loss": r.get("eval_personal_heldout_loss"),
-               "base-domain loss": r.get("eval_base_domain_loss"), "bytes up/client": r.get("bytes_up_per_client"),
+               "base-domain loss": r.get("eval_base_domain_loss"), "forgetting": r.get("eval_forgetting"),
+               "bytes up/client": r.get("bytes_up_per_client"),
                "rejected": r.get("clients_rejected"), **({"dp epsilon": r["dp_epsilon"]} if "dp_epsilon" in r else {})}
               for r in run.rounds]
-    settings = ", ".join(f"{k}={run.meta[k]}" for k in ("base-model", "aggregation", "lora-aggregation", "personalisation", "partition",
-                                                        "secure-aggregation", "dp") if k in run.meta)
+    shown = ("base-model", "aggregation", "lora-aggregation", "personalisation", "partition", "replay",
+             "secure-aggregation", "dp")
+    settings = ", ".join(f"{k}={run.meta[k]}" for k in shown if k in run.meta)
     improved = sum(gain > 0 for gain in gains.values())
     return "\n".join([
         f"# Run {run.name}", "", settings, "",
         f"Held-out loss {format_cell(summary['heldout_start'])} -> {format_cell(summary['heldout_end'])}; "
         f"{improved} of {len(gains)} clients' personal models improved on their own held-out data.", "",
         "![loss per round](loss.png)", "", markdown_table(rounds) if rounds else "No round finished.", "",
+        "Forgetting: base-domain loss of the model each client uses minus the base's own (lower is better).", "",
         "![per-client gain](gains.png)", "", "![traffic per round](bytes.png)", "",
     ])
 

@@ -1,19 +1,27 @@
 """The ClientApp on real Flower messages, in-process: what it sends, what it keeps, what it refuses."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from flwr.app import Context, Message, MessageType, RecordDict
 
 from stamen.client.app import app as client_app
+from stamen.client.replay import AnchorSetMissingError
+from stamen.client.self_replay import SEED_PROMPTS
 from stamen.client.runtime import client_runtime
 from stamen.client.state_store import ClientStateStore, client_folder
+from stamen.server.anchor_distribution import AnchorDistribution
 from stamen.shared.adapters import adapter_state, attach_adapter, shared_state
+from stamen.shared.anchor_set import ANCHOR, AnchorMismatchError, anchor_record, encode_anchor
 from stamen.shared.base_model import load_base
 from stamen.shared.config import RunConfig
 from stamen.shared.fingerprint import BaseMismatchError
 from stamen.shared.protocol import ARRAYS, CLIENT_INFO, CONFIG, CORRECTIONS, FINGERPRINT, METRICS, SERVER_ROUND, round_config
 from stamen.shared.wire import AdapterSchema, decode_adapter, encode_adapter
+from stamen.simulations.corpus import ANCHOR_SIZE, natural_split
+from stamen.simulations.partitions import split_corpus
 
 TINY = RunConfig().replace(**{"base-model": "tiny", "quantisation": "none", "local-steps": 2, "seed": 0})
 
@@ -174,12 +182,65 @@ def test_replay_buffer_and_optimizer_state_stay_on_the_device_and_feed_the_next_
     saved = ClientStateStore(next(tmp_path.rglob("replay-buffer-r000002.json")).parent).load_document("replay-buffer", 3)
     texts = [item["response"] for item in saved["items"]] + [item["prompt"] for item in saved["items"]]
     for reply in (first, second):
-        sent = b"".join(
-            [a.data for record in reply.content.array_records.values() for a in record.values()]
-            + [repr(dict(r)).encode() for r in (*reply.content.metric_records.values(), *reply.content.config_records.values())]
-        )
-        assert not any(text.encode() in sent for text in texts if len(text) > 8)
+        assert not any(text.encode() in _sent_bytes(reply) for text in texts if len(text) > 8)
     moments = ClientStateStore(next(tmp_path.rglob("optimizer-r000002.safetensors")).parent).load("optimizer", 3)
     assert {v.item() for k, v in moments.items() if k.endswith("/step")} == {4.0}  # 2 rounds x local-steps 2
     sent_arrays = [a.numpy() for record in second.content.array_records.values() for a in record.values()]
     assert not any(m.shape == a.shape and np.allclose(m, a) for m in moments.values() for a in sent_arrays)
+
+
+def _sent_bytes(reply):
+    """Everything a reply carries, as bytes, to search for text that must not leave the device."""
+    return b"".join(
+        [a.data for record in reply.content.array_records.values() for a in record.values()]
+        + [repr(dict(r)).encode() for r in (*reply.content.metric_records.values(), *reply.content.config_records.values())]
+    )
+
+
+def test_anchor_set_travels_once_per_node_is_verified_and_kept_on_the_device(tmp_path):
+    distribution = AnchorDistribution.load("", seed=0)
+    config = TINY.replace(**{"replay": "anchor", "replay-ratio": 0.5, "replay-anchor-sha256": distribution.sha256})
+    fingerprint, initial, _ = _server_view(config)
+    context = _context(tmp_path)
+
+    def round_messages(server_round):
+        to_seven = _message(MessageType.TRAIN, config, fingerprint, initial, server_round)
+        to_eight = Message(to_seven.content, dst_node_id=8, message_type=MessageType.TRAIN)  # shares its content, as Flower's do
+        return distribution.attach([to_seven, to_eight])
+
+    first = round_messages(1)
+    assert all(ANCHOR in m.content for m in first)
+    reply = client_app(first[0], context)
+    assert reply.content[METRICS]["replay-examples"] == ANCHOR_SIZE
+    distribution.confirm([reply])
+    second = round_messages(2)
+    assert ANCHOR not in second[0].content  # node 7 holds it now
+    assert ANCHOR in second[1].content  # node 8 never answered
+    again = client_app(second[0], context)
+    assert again.content[METRICS]["replay-examples"] == ANCHOR_SIZE  # read back from the device's store
+    anchor_texts = [e.response for e in natural_split(1, 0).anchor if len(e.response) > 12]
+    for sent in (_sent_bytes(reply), _sent_bytes(again)):
+        assert not any(text.encode() in sent for text in anchor_texts)
+
+    tampered = round_messages(1)[1]
+    tampered.content[ANCHOR] = anchor_record(encode_anchor([("What is two plus two?", "Five.")]))
+    with pytest.raises(AnchorMismatchError, match="hashes to"):
+        client_app(tampered, _context(tmp_path / "other"))
+    without = _message(MessageType.TRAIN, config, fingerprint, initial, 3)
+    with pytest.raises(AnchorSetMissingError, match="holds no anchor set"):
+        client_app(without, _context(tmp_path / "fresh"))
+
+
+def test_self_replay_writes_pseudo_examples_from_the_base_alone_and_stores_no_local_data(tmp_path):
+    config = TINY.replace(**{"replay": "self", "replay-self-size": 4, "replay-self-refresh": 2})
+    fingerprint, initial, _ = _server_view(config)
+    context = _context(tmp_path)
+    replies = [client_app(_message(MessageType.TRAIN, config, fingerprint, initial, r), context) for r in (1, 2, 3)]
+    assert [r.content[METRICS]["replay-examples"] for r in replies] == [4, 4, 4]
+    written = sorted(p.name for p in tmp_path.rglob("self-replay-*.json"))
+    assert written == ["self-replay-r000001.json", "self-replay-r000003.json"]  # refreshed every 2 rounds
+    cached = json.loads(next(tmp_path.rglob("self-replay-r000003.json")).read_text())
+    assert {prompt for prompt, _ in cached["examples"]} <= set(SEED_PROMPTS)
+    local = split_corpus(3, 0).clients[0]
+    stored = b"".join(path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
+    assert not any(e.response.encode() in stored for e in (*local.train, *local.heldout) if len(e.response) > 12)

@@ -10,7 +10,8 @@ from stamen.simulations.cli import app
 PRESET = """
 [compare]
 clients = 2
-rounds = 1
+rounds = 2
+baseline = "global"
 
 [config]
 base-model = "tiny"
@@ -23,6 +24,12 @@ aggregation = "fedavg"
 [runs.finetune]
 personalisation = "finetune"
 personal-steps = 6
+
+[runs.replay]
+replay = "buffer,anchor,self,ewc"
+replay-self-size = 4
+partition = "stream"
+stream-stages = 2
 """
 
 
@@ -36,11 +43,25 @@ def test_a_preset_runs_each_named_run_once_and_compares_them(tmp_path):
     result = CliRunner().invoke(app, ["compare", str(preset), "--out", str(out)])
     assert result.exit_code == 0, result.output
     rows = {row["run"]: row for row in json.loads((out / "compare.json").read_text())}
-    assert set(rows) == {"global", "finetune"}
+    assert set(rows) == {"global", "finetune", "replay"}
     assert rows["global"]["personal_end"] == rows["global"]["heldout_end"]  # its personal model is the global one
     assert rows["finetune"]["personal_end"] < rows["finetune"]["heldout_end"]
     assert "| finetune |" in (out / "compare.md").read_text() and (out / "compare.png").stat().st_size > 1000
     assert (out / "global" / "report.md").is_file()
+
+    # measured against the baseline run, and plotted as personal gain vs forgetting
+    assert (rows["global"]["forgetting_cut"], rows["global"]["gain_kept"]) == (0.0, 100.0)
+    assert all(isinstance(rows[name]["forgetting_end"], float) and isinstance(rows[name]["forgetting_mean"], float)
+               for name in rows)
+    assert rows["replay"]["client_seconds"] > 0 and "backward_transfer_end" in rows["replay"]
+    assert (out / "gain_vs_forgetting.png").read_bytes().startswith(b"\x89PNG")
+    replay_rows = [json.loads(line) for line in (out / "replay" / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in replay_rows if r.get("phase") == "train"]
+    assert len(trained) == 4 and all(r["accepted"] and r["replay_examples"] > 0 for r in trained)
+    # every node got the anchor set with its first instruction only, and kept it
+    assert sorted(p.parent.name for p in (out / "replay").rglob("anchor-set-r*.json")) == sorted(
+        {r["client"] for r in trained})
+    assert not list((out / "replay").rglob("anchor-set-r000002.json"))
 
     finished = {p: p.stat().st_mtime for p in out.glob("*/summary.json")}
     again = CliRunner().invoke(app, ["compare", str(preset), "--out", str(out)])
