@@ -25,7 +25,7 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
-# CPU benchmarks (about 20 min on 2 cores); refreshes the tables in benchmarks/README.md.
+# CPU benchmarks (16 min on 2 cores); refreshes the tables in benchmarks/README.md.
 bench: install
 	cd benchmarks && ../$(BIN)/python client_round.py --device cpu
 	cd benchmarks && ../$(BIN)/python communication.py
