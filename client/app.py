@@ -293,7 +293,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     has_personal = load_personal(runtime.model, runtime.base.tokenizer, store, server_round, examples, config, seed)
     personal = _heldout(runtime, data.heldout, training) if has_personal else heldout
     personal_general = _heldout(runtime, _general(runtime, data), training) if has_personal else general
-    stage, stage_losses = _stage_losses(runtime, context, config, server_round) if config.partition == "stream" else (None, None)
+    stage, stage_losses = _stage_losses(runtime, data, config, server_round) if config.partition == "stream" else (None, None)
     forgetting = forgetting_metrics(store, server_round, personal_general.loss,
                                     lambda: _base_alone(runtime, _general(runtime, data), training), stage, stage_losses)
     metrics = {
@@ -318,14 +318,13 @@ def _base_alone(runtime: ClientRuntime, examples: list, training) -> float:
         return _heldout(runtime, examples, training).loss
 
 
-def _stage_losses(runtime: ClientRuntime, context: Context, config: RunConfig, server_round: int) -> tuple[int, dict[int, float]]:
+def _stage_losses(runtime: ClientRuntime, data: LocalData, config: RunConfig, server_round: int) -> tuple[int, dict[int, float]]:
     """Stream partitions: the stage trained in ``server_round`` and the loss on every stage so far
-    (each on up to ``MAX_STAGE_EXAMPLES`` of its training examples)."""
+    (each on up to ``MAX_STAGE_EXAMPLES`` of its training examples; ``data`` holds all stages)."""
     from stamen.simulations.partitions import stage_examples, stream_stage
 
-    everything = local_data(context, config, 0).train
     stage = stream_stage(server_round, config.num_rounds, config.stream_stages)
-    losses = {j: _heldout(runtime, stage_examples(everything, j, config.stream_stages)[:MAX_STAGE_EXAMPLES],
+    losses = {j: _heldout(runtime, stage_examples(data.train, j, config.stream_stages)[:MAX_STAGE_EXAMPLES],
                           config.training).loss for j in range(stage + 1)}
     return stage, losses
 

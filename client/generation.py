@@ -1,4 +1,4 @@
-"""Greedy answers from the model as it stands (with its adapter), for apps and for attack metrics."""
+"""Answers from the model: greedy with its adapter (apps, attack metrics), or from the frozen base alone."""
 
 from __future__ import annotations
 
@@ -16,3 +16,20 @@ def generate_answer(model: torch.nn.Module, tokenizer, prompt: str, max_new_toke
                             pad_token_id=tokenizer.pad_token_id)
     model.train(was_training)
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@torch.no_grad()
+def base_answers(model: torch.nn.Module, tokenizer, prompts: list[str], max_new_tokens: int, **sampling) -> list[str]:
+    """Continuations of ``prompts`` by the base with every adapter disabled, in one left-padded batch;
+    ``sampling`` goes to ``generate`` (greedy unless it says ``do_sample=True``)."""
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"
+    batch = tokenizer([format_prompt(tokenizer, p) for p in prompts], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(device)
+    tokenizer.padding_side = "right"
+    was_training = model.training
+    model.eval()
+    with model.disable_adapter():
+        output = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
+    model.train(was_training)
+    return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)

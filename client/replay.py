@@ -75,7 +75,7 @@ def round_replay(
         replay.examples += anchor_examples(store, server_round, spec.anchor_sha256, anchor)
     if "self" in sources:
         replay.examples += self_replay_examples(model, tokenizer, store, server_round, client_name,
-                                                spec.self_size, spec.self_refresh)[0]
+                                                spec.self_size, spec.self_refresh)
     if "ewc" in sources and replay.buffer.items and spec.ewc_lambda > 0:
         training = config.training
         fisher = fisher_diagonal(model, tokenizer, list(replay.buffer.items), training.max_seq_len, training.batch_size)

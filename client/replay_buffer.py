@@ -57,12 +57,6 @@ class ReservoirBuffer:
                     self.items[slot] = example
             self._respect_byte_bound()
 
-    def sample(self, count: int, rng: np.random.Generator) -> list[Example]:
-        """``count`` examples drawn with replacement (empty if the buffer is)."""
-        if not self.items:
-            return []
-        return [self.items[i] for i in rng.integers(len(self.items), size=count)]
-
     def _respect_byte_bound(self) -> None:
         total = self.nbytes
         while total > self.max_bytes and self.items:

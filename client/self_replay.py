@@ -13,7 +13,8 @@ import zlib
 
 import torch
 
-from .data import Example, format_prompt
+from .data import Example
+from .generation import base_answers
 from .state_store import ClientStateStore
 
 SELF_REPLAY = "self-replay"
@@ -40,32 +41,18 @@ MAX_NEW_TOKENS = 32
 
 def self_replay_examples(
     model, tokenizer, store: ClientStateStore, server_round: int, client_name: str, size: int, refresh: int
-) -> tuple[list[Example], bool]:
-    """This round's pseudo-examples, and whether they were written now (else read from the cache)."""
+) -> list[Example]:
+    """This round's pseudo-examples: from the cache, or written now when it is ``refresh`` rounds old."""
     cached = store.load_document(SELF_REPLAY, server_round)
     if cached and server_round - cached["written"] < refresh:
-        return [Example(response, prompt) for prompt, response in cached["examples"]], False
+        return [Example(response, prompt) for prompt, response in cached["examples"]]
     seed = zlib.crc32(f"self-replay/{client_name}/{server_round}".encode())
     prompts = random.Random(seed).choices(SEED_PROMPTS, k=size)
-    answers = _sample_from_base(model, tokenizer, prompts, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        answers = base_answers(model, tokenizer, prompts, MAX_NEW_TOKENS, do_sample=True, temperature=0.8, top_p=0.95)
     examples = [Example(answer.strip() or ".", prompt) for prompt, answer in zip(prompts, answers)]
     store.save_document(SELF_REPLAY, server_round, {"written": server_round,
                                                    "examples": [[e.prompt, e.response] for e in examples]})
-    return examples, True
+    return examples
 
-
-@torch.no_grad()
-def _sample_from_base(model, tokenizer, prompts: list[str], seed: int) -> list[str]:
-    device = next(model.parameters()).device
-    tokenizer.padding_side = "left"
-    batch = tokenizer([format_prompt(tokenizer, p) for p in prompts], return_tensors="pt", padding=True,
-                      add_special_tokens=False).to(device)
-    tokenizer.padding_side = "right"
-    was_training = model.training
-    model.eval()
-    with torch.random.fork_rng(devices=[]), model.disable_adapter():
-        torch.manual_seed(seed)
-        output = model.generate(**batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=True, temperature=0.8, top_p=0.95,
-                                pad_token_id=tokenizer.pad_token_id)
-    model.train(was_training)
-    return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)

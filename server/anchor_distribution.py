@@ -24,7 +24,6 @@ class AnchorDistribution:
         self.nbytes = len(blob)
         self._record = anchor_record(blob)
         self._holders: set[int] = set()
-        self._carrying: set[int] = set()
 
     @classmethod
     def load(cls, source: str, seed: int) -> AnchorDistribution:
@@ -51,12 +50,8 @@ class AnchorDistribution:
                 continue
             content = RecordDict({**msg.content, ANCHOR: self._record})  # Flower's messages share one content
             out.append(Message(content=content, dst_node_id=node, message_type=msg.metadata.message_type))
-            self._carrying.add(node)
         return out
 
     def confirm(self, replies: Iterable[Message]) -> None:
-        """Nodes that answered an instruction carrying the set now hold it."""
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            if node in self._carrying and not reply.has_error():
-                self._holders.add(node)
+        """Nodes that answered a train instruction without error hold the set (it went with it unless they had it)."""
+        self._holders.update(reply.metadata.src_node_id for reply in replies if not reply.has_error())

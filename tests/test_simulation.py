@@ -6,17 +6,23 @@ from typer.testing import CliRunner
 
 from stamen.simulations.cli import app
 
+TINY_RUN = ("base-model=tiny", "quantisation=none", "learning-rate=0.005", "lora-targets=q_proj,v_proj,o_proj,down_proj")
 
-def test_two_round_federation_of_three_clients_lowers_heldout_loss(tmp_path):
-    args = ["simulate", "--clients", "3", "--rounds", "2"]
-    for override in ("base-model=tiny", "quantisation=none", "learning-rate=0.005",
-                     "lora-targets=q_proj,v_proj,o_proj,down_proj", f"run-dir={tmp_path}"):
+
+def _simulate(tmp_path, clients, rounds, *overrides):
+    """`stamen simulate` on the tiny base; the CLI result, the run folder, its metric rows and its config.json."""
+    args = ["simulate", "--clients", str(clients), "--rounds", str(rounds)]
+    for override in (*TINY_RUN, *overrides, f"run-dir={tmp_path}"):
         args += ["--set", override]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     (run_dir,) = tmp_path.iterdir()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    meta = json.loads((run_dir / "config.json").read_text())
+    return result, run_dir, rows, json.loads((run_dir / "config.json").read_text())
+
+
+def test_two_round_federation_of_three_clients_lowers_heldout_loss(tmp_path):
+    result, run_dir, rows, meta = _simulate(tmp_path, 3, 2)
 
     rounds = [r for r in rows if r["kind"] == "round"]
     assert [r["round"] for r in rounds] == [1, 2]
@@ -49,15 +55,7 @@ def test_two_round_federation_of_three_clients_lowers_heldout_loss(tmp_path):
 
 
 def test_int8_updates_with_error_feedback_are_accepted_and_leave_their_residuals_on_the_device(tmp_path):
-    args = ["simulate", "--clients", "2", "--rounds", "2"]
-    for override in ("base-model=tiny", "quantisation=none", "learning-rate=0.005", "fraction-evaluate=0",
-                     "wire-dtype=int8", "lora-targets=q_proj,v_proj,o_proj,down_proj", f"run-dir={tmp_path}"):
-        args += ["--set", override]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    (run_dir,) = tmp_path.iterdir()
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    meta = json.loads((run_dir / "config.json").read_text())
+    _, run_dir, rows, meta = _simulate(tmp_path, 2, 2, "fraction-evaluate=0", "wire-dtype=int8")
     uploads = [r for r in rows if r["kind"] == "client" and r["phase"] == "train"]
     assert len(uploads) == 4 and all(r["accepted"] for r in uploads)
     assert meta["adapter_values"] < meta["adapter_wire_bytes"] < 1.1 * meta["adapter_values"]  # 1 byte + block scales
