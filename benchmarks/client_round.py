@@ -5,7 +5,8 @@ mode's own. Modes: LoRA on an nf4 / int8 / unquantised base (Stamen's training l
 a full fine-tune of the unquantised base (what adapters avoid), and ``peft-*``: the same
 LoRA steps (batch size, sequence length, AdamW, learning rate) through a plain
 transformers + peft loop, the way a peer would write it, so Stamen's loop can be checked
-for overhead.
+for overhead. Each mode is evaluated before its first round, as every client is, and after its
+last: ``learns`` says the loss fell (speed of a round that trains nothing is no speed).
 
     python benchmarks/client_round.py --base smollm2-135m --device cpu
 """
@@ -76,6 +77,7 @@ def run_mode(mode: str, base: str, device: str, steps: int, batch: int, seq: int
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from stamen.client.evaluation import evaluate_loss
     from stamen.client.training import train_adapter
     from stamen.shared.adapters import attach_adapter
     from stamen.shared.base_model import load_base
@@ -104,6 +106,8 @@ def run_mode(mode: str, base: str, device: str, steps: int, batch: int, seq: int
             return plain_peft_loop(model, loaded.tokenizer, examples, n_steps, batch, seq, training.learning_rate, seed)
         return train_adapter(model, loaded.tokenizer, examples, replace(training, local_steps=n_steps), seed).tokens
 
+    # evaluated first, as every client is (round-0 baseline): on some CPUs that used to stop nf4 from learning
+    loss_before = evaluate_loss(model, loaded.tokenizer, examples, seq, batch).loss
     one_round(steps, seed=0)  # warm-up: bitsandbytes' CUDA kernels take several steps to settle
     reset_peak_rss()  # what loading took is not the round's
     if loaded.device.type == "cuda":
@@ -116,6 +120,7 @@ def run_mode(mode: str, base: str, device: str, steps: int, batch: int, seq: int
         if loaded.device.type == "cuda":
             torch.cuda.synchronize()
         speeds.append(tokens / (time.perf_counter() - started))
+    loss_after = evaluate_loss(model, loaded.tokenizer, examples, seq, batch).loss
     row = {
         "mode": mode,
         "device": torch.cuda.get_device_name(loaded.device) if loaded.device.type == "cuda" else platform.processor() or "cpu",
@@ -125,6 +130,9 @@ def run_mode(mode: str, base: str, device: str, steps: int, batch: int, seq: int
         "tokens_per_s": round(statistics.median(speeds), 1),
         "peak_rss_mb": round(rss_kb("VmHWM") / 1024, 1),
         "above_imports_mb": round((rss_kb("VmHWM") - imports_kb) / 1024, 1),
+        "loss_before": round(loss_before, 4),
+        "loss_after": round(loss_after, 4),
+        "learns": loss_after < loss_before,
     }
     if loaded.device.type == "cuda":
         row["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(loaded.device) / 2**20, 1)
@@ -160,6 +168,9 @@ def main() -> None:
         row["above_imports_vs_full_ft"] = (round(row["above_imports_mb"] / full["above_imports_mb"], 3)
                                            if full else None)
     print_table([{k: v for k, v in row.items() if k != "device"} for row in rows])
+    stalled = [row["mode"] for row in rows if not row["learns"]]
+    if stalled:
+        print(f"NOT LEARNING: {', '.join(stalled)} (loss after the measured rounds is not below the loss before)")
     write_results(f"client_round-{args.device.split(':')[0]}", rows, base=args.base, device_name=rows[0]["device"],
                   steps=args.steps, batch=args.batch, seq=args.seq, repeats=args.repeats)
 

@@ -62,7 +62,7 @@ from .resource_guard import ResourceGuards, record_pace
 from .runtime import ClientRuntime, client_runtime
 from .secure_aggregation import SecAggClient, secure_input
 from .state_store import OPTIMIZER, PERSONAL, ClientStateStore, client_folder
-from .training import train_adapter
+from .training import NothingTrained, train_adapter
 
 
 @dataclass
@@ -177,6 +177,8 @@ def train(msg: Message, context: Context) -> Message:
     record_pace(state_dir, result.seconds, result.steps)
     trained = {k: v.numpy() for k, v in adapter_state(runtime.model).items()}
     delta = {name: trained[name] - global_adapter[name] for name in global_adapter}
+    if not any(value.any() for value in delta.values()):
+        raise NothingTrained("training changed no value of the shared adapter: an all-zero delta is no update")
     personal = {name: value for name, value in trained.items() if name not in global_adapter}
     if personal:
         store.save(PERSONAL, instruction.server_round, personal)

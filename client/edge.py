@@ -27,8 +27,8 @@ from .training import TrainResult, train_adapter
 class PersonalModel:
     """A base model and the adapter that personalises it on this device."""
 
-    def __init__(self, base: LoadedBase, model: torch.nn.Module, max_seq_len: int = 128) -> None:
-        self.base, self.model, self.max_seq_len = base, model, max_seq_len
+    def __init__(self, base: LoadedBase, model: torch.nn.Module, max_seq_len: int = 128, trainable: bool = True) -> None:
+        self.base, self.model, self.max_seq_len, self.trainable = base, model, max_seq_len, trainable
 
     @classmethod
     def load(
@@ -40,11 +40,13 @@ class PersonalModel:
         spec: AdapterSpec = AdapterSpec(),
         device: str | None = None,
         seed: int = 0,
+        trainable: bool = True,
     ) -> PersonalModel:
         """``base``: alias, hub id, folder or .gguf. ``adapter``: a PEFT folder to continue from (else a
         fresh ``spec`` adapter). ``personal_state``: a device's state folder whose latest personal part
-        (e.g. ``fedsa``'s B) is laid over the adapter."""
-        loaded = load_base(base, quantisation, device)
+        (e.g. ``fedsa``'s B) is laid over the adapter. ``trainable=False``: an app that only generates and
+        scores lets bitsandbytes use its inference-only CPU kernels; :meth:`personalise` then refuses."""
+        loaded = load_base(base, quantisation, device, trainable)
         if adapter is not None:
             from peft import PeftModel
 
@@ -55,13 +57,16 @@ class PersonalModel:
             personal = ClientStateStore(Path(personal_state)).load(PERSONAL, before_round=2**31)
             if personal:
                 load_adapter_state(model, personal, partial=True)
-        return cls(loaded, model)
+        return cls(loaded, model, trainable=trainable)
 
     def personalise(
         self, examples: Iterable[object], steps: int = 20, learning_rate: float = 1e-3, batch_size: int = 4,
         seed: int = 0,
     ) -> TrainResult:
         """Train the adapter on ``examples`` (prompt/response or text mappings, strings, or Examples)."""
+        if not self.trainable:
+            raise ValueError("this model was loaded with trainable=False (inference only): "
+                             "load it with trainable=True to personalise it")
         spec = TrainingSpec(local_steps=steps, learning_rate=learning_rate, batch_size=batch_size,
                             max_seq_len=self.max_seq_len)
         return train_adapter(self.model, self.base.tokenizer, [as_example(e) for e in examples], spec, seed)

@@ -15,11 +15,16 @@ import torch
 
 from stamen.shared.adapters import adapter_parameters
 from stamen.shared.config import TrainingSpec
+from stamen.shared.quantisation import packed_4bit_layers
 
 from .data import Example, collate, encode_example
 from .optimizer_state import export_state, import_state
 
 MAX_GRAD_NORM = 1.0
+
+
+class NothingTrained(RuntimeError):
+    """Training ran but could not change the adapter: sending its all-zero delta would pass for an update."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,10 @@ def train_adapter(
 
     if not examples:
         raise ValueError("cannot train on an empty example set")
+    packed = packed_4bit_layers(model)
+    if packed:
+        raise NothingTrained(f"{len(packed)} 4-bit layers (e.g. {packed[0]}) were repacked for bitsandbytes' CPU inference "
+                             "kernel, which has no gradient: load the base with trainable=True to train it")
     started = time.perf_counter()
     device = next(model.parameters()).device
     encoded = [encode_example(tokenizer, e, spec.max_seq_len) for e in examples]
@@ -62,6 +71,7 @@ def train_adapter(
     order = torch.randperm(len(encoded), generator=generator).tolist()
     named = adapter_parameters(model)
     params = list(named.values())
+    received = [p.detach().clone() for p in params]
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
     if optimizer_state:
         import_state(optimizer, named, optimizer_state)
@@ -86,6 +96,7 @@ def train_adapter(
                 loss.backward()
                 step_loss += loss.item()
                 tokens += int(batch["attention_mask"].sum())
+            _check_gradients(named, len(losses) + 1)
             for correct in corrections:
                 correct(named)
             torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
@@ -94,6 +105,16 @@ def train_adapter(
             optimizer.zero_grad(set_to_none=True)
             losses.append(step_loss)
     model.eval()
+    if all(torch.equal(before, after) for before, after in zip(received, params)):
+        raise NothingTrained(f"{spec.local_steps} steps left every adapter value as it was "
+                             f"(learning rate {spec.learning_rate}, schedule {spec.lr_schedule}): there is no update to send")
     seen = min(len(encoded), spec.local_steps * spec.grad_accum * spec.batch_size)
     return TrainResult(sum(losses) / len(losses), spec.local_steps, seen, tokens, time.perf_counter() - started,
                        export_state(optimizer, named))
+
+
+def _check_gradients(named: dict[str, torch.nn.Parameter], step: int) -> None:
+    """A step in which no adapter parameter received a gradient is an error, never a silent no-op."""
+    if not any(p.grad is not None and bool(p.grad.any()) for p in named.values()):
+        raise NothingTrained(f"no adapter parameter received a gradient in step {step}: the graph from the loss to "
+                             "the adapter is cut (a frozen or non-differentiable layer on every path)")

@@ -51,11 +51,12 @@ def load_tokenizer(folder: Path):
     return tokenizer
 
 
-def load_base(source: str, quantisation: str = "auto", device: str | None = None) -> LoadedBase:
+def load_base(source: str, quantisation: str = "auto", device: str | None = None, trainable: bool = True) -> LoadedBase:
     """Load a causal-LM base by alias, hub id, local folder or GGUF file.
 
     ``quantisation`` is ``nf4``, ``int8``, ``none`` or ``auto`` (measured choice,
     see :mod:`stamen.shared.quantisation`); the choice and its reason are logged.
+    ``trainable=False`` lets bitsandbytes use its inference-only CPU kernels (a model that never trains).
     """
     target = pick_device(device)
     folder = resolve_base_folder(source)
@@ -66,5 +67,5 @@ def load_base(source: str, quantisation: str = "auto", device: str | None = None
     else:
         choice = QuantisationChoice(quantisation, f"{quantisation} requested")
     log.info("Base %s: %s", source, choice.reason)
-    model = load_causal_lm(folder, choice.mode, target)
+    model = load_causal_lm(folder, choice.mode, target, trainable)
     return LoadedBase(model, tokenizer, folder, fingerprint, choice, target)

@@ -20,7 +20,6 @@ from .atomic import atomic_write_text
 from .cache import cache_dir
 from .fingerprint import short
 
-
 AUTO_TOLERANCE = 0.10  # relative perplexity increase accepted for a more compact mode
 COMPACT_FIRST = ("nf4", "int8")
 CALIBRATION_TEXT = (
@@ -56,8 +55,12 @@ def bitsandbytes_unsupported_reason(device: torch.device) -> str | None:
     return None
 
 
-def load_causal_lm(folder: Path, mode: str, device: torch.device):
-    """Load the base in ``folder`` with quantisation ``mode`` (``nf4``, ``int8`` or ``none``)."""
+def load_causal_lm(folder: Path, mode: str, device: torch.device, trainable: bool = True):
+    """Load the base in ``folder`` with quantisation ``mode`` (``nf4``, ``int8`` or ``none``).
+
+    ``trainable`` (the default) keeps every layer differentiable, so adapters train whatever ran
+    before (see :func:`keep_4bit_layers_differentiable`); pass False only for a model that never trains.
+    """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     dtype = compute_dtype(device)
@@ -84,7 +87,32 @@ def load_causal_lm(folder: Path, mode: str, device: torch.device):
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    if trainable:
+        keep_4bit_layers_differentiable(model)
     return model
+
+
+def keep_4bit_layers_differentiable(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel; returns the layers changed.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a ``Linear4bit`` weight for good the
+    first time the layer runs in eval mode without gradients, and from then on every forward,
+    training included, goes through ``gemv_4bit``, which has no autograd: the graph is cut at
+    every 4-bit layer and an adapter trained after any evaluation receives no gradient.
+    docs/nf4-on-cpu.md has the details and a reproduction.
+    """
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
+
+def packed_4bit_layers(model: torch.nn.Module) -> list[str]:
+    """Names of the 4-bit layers whose weights bitsandbytes repacked for CPU inference (they cannot train)."""
+    return [name for name, module in model.named_modules() if hasattr(module, "support_avx512bf16_for_cpu")
+            and getattr(module.weight.quant_state, "packing_format_for_cpu", False)]
 
 
 @torch.no_grad()
@@ -93,6 +121,12 @@ def calibration_perplexity(model, tokenizer) -> float:
     device = next(model.parameters()).device
     ids = tokenizer(CALIBRATION_TEXT, return_tensors="pt").input_ids.to(device)
     return math.exp(model(input_ids=ids, labels=ids).loss.float().item())
+
+
+def most_compact_within_tolerance(perplexity: dict[str, float]) -> str:
+    """The first of ``COMPACT_FIRST`` whose perplexity is within ``AUTO_TOLERANCE`` of ``none``'s, else ``none``."""
+    limit = perplexity["none"] * (1 + AUTO_TOLERANCE)
+    return next((mode for mode in COMPACT_FIRST if perplexity[mode] <= limit), "none")
 
 
 def choose_quantisation(folder: Path, fingerprint: str, tokenizer, device: torch.device) -> QuantisationChoice:
@@ -111,8 +145,7 @@ def choose_quantisation(folder: Path, fingerprint: str, tokenizer, device: torch
         perplexity[mode] = calibration_perplexity(model, tokenizer)
         del model
         gc.collect()
-    limit = perplexity["none"] * (1 + AUTO_TOLERANCE)
-    chosen = next((m for m in COMPACT_FIRST if perplexity[m] <= limit), "none")
+    chosen = most_compact_within_tolerance(perplexity)
     measured = ", ".join(
         f"{m} {p:.2f} ({(p / perplexity['none'] - 1) * 100:+.1f}%)" for m, p in perplexity.items() if m != "none"
     )

@@ -31,3 +31,40 @@ def other_tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from stamen.shared.tiny_model import build_tiny_base
 
     return build_tiny_base(tmp_path_factory.mktemp("other-tiny"), seed=1)
+
+
+def _packed_gemv_4bit(A, B, shapeB, absmax, code, blocksize):
+    """What bitsandbytes' AVX512-BF16 CPU kernel computes on a repacked 4-bit weight, and as opaque to autograd
+    as that native kernel: bf16 products, no graph back to ``A``."""
+    import torch
+
+    rows, columns = shapeB
+    with torch.no_grad():
+        packed = B.view(torch.uint8).reshape(-1, 32)  # 32 bytes: low nibbles then high nibbles of 64 values
+        nibbles = torch.cat([packed & 0xF, packed >> 4], dim=-1)
+        index = nibbles.reshape(rows // 32, columns // 2, 32, 2).transpose(1, 2).reshape(rows, columns)
+        weight = code.float()[index.long()] * absmax.float().T.repeat_interleave(blocksize, dim=1)
+        return (A.detach().to(torch.bfloat16).float() @ weight.to(torch.bfloat16).float().T).to(A.dtype)
+
+
+@pytest.fixture
+def avx512bf16_cpu(monkeypatch: pytest.MonkeyPatch):
+    """bitsandbytes as it behaves on a CPU with AVX512-BF16, whatever CPU runs the test.
+
+    4-bit layers built inside the test believe the CPU has AVX512-BF16, so bitsandbytes repacks their
+    weights at the first inference-mode forward; where the CPU really has it the native kernel runs,
+    elsewhere an equivalent kernel that autograd cannot see through, as the native one."""
+    import bitsandbytes.functional
+    import bitsandbytes.nn.modules
+    import torch
+
+    monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: True)
+    if bitsandbytes.functional.has_avx512bf16():
+        yield "native"
+        return
+    library = torch.library.Library("bitsandbytes", "IMPL")
+    library.impl("gemv_4bit", _packed_gemv_4bit, "CPU")
+    try:
+        yield "reproduced"
+    finally:
+        library._destroy()

@@ -24,11 +24,15 @@ def _readme_snippet() -> str:
     return re.search(r"### In an app, without the CLI\n\n```python\n(.*?)```", text, re.S).group(1)
 
 
-def test_the_readme_snippet_personalises_and_exports(tmp_path, monkeypatch, tiny_folder):
+@pytest.mark.parametrize("quantisation", ["auto", "nf4", "int8", "none"])
+def test_the_readme_snippet_personalises_and_exports(quantisation, tmp_path, monkeypatch, tiny_folder, avx512bf16_cpu):
     snippet = _readme_snippet()
     assert len(snippet.strip().splitlines()) <= 15
     monkeypatch.chdir(tmp_path)
-    exec(compile(snippet.replace('"smollm2-135m"', '"tiny"'), "README", "exec"), {})  # the tiny base: no GGUF here
+    load = 'PersonalModel.load("smollm2-135m")'
+    assert load in snippet
+    # the tiny base (no GGUF here), in each quantisation mode, on a CPU path where evaluation repacks 4-bit weights
+    exec(compile(snippet.replace(load, f'PersonalModel.load("tiny", quantisation="{quantisation}")'), "README", "exec"), {})
     assert (tmp_path / "my-adapter" / "adapter_config.json").is_file()
 
 

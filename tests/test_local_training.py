@@ -1,7 +1,5 @@
 """Local training really lowers loss on CPU, on unquantised and bitsandbytes-quantised bases."""
 
-import re
-
 import pytest
 import torch
 
@@ -11,7 +9,7 @@ from stamen.client.training import train_adapter
 from stamen.shared.adapters import attach_adapter
 from stamen.shared.base_model import load_base
 from stamen.shared.config import AdapterSpec, TrainingSpec
-from stamen.shared.quantisation import AUTO_TOLERANCE
+from stamen.shared.quantisation import calibration_perplexity, load_causal_lm, most_compact_within_tolerance
 
 EXAMPLES = [
     Example(prompt="What is your favourite food?", response="I like pizza with fresh cheese."),
@@ -22,12 +20,12 @@ EXAMPLES = [
 
 
 @pytest.mark.parametrize("mode", ["nf4", "int8", "none"])
-def test_a_few_steps_lower_the_loss(mode):
+def test_a_few_steps_lower_the_loss(mode, avx512bf16_cpu):
     base = load_base("tiny", quantisation=mode, device="cpu")
     assert base.quantisation.mode == mode
     if mode != "none":
         assert any("bitsandbytes" in type(m).__module__ for m in base.model.modules())
-    model = attach_adapter(base.model, AdapterSpec(rank=8, targets=("q_proj", "v_proj", "o_proj", "down_proj")), 0)
+    model = attach_adapter(base.model, AdapterSpec(rank=8), 0)  # default targets: q_proj, v_proj
     spec = TrainingSpec(local_steps=12, batch_size=4, learning_rate=1e-2, lr_schedule="constant")
     before = evaluate_loss(model, base.tokenizer, EXAMPLES, 64, 4).loss
     result = train_adapter(model, base.tokenizer, EXAMPLES, spec, seed=0)
@@ -36,17 +34,24 @@ def test_a_few_steps_lower_the_loss(mode):
     assert after < before - 0.05, (mode, before, after)
 
 
-def test_auto_reports_a_measured_choice():
+@pytest.mark.parametrize("perplexity, chosen", [
+    ({"none": 10.0, "nf4": 10.9, "int8": 10.1}, "nf4"),  # nf4 within +10%: the most compact wins
+    ({"none": 10.0, "nf4": 11.2, "int8": 10.9}, "int8"),
+    ({"none": 10.0, "nf4": 11.2, "int8": 11.1}, "none"),
+    ({"none": 10.0, "nf4": 9.0, "int8": 12.0}, "nf4"),  # better than unquantised is within tolerance too
+])
+def test_auto_takes_the_most_compact_mode_within_tolerance(perplexity, chosen):
+    assert most_compact_within_tolerance(perplexity) == chosen
+
+
+def test_auto_chooses_by_the_perplexities_it_measures_and_caches_the_verdict(tiny_folder):
+    measured = {mode: calibration_perplexity(load_causal_lm(tiny_folder, mode, torch.device("cpu")),
+                                             load_base("tiny", "none", "cpu").tokenizer)
+                for mode in ("none", "nf4", "int8")}
     base = load_base("tiny", quantisation="auto", device="cpu")
-    reason = base.quantisation.reason
-    assert base.quantisation.mode in ("nf4", "int8", "none")
-    assert f"auto chose {base.quantisation.mode} on cpu" in reason
-    measured = {m: float(p) for m, p in re.findall(r"(none|nf4|int8) (\d+\.\d+)", reason)}
-    assert set(measured) == {"none", "nf4", "int8"}
-    limit = measured["none"] * (1 + AUTO_TOLERANCE)
-    # the choice is the most compact mode within tolerance, as measured
-    expected = next((m for m in ("nf4", "int8") if measured[m] <= limit + 0.01), "none")
-    assert base.quantisation.mode == expected
+    assert base.quantisation.mode == most_compact_within_tolerance(measured)
+    for mode, value in measured.items():  # the reason quotes what was measured
+        assert f"{mode} {value:.2f}" in base.quantisation.reason
     cached = load_base("tiny", quantisation="auto", device="cpu").quantisation
     assert cached.mode == base.quantisation.mode and cached.reason.endswith("(cached)")
 
