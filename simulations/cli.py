@@ -177,11 +177,10 @@ def info(
 
     _configure_logging(False)
     loaded = load_base(base, quantisation, device)
-    console.print(f"folder:        {loaded.folder}")
-    console.print(f"fingerprint:   {loaded.fingerprint}")
-    console.print(f"device:        {loaded.device}")
-    console.print(f"quantisation:  {loaded.quantisation.mode} ({loaded.quantisation.reason})")
-    console.print(f"stored bytes:  {loaded.stored_bytes:,}")
+    for label, value in (("folder", loaded.folder), ("fingerprint", loaded.fingerprint), ("device", loaded.device),
+                         ("quantisation", f"{loaded.quantisation.mode} ({loaded.quantisation.reason})"),
+                         ("stored bytes", f"{loaded.stored_bytes:,}")):
+        console.print(f"{label + ':':15}{value}", soft_wrap=True)  # one line each, however narrow the terminal
 
 
 @app.command()

@@ -49,6 +49,11 @@ class SweepSpec:
         except KeyError as missing:
             raise ValueError(f"{path}: [sweep] needs 'rules', 'attacks' and 'fractions' ({missing} is missing)") from None
 
+    def cell_settings(self, rule: str, attack: str, fraction: float) -> dict[str, object]:
+        """The flat config keys one cell's run is started with."""
+        return {**self.config, "aggregation": rule, "aggregation-options": self.rule_options.get(rule, ""),
+                "attack": attack, "attack-fraction": fraction, "attack-options": self.attack_options.get(attack, "")}
+
     def cells(self) -> list[tuple[str, str, float]]:
         """(rule, attack, fraction); a fraction of 0 is one clean cell per rule, whatever the attack."""
         cells = []
@@ -80,9 +85,8 @@ def run_sweep(spec: SweepSpec, folder: Path, parallel: int = 1) -> list[dict]:
 
 
 def _run_cell(spec: SweepSpec, folder: Path, rule: str, attack: str, fraction: float) -> str | None:
-    settings = {**spec.config, "aggregation": rule, "aggregation-options": spec.rule_options.get(rule, ""),
-                "attack": attack, "attack-fraction": fraction, "attack-options": spec.attack_options.get(attack, "")}
-    return simulate_in_subprocess(settings, spec.clients, spec.rounds, folder, cell_id(rule, attack, fraction))
+    return simulate_in_subprocess(spec.cell_settings(rule, attack, fraction), spec.clients, spec.rounds, folder,
+                                  cell_id(rule, attack, fraction))
 
 
 def simulate_in_subprocess(settings: dict, clients: int, rounds: int, folder: Path, run_id: str) -> str | None:

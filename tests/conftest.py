@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+# Hypothesis keeps its examples and caches out of the working tree
+_HYPOTHESIS_HOME = Path(tempfile.mkdtemp(prefix="stamen-hypothesis-"))
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+settings.register_profile("hermetic", database=DirectoryBasedExampleDatabase(_HYPOTHESIS_HOME / "examples"))
+settings.load_profile("hermetic")
+
+_ROOT = Path(__file__).resolve().parents[1]
+_ROOT_BEFORE = set(os.listdir(_ROOT))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Tests write only under their temporary folders: a new entry in the checkout fails the session."""
+    written = sorted(set(os.listdir(_ROOT)) - _ROOT_BEFORE - {".pytest_cache"})
+    if written:
+        print(f"\nthe tests wrote into the working tree: {', '.join(written)}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -16,6 +36,26 @@ def stamen_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("stamen-cache")
     os.environ["STAMEN_CACHE"] = str(path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def fresh_client_runtime():
+    """Each test starts without the process-wide loaded base and adapter an earlier test left behind."""
+    from stamen.client.runtime import release_runtime
+
+    release_runtime()
+    yield
+    release_runtime()
+
+
+@pytest.fixture
+def flower_task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages built outside a Flower process are stamped with a run, as the simulation engine sets up;
+    the class attributes are restored after the test."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):  # behind the class's properties
+        monkeypatch.setattr(TaskIdentity, name, value)
 
 
 @pytest.fixture(scope="session")

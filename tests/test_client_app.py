@@ -8,17 +8,30 @@ import torch
 from flwr.app import Context, Message, MessageType, RecordDict
 
 from stamen.client.app import app as client_app
+from stamen.client.evaluation import evaluate_loss
+from stamen.client.local_data import local_data
 from stamen.client.replay import AnchorSetMissingError
-from stamen.client.self_replay import SEED_PROMPTS
 from stamen.client.runtime import client_runtime
+from stamen.client.self_replay import SEED_PROMPTS
 from stamen.client.state_store import ClientStateStore, client_folder
 from stamen.server.anchor_distribution import AnchorDistribution
-from stamen.shared.adapters import adapter_state, attach_adapter, shared_state
+from stamen.shared.adapters import adapter_state, attach_adapter, load_adapter_state, shared_state
 from stamen.shared.anchor_set import ANCHOR, AnchorMismatchError, anchor_record, encode_anchor
 from stamen.shared.base_model import load_base
 from stamen.shared.config import RunConfig
 from stamen.shared.fingerprint import BaseMismatchError
-from stamen.shared.protocol import ARRAYS, CLIENT_INFO, CONFIG, CORRECTIONS, FINGERPRINT, METRICS, SERVER_ROUND, round_config
+from stamen.shared.protocol import (
+    ARRAYS,
+    CLIENT_INFO,
+    CONFIG,
+    CONTROL,
+    CONTROL_DELTA,
+    CORRECTIONS,
+    FINGERPRINT,
+    METRICS,
+    SERVER_ROUND,
+    round_config,
+)
 from stamen.shared.wire import AdapterSchema, decode_adapter, encode_adapter
 from stamen.simulations.corpus import ANCHOR_SIZE, natural_split
 from stamen.simulations.partitions import split_corpus
@@ -26,11 +39,7 @@ from stamen.simulations.partitions import split_corpus
 TINY = RunConfig().replace(**{"base-model": "tiny", "quantisation": "none", "local-steps": 2, "seed": 0})
 
 
-@pytest.fixture(autouse=True)
-def flower_task_identity():
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 def _server_view(config):
@@ -50,20 +59,27 @@ def _message(kind, config, fingerprint, adapter, server_round=1, extra=None):
     return Message(content, dst_node_id=7, message_type=kind)
 
 
-def _context(state_dir=None):
-    node = {"partition-id": 0, "num-partitions": 3, **({"state-dir": str(state_dir)} if state_dir else {})}
+def _context(state_dir):
+    """A node whose private state lives in ``state_dir`` (a test's tmp_path, never the working tree)."""
+    node = {"partition-id": 0, "num-partitions": 3, "state-dir": str(state_dir)}
     return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
 
 
-def test_train_reply_is_a_delta_with_exactly_the_adapter():
+def test_train_reply_is_a_delta_with_exactly_the_adapter(tmp_path):
     fingerprint, initial, schema = _server_view(TINY)
-    reply = client_app(_message(MessageType.TRAIN, TINY, fingerprint, initial), _context())
+    rng = np.random.default_rng(0)  # a global adapter away from the initial one: B != 0, A != its seeded init
+    received = {k: (v + rng.normal(0, 0.05, v.shape)).astype(np.float16).astype(np.float32) for k, v in initial.items()}
+    reply = client_app(_message(MessageType.TRAIN, TINY, fingerprint, received), _context(tmp_path))
     assert not reply.has_error()
     content = reply.content
     assert set(content.array_records) == {ARRAYS}
     assert set(content[ARRAYS]) == set(schema.shapes)
     delta = decode_adapter(content[ARRAYS], schema)
-    assert any(np.abs(d).max() > 0 for d in delta.values())
+    trained = {k: v.numpy() for k, v in adapter_state(client_runtime(TINY).model).items()}
+    for name, value in delta.items():  # trained - received, to fp16 precision: not the trained weights themselves
+        np.testing.assert_allclose(value, trained[name] - received[name], atol=1e-5, rtol=2e-3)
+        assert np.abs(value).max() > 0, name
+        assert not np.allclose(value, trained[name], atol=1e-2)
     payload = sum(content[ARRAYS][k].numpy().nbytes for k in content[ARRAYS])
     assert payload == schema.nbytes
     assert content[METRICS]["num-examples"] > 0
@@ -71,25 +87,38 @@ def test_train_reply_is_a_delta_with_exactly_the_adapter():
     assert content[CLIENT_INFO][FINGERPRINT] == fingerprint
 
 
-def test_evaluate_reply_carries_losses_and_no_arrays():
+def test_evaluate_reply_carries_the_received_adapters_losses_and_no_arrays(tmp_path):
     fingerprint, initial, _ = _server_view(TINY)
-    reply = client_app(_message(MessageType.EVALUATE, TINY, fingerprint, initial), _context())
+    rng = np.random.default_rng(1)  # a global adapter the client has not trained: its losses, not the initial one's
+    received = {k: (v + rng.normal(0, 0.2, v.shape)).astype(np.float16).astype(np.float32) for k, v in initial.items()}
+    context = _context(tmp_path)
+    reply = client_app(_message(MessageType.EVALUATE, TINY, fingerprint, received), context)
     metrics = reply.content[METRICS]
     assert not reply.content.array_records
-    assert metrics["heldout-loss"] > 0 and metrics["base-domain-loss"] > 0
+    runtime, data = client_runtime(TINY), local_data(context, TINY, 0)
+    load_adapter_state(runtime.model, received)
+    training = TINY.training
+    heldout = evaluate_loss(runtime.model, runtime.base.tokenizer, list(data.heldout), training.max_seq_len,
+                            training.eval_batch_size)
+    general = evaluate_loss(runtime.model, runtime.base.tokenizer, [*data.base_domain, *runtime.base_generated()],
+                            training.max_seq_len, training.eval_batch_size)
+    assert metrics["heldout-loss"] == pytest.approx(heldout.loss, rel=1e-6)
+    assert metrics["num-examples"] == len(data.heldout)
+    assert metrics["base-domain-loss"] == pytest.approx(general.loss, rel=1e-6)
+    assert metrics["personal-heldout-loss"] == metrics["heldout-loss"]  # personalisation global: the same model
 
 
-def test_client_refuses_a_server_on_another_base():
+def test_client_refuses_a_server_on_another_base(tmp_path):
     _, initial, _ = _server_view(TINY)
     with pytest.raises(BaseMismatchError, match="mismatch"):
-        client_app(_message(MessageType.TRAIN, TINY, "sha256:" + "00" * 32, initial), _context())
+        client_app(_message(MessageType.TRAIN, TINY, "sha256:" + "00" * 32, initial), _context(tmp_path))
 
 
-def test_ffa_sends_only_b_and_a_is_the_same_seeded_init_on_a_quantised_client():
+def test_ffa_sends_only_b_and_a_is_the_same_seeded_init_on_a_quantised_client(tmp_path):
     config = TINY.replace(**{"lora-aggregation": "ffa"})
     fingerprint, initial, _ = _server_view(config)
     assert initial and all(".lora_B." in k for k in initial)
-    reply = client_app(_message(MessageType.TRAIN, config, fingerprint, initial), _context())
+    reply = client_app(_message(MessageType.TRAIN, config, fingerprint, initial), _context(tmp_path))
     assert set(reply.content[ARRAYS]) == set(initial)
     server_a = adapter_state(attach_adapter(load_base("tiny", "none").model, config.adapter, config.seed))
     nf4_a = adapter_state(attach_adapter(load_base("tiny", "nf4").model, config.adapter, config.seed))
@@ -114,23 +143,38 @@ def test_fedsa_keeps_b_on_the_device_and_evaluates_with_it(tmp_path):
         np.testing.assert_array_equal(in_model[key].numpy(), value)
 
 
-def test_exact_corrections_are_added_to_the_layer_outputs():
+def test_exact_corrections_are_added_to_the_layer_outputs(tmp_path):
+    """Each adapted layer outputs base + LoRA + x C^T, C as received (in the wire dtype)."""
     config = TINY.replace(**{"lora-aggregation": "exact"})
     fingerprint, initial, _ = _server_view(config)
-    runtime = client_runtime(config)
     ids = torch.tensor([[1, 5, 9, 13]])
-    client_app(_message(MessageType.EVALUATE, config, fingerprint, initial), _context())
-    plain = runtime.model(input_ids=ids).logits
-    corrections = {m: np.full(tuple(b.shape), 0.05, np.float32) for m, b in runtime.corrections.buffers.items()}
-    client_app(_message(MessageType.EVALUATE, config, fingerprint, initial, extra={CORRECTIONS: corrections}), _context())
-    corrected = runtime.model(input_ids=ids).logits
-    assert not torch.allclose(plain, corrected)
-    assert all(torch.all(b == float(np.float16(0.05))) for b in runtime.corrections.buffers.values())
+
+    def first_layer_io(extra):
+        client_app(_message(MessageType.EVALUATE, config, fingerprint, initial, extra=extra), _context(tmp_path))
+        runtime = client_runtime(config)
+        name = min(runtime.corrections.buffers)  # layer 0's q_proj: its input does not depend on any correction
+        seen = {}
+        handle = dict(runtime.model.named_modules())[name].register_forward_hook(
+            lambda module, args, output: seen.update(x=args[0].detach(), y=output.detach()))
+        with torch.no_grad():
+            runtime.model(input_ids=ids)
+        handle.remove()
+        return name, seen["x"], seen["y"], runtime
+
+    name, x_plain, y_plain, runtime = first_layer_io(None)
+    rng = np.random.default_rng(0)
+    corrections = {m: rng.normal(0, 0.05, tuple(b.shape)).astype(np.float32) for m, b in runtime.corrections.buffers.items()}
+    _, x, y, runtime = first_layer_io({CORRECTIONS: corrections})
+    received = {m: c.astype(np.float16).astype(np.float32) for m, c in corrections.items()}
+    torch.testing.assert_close(x, x_plain)
+    torch.testing.assert_close(y - y_plain, x @ torch.from_numpy(received[name]).T, rtol=1e-4, atol=1e-5)
+    for module, buffer in runtime.corrections.buffers.items():
+        np.testing.assert_array_equal(buffer.numpy(), received[module])
 
 
-def test_a_lower_rank_device_pads_its_delta_to_the_server_rank():
+def test_a_lower_rank_device_pads_its_delta_to_the_server_rank(tmp_path):
     fingerprint, initial, schema = _server_view(TINY)
-    context = _context()
+    context = _context(tmp_path)
     context.node_config["lora-rank"] = 2
     reply = client_app(_message(MessageType.TRAIN, TINY, fingerprint, initial), context)
     delta = decode_adapter(reply.content[ARRAYS], schema)  # validated against the server's rank-8 shapes
@@ -244,3 +288,62 @@ def test_self_replay_writes_pseudo_examples_from_the_base_alone_and_stores_no_lo
     local = split_corpus(3, 0).clients[0]
     stored = b"".join(path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
     assert not any(e.response.encode() in stored for e in (*local.train, *local.heldout) if len(e.response) > 12)
+
+
+@pytest.mark.parametrize("method", ["dora", "ia3", "loha"])
+def test_each_adapter_type_trains_and_is_aggregated_through_a_round(method, tmp_path):
+    """One client, one FedAvg round: the new global adapter is what the client trained (to fp16), every tensor moved."""
+    from stamen.server.rules import make_rule
+    from stamen.server.run_record import RunRecorder
+    from stamen.server.strategy import AdapterStrategy
+
+    config = TINY.replace(**{"adapter": method, "learning-rate": 0.01, "lora-targets": "q_proj,v_proj,down_proj"})
+    fingerprint, initial, schema = _server_view(config)
+    reply = client_app(_message(MessageType.TRAIN, config, fingerprint, initial), _context(tmp_path / "device"))
+    assert not reply.has_error(), reply.error
+    strategy = AdapterStrategy(initial, schema, fingerprint, RunRecorder(tmp_path / "run", config, {}), make_rule("fedavg"))
+    arrays, _ = strategy.aggregate_train(1, [reply])
+    new = decode_adapter(arrays, schema)
+    trained = {k: v.numpy() for k, v in adapter_state(client_runtime(config).model).items()}
+    assert set(new) == set(trained) == set(initial)
+    for name, value in new.items():
+        np.testing.assert_allclose(value, trained[name], rtol=1e-3, atol=1e-4)
+        assert not np.array_equal(value, initial[name]), name
+
+
+def test_scaffold_corrects_with_the_server_control_and_sends_only_its_control_change(tmp_path):
+    """Option II through the ClientApp: delta c_i = -c + (x - y) / (K lr) on a first round (c_i = 0);
+    c_i+ stays on the device, and a large c visibly pulls the trained adapter along -c."""
+    config = TINY.replace(**{"aggregation": "scaffold", "lr-schedule": "constant", "learning-rate": 0.01})
+    fingerprint, initial, schema = _server_view(config)
+    control = {k: np.full(v.shape, 0.5, np.float32) for k, v in initial.items()}
+    context = _context(tmp_path)
+    reply = client_app(_message(MessageType.TRAIN, config, fingerprint, initial, extra={CONTROL: control}), context)
+    assert not reply.has_error(), reply.error
+    delta = decode_adapter(reply.content[ARRAYS], schema)
+    change = decode_adapter(reply.content[CONTROL_DELTA], schema)
+    steps, lr = config.training.local_steps, config.training.learning_rate
+    for name in initial:
+        trained = initial[name] + delta[name]  # what the client trained (to fp16)
+        np.testing.assert_allclose(change[name], -control[name] + (initial[name] - trained) / (steps * lr),
+                                   rtol=2e-2, atol=2e-2)
+    kept = ClientStateStore(next(tmp_path.rglob("control-r000001.safetensors")).parent).load("control", 2)
+    for name, value in kept.items():  # c_i+ = c_i (0) + change, on the device only
+        np.testing.assert_allclose(value, change[name], rtol=2e-3, atol=2e-3)
+    plain = client_app(_message(MessageType.TRAIN, config.replace(aggregation="fedavg"), fingerprint, initial),
+                       _context(tmp_path / "plain"))
+    plain_delta = decode_adapter(plain.content[ARRAYS], schema)
+    assert sum(float(delta[k].sum()) for k in delta) < sum(float(plain_delta[k].sum()) for k in plain_delta)
+
+
+def test_fedprox_keeps_the_trained_adapter_nearer_the_received_one(tmp_path):
+    config = TINY.replace(**{"learning-rate": 0.05, "local-steps": 4, "lr-schedule": "constant"})
+    fingerprint, initial, schema = _server_view(config)
+
+    def moved(mu, folder):
+        setting = config.replace(**{"proximal-mu": mu})
+        reply = client_app(_message(MessageType.TRAIN, setting, fingerprint, initial), _context(tmp_path / folder))
+        return np.sqrt(sum(float((d ** 2).sum()) for d in decode_adapter(reply.content[ARRAYS], schema).values()))
+
+    free, held = moved(0.0, "free"), moved(50.0, "held")
+    assert 0 < held < 0.8 * free, (held, free)

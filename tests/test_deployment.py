@@ -86,11 +86,12 @@ def test_readme_sequence_with_tls_and_auth_refuses_strangers_plaintext_and_anoth
 def test_a_killed_device_and_a_killed_server_do_not_stop_a_secure_federation(site, tmp_path):
     port, runs = free_port(), tmp_path / "runs"
     data = [tmp_path / f"device-{n}.jsonl" for n in (1, 2, 3)]
-    site.server("server", port, *tiny_run_args(runs, 2, 2, "round-timeout=60", "secure-aggregation=true",
+    # min-clients 3: each round (the resumed one too) waits for all three devices before it samples
+    site.server("server", port, *tiny_run_args(runs, 2, 3, "round-timeout=60", "secure-aggregation=true",
                                                 "secagg-timeout=60"))
     for number, path in enumerate(data, start=1):
         site.device(f"device-{number}", port, path)
-    wait_for(lambda: runs.is_dir() and any(runs.iterdir()), 180, "the run to start")
+    wait_for(lambda: "Receiving: train message" in site.log("device-3"), 180, "device-3 to be sampled in round 1")
     run_dir = _run_dir(runs)
 
     site.kill("device-3")  # dies in round 1, which must still complete with the other two

@@ -14,7 +14,7 @@ from stamen.client.app import client_app_with
 from stamen.client.personalisation import DITTO
 from stamen.client.state_store import PERSONAL, ClientStateStore, client_folder
 from stamen.shared.config import RunConfig
-from stamen.shared.protocol import CLIENT_INFO, CLIENT_NAME
+from stamen.shared.protocol import ARRAYS, CLIENT_INFO, CLIENT_NAME, CONFIG, SERVER_ROUND
 from stamen.simulations.engine import simulate
 
 
@@ -29,7 +29,10 @@ def _run(tmp_path: Path, overrides: dict) -> tuple[Path, Path]:
             name = str(reply.content[CLIENT_INFO][CLIENT_NAME]) if CLIENT_INFO in reply.content else "?"
             arrays = {f"{record}/{key}": array.numpy() for record, arrays in reply.content.array_records.items()
                       for key, array in arrays.items()}
-            np.savez(sent / f"{name}--{uuid.uuid4().hex}.npz", **arrays)
+            received = {f"{RECEIVED}/{key}": array.numpy() for key, array in msg.content[ARRAYS].items()}
+            server_round = int(msg.content[CONFIG][SERVER_ROUND])
+            np.savez(sent / f"{name}--{msg.metadata.message_type}--r{server_round}--{uuid.uuid4().hex}.npz",
+                     **arrays, **received)
         return reply
 
     config = RunConfig().replace(**{
@@ -39,6 +42,9 @@ def _run(tmp_path: Path, overrides: dict) -> tuple[Path, Path]:
     return simulate(config, 2, client_app=client_app_with([record_replies])), sent
 
 
+RECEIVED = "received-by-the-client"  # the global adapter of the message a reply answers, saved beside the reply
+
+
 def _rows(run_dir: Path, kind: str, phase: str | None = None) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if r["kind"] == kind and (phase is None or r.get("phase") == phase)]
@@ -46,23 +52,31 @@ def _rows(run_dir: Path, kind: str, phase: str | None = None) -> list[dict]:
 
 @pytest.mark.parametrize("mode", ["ditto", "fedsa"])
 def test_no_personal_tensor_is_ever_sent_to_the_server(tmp_path, mode):
+    """Every reply of every round, in every record: neither that round's personal state nor
+    personal - received (what an upload made after training the personal model would carry)."""
     overrides = {"personalisation": "ditto"} if mode == "ditto" else {"lora-aggregation": "fedsa"}
     run_dir, sent = _run(tmp_path, overrides)
     clients = sorted({r["client"] for r in _rows(run_dir, "client", "train")})
     assert len(clients) == 2
     for client in clients:
         store = ClientStateStore(client_folder(run_dir / "clients", client))
-        personal = store.load(DITTO if mode == "ditto" else PERSONAL, before_round=3)
-        assert personal, f"{client} kept no personal state"
-        uploads = [dict(np.load(path)) for path in sent.glob(f"{client}--*.npz")]
-        assert len(uploads) == 4  # 2 train + 2 evaluate replies
-        for upload in uploads:
+        replies = sorted(sent.glob(f"{client}--*.npz"))
+        assert len(replies) == 4  # 2 train + 2 evaluate replies
+        for path in replies:
+            server_round = int(path.name.split("--")[2][1:])
+            personal = store.load(DITTO if mode == "ditto" else PERSONAL, before_round=server_round + 1)
+            assert personal, f"{client} kept no personal state in round {server_round}"
+            saved = dict(np.load(path))
+            received = {k.split("/", 1)[1]: v.astype(np.float32) for k, v in saved.items() if k.startswith(RECEIVED)}
+            upload = {k: v.astype(np.float32) for k, v in saved.items() if not k.startswith(RECEIVED)}
             if mode == "fedsa":  # B never travels, under any record
                 assert not any(".lora_B." in key for key in upload)
             for key, array in upload.items():
                 name = key.split("/", 1)[1]
                 if name in personal and array.shape == personal[name].shape:
-                    assert not np.allclose(array.astype(np.float32), personal[name], atol=1e-3), key
+                    assert not np.allclose(array, personal[name], atol=1e-3), (path.name, key)
+                    if name in received and np.abs(personal[name] - received[name]).max() > 1e-3:
+                        assert not np.allclose(array, personal[name] - received[name], atol=1e-4), (path.name, key)
     evaluated = _rows(run_dir, "client", "evaluate")
     assert all("personal_heldout_loss" in r for r in evaluated)
     if mode == "ditto":  # the personal adapter is a different model from the global one

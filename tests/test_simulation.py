@@ -22,7 +22,9 @@ def _simulate(tmp_path, clients, rounds, *overrides):
 
 
 def test_two_round_federation_of_three_clients_lowers_heldout_loss(tmp_path):
-    result, run_dir, rows, meta = _simulate(tmp_path, 3, 2)
+    # nf4: every client evaluates (round-0 baseline) before it trains, the order that once stopped nf4 learning
+    result, run_dir, rows, meta = _simulate(tmp_path, 3, 2, "quantisation=nf4")
+    assert meta["config"]["quantisation"] == "nf4"
 
     rounds = [r for r in rows if r["kind"] == "round"]
     assert [r["round"] for r in rounds] == [1, 2]
@@ -46,6 +48,12 @@ def test_two_round_federation_of_three_clients_lowers_heldout_loss(tmp_path):
     assert f"-> {rounds[-1]['eval_heldout_loss']:.4f}" in report
     for plot in ("loss.png", "gains.png", "bytes.png"):
         assert f"]({plot})" in report and (run_dir / plot).read_bytes().startswith(b"\x89PNG")
+    for written in ("report.md", "loss.png", "gains.png", "bytes.png"):
+        (run_dir / written).unlink()
+    rebuilt = CliRunner().invoke(app, ["report", str(run_dir)])  # `stamen report` rebuilds them from the metrics
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert (run_dir / "report.md").read_text() == report
+    assert all((run_dir / plot).read_bytes().startswith(b"\x89PNG") for plot in ("loss.png", "gains.png", "bytes.png"))
 
     compared = CliRunner().invoke(app, ["compare", str(run_dir), "--out", str(tmp_path / "compare")])
     assert compared.exit_code == 0, compared.output
@@ -55,7 +63,7 @@ def test_two_round_federation_of_three_clients_lowers_heldout_loss(tmp_path):
 
 
 def test_int8_updates_with_error_feedback_are_accepted_and_leave_their_residuals_on_the_device(tmp_path):
-    _, run_dir, rows, meta = _simulate(tmp_path, 2, 2, "fraction-evaluate=0", "wire-dtype=int8")
+    _, run_dir, rows, meta = _simulate(tmp_path, 2, 2, "fraction-evaluate=0", "wire-dtype=int8", "quantisation=int8")
     uploads = [r for r in rows if r["kind"] == "client" and r["phase"] == "train"]
     assert len(uploads) == 4 and all(r["accepted"] for r in uploads)
     assert meta["adapter_values"] < meta["adapter_wire_bytes"] < 1.1 * meta["adapter_values"]  # 1 byte + block scales

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flwr.app import Error, Message, MessageType, RecordDict
 
-from stamen.server.run_record import METRICS_FILE, RunRecorder
 from stamen.server.rules import make_rule
+from stamen.server.run_record import METRICS_FILE, RunRecorder
 from stamen.server.strategy import AdapterStrategy
 from stamen.shared.config import RunConfig
 from stamen.shared.protocol import client_reply
@@ -31,12 +31,7 @@ def _delta(value):
     return {k: np.full(v.shape, value, np.float32) for k, v in GLOBAL.items()}
 
 
-@pytest.fixture(autouse=True)
-def flower_task_identity():
-    """Messages are stamped with the run they belong to, as the simulation engine sets up."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 @pytest.fixture
@@ -109,3 +104,21 @@ def test_round_zero_baseline_is_weighted_by_heldout_size(strategy, tmp_path):
     assert round_row["kind"] == "round"
     assert round_row["initial_heldout_loss"] == pytest.approx((10 * 1.0 + 30 * 2.0) / 40)
     assert "train_initial_heldout_loss" not in round_row
+
+
+def test_central_dp_noises_the_released_adapter_by_z_c_over_n(tmp_path):
+    """The strategy itself adds the noise (not only reports an epsilon): each accepted delta is clipped to C,
+    and the new global spreads around the mean of the clipped deltas with std z * C / n."""
+    from stamen.shared.config import PrivacySpec
+
+    big = {"w.lora_A": np.zeros((100, 200), np.float32)}
+    clip, multiplier, clients = 0.5, 2.0, 4
+    strategy = AdapterStrategy(big, AdapterSchema.from_state(big, "float16"), FP, RunRecorder(tmp_path, RunConfig(), {}),
+                               make_rule("fedavg"), privacy=PrivacySpec(dp="central", dp_clip=clip,
+                                                                        dp_noise_multiplier=multiplier))
+    deltas = [{"w.lora_A": np.full((100, 200), 0.3 * (i + 1), np.float32)} for i in range(clients)]
+    arrays, _ = strategy.aggregate_train(1, [_reply(i + 1, d, 10) for i, d in enumerate(deltas)])
+    moved = decode_adapter(arrays, strategy.schema)["w.lora_A"]
+    clipped_value = clip / np.sqrt(moved.size)  # every uniform delta, whatever its size, clipped to norm C
+    assert moved.mean() == pytest.approx(clipped_value, abs=4 * multiplier * clip / clients / np.sqrt(moved.size))
+    assert moved.std() == pytest.approx(multiplier * clip / clients, rel=0.03)
