@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from stamen.client.attacks import ATTACKS, make_attack, malicious_partitions
 from stamen.client.data import Example
+from stamen.shared.wire import AdapterSchema, AdapterValidationError, decode_adapter, encode_adapter
 from stamen.simulations.cli import app
 
 DELTA = {"a": np.array([[0.5, -1.0], [2.0, 0.0]], np.float32), "b": np.array([1.0, -2.0], np.float32)}
@@ -36,10 +37,13 @@ def test_gaussian_replaces_the_update_with_noise_of_the_given_scale():
     assert out["w"].std() == pytest.approx(0.5, rel=0.02)
 
 
-def test_malformed_attacks_produce_what_validation_must_refuse():
-    nan = make_attack("nan").poison_update(DELTA, RNG)
-    assert np.isnan(nan["a"]).any() and np.isinf(nan["a"]).any()
-    assert make_attack("wrong-shape").poison_update(DELTA, RNG)["a"].shape == (1, 2)
+@pytest.mark.parametrize(("name", "reason"), [("nan", "NaN/Inf"), ("wrong-shape", "shape")])
+def test_malformed_attacks_are_refused_by_the_servers_validation(name, reason):
+    schema = AdapterSchema.from_state(DELTA, "float16")
+    decode_adapter(encode_adapter(DELTA, "float16"), schema)  # the honest update passes
+    poisoned = make_attack(name).poison_update(DELTA, RNG)
+    with pytest.raises(AdapterValidationError, match=reason):
+        decode_adapter(encode_adapter(poisoned, "float16"), schema)
 
 
 def test_backdoor_poisons_the_chosen_share_of_examples():
