@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from stamen.simulations.campaign import Campaign
@@ -51,6 +52,15 @@ def test_a_preset_runs_each_named_run_once_and_compares_them(tmp_path):
 
     # measured against the baseline run, and plotted as personal gain vs forgetting
     assert (rows["global"]["forgetting_cut"], rows["global"]["gain_kept"]) == (0.0, 100.0)
+    base = rows["global"]
+    for name in ("finetune", "replay"):  # the other runs, each against the baseline's own columns
+        row = rows[name]
+        assert row["forgetting_cut"] == pytest.approx(
+            100 * (base["forgetting_mean"] - row["forgetting_mean"]) / base["forgetting_mean"], abs=0.051)
+        assert row["gain_kept"] == pytest.approx(100 * row["mean_client_gain"] / base["mean_client_gain"], abs=0.051)
+        assert row["extra_client_time"] == pytest.approx(
+            100 * (row["client_seconds"] - base["client_seconds"]) / base["client_seconds"], abs=0.051)
+    assert rows["replay"]["extra_client_time"] > 0  # four replay sources cost the clients time
     assert all(isinstance(rows[name]["forgetting_end"], float) and isinstance(rows[name]["forgetting_mean"], float)
                for name in rows)
     assert rows["replay"]["client_seconds"] > 0 and "backward_transfer_end" in rows["replay"]
