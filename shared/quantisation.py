@@ -92,8 +92,8 @@ def load_causal_lm(folder: Path, mode: str, device: torch.device, trainable: boo
     return model
 
 
-def keep_4bit_layers_differentiable(model: torch.nn.Module) -> int:
-    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel; returns the layers changed.
+def keep_4bit_layers_differentiable(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
 
     On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a ``Linear4bit`` weight for good the
     first time the layer runs in eval mode without gradients, and from then on every forward,
@@ -101,18 +101,19 @@ def keep_4bit_layers_differentiable(model: torch.nn.Module) -> int:
     every 4-bit layer and an adapter trained after any evaluation receives no gradient.
     docs/nf4-on-cpu.md has the details and a reproduction.
     """
-    changed = 0
-    for module in model.modules():
-        if getattr(module, "support_avx512bf16_for_cpu", False):
-            module.support_avx512bf16_for_cpu = False
-            changed += 1
-    return changed
+    for _, layer in _linear_4bit_layers(model):
+        layer.support_avx512bf16_for_cpu = False
 
 
 def packed_4bit_layers(model: torch.nn.Module) -> list[str]:
     """Names of the 4-bit layers whose weights bitsandbytes repacked for CPU inference (they cannot train)."""
-    return [name for name, module in model.named_modules() if hasattr(module, "support_avx512bf16_for_cpu")
-            and getattr(module.weight.quant_state, "packing_format_for_cpu", False)]
+    return [name for name, layer in _linear_4bit_layers(model)
+            if getattr(layer.weight.quant_state, "packing_format_for_cpu", False)]
+
+
+def _linear_4bit_layers(model: torch.nn.Module):
+    """bitsandbytes' ``Linear4bit`` modules of ``model`` (the ones that carry the repacking switch)."""
+    return [(name, module) for name, module in model.named_modules() if hasattr(module, "support_avx512bf16_for_cpu")]
 
 
 @torch.no_grad()
