@@ -59,6 +59,12 @@ def _message(kind, config, fingerprint, adapter, server_round=1, extra=None):
     return Message(content, dst_node_id=7, message_type=kind)
 
 
+def _moved_away(adapter, seed, scale):
+    """A global adapter some rounds on from ``adapter`` (as the server would send it, fp16-exact)."""
+    rng = np.random.default_rng(seed)
+    return {k: (v + rng.normal(0, scale, v.shape)).astype(np.float16).astype(np.float32) for k, v in adapter.items()}
+
+
 def _context(state_dir):
     """A node whose private state lives in ``state_dir`` (a test's tmp_path, never the working tree)."""
     node = {"partition-id": 0, "num-partitions": 3, "state-dir": str(state_dir)}
@@ -67,8 +73,7 @@ def _context(state_dir):
 
 def test_train_reply_is_a_delta_with_exactly_the_adapter(tmp_path):
     fingerprint, initial, schema = _server_view(TINY)
-    rng = np.random.default_rng(0)  # a global adapter away from the initial one: B != 0, A != its seeded init
-    received = {k: (v + rng.normal(0, 0.05, v.shape)).astype(np.float16).astype(np.float32) for k, v in initial.items()}
+    received = _moved_away(initial, seed=0, scale=0.05)  # B != 0, A != its seeded init
     reply = client_app(_message(MessageType.TRAIN, TINY, fingerprint, received), _context(tmp_path))
     assert not reply.has_error()
     content = reply.content
@@ -89,8 +94,7 @@ def test_train_reply_is_a_delta_with_exactly_the_adapter(tmp_path):
 
 def test_evaluate_reply_carries_the_received_adapters_losses_and_no_arrays(tmp_path):
     fingerprint, initial, _ = _server_view(TINY)
-    rng = np.random.default_rng(1)  # a global adapter the client has not trained: its losses, not the initial one's
-    received = {k: (v + rng.normal(0, 0.2, v.shape)).astype(np.float16).astype(np.float32) for k, v in initial.items()}
+    received = _moved_away(initial, seed=1, scale=0.2)  # its losses, not the initial adapter's
     context = _context(tmp_path)
     reply = client_app(_message(MessageType.EVALUATE, TINY, fingerprint, received), context)
     metrics = reply.content[METRICS]
