@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamen-installed
 export FLWR_TELEMETRY_ENABLED := 0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench mutation clean
 
 install: $(STAMP)
 
@@ -24,6 +24,17 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Mutation testing of the modules that carry the promises (about 15 min on 2 cores; not in CI):
+# writes docs/mutation.md, the share of mutants the tests kill per module, and the survivors.
+MUTATION_STAMP := $(VENV)/.stamen-mutation-installed
+
+$(MUTATION_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[test,mutation]"
+	touch $(MUTATION_STAMP)
+
+mutation: $(MUTATION_STAMP)
+	$(BIN)/python tests/mutation/run_mutation.py
 
 # CPU benchmarks (16 min on 2 cores); refreshes the tables in benchmarks/README.md.
 bench: install

@@ -18,7 +18,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
-from stamen.shared.adapters import adapter_state, load_adapter_state
+from stamen.shared.adapters import adapter_state, base_alone, load_adapter_state
 from stamen.shared.anchor_set import ANCHOR
 from stamen.shared.config import RunConfig
 from stamen.shared.fingerprint import check_same_base
@@ -62,7 +62,8 @@ from .resource_guard import ResourceGuards, record_pace
 from .runtime import ClientRuntime, client_runtime
 from .secure_aggregation import SecAggClient, secure_input
 from .state_store import OPTIMIZER, PERSONAL, ClientStateStore, client_folder
-from .training import NothingTrained, train_adapter
+from .training import train_adapter
+from .update import personal_part, shared_delta
 
 
 @dataclass
@@ -176,10 +177,8 @@ def train(msg: Message, context: Context) -> Message:
         store.save(OPTIMIZER, instruction.server_round, result.optimizer_state)
     record_pace(state_dir, result.seconds, result.steps)
     trained = {k: v.numpy() for k, v in adapter_state(runtime.model).items()}
-    delta = {name: trained[name] - global_adapter[name] for name in global_adapter}
-    if not any(value.any() for value in delta.values()):
-        raise NothingTrained("training changed no value of the shared adapter: an all-zero delta is no update")
-    personal = {name: value for name, value in trained.items() if name not in global_adapter}
+    delta = shared_delta(trained, global_adapter)
+    personal = personal_part(trained, global_adapter)
     if personal:
         store.save(PERSONAL, instruction.server_round, personal)
     extra_uploads = {}
@@ -199,6 +198,7 @@ def train(msg: Message, context: Context) -> Message:
         "examples-seen": result.examples_seen,
         "train-loss": result.loss,
         "train-steps": result.steps,
+        **({"train-flat-steps": result.flat_steps} if result.flat_steps else {}),
         "train-tokens": result.tokens,
         "train-seconds": result.seconds,
         **({"personal-train-seconds": personal_seconds} if personal_seconds else {}),
@@ -316,7 +316,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 def _base_alone(runtime: ClientRuntime, examples: list, training) -> float:
     """Loss of the frozen base with every adapter disabled: what the base could do (round 0)."""
-    with runtime.model.disable_adapter():
+    with base_alone(runtime.model):
         return _heldout(runtime, examples, training).loss
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from stamen.shared.adapters import base_alone
+
 from .data import format_prompt
 
 
@@ -29,7 +31,7 @@ def base_answers(model: torch.nn.Module, tokenizer, prompts: list[str], max_new_
     tokenizer.padding_side = "right"
     was_training = model.training
     model.eval()
-    with model.disable_adapter():
+    with base_alone(model):
         output = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
     model.train(was_training)
     return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)

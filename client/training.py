@@ -6,6 +6,7 @@ gradient accumulation, a learning-rate schedule, gradient clipping.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from .data import Example, collate, encode_example
 from .optimizer_state import export_state, import_state
 
 MAX_GRAD_NORM = 1.0
+log = logging.getLogger(__name__)
 
 
 class NothingTrained(RuntimeError):
@@ -35,6 +37,7 @@ class TrainResult:
     tokens: int
     seconds: float
     optimizer_state: dict[str, np.ndarray] = field(default_factory=dict)  # AdamW's moments after the round
+    flat_steps: int = 0  # steps after the first whose batch gave the adapter an all-zero gradient (already fit)
 
 
 def train_adapter(
@@ -78,7 +81,7 @@ def train_adapter(
     scheduler = get_scheduler(spec.lr_schedule, optimizer, spec.warmup_steps, spec.local_steps)
 
     model.train()
-    losses, tokens, cursor = [], 0, 0
+    losses, tokens, cursor, flat_steps = [], 0, 0, 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # adapter dropout draws from the global generator
         for _ in range(spec.local_steps):
@@ -96,7 +99,11 @@ def train_adapter(
                 loss.backward()
                 step_loss += loss.item()
                 tokens += int(batch["attention_mask"].sum())
-            _check_gradients(named, len(losses) + 1)
+            if not _has_gradient(named):
+                if not losses:
+                    raise NothingTrained("no adapter parameter received a gradient in step 1: the graph from the loss "
+                                         "to the adapter is cut (a frozen or non-differentiable layer on every path)")
+                flat_steps += 1  # a batch the adapter already fits to the last bit: no signal, not a cut graph
             for correct in corrections:
                 correct(named)
             torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
@@ -108,13 +115,15 @@ def train_adapter(
     if all(torch.equal(before, after) for before, after in zip(received, params)):
         raise NothingTrained(f"{spec.local_steps} steps left every adapter value as it was "
                              f"(learning rate {spec.learning_rate}, schedule {spec.lr_schedule}): there is no update to send")
+    if flat_steps:
+        log.warning("%d of %d steps gave the adapter an all-zero gradient: their batches are already fit",
+                    flat_steps, spec.local_steps)
     seen = min(len(encoded), spec.local_steps * spec.grad_accum * spec.batch_size)
     return TrainResult(sum(losses) / len(losses), spec.local_steps, seen, tokens, time.perf_counter() - started,
-                       export_state(optimizer, named))
+                       export_state(optimizer, named), flat_steps)
 
 
-def _check_gradients(named: dict[str, torch.nn.Parameter], step: int) -> None:
-    """A step in which no adapter parameter received a gradient is an error, never a silent no-op."""
-    if not any(p.grad is not None and bool(p.grad.any()) for p in named.values()):
-        raise NothingTrained(f"no adapter parameter received a gradient in step {step}: the graph from the loss to "
-                             "the adapter is cut (a frozen or non-differentiable layer on every path)")
+def _has_gradient(named: dict[str, torch.nn.Parameter]) -> bool:
+    """Whether some adapter parameter received a non-zero gradient. On the first step its absence means
+    the graph is cut and nothing can train (an error, never a silent no-op); later it is counted."""
+    return any(p.grad is not None and bool(p.grad.any()) for p in named.values())

@@ -1,9 +1,8 @@
 """Adapter-delta aggregation on Flower's Message-API strategy.
 
 Flower's ``FedAvg`` samples nodes and builds messages; this subclass replaces
-aggregation: every reply is validated (base fingerprint, adapter keys/shapes/dtype,
-finiteness, example count) before the configured :mod:`rule <stamen.server.rules>`
-sees it; a bad reply is logged and dropped while the round goes on. Accepted
+aggregation: every reply is admitted (:mod:`~stamen.server.admission`) before the
+configured :mod:`rule <stamen.server.rules>` sees it; a bad reply is logged and dropped while the round goes on. Accepted
 replies are folded into the rule one at a time, in client-name order, so a round's
 result does not depend on the order replies arrived in.
 """
@@ -23,42 +22,25 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from stamen.shared.config import PrivacySpec
-from stamen.shared.fingerprint import BaseMismatchError, check_same_base
 from stamen.shared.protocol import (
-    ARRAYS,
     CLIENT_INFO,
     CLIENT_NAME,
     CORRECTIONS,
-    FINGERPRINT,
     HELDOUT_EXAMPLES,
     INITIAL_PREFIX,
     METRICS,
-    NUM_EXAMPLES,
 )
-from stamen.shared.secagg_protocol import (
-    ENCRYPTION_KEY,
-    MASK_KEY,
-    PUBLIC_KEYS,
-    read_sum,
-)
-from stamen.shared.wire import (
-    AdapterSchema,
-    AdapterValidationError,
-    decode_adapter,
-    encode_adapter,
-)
+from stamen.shared.secagg_protocol import read_sum
+from stamen.shared.wire import AdapterSchema, encode_adapter
 
+from .admission import UpdateRejected, admit_key_reply, admit_reply, admit_update, client_name
 from .anchor_distribution import AnchorDistribution
 from .lora_exact import ExactLoraResidual
 from .privacy import CentralPrivacy, PrivacyAccountant, check_privacy
-from .rules import AggregationRule, ClientUpdate
+from .rules import AggregationRule
 from .run_record import RunRecorder
 
 log = logging.getLogger(__name__)
-
-
-class UpdateRejected(ValueError):
-    """A client reply that must not reach aggregation; the message says why."""
 
 
 class AdapterStrategy(FedAvg):
@@ -147,7 +129,7 @@ class AdapterStrategy(FedAvg):
         for msg in sorted(replies, key=_client_order):
             row = self._row(msg, "train", server_round)
             try:
-                update = self._admit_update(msg)
+                update = admit_update(msg, self.fingerprint, self.schema, self.rule.extra_uploads)
             except UpdateRejected as reason:
                 self._reject(row, str(reason))
                 continue
@@ -161,7 +143,7 @@ class AdapterStrategy(FedAvg):
                                  "bytes_down": self._bytes_down})
         if self.central_privacy and self.rule.count:
             self.central_privacy.add_noise(self.rule, self.schema.shapes)
-        malicious = [_client_name(m) for m in replies if not m.has_error() and METRICS in m.content.metric_records
+        malicious = [client_name(m) for m in replies if not m.has_error() and METRICS in m.content.metric_records
                      and m.content[METRICS].get("malicious")]
         uploads = 1 + len(self.rule.extra_uploads)
         metrics = self._finish_train(server_round, accepted, self.schema.nbytes * uploads, self.privacy.dp_noise_multiplier)
@@ -179,10 +161,7 @@ class AdapterStrategy(FedAvg):
         for msg in sorted(replies, key=_client_order):
             row = self._row(msg, "train", server_round)
             try:
-                self._admit_reply(msg)
-                keys = msg.content.config_records.get(PUBLIC_KEYS)
-                if keys is None or any(len(bytes(keys.get(name, b""))) != 32 for name in (ENCRYPTION_KEY, MASK_KEY)):
-                    raise UpdateRejected("secure-aggregation reply lacks two 32-byte public keys")
+                admit_key_reply(msg, self.fingerprint)
             except UpdateRejected as reason:
                 self._reject(row, str(reason))
                 continue
@@ -273,7 +252,7 @@ class AdapterStrategy(FedAvg):
         for msg in replies:
             row = self._row(msg, "evaluate", server_round)
             try:
-                self._admit_reply(msg)
+                admit_reply(msg, self.fingerprint)
             except UpdateRejected as reason:
                 self._reject(row, str(reason))
                 continue
@@ -293,40 +272,12 @@ class AdapterStrategy(FedAvg):
         )
         return metrics
 
-    def _admit_reply(self, msg: Message) -> None:
-        """Checks every reply must pass: no error, same base, a positive example count."""
-        if msg.has_error():
-            raise UpdateRejected(f"client reported an error: {msg.error.reason}")
-        content = msg.content
-        if CLIENT_INFO not in content.config_records or METRICS not in content.metric_records:
-            raise UpdateRejected("reply lacks the client info or metrics record")
-        try:
-            check_same_base(self.fingerprint, str(content[CLIENT_INFO].get(FINGERPRINT, "")), "server vs client")
-        except BaseMismatchError as error:
-            raise UpdateRejected(str(error)) from error
-        examples = content[METRICS].get(NUM_EXAMPLES)
-        if not isinstance(examples, int | float) or not np.isfinite(examples) or examples <= 0:
-            raise UpdateRejected(f"'{NUM_EXAMPLES}' must be a positive number, got {examples!r}")
-
-    def _admit_update(self, msg: Message) -> ClientUpdate:
-        self._admit_reply(msg)
-        records = msg.content.array_records
-        for name in (ARRAYS, *self.rule.extra_uploads):
-            if name not in records:
-                raise UpdateRejected(f"training reply carries no '{name}' record")
-        try:
-            delta = decode_adapter(records[ARRAYS], self.schema)
-            extras = {name: decode_adapter(records[name], self.schema) for name in self.rule.extra_uploads}
-        except AdapterValidationError as error:
-            raise UpdateRejected(f"malformed adapter delta: {error}") from error
-        return ClientUpdate(_client_name(msg), delta, float(msg.content[METRICS][NUM_EXAMPLES]), extras)
-
     def _row(self, msg: Message, phase: str, server_round: int) -> dict[str, Any]:
         return {"kind": "client", "phase": phase, "round": server_round, "node": msg.metadata.src_node_id}
 
     def _describe(self, msg: Message) -> dict[str, Any]:
         metrics = {_snake(k): v for k, v in msg.content[METRICS].items()}
-        return {"client": _client_name(msg), **metrics}
+        return {"client": client_name(msg), **metrics}
 
     def _reject(self, row: dict[str, Any], reason: str) -> None:
         self._rejected += row["phase"] == "train"
@@ -334,14 +285,8 @@ class AdapterStrategy(FedAvg):
         self.recorder.write({**row, "accepted": False, "reason": reason})
 
 
-def _client_name(msg: Message) -> str:
-    if msg.has_error() or CLIENT_INFO not in msg.content.config_records:
-        return "?"
-    return str(msg.content[CLIENT_INFO].get(CLIENT_NAME, "?"))
-
-
 def _client_order(msg: Message) -> tuple[str, int]:
-    return _client_name(msg), msg.metadata.src_node_id
+    return client_name(msg), msg.metadata.src_node_id
 
 
 def _bytes(msg: Message) -> int:

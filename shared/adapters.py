@@ -8,7 +8,8 @@ into an update.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -65,6 +66,21 @@ def attach_adapter(model: torch.nn.Module, spec: AdapterSpec, seed: int) -> torc
 def adapter_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """The trainable parameters: the adapter, and nothing of the frozen base."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+@contextmanager
+def base_alone(model: torch.nn.Module) -> Iterator[None]:
+    """The frozen base with every adapter disabled, and the adapter as it was afterwards.
+
+    peft's ``disable_adapter`` marks every adapter tensor trainable when it exits, which would
+    unfreeze what must stay frozen (ffa's shared A), so the trainable set is restored here."""
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    try:
+        with model.disable_adapter():
+            yield
+    finally:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name in trainable)
 
 
 def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

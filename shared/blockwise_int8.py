@@ -36,8 +36,3 @@ def dequantise(codes: np.ndarray, absmax: np.ndarray) -> np.ndarray:
         blocksize=BLOCK_SIZE,
     )
     return restored.numpy().reshape(codes.shape)
-
-
-def round_trip(values: np.ndarray) -> np.ndarray:
-    """What the receiver reads when ``values`` are sent in 8 bits."""
-    return dequantise(*quantise(values))

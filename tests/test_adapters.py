@@ -1,10 +1,17 @@
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-from stamen.shared.adapters import adapter_state, attach_adapter, load_adapter_state
-from stamen.shared.config import AdapterSpec
+from stamen.shared.adapters import adapter_parameters, adapter_state, attach_adapter, load_adapter_state, shared_state
+from stamen.shared.base_source import embedded_gguf_path
+from stamen.shared.config import AdapterSpec, RunConfig
 from stamen.shared.quantisation import load_causal_lm
+from stamen.shared.wire import AdapterSchema
 
 
 def _base_tensor_names(folder):
@@ -70,3 +77,17 @@ def test_load_adapter_state_round_trips_and_refuses_other_keys(tiny_folder):
 def test_unmatched_targets_are_a_clear_error(tiny_folder):
     with pytest.raises(ValueError, match="not found|matched no module"):
         attach_adapter(load_causal_lm(tiny_folder, "none", torch.device("cpu")), AdapterSpec(targets=("nope",)), 0)
+
+
+def test_the_readme_upload_size_is_what_the_default_adapter_costs_on_the_embedded_base():
+    """README: each client uploads N bytes of fp16 LoRA delta per round; the defaults on the
+    embedded base's architecture (read from its GGUF, built without weights) give exactly N."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    claimed = int(re.search(r"uploads ([\d,]+) bytes of fp16 LoRA delta per round", readme).group(1).replace(",", ""))
+    architecture = load_gguf_checkpoint(str(embedded_gguf_path()), return_tensors=False)["config"]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**architecture))
+    config = RunConfig()
+    shared = shared_state(adapter_parameters(attach_adapter(model, config.adapter, config.seed)), config.adapter)
+    assert config.wire_dtype == "float16"
+    assert AdapterSchema({k: tuple(v.shape) for k, v in shared.items()}, config.wire_dtype).nbytes == claimed

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
+from inprocess_grid import InProcessGrid
 from typer.testing import CliRunner
 
+from stamen.client.app import app as client_app
+from stamen.server.federation import run_federation
 from stamen.shared.fingerprint import base_fingerprint
 from stamen.simulations.campaign import Campaign
 from stamen.simulations.cli import _new_run_config, app
 from stamen.simulations.sweep import SweepSpec
 
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "simulations").glob("*.toml"))
 
 
@@ -48,3 +54,37 @@ def test_every_shipped_preset_starts_valid_runs(preset):
         config = _new_run_config(None, [f"{k}={v}" for k, v in keys.items()], clients, rounds)
         for key, value in keys.items():
             assert str(config.to_flat()[key]) == str(value), (preset.name, key)
+
+
+def _runs_to_try(preset: Path) -> list[tuple[dict, int | None, int | None]]:
+    """Every run of a preset, except that a sweep's grid is cut to each rule and each attack once
+    (at the largest fraction) and one clean run: every value a sweep names still runs."""
+    if "sweep" not in tomllib.loads(preset.read_text()):
+        return _runs_of(preset)
+    spec = SweepSpec.from_toml(preset)
+    attacked = max(spec.fractions)
+    count = max(len(spec.rules), len(spec.attacks))
+    cells = [(spec.rules[i % len(spec.rules)], spec.attacks[i % len(spec.attacks)], attacked) for i in range(count)]
+    if 0.0 in spec.fractions:
+        cells.append((spec.rules[0], "none", 0.0))
+    return [(spec.cell_settings(*cell), spec.clients, spec.rounds) for cell in cells]
+
+
+TINY_ROUND = {"base-model": "tiny", "quantisation": "none", "local-steps": 2, "max-seq-len": 48,
+              "fraction-evaluate": 0.3}
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
+def test_every_run_of_every_shipped_preset_completes_a_round_on_the_tiny_base(preset, tmp_path):
+    """Each run a preset starts, on the tiny base for one round of two local steps, through the server's
+    round loop and the ClientApp (in one process: the transport has tests of its own)."""
+    for index, (keys, clients, _) in enumerate(_runs_to_try(preset)):
+        settings = {**keys, **TINY_ROUND, "run-dir": tmp_path, "run-id": f"run-{index}"}
+        config = _new_run_config(None, [f"{k}={v}" for k, v in settings.items()], clients or 3, 1)
+        run_dir = run_federation(InProcessGrid(client_app, clients or 3), config)
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        (round_row,) = [r for r in rows if r["kind"] == "round"]
+        attackers = int(float(keys.get("attack-fraction", 0)) * (clients or 3)) if keys.get("attack", "none") != "none" else 0
+        assert round_row["clients_accepted"] >= (clients or 3) - attackers, (preset.name, keys)
+        assert np.isfinite(round_row["eval_heldout_loss"]), (preset.name, keys)
+        assert (run_dir / "global_adapter.safetensors").is_file()

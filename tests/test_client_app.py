@@ -124,6 +124,14 @@ def test_ffa_sends_only_b_and_a_is_the_same_seeded_init_on_a_quantised_client(tm
     assert initial and all(".lora_B." in k for k in initial)
     reply = client_app(_message(MessageType.TRAIN, config, fingerprint, initial), _context(tmp_path))
     assert set(reply.content[ARRAYS]) == set(initial)
+    seeded = attach_adapter(load_base("tiny", "none").model, config.adapter, config.seed)
+    seeded_a = {k: p for k, p in seeded.named_parameters() if ".lora_A." in k}
+    # round 1 measured the base alone (adapters disabled) before training: A stayed frozen at its init
+    client = dict(client_runtime(config).model.named_parameters())
+    for name, value in seeded_a.items():
+        assert not client[name].requires_grad and torch.equal(client[name].detach(), value.detach()), name
+    evaluated = client_app(_message(MessageType.EVALUATE, config, fingerprint, initial), _context(tmp_path))
+    assert not evaluated.has_error(), evaluated.error
     server_a = adapter_state(attach_adapter(load_base("tiny", "none").model, config.adapter, config.seed))
     nf4_a = adapter_state(attach_adapter(load_base("tiny", "nf4").model, config.adapter, config.seed))
     for name in (k for k in server_a if ".lora_A." in k):

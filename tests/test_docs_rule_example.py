@@ -36,3 +36,16 @@ def test_documented_test_pattern_passes(documented_rule):
     namespace = {"make_rule": make_rule, "ClientUpdate": ClientUpdate, "np": np}
     exec(compile(documented_rule, str(DOC), "exec"), namespace)
     namespace["test_decay_halves_the_second_step"]()
+
+
+def test_the_rules_table_lists_every_shipped_rule_with_its_default_options():
+    table = DOC.read_text().split("| name | what the server does |", 1)[1].split("\n\n", 1)[0]
+    documented = {}
+    for cells in (line.split(" | ") for line in table.splitlines() if line.startswith("| `")):
+        defaults = {} if cells[2] == "-" else {
+            key: float(value) for key, value in (item.split("=") for item in cells[2].split(", "))}
+        for name in re.findall(r"`([a-z-]+)`", cells[0]):
+            documented[name] = defaults
+    assert set(documented) == set(RULES) - {"fedavg-decay"}
+    for name, defaults in documented.items():
+        assert {k: float(v) for k, v in make_rule(name).options.items()} == defaults, name

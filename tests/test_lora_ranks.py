@@ -36,9 +36,15 @@ def test_padding_round_trips_through_truncation_and_adds_zeros():
     np.testing.assert_allclose(_product(padded, RANK), _product(delta, 2))
 
 
-def test_padded_schema_has_the_server_shapes():
-    schema = AdapterSchema({A: (2, 12), B: (10, 2)}, "float16")
-    assert padded_schema(schema, RANK).shapes == {A: (RANK, 12), B: (10, RANK)}
+def test_padded_schema_has_the_server_shapes_and_wire_dtype():
+    schema = AdapterSchema({A: (2, 12), B: (10, 2)}, "int8")
+    padded = padded_schema(schema, RANK)
+    assert padded.shapes == {A: (RANK, 12), B: (10, RANK)} and padded.wire_dtype == "int8"
+
+
+def test_padding_keeps_the_deltas_dtype():
+    delta = {A: np.ones((2, 12), np.float32), B: np.ones((10, 2), np.float32)}
+    assert {v.dtype for v in pad_to_rank(delta, 2, RANK).values()} == {np.dtype(np.float32)}
 
 
 def test_client_ranks_are_validated():

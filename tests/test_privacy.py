@@ -9,6 +9,7 @@ from opacus.accountants import RDPAccountant
 from stamen.client.secure_aggregation import secure_input
 from stamen.server.privacy import CentralPrivacy, PrivacyAccountant, check_privacy
 from stamen.server.rules import ClientUpdate, make_rule
+from stamen.shared.clipping import clip_l2, l2_norm
 from stamen.shared.config import ConfigError, PrivacySpec
 from stamen.shared.secagg_protocol import distributed_noise_std, read_sum
 from stamen.simulations.secure_sum import secure_sum
@@ -63,3 +64,54 @@ def test_dp_refuses_rules_that_do_not_average():
         check_privacy(make_rule("median"), PrivacySpec(dp="central"))
     with pytest.raises(ConfigError, match="control-delta"):
         check_privacy(make_rule("scaffold"), PrivacySpec(dp="central"))
+
+
+def test_check_privacy_names_what_each_setting_cannot_serve_and_lets_the_rest_through():
+    with pytest.raises(ConfigError, match="'median' needs each client's update, but secure aggregation yields only "
+                                          "the sum of updates; use a mean-based rule"):
+        check_privacy(make_rule("median"), PrivacySpec(secure_aggregation=True))
+    check_privacy(make_rule("median"), PrivacySpec())  # no privacy setting: every rule runs
+    check_privacy(make_rule("scaffold"), PrivacySpec())
+    check_privacy(make_rule("fedavg"), PrivacySpec(dp="central"))
+
+
+def test_central_clipping_keeps_the_clients_name_and_extra_uploads():
+    extras = {"control-delta": {"w": np.ones(3)}}
+    clipped = CentralPrivacy(PrivacySpec(dp="central", dp_clip=1.0)).clip_update(
+        ClientUpdate("alice", {"w": np.full(4, 2.0)}, 9.0, extras))
+    assert clipped.client == "alice" and clipped.extras is extras
+    np.testing.assert_allclose(clipped.delta["w"], np.full(4, 0.5))
+
+
+def test_a_fresh_accountant_reports_zero_and_its_empty_state_round_trips():
+    accountant = PrivacyAccountant(1e-5)
+    assert accountant.epsilon() == 0.0
+    state = accountant.state_dict()
+    assert state["privacy/history"].shape == (0, 3)
+    restored = PrivacyAccountant(1e-5)
+    restored.load_state_dict(state)
+    assert restored.epsilon() == 0.0
+    restored.load_state_dict({})  # a checkpoint from a run without DP
+    assert restored.epsilon() == 0.0
+
+
+def test_a_sample_rate_above_one_is_accounted_as_one():
+    over, full = PrivacyAccountant(1e-5), PrivacyAccountant(1e-5)
+    assert over.record_round(1.2, 1.7) == pytest.approx(full.record_round(1.2, 1.0))
+
+
+def test_secure_input_weighs_by_examples_up_to_the_cap_and_scales_into_the_value_range():
+    privacy = PrivacySpec(secure_aggregation=True, secagg_max_weight=200, secagg_value_range=2.0)
+    delta = np.array([0.5, -1.0])
+    np.testing.assert_allclose(secure_input(delta, 50, privacy), [0.5 * 0.25 / 2.0, -1.0 * 0.25 / 2.0, 0.25])
+    np.testing.assert_allclose(secure_input(delta, 500, privacy), [0.5 / 2.0, -1.0 / 2.0, 1.0])
+    total, weight = read_sum(secure_input(delta, 50, privacy) + secure_input(delta, 500, privacy), 2.0)
+    assert weight == pytest.approx(1.25)
+    np.testing.assert_allclose(total, delta * 1.25)
+
+
+def test_clipping_scales_down_only_and_keeps_float16_norms_finite():
+    small = {"a": np.array([0.3, 0.4])}  # norm 0.5
+    np.testing.assert_allclose(clip_l2(small, 0.1)["a"], [0.06, 0.08])
+    np.testing.assert_allclose(clip_l2(small, 5.0)["a"], [0.3, 0.4])
+    assert l2_norm({"a": np.full(4, 300.0, np.float16), "b": np.array([0.0])}) == pytest.approx(600.0)

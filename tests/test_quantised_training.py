@@ -64,6 +64,22 @@ def test_a_step_whose_gradients_are_all_zero_is_an_error():
         train_adapter(model, tokenizer, EXAMPLES, SPEC, seed=0)
 
 
+def test_later_steps_with_all_zero_gradients_are_counted_and_training_goes_on():
+    """A batch the adapter already fits exactly gives a zero gradient: counted, not mistaken for a cut graph."""
+    model, tokenizer = _adapted("none")
+    calls = []
+
+    def zero_after_the_first_step(module, inputs, output):
+        calls.append(1)
+        first_step = len(calls) <= len(model.base_model.model.model.layers) * SPEC.grad_accum
+        return output if first_step else (output[0] * 0, *output[1:])
+
+    for layer in model.base_model.model.model.layers:
+        layer.self_attn.register_forward_hook(zero_after_the_first_step)
+    result = train_adapter(model, tokenizer, EXAMPLES, SPEC, seed=0)
+    assert result.flat_steps == SPEC.local_steps - 1
+
+
 def test_training_that_changes_nothing_is_an_error():
     model, tokenizer = _adapted("none")
     warmup_only = TrainingSpec(local_steps=1, warmup_steps=4, lr_schedule="linear")  # its one step runs at lr 0

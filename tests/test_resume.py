@@ -1,4 +1,5 @@
-"""Checkpoint and resume: a run killed in the middle of a round, resumed, ends where an uninterrupted run ends."""
+"""Checkpoint and resume: a run killed in the middle of a round, resumed, ends where an uninterrupted run ends,
+on the server (the global adapter) and on every device (personal adapters, wire residuals)."""
 
 import json
 import os
@@ -9,57 +10,80 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from stamen.server.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
 STAMEN = str(Path(sys.executable).parent / "stamen")
-COMMON = ["--clients", "3", "--rounds", "3"]
+ROUNDS = 3
 # enough local steps that a round lasts seconds, so the kill lands inside round 2
-SETTINGS = ("base-model=tiny", "quantisation=none", "aggregation=fedadam", "learning-rate=0.005", "seed=3",
-            "local-steps=80")
+COMMON = ("base-model=tiny", "quantisation=none", "learning-rate=0.005", "seed=3", "local-steps=80")
+SETTINGS = {
+    # server optimiser state, the device's personal B (fedsa) and its 8-bit wire residual
+    "fedadam-fedsa-int8": ("aggregation=fedadam", "lora-aggregation=fedsa", "wire-dtype=int8"),
+    # the masked sum, and Ditto's personal adapter trained beside the global one
+    "secure-ditto": ("secure-aggregation=true", "personalisation=ditto"),
+}
 
 
-def _args(run_dir: Path, run_id: str) -> list[str]:
-    args = [STAMEN, "simulate", *COMMON]
-    for item in (*SETTINGS, f"run-dir={run_dir}", f"run-id={run_id}"):
+def _args(run_dir: Path, run_id: str, settings: tuple[str, ...]) -> list[str]:
+    args = [STAMEN, "simulate", "--clients", "3", "--rounds", str(ROUNDS)]
+    for item in (*COMMON, *settings, f"run-dir={run_dir}", f"run-id={run_id}"):
         args += ["--set", item]
     return args
 
 
-def _final_adapter(run: Path) -> dict[str, np.ndarray]:
-    return load_file(run / "global_adapter.safetensors")
+def _device_state(run: Path, server_round: int) -> dict[str, dict[str, np.ndarray]]:
+    """Every client's saved state of ``server_round``, by client folder and file."""
+    return {f"{path.parent.name}/{path.name}": load_file(path)
+            for path in sorted((run / "clients").glob(f"*/*-r{server_round:06d}.safetensors"))}
 
 
-def test_resume_after_a_kill_mid_round_equals_an_uninterrupted_run(tmp_path):
+def _kill_inside_round_2(run: Path, process: subprocess.Popen) -> None:
+    """SIGKILL the whole run once round 1 is checkpointed and a device has saved round-2 state."""
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        state = load_checkpoint(run) if (run / CHECKPOINT_FILE).is_file() else None
+        if state is not None and state.round == 1 and _device_state(run, 2):
+            break
+        time.sleep(0.1)
+    else:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError("round 2 never began on a device")
+    os.killpg(process.pid, signal.SIGKILL)  # the driver, Ray and its workers
+    process.wait()
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_resume_after_a_kill_mid_round_equals_an_uninterrupted_run(name, tmp_path):
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
-    subprocess.run(_args(tmp_path, "full"), check=True, env=env, capture_output=True, timeout=300)
+    settings = SETTINGS[name]
+    subprocess.run(_args(tmp_path, "full", settings), check=True, env=env, capture_output=True, timeout=400)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_args(tmp_path, "killed"), env=env, start_new_session=True,
+    process = subprocess.Popen(_args(tmp_path, "killed", settings), env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline:  # wait until round 1 is checkpointed and round 2 has begun
-        state = load_checkpoint(killed) if (killed / CHECKPOINT_FILE).is_file() else None
-        if state is not None and state.round == 1:
-            break
-        time.sleep(0.2)
-    else:
-        process.kill()
-        raise AssertionError("round 1 never completed")
-    time.sleep(0.3)
-    os.killpg(process.pid, signal.SIGKILL)  # the driver, Ray and its workers, mid-round
-    process.wait()
+    _kill_inside_round_2(killed, process)
+    # the kill landed mid-round: a device had trained round 2, the server had not finished it
     assert load_checkpoint(killed).round == 1
-    assert not (killed / "summary.json").exists()
+    assert _device_state(killed, 2) and not (killed / "summary.json").exists()
 
     resumed = subprocess.run([STAMEN, "simulate", "--resume", str(killed)], env=env, capture_output=True,
-                             text=True, timeout=300)
+                             text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    full, again = _final_adapter(tmp_path / "full"), _final_adapter(killed)
+    full, again = load_file(tmp_path / "full" / "global_adapter.safetensors"), load_file(killed / "global_adapter.safetensors")
     assert set(full) == set(again)
-    for name in full:
-        np.testing.assert_array_equal(full[name], again[name])
+    for key in full:
+        np.testing.assert_array_equal(full[key], again[key])
+    full_devices, resumed_devices = _device_state(tmp_path / "full", ROUNDS), _device_state(killed, ROUNDS)
+    personal = "personal" if "fedsa" in name else "ditto"
+    assert sum(personal in file for file in full_devices) == 3  # each device kept its personal part
+    assert ("int8" not in name) or sum("wire-residual" in file for file in full_devices) == 3
+    assert set(full_devices) == set(resumed_devices)
+    for file, arrays in full_devices.items():
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(value, resumed_devices[file][key], err_msg=f"{file}:{key}")
     rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows if r["kind"] == "round"] == [1, 2, 3]
-    assert sum(1 for r in rows if r["kind"] == "client" and r["phase"] == "train") == 9
+    assert sum(1 for r in rows if r["kind"] == "client" and r["phase"] == "train") == 3 * ROUNDS

@@ -12,7 +12,9 @@ def _aggregate(rule, deltas, weights=None):
     rule.start_round(1, len(deltas))
     for i, delta in enumerate(deltas):
         rule.add(ClientUpdate(f"c{i}", {"w": np.asarray(delta, np.float32)}, (weights or [1.0] * len(deltas))[i]))
-    return rule.finish_round(ZERO)["w"]
+    combined = rule.finish_round(ZERO)["w"]
+    assert combined.dtype == np.float32  # the global adapter keeps its dtype
+    return combined
 
 
 def test_median_is_coordinate_wise():

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from stamen.server.accumulator import WeightedMean
 from stamen.server.rules import RULES, ClientUpdate, make_rule, register
 from stamen.server.rules.base import AggregationRule
 from stamen.shared.protocol import CONTROL, CONTROL_DELTA
@@ -88,3 +89,78 @@ def test_registry_errors_are_clear():
     with pytest.raises(ValueError, match="registered twice"):
         register("fedavg")(type("Again", (AggregationRule,), {}))
     assert {"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold"} <= set(RULES)
+
+
+def test_fedavgm_defaults_are_unit_server_lr_and_momentum_0_9():
+    rule = make_rule("fedavgm")
+    x1 = _run(rule, [([0.2, 0.0], 1)])
+    x2 = _run(rule, [([0.1, 0.0], 1)], global_adapter=x1)
+    np.testing.assert_allclose(x2["w"], [1.2 + 0.9 * 0.2 + 0.1, -2.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad", "fedavgm", "scaffold"])
+def test_every_stateful_rule_resumes_from_its_checkpoint_exactly(name):
+    """Two rounds, a checkpoint of the server state, then the same third round from the original and the restored rule."""
+    def updates(i):
+        extras = {CONTROL_DELTA: {"w": np.array([0.3 * i, -0.1], np.float32)}} if name == "scaffold" else {}
+        return [ClientUpdate("a", {"w": np.array([0.2 * i, -0.1], np.float32)}, 1.0, extras),
+                ClientUpdate("b", {"w": np.array([-0.05, 0.3 * i], np.float32)}, 3.0, extras)]
+
+    def round_of(rule, i, adapter):
+        rule.start_round(i, 2)
+        for update in updates(i):
+            rule.add(update)
+        return rule.finish_round(adapter)
+
+    first = make_rule(name)
+    first.initialise(GLOBAL)
+    adapter = round_of(first, 1, GLOBAL)
+    adapter = round_of(first, 2, adapter)
+    state = first.state_dict()
+    assert state and all("/" in key for key in state)  # something to keep, under the rule's own prefix
+    restored = make_rule(name)
+    restored.initialise(GLOBAL)
+    restored.load_state_dict({**state, "unrelated/w": np.ones(2)})
+    np.testing.assert_array_equal(round_of(first, 3, adapter)["w"], round_of(restored, 3, adapter)["w"])
+    if name == "scaffold":
+        np.testing.assert_array_equal(first.downloads()[CONTROL]["w"], restored.downloads()[CONTROL]["w"])
+
+
+def test_scaffold_moves_the_control_by_the_sampled_share_even_with_one_client():
+    rule = make_rule("scaffold")
+    rule.initialise(GLOBAL)
+    rule.start_round(1, num_clients=1)
+    rule.add(ClientUpdate("a", {"w": np.array([0.4, 0.0], np.float32)}, 5, {CONTROL_DELTA: {"w": np.array([1.0, 2.0], np.float32)}}))
+    np.testing.assert_allclose(rule.finish_round(GLOBAL)["w"], [1.4, -2.0])
+    np.testing.assert_allclose(rule.downloads()[CONTROL]["w"], [1.0, 2.0])  # |S|/N = 1
+
+
+def test_yogi_second_moment_moves_towards_the_squared_delta_from_either_side():
+    rule = make_rule("fedyogi", beta_2=0.5)
+    delta = np.array([2.0, 0.5, 0.9])
+    v = np.array([1.0, 1.0, 0.75])  # below 4.0, above 0.25, below 0.81
+    np.testing.assert_allclose(rule.second_moment(v, delta), [1.0 + 0.5 * 4.0, 1.0 - 0.5 * 0.25, 0.75 + 0.5 * 0.81])
+
+
+def test_the_accumulator_folds_single_updates_and_ready_made_sums_alike():
+    mean = WeightedMean()
+    mean.add({"w": np.array([1.0, 2.0], np.float16)}, 2.0)
+    mean.add_sum({"w": np.array([3.0, -6.0], np.float32)}, 3.0, 2)  # e.g. a secure sum of two clients
+    assert (mean.count, mean.total_weight) == (3, 5.0)
+    result = mean.mean()["w"]
+    assert result.dtype == np.float32
+    np.testing.assert_allclose(result, [(2.0 + 3.0) / 5, (4.0 - 6.0) / 5])
+    fresh = WeightedMean()
+    fresh.add_sum({"w": np.array([1.0, 1.0])}, 2.0, 1)
+    np.testing.assert_allclose(fresh.mean()["w"], [0.5, 0.5])
+
+
+def test_the_accumulator_refuses_a_weight_that_is_not_positive_and_an_empty_mean():
+    mean = WeightedMean()
+    with pytest.raises(ValueError, match="no update was added"):
+        mean.mean()
+    for weight in (0.0, -1.0):
+        with pytest.raises(ValueError, match=f"update weight must be > 0, got {weight}"):
+            mean.add({"w": np.ones(2)}, weight)
+    mean.add({"w": np.ones(2)}, 1e-12)  # tiny but positive is an update
+    assert mean.count == 1

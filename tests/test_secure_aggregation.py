@@ -22,7 +22,16 @@ from stamen.server.secure_aggregation import (
 from stamen.shared import shamir
 from stamen.shared.config import ConfigError, PrivacySpec, RunConfig
 from stamen.shared.fixed_point import FixedPoint
-from stamen.shared.secagg_protocol import SecAggError, read_sum, update_vector
+from stamen.shared.secagg_protocol import (
+    SecAggError,
+    StageInfo,
+    pack_shares,
+    peer_entry,
+    read_peer_entry,
+    read_sum,
+    unpack_shares,
+    update_vector,
+)
 from stamen.shared.wire import AdapterSchema
 from stamen.simulations.secure_sum import secure_sum
 
@@ -166,3 +175,51 @@ def test_settings_that_secure_aggregation_cannot_serve_are_refused_at_config_tim
         RunConfig().replace(dp="distributed")
     with pytest.raises(ConfigError, match="dp = distributed"):
         RunConfig().replace(**{"secure-aggregation": True, "dp": "central"})
+
+
+def test_a_stage_record_round_trips_and_a_malformed_one_is_refused():
+    info = StageInfo("run-7", 3, "unmask", num_clients=5, threshold=3, point=4, modulus_bits=64, noise_std=0.25,
+                     survivors=(11, 12, 14), dropped=(13,))
+    assert StageInfo.from_record(info.to_record()) == info
+    record = info.to_record()
+    del record["threshold"]
+    with pytest.raises(SecAggError, match="malformed secure-aggregation stage record: 'threshold'"):
+        StageInfo.from_record(record)
+    bad = info.to_record()
+    bad["point"] = "four"
+    with pytest.raises(SecAggError, match="malformed secure-aggregation stage record"):
+        StageInfo.from_record(bad)
+
+
+def test_share_plaintexts_and_peer_entries_round_trip_their_fields():
+    seed, key = shamir.Share(3, 2**100 + 5), shamir.Share(3, 7)
+    sender, recipient = 2**40 + 1, 2**33 + 9
+    assert unpack_shares(pack_shares(sender, recipient, seed, key)) == (sender, recipient, seed, key)
+    encryption, mask = bytes(range(32)), bytes(range(32, 64))
+    assert read_peer_entry(peer_entry(70_000, encryption, mask)) == (70_000, encryption, mask)
+    with pytest.raises(SecAggError, match="a peer entry is 68 bytes, got 67"):
+        read_peer_entry(peer_entry(1, encryption, mask)[:-1])
+
+
+def test_the_update_vector_is_the_weighted_delta_over_the_value_range_then_the_weight():
+    vector = update_vector(np.array([1.0, -0.5]), 0.25, 0.5)
+    np.testing.assert_allclose(vector, [0.5, -0.25, 0.25])
+    total, weight = read_sum(vector, 0.5)
+    np.testing.assert_allclose(total, [0.25, -0.125])  # weight * delta
+    assert weight == 0.25
+
+
+@pytest.mark.parametrize("clip, summands, bits, message", [
+    (1.0, 2, 16, r"modulus bits must be one of \[32, 64\], got 16"),
+    (0.0, 2, 32, "need clip > 0 and at least one summand, got 0.0, 2"),
+    (1.0, 0, 32, "need clip > 0 and at least one summand, got 1.0, 0"),
+])
+def test_a_fixed_point_codec_refuses_settings_it_cannot_sum_with(clip, summands, bits, message):
+    with pytest.raises(ValueError, match=message):
+        FixedPoint(clip, summands, bits)
+
+
+def test_a_fixed_point_codec_for_one_summand_decodes_what_it_encoded():
+    codec = FixedPoint(1.0, 1)
+    values = np.array([0.5, -0.25, 1.0])
+    np.testing.assert_allclose(codec.decode_sum(codec.encode(values.tolist())), values, atol=codec.sum_error_bound)

@@ -110,3 +110,11 @@ def test_int8_wire_refuses_bad_block_scales():
     record.pop("a.lora_B#absmax")
     with pytest.raises(AdapterValidationError, match="1 missing"):
         decode_adapter(record, schema)
+
+
+def test_int8_wire_takes_float64_arrays_as_error_feedback_produces_them():
+    rng = np.random.default_rng(3)
+    state = {"w": rng.normal(size=(4, 300)) * 1e-3}  # float64, as delta + residual can be
+    decoded = decode_adapter(encode_adapter(state, "int8"), AdapterSchema.from_state(state, "int8"))
+    assert decoded["w"].dtype == np.float32 and decoded["w"].shape == (4, 300)
+    assert np.abs(decoded["w"] - state["w"]).max() <= 0.02 * np.abs(state["w"]).max()

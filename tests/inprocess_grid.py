@@ -1,0 +1,60 @@
+"""A Flower Grid that hands each message to a ClientApp in this process.
+
+The server's round loop (``run_federation``: sampling, anchor distribution, secure rounds,
+checkpoints, metrics) and the ClientApp run unchanged; only the transport (a SuperLink, Ray)
+is left out, so a whole run of the tiny base takes seconds. Deployment and simulation tests
+cover the transport itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from uuid import uuid4
+
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+
+class InProcessGrid(Grid):
+    """``num_nodes`` nodes, partition ``i`` of ``num_nodes`` each, answered one after another."""
+
+    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = 1) -> None:
+        self._client_app = client_app
+        self._run = Run.create_empty(run_id)
+        self._contexts = {
+            node: Context(run_id=run_id, node_id=node, state=RecordDict(), run_config={},
+                          node_config={"partition-id": partition, "num-partitions": num_nodes})
+            for partition, node in enumerate(range(101, 101 + num_nodes))
+        }
+        self._replies: dict[str, Message] = {}
+
+    def set_run(self, run_id: int) -> None:
+        self._run = Run.create_empty(run_id)
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self._contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid4())
+            message.metadata.__dict__["_run_id"] = self._run.run_id
+            self._replies[message.metadata.message_id] = self._client_app(message, self._contexts[message.metadata.dst_node_id])
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
