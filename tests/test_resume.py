@@ -16,9 +16,9 @@ from safetensors.numpy import load_file
 from stamen.server.checkpoint import CHECKPOINT_FILE, load_checkpoint
 
 STAMEN = str(Path(sys.executable).parent / "stamen")
-ROUNDS = 3
+ROUNDS = 2
 # enough local steps that a round lasts seconds, so the kill lands inside round 2
-COMMON = ("base-model=tiny", "quantisation=none", "learning-rate=0.005", "seed=3", "local-steps=80")
+COMMON = ("base-model=tiny", "quantisation=none", "learning-rate=0.005", "seed=3", "local-steps=40")
 SETTINGS = {
     # server optimiser state, the device's personal B (fedsa) and its 8-bit wire residual
     "fedadam-fedsa-int8": ("aggregation=fedadam", "lora-aggregation=fedsa", "wire-dtype=int8"),
