@@ -1,8 +1,9 @@
 """A Flower Grid that hands each message to a ClientApp in this process.
 
 The server's round loop (``run_federation``: sampling, anchor distribution, secure rounds,
-checkpoints, metrics) and the ClientApp run unchanged; only the transport (a SuperLink, Ray)
-is left out, so a whole run of the tiny base takes seconds. Deployment and simulation tests
+checkpoints, metrics) and the ClientApp with its Mods run unchanged; only the transport (a
+SuperLink, Ray) is left out, so a whole run of the tiny base takes seconds. A ClientApp that
+raises answers with an error reply, as in Flower's simulation engine. Deployment and simulation tests
 cover the transport itself.
 """
 
@@ -11,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from uuid import uuid4
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
@@ -49,9 +51,17 @@ class InProcessGrid(Grid):
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
             message.metadata.__dict__["_run_id"] = self._run.run_id
-            self._replies[message.metadata.message_id] = self._client_app(message, self._contexts[message.metadata.dst_node_id])
+            self._replies[message.metadata.message_id] = self._answer(message)
             ids.append(message.metadata.message_id)
         return ids
+
+    def _answer(self, message: Message) -> Message:
+        """The ClientApp's reply; an exception becomes an error reply, as Flower's simulation engine makes it."""
+        try:
+            return self._client_app(message, self._contexts[message.metadata.dst_node_id])
+        except Exception as error:  # noqa: BLE001 - any client failure is the client's reply, not the server's
+            reason = f"{type(error)}:<'{error}'>"
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]

@@ -9,13 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Context, Message
+from inprocess_grid import InProcessGrid
 
 from stamen.client.app import client_app_with
 from stamen.client.personalisation import DITTO
 from stamen.client.state_store import PERSONAL, ClientStateStore, client_folder
+from stamen.server.federation import run_federation
 from stamen.shared.config import RunConfig
 from stamen.shared.protocol import ARRAYS, CLIENT_INFO, CLIENT_NAME, CONFIG, SERVER_ROUND
-from stamen.simulations.engine import simulate
+
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 def _run(tmp_path: Path, overrides: dict) -> tuple[Path, Path]:
@@ -39,7 +42,7 @@ def _run(tmp_path: Path, overrides: dict) -> tuple[Path, Path]:
         "base-model": "tiny", "quantisation": "none", "num-server-rounds": 2, "learning-rate": 0.01,
         "lora-targets": "q_proj,v_proj,o_proj", "run-dir": str(tmp_path), "run-id": "run", **overrides,
     })
-    return simulate(config, 2, client_app=client_app_with([record_replies])), sent
+    return run_federation(InProcessGrid(client_app_with([record_replies]), 2), config), sent
 
 
 RECEIVED = "received-by-the-client"  # the global adapter of the message a reply answers, saved beside the reply

@@ -1,4 +1,4 @@
-"""Secure aggregation in a real Flower simulation: same result as plain FedAvg, dropouts, aborts, distributed DP."""
+"""Secure aggregation through the round loop and the ClientApp: plain FedAvg's result, dropouts, aborts, distributed DP."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Context, Message
+from inprocess_grid import InProcessGrid
 from opacus.accountants import RDPAccountant
 from safetensors.numpy import load_file
 
 from stamen.client.app import client_app_with
+from stamen.server.federation import run_federation
 from stamen.shared.config import RunConfig
 from stamen.shared.secagg_protocol import MASK_STAGE
-from stamen.simulations.engine import simulate
+
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 def _run(tmp_path: Path, name: str, overrides: dict, drop: set[int] = frozenset(), rounds: int = 1) -> Path:
@@ -29,7 +32,7 @@ def _run(tmp_path: Path, name: str, overrides: dict, drop: set[int] = frozenset(
         "base-model": "tiny", "quantisation": "none", "wire-dtype": "float32", "num-server-rounds": rounds,
         "run-dir": str(tmp_path), "run-id": name, "fraction-evaluate": 0.0, **overrides,
     })
-    return simulate(config, 3, client_app=client_app_with([offline_at_masking]))
+    return run_federation(InProcessGrid(client_app_with([offline_at_masking]), 3), config)
 
 
 def _rows(run_dir: Path, kind: str) -> list[dict]:
