@@ -1,4 +1,4 @@
-"""Secure aggregation through the round loop and the ClientApp: plain FedAvg's result, dropouts, aborts, distributed DP."""
+"""Secure aggregation through the round loop and the ClientApp: the plain result, dropouts, aborts, DP."""
 
 from __future__ import annotations
 

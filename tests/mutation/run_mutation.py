@@ -49,7 +49,8 @@ SURVIVED = {0, 5, 33}  # every test passed, or no test reached the mutant
 
 
 def _scratch_copy() -> Path:
-    """The rooms as the ``stamen`` package, the tests, the docs and pyproject.toml (with mutmut's settings) in a temp folder."""
+    """A temp folder with the rooms as the ``stamen`` package, the tests, the docs and pyproject.toml
+    (with mutmut's settings)."""
     scratch = Path(tempfile.mkdtemp(prefix="stamen-mutation-"))
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z", *ROOMS, "tests", "docs"], cwd=ROOT,
                             check=True, capture_output=True).stdout.decode().split("\0")
@@ -66,7 +67,8 @@ def _scratch_copy() -> Path:
         "also_copy": ["docs"],  # tests that check the documentation read it
     }
     lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
-    (scratch / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + "\n[tool.mutmut]\n" + "\n".join(lines) + "\n")
+    mutmut_table = "\n[tool.mutmut]\n" + "\n".join(lines) + "\n"
+    (scratch / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + mutmut_table)
     return scratch
 
 
@@ -75,7 +77,8 @@ def _mutmut(scratch: Path, *args: str, stream: bool = False) -> str:
     done = subprocess.run([str(Path(sys.executable).parent / "mutmut"), *args], cwd=scratch, env=env, text=True,
                           capture_output=not stream)
     if done.returncode:
-        raise RuntimeError(f"mutmut {' '.join(args)} failed:\n{(done.stdout or '')[-3000:]}\n{(done.stderr or '')[-3000:]}")
+        output = f"{(done.stdout or '')[-3000:]}\n{(done.stderr or '')[-3000:]}"
+        raise RuntimeError(f"mutmut {' '.join(args)} failed:\n{output}")
     return done.stdout or ""
 
 
@@ -158,7 +161,8 @@ def report(mutants: list[dict]) -> str:
             judged = sum(bool(m["equivalent"]) for m in lived)
             scored = len(tried) - judged
             score = f"{killed / scored:.0%}" if scored else "-"
-            rows.append(f"| {group} | `{module}` | {len(tried)} | {killed} | {len(lived) - judged} | {judged} | {score} |")
+            counts = f"{len(tried)} | {killed} | {len(lived) - judged} | {judged}"
+            rows.append(f"| {group} | `{module}` | {counts} | {score} |")
             survivors += lived
     lines = [
         "# Mutation testing",
