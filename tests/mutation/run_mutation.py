@@ -10,7 +10,8 @@ those judged equivalent (no behaviour can tell them apart) with the reason kept 
 its words (wrapped in ``XX`` or in another case) and the edits in ``_NEUTRAL_EDITS``.
 
 Usage: ``make mutation`` (about 15 minutes on 2 cores). Writes ``docs/mutation.md`` and
-``docs/mutation.json``. Not part of ``make test``: it runs the guarding tests once per mutant.
+``docs/mutation.json`` (the scores and every survivor). Not part of ``make test``: it runs the
+guarding tests once per mutant.
 """
 
 from __future__ import annotations
@@ -151,19 +152,28 @@ def collect(scratch: Path) -> list[dict]:
     return mutants
 
 
-def report(mutants: list[dict]) -> str:
-    rows, survivors = [], []
+def module_scores(mutants: list[dict]) -> list[dict]:
+    """Per module: mutants tried, killed, survived (not judged equivalent), equivalent, and the score."""
+    scores = []
     for group, modules in MODULES.items():
         for module in modules:
             tried = [m for m in mutants if m["module"] == module and m["outcome"] != "other"]
             killed = sum(m["outcome"] == "killed" for m in tried)
-            lived = [m for m in tried if m["outcome"] == "survived"]
-            judged = sum(bool(m["equivalent"]) for m in lived)
-            scored = len(tried) - judged
-            score = f"{killed / scored:.0%}" if scored else "-"
-            counts = f"{len(tried)} | {killed} | {len(lived) - judged} | {judged}"
-            rows.append(f"| {group} | `{module}` | {counts} | {score} |")
-            survivors += lived
+            equivalent = sum(bool(m.get("equivalent")) for m in tried)
+            scored = len(tried) - equivalent
+            scores.append({"group": group, "module": module, "mutants": len(tried), "killed": killed,
+                           "survived": scored - killed, "equivalent": equivalent,
+                           "score": round(killed / scored, 4) if scored else None})
+    return scores
+
+
+def report(mutants: list[dict]) -> str:
+    rows = []
+    for score in module_scores(mutants):
+        counts = " | ".join(str(score[key]) for key in ("mutants", "killed", "survived", "equivalent"))
+        shown = "-" if score["score"] is None else format(score["score"], ".0%")
+        rows.append(f"| {score['group']} | `{score['module']}` | {counts} | {shown} |")
+    survivors = [m for m in mutants if m["outcome"] == "survived"]
     lines = [
         "# Mutation testing",
         "",
@@ -198,7 +208,8 @@ def main() -> None:
 
 
 def write(mutants: list[dict]) -> None:
-    (ROOT / "docs" / "mutation.json").write_text(json.dumps(mutants, indent=1) + "\n")
+    summary = {"modules": module_scores(mutants), "survivors": [m for m in mutants if m["outcome"] == "survived"]}
+    (ROOT / "docs" / "mutation.json").write_text(json.dumps(summary, indent=1) + "\n")
     text = report(mutants)
     (ROOT / "docs" / "mutation.md").write_text(text)
     print(text.split("## Survivors")[0])
