@@ -4,12 +4,16 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from inprocess_grid import InProcessGrid
 
+from stamen.client.app import app as client_app
 from stamen.client.attacks import ATTACKS, make_attack, malicious_partitions
 from stamen.client.data import Example
+from stamen.server.federation import run_federation
+from stamen.shared.config import RunConfig
 from stamen.shared.wire import AdapterSchema, AdapterValidationError, decode_adapter, encode_adapter
-from stamen.simulations.cli import app
+
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 DELTA = {"a": np.array([[0.5, -1.0], [2.0, 0.0]], np.float32), "b": np.array([1.0, -2.0], np.float32)}
 RNG = np.random.default_rng(0)
@@ -70,14 +74,17 @@ def test_unknown_attack_and_option_are_clear_errors():
     assert {"sign-flip", "scaled", "gaussian", "same-value", "backdoor", "free-rider", "nan", "wrong-shape"} <= set(ATTACKS)
 
 
-def test_nan_attackers_are_rejected_in_a_real_federation_and_the_round_goes_on(tmp_path):
-    args = ["simulate", "--clients", "3", "--rounds", "1"]
-    for item in ("base-model=tiny", "quantisation=none", "attack=nan", "attack-fraction=0.34", f"run-dir={tmp_path}"):
-        args += ["--set", item]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    (run_dir,) = tmp_path.iterdir()
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def _federate(tmp_path, rounds: int, **settings) -> list[dict]:
+    """Three tiny-base clients for ``rounds`` rounds through the server's round loop and the ClientApp;
+    the run's metric rows."""
+    config = RunConfig().replace(**{"base-model": "tiny", "quantisation": "none", "num-server-rounds": rounds,
+                                    "run-dir": str(tmp_path), "run-id": "run", **settings})
+    run_dir = run_federation(InProcessGrid(client_app, 3), config)
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_nan_attackers_are_rejected_in_a_federation_and_the_round_goes_on(tmp_path):
+    rows = _federate(tmp_path, 1, **{"attack": "nan", "attack-fraction": 0.34})
     train = [r for r in rows if r["kind"] == "client" and r["phase"] == "train"]
     rejected = [r for r in train if not r["accepted"]]
     assert len(rejected) == 1 and "NaN/Inf" in rejected[0]["reason"]
@@ -86,14 +93,7 @@ def test_nan_attackers_are_rejected_in_a_real_federation_and_the_round_goes_on(t
 
 
 def test_a_federation_counts_admitted_attacks_and_measures_the_backdoor(tmp_path):
-    args = ["simulate", "--clients", "3", "--rounds", "1"]
-    for item in ("base-model=tiny", "quantisation=none", "attack=backdoor", "attack-fraction=0.34",
-                 f"run-dir={tmp_path}"):
-        args += ["--set", item]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    (run_dir,) = tmp_path.iterdir()
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = _federate(tmp_path, 1, **{"attack": "backdoor", "attack-fraction": 0.34})
     (round_row,) = [r for r in rows if r["kind"] == "round"]
     assert round_row["malicious_replied"] == 1 and round_row["malicious_admitted"] == 1  # FedAvg admits everyone
     evaluated = [r for r in rows if r["kind"] == "client" and r["phase"] == "evaluate"]
@@ -102,15 +102,9 @@ def test_a_federation_counts_admitted_attacks_and_measures_the_backdoor(tmp_path
 
 
 def test_fltrust_trains_on_its_root_set_and_shuts_out_a_sign_flip_attacker(tmp_path):
-    args = ["simulate", "--clients", "3", "--rounds", "2"]
-    for item in ("base-model=tiny", "quantisation=none", "aggregation=fltrust", "attack=sign-flip",
-                 "attack-fraction=0.34", "attack-options=scale=5", "fraction-evaluate=0.0", f"run-dir={tmp_path}"):
-        args += ["--set", item]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
-    (run_dir,) = tmp_path.iterdir()
-    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rounds = [r for r in rounds if r["kind"] == "round"]
+    rows = _federate(tmp_path, 2, **{"aggregation": "fltrust", "attack": "sign-flip", "attack-fraction": 0.34,
+                                     "attack-options": "scale=5", "fraction-evaluate": 0.0})
+    rounds = [r for r in rows if r["kind"] == "round"]
     assert [(r["malicious_replied"], r["malicious_admitted"]) for r in rounds] == [(1, 0), (1, 0)]
 
 
