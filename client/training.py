@@ -37,7 +37,7 @@ class TrainResult:
     tokens: int
     seconds: float
     optimizer_state: dict[str, np.ndarray] = field(default_factory=dict)  # AdamW's moments after the round
-    flat_steps: int = 0  # steps after the first whose batch gave the adapter an all-zero gradient (already fit)
+    flat_steps: int = 0  # steps whose gradient reached the adapter as all zeros (a batch already fit, or a zeroed path)
 
 
 def train_adapter(
@@ -63,8 +63,8 @@ def train_adapter(
         raise ValueError("cannot train on an empty example set")
     packed = packed_4bit_layers(model)
     if packed:
-        raise NothingTrained(f"{len(packed)} 4-bit layers (e.g. {packed[0]}) were repacked for bitsandbytes' CPU inference "
-                             "kernel, which has no gradient: load the base with trainable=True to train it")
+        raise NothingTrained(f"{len(packed)} 4-bit layers (e.g. {packed[0]}) were repacked for bitsandbytes' CPU "
+                             "inference kernel, which has no gradient: load the base with trainable=True to train it")
     started = time.perf_counter()
     device = next(model.parameters()).device
     encoded = [encode_example(tokenizer, e, spec.max_seq_len) for e in examples]
@@ -96,14 +96,14 @@ def train_adapter(
                     cursor += 1
                 batch = {k: v.to(device) for k, v in collate(picked, tokenizer.pad_token_id).items()}
                 loss = model(**batch).loss / spec.grad_accum
+                if not loss.requires_grad:
+                    raise NothingTrained(f"no adapter parameter received a gradient in step {len(losses) + 1}: the "
+                                         "graph from the loss to the adapter is cut (a non-differentiable layer on "
+                                         "every path)")
                 loss.backward()
                 step_loss += loss.item()
                 tokens += int(batch["attention_mask"].sum())
-            if not _has_gradient(named):
-                if not losses:
-                    raise NothingTrained("no adapter parameter received a gradient in step 1: the graph from the loss "
-                                         "to the adapter is cut (a frozen or non-differentiable layer on every path)")
-                flat_steps += 1  # a batch the adapter already fits to the last bit: no signal, not a cut graph
+            flat_steps += not any(bool(p.grad.any()) for p in params if p.grad is not None)
             for correct in corrections:
                 correct(named)
             torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
@@ -114,16 +114,12 @@ def train_adapter(
     model.eval()
     if all(torch.equal(before, after) for before, after in zip(received, params)):
         raise NothingTrained(f"{spec.local_steps} steps left every adapter value as it was "
-                             f"(learning rate {spec.learning_rate}, schedule {spec.lr_schedule}): there is no update to send")
+                             f"(learning rate {spec.learning_rate}, schedule {spec.lr_schedule}): "
+                             "there is no update to send")
     if flat_steps:
-        log.warning("%d of %d steps gave the adapter an all-zero gradient: their batches are already fit",
+        log.warning("%d of %d steps gave the adapter an all-zero gradient (batches already fit)",
                     flat_steps, spec.local_steps)
     seen = min(len(encoded), spec.local_steps * spec.grad_accum * spec.batch_size)
     return TrainResult(sum(losses) / len(losses), spec.local_steps, seen, tokens, time.perf_counter() - started,
                        export_state(optimizer, named), flat_steps)
 
-
-def _has_gradient(named: dict[str, torch.nn.Parameter]) -> bool:
-    """Whether some adapter parameter received a non-zero gradient. On the first step its absence means
-    the graph is cut and nothing can train (an error, never a silent no-op); later it is counted."""
-    return any(p.grad is not None and bool(p.grad.any()) for p in named.values())

@@ -56,11 +56,19 @@ def test_loss_falls_in_every_order_of_evaluation_and_training(mode, avx512bf16_c
     assert losses[1] < losses[0] - 0.05 and losses[2] < losses[1] - 0.05, (mode, losses)
 
 
-def test_a_step_whose_gradients_are_all_zero_is_an_error():
+def test_a_step_whose_graph_never_reaches_the_adapter_is_an_error():
+    model, tokenizer = _adapted("none")
+    for layer in model.base_model.model.model.layers:  # every path from the adapter to the loss cut
+        layer.self_attn.register_forward_hook(lambda module, inputs, output: (output[0].detach(), *output[1:]))
+    with pytest.raises(NothingTrained, match="no adapter parameter received a gradient in step 1: the graph"):
+        train_adapter(model, tokenizer, EXAMPLES, SPEC, seed=0)
+
+
+def test_a_round_whose_gradients_are_all_zero_is_an_error_not_an_all_zero_update():
     model, tokenizer = _adapted("none")
     for layer in model.base_model.model.model.layers:  # every path from the adapter to the loss multiplied by 0
         layer.self_attn.register_forward_hook(lambda module, inputs, output: (output[0] * 0, *output[1:]))
-    with pytest.raises(NothingTrained, match="no adapter parameter received a gradient in step 1"):
+    with pytest.raises(NothingTrained, match=f"{SPEC.local_steps} steps left every adapter value as it was"):
         train_adapter(model, tokenizer, EXAMPLES, SPEC, seed=0)
 
 
