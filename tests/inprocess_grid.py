@@ -32,8 +32,8 @@ class InProcessGrid(Grid):
         }
         self._replies: dict[str, Message] = {}
 
-    def set_run(self, run_id: int) -> None:
-        self._run = Run.create_empty(run_id)
+    def set_run(self, run: Run) -> None:
+        self._run = run
 
     @property
     def run(self) -> Run:
