@@ -78,11 +78,11 @@ def run_mode(mode: str, base: str, device: str, steps: int, batch: int, seq: int
     from peft import LoraConfig, get_peft_model
 
     from stamen.client.evaluation import evaluate_loss
-    from stamen.client.training import train_adapter
     from stamen.shared.adapters import attach_adapter
     from stamen.shared.base_model import load_base
     from stamen.shared.config import AdapterSpec, TrainingSpec
-    from stamen.simulations.corpus import natural_split
+    from stamen.shared.corpus import natural_split
+    from stamen.shared.training import train_adapter
 
     kind, quantisation = mode.split("-")
     imports_kb = rss_kb("VmRSS")  # torch, transformers, peft, bitsandbytes: the same in every mode
@@ -123,7 +123,9 @@ def run_mode(mode: str, base: str, device: str, steps: int, batch: int, seq: int
     loss_after = evaluate_loss(model, loaded.tokenizer, examples, seq, batch).loss
     row = {
         "mode": mode,
-        "device": torch.cuda.get_device_name(loaded.device) if loaded.device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(loaded.device)
+        if loaded.device.type == "cuda"
+        else platform.processor() or "cpu",
         "trainable_params": trainable,
         "steps": steps,
         "tokens": tokens,
@@ -151,7 +153,9 @@ def main() -> None:
     parser.add_argument("--one-mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_mode:
-        print(json.dumps(run_mode(args.one_mode, args.base, args.device, args.steps, args.batch, args.seq, args.repeats)))
+        print(
+            json.dumps(run_mode(args.one_mode, args.base, args.device, args.steps, args.batch, args.seq, args.repeats))
+        )
         return
     rows = []
     for mode in args.modes.split(","):

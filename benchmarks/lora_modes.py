@@ -9,27 +9,41 @@ then prints one table and writes results/lora_modes.json.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 from report import print_table, write_results
 
+from stamen.shared.run_folder import RunFolder
+
 MODES = ("naive", "ffa", "fedsa", "exact")
 
 
 def run_mode(mode: str, runs: Path, clients: int, rounds: int, extra: list[str]) -> None:
     """Run one mode unless its run already finished."""
-    if (runs / mode / "summary.json").is_file():
+    if RunFolder(runs / mode).finished():
         return
-    command = [str(Path(sys.executable).parent / "stamen"), "simulate", "--clients", str(clients), "--rounds", str(rounds),
-               "--set", f"lora-aggregation={mode}", "--set", f"run-dir={runs}", "--set", f"run-id={mode}", *extra]
+    command = [
+        str(Path(sys.executable).parent / "stamen"),
+        "simulate",
+        "--clients",
+        str(clients),
+        "--rounds",
+        str(rounds),
+        "--set",
+        f"lora-aggregation={mode}",
+        "--set",
+        f"run-dir={runs}",
+        "--set",
+        f"run-id={mode}",
+        *extra,
+    ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
 
 def summarise(run: Path, mode: str) -> dict:
-    summary = json.loads((run / "summary.json").read_text())
+    summary = RunFolder(run).summary_record()
     rounds = summary["rounds"]
     first, last = rounds[0], rounds[-1]
     return {

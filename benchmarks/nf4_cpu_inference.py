@@ -19,9 +19,9 @@ import time
 import torch
 from report import print_table, write_results
 
-from stamen.client.data import Example
 from stamen.client.evaluation import evaluate_loss
 from stamen.shared.base_model import load_base
+from stamen.shared.examples import Example
 from stamen.shared.quantisation import packed_4bit_layers
 
 PROMPT = "Tell me about the history of the world."

@@ -13,9 +13,9 @@ RESULTS = Path(__file__).parent / "results"
 def print_table(rows: list[dict]) -> None:
     columns = list(rows[0])
     widths = [max(len(str(c)), *(len(str(r[c])) for r in rows)) for c in columns]
-    print(" | ".join(str(c).rjust(w) for c, w in zip(columns, widths)))
+    print(" | ".join(str(c).rjust(w) for c, w in zip(columns, widths, strict=False)))
     for row in rows:
-        print(" | ".join(str(row[c]).rjust(w) for c, w in zip(columns, widths)))
+        print(" | ".join(str(row[c]).rjust(w) for c, w in zip(columns, widths, strict=False)))
 
 
 def write_results(name: str, rows: list[dict], **settings: object) -> Path:

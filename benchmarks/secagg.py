@@ -41,6 +41,7 @@ from stamen.server.secure_aggregation import neighbourhoods
 from stamen.server.strategy import AdapterStrategy
 from stamen.shared.config import RunConfig
 from stamen.shared.protocol import ARRAYS, NUM_EXAMPLES, read_instruction, round_config
+from stamen.shared.run_folder import RunFolder
 from stamen.shared.wire import AdapterSchema
 from stamen.simulations.engine import run_apps
 
@@ -56,7 +57,9 @@ def synthetic_update(msg: Message, context: Context) -> Message:
     rng = np.random.default_rng(context.node_id)
     delta = {name: rng.uniform(-UPDATE_SCALE, UPDATE_SCALE, value.shape).astype(np.float32)
              for name, value in received.items()}
-    reply = update_reply(context, instruction, {NUM_EXAMPLES: 1}, FINGERPRINT, f"node-{context.node_id}", delta, schema, 1)
+    reply = update_reply(
+        context, instruction, {NUM_EXAMPLES: 1}, FINGERPRINT, f"node-{context.node_id}", delta, schema, 1
+    )
     return Message(reply, reply_to=msg)
 
 
@@ -88,7 +91,7 @@ def stamen_cell(clients: int, params: int, secure: bool, rounds: int, folder: Pa
                 raise RuntimeError(f"round {server_round} aggregated {rule.count} of {clients} clients")
 
     run_apps(server_app, client_app_with([], train_handler=synthetic_update), clients)
-    rows = [json.loads(line) for line in (folder / config.run_id / "metrics.jsonl").read_text().splitlines()]
+    rows = RunFolder(folder / config.run_id).rows()
     uploads = [row["bytes_up"] for row in rows if row.get("accepted") and "bytes_up" in row]
     return times, int(statistics.median(uploads))
 
@@ -170,8 +173,12 @@ def main() -> None:
                     "params": params,
                     "plain_s": steady(plain),
                     "secure_s": steady(secure),
-                    "flower_plain_s": None if args.no_flower else steady(flower_cell(clients, params, False, args.rounds)),
-                    "flower_secaggplus_s": None if args.no_flower else steady(flower_cell(clients, params, True, args.rounds)),
+                    "flower_plain_s": None
+                    if args.no_flower
+                    else steady(flower_cell(clients, params, False, args.rounds)),
+                    "flower_secaggplus_s": None
+                    if args.no_flower
+                    else steady(flower_cell(clients, params, True, args.rounds)),
                     "plain_upload_bytes": plain_bytes,
                     "secure_upload_bytes": secure_bytes,
                 }

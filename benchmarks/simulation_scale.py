@@ -27,10 +27,11 @@ from pathlib import Path
 from flwr.app import Context, Message
 from report import print_table, write_results
 
-from stamen.client.app import client_app_with, train
 from stamen.client.runtime import release_runtime
 from stamen.shared.config import RunConfig
+from stamen.shared.run_folder import RunFolder
 from stamen.shared.tiny_model import build_tiny_base
+from stamen.simulations.client_app import SIMULATED_CLIENT, simulated_client_app
 from stamen.simulations.engine import simulate
 from stamen.simulations.process_memory import PeakTreeMemory
 
@@ -40,7 +41,7 @@ EMBEDDED = "smollm2-135m"
 def train_loading_the_base(msg: Message, context: Context) -> Message:
     """Stamen's train handler after dropping the process's loaded base (the per-call baseline)."""
     release_runtime()
-    return train(msg, context)
+    return SIMULATED_CLIENT.train(msg, context)
 
 
 def run_cell(base: str, clients: int, loader: str, folder: Path) -> dict:
@@ -50,10 +51,10 @@ def run_cell(base: str, clients: int, loader: str, folder: Path) -> dict:
         "max-seq-len": 48, "partition": "iid", "fraction-evaluate": 0.0, "min-clients": clients,
         "run-dir": str(folder), "run-id": f"{loader}-{clients}",
     })
-    client_app = client_app_with([], train_loading_the_base) if loader == "per-call" else None
+    client_app = simulated_client_app([], train_loading_the_base) if loader == "per-call" else None
     with PeakTreeMemory() as peak:
         run_dir = simulate(config, clients, client_app=client_app)
-    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rounds = RunFolder(run_dir).rows()
     times = [row["time"] for row in rounds if row.get("kind") == "round"]
     trained = sum(1 for row in rounds if row.get("kind") == "client" and row["round"] == 2 and row.get("accepted"))
     return {"round_s": round(times[1] - times[0], 2), "trained": trained, "peak_mb": round(peak.bytes / 2**20)}

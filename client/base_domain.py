@@ -10,9 +10,9 @@ import json
 
 from stamen.shared.atomic import atomic_write_text
 from stamen.shared.cache import cache_dir
+from stamen.shared.examples import Example
 from stamen.shared.fingerprint import short
 
-from .data import Example
 from .generation import base_answers
 
 GENERAL_PROMPTS = (
@@ -31,12 +31,14 @@ GENERAL_PROMPTS = (
 )
 
 
-def base_generated_examples(model, tokenizer, fingerprint: str, quantisation: str, max_new_tokens: int = 32) -> list[Example]:
+def base_generated_examples(
+    model, tokenizer, fingerprint: str, quantisation: str, max_new_tokens: int = 32
+) -> list[Example]:
     """Prompt/response pairs answered by the base with every adapter disabled."""
     cache_file = cache_dir("base-domain") / f"{short(fingerprint)}-{quantisation}-{max_new_tokens}.json"
     if cache_file.is_file():
         return [Example(**row) for row in json.loads(cache_file.read_text())]
     answers = base_answers(model, tokenizer, list(GENERAL_PROMPTS), max_new_tokens, do_sample=False)
-    examples = [Example(response=a.strip() or ".", prompt=p) for p, a in zip(GENERAL_PROMPTS, answers)]
+    examples = [Example(response=a.strip() or ".", prompt=p) for p, a in zip(GENERAL_PROMPTS, answers, strict=False)]
     atomic_write_text(cache_file, json.dumps([e.__dict__ for e in examples]))
     return examples

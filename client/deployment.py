@@ -11,12 +11,12 @@ import logging
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from stamen.shared.device_data import read_examples
 from stamen.shared.flower_tools import flower_environment, flower_tool
 
-from .device_data import read_examples
 from .resource_guard import ResourceGuards
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class DeviceSetup:
     data: Path
     state_dir: Path
     name: str
-    guards: ResourceGuards = ResourceGuards()
+    guards: ResourceGuards = field(default_factory=ResourceGuards)
     base: str | None = None  # the device's own copy of the base (default: the run's base-model)
 
 

@@ -5,16 +5,17 @@ Both act on the adapter's gradients after backward and before the optimiser step
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 
-from stamen.shared.protocol import CONTROL
+from stamen.shared.protocol import CONTROL, CONTROL_DELTA
+from stamen.shared.training import GradientCorrection
+from stamen.shared.wire import decode_adapter
 
+from .hooks import TrainingHook, TrainingRound
 from .state_store import ClientStateStore
-
-GradientCorrection = Callable[[Mapping[str, torch.nn.Parameter]], None]
 
 
 def proximal_term(mu: float, anchor: Mapping[str, np.ndarray]) -> GradientCorrection:
@@ -59,3 +60,38 @@ class ScaffoldClient:
         }
         self.store.save(CONTROL, self.server_round, new)
         return {k: new[k] - self.own[k] for k in new}
+
+
+class FedProx(TrainingHook):
+    """FedProx (``proximal-mu`` > 0): every gradient pulled toward the received global adapter."""
+
+    @classmethod
+    def start(cls, training_round: TrainingRound) -> FedProx | None:
+        return cls() if training_round.config.proximal_mu > 0 else None
+
+    def before_training(self, training_round: TrainingRound) -> None:
+        training_round.corrections.append(proximal_term(training_round.config.proximal_mu,
+                                                        training_round.setup.global_adapter))
+
+
+class Scaffold(TrainingHook):
+    """SCAFFOLD, wherever the server sends its control variate: correct the gradients, upload c_i+ - c_i."""
+
+    def __init__(self, client: ScaffoldClient) -> None:
+        self.client = client
+
+    @classmethod
+    def start(cls, training_round: TrainingRound) -> Scaffold | None:
+        content, setup = training_round.msg.content, training_round.setup
+        if CONTROL not in content.array_records:
+            return None
+        server_control = decode_adapter(content[CONTROL], setup.runtime.schema)
+        return cls(ScaffoldClient(setup.store, setup.server_round, server_control))
+
+    def before_training(self, training_round: TrainingRound) -> None:
+        training_round.corrections.append(self.client.correction())
+
+    def after_training(self, training_round: TrainingRound) -> None:
+        training = training_round.config.training
+        training_round.uploads[CONTROL_DELTA] = self.client.finish(
+            training_round.setup.global_adapter, training_round.trained, training.local_steps, training.learning_rate)

@@ -16,18 +16,20 @@ import torch
 from stamen.shared.adapters import adapter_parameters, attach_adapter, load_adapter_state
 from stamen.shared.base_model import LoadedBase, load_base
 from stamen.shared.config import AdapterSpec, TrainingSpec
+from stamen.shared.device_data import as_example
+from stamen.shared.training import TrainResult, train_adapter
 
-from .device_data import as_example
 from .evaluation import evaluate_loss
 from .generation import generate_answer
 from .state_store import PERSONAL, ClientStateStore
-from .training import TrainResult, train_adapter
 
 
 class PersonalModel:
     """A base model and the adapter that personalises it on this device."""
 
-    def __init__(self, base: LoadedBase, model: torch.nn.Module, max_seq_len: int = 128, trainable: bool = True) -> None:
+    def __init__(
+        self, base: LoadedBase, model: torch.nn.Module, max_seq_len: int = 128, trainable: bool = True
+    ) -> None:
         self.base, self.model, self.max_seq_len, self.trainable = base, model, max_seq_len, trainable
 
     @classmethod

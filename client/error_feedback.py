@@ -11,6 +11,7 @@ import numpy as np
 
 from stamen.shared.wire import LOSSY_WIRE_DTYPES, as_received
 
+from .hooks import TrainingHook, TrainingRound
 from .state_store import ClientStateStore
 
 RESIDUAL = "wire-residual"
@@ -28,3 +29,17 @@ def with_error_feedback(
     received = as_received(target, wire_dtype)
     store.save(RESIDUAL, server_round, {name: target[name] - received[name] for name in target})
     return target
+
+
+class ErrorFeedback(TrainingHook):
+    """The last hook: the delta as it leaves, with the last upload's rounding residual; not under
+    secure aggregation, whose masked sum is exact."""
+
+    @classmethod
+    def start(cls, training_round: TrainingRound) -> ErrorFeedback | None:
+        return None if training_round.config.privacy.secure_aggregation else cls()
+
+    def after_training(self, training_round: TrainingRound) -> None:
+        setup = training_round.setup
+        training_round.delta = with_error_feedback(training_round.delta, training_round.config.wire_dtype,
+                                                   setup.store, setup.server_round)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import IGNORE_INDEX, Example, collate, encode_example
+from stamen.shared.examples import IGNORE_INDEX, Example, collate, encode_example
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,9 @@ def evaluate_loss(model, tokenizer, examples: list[Example], max_len: int, batch
     encoded = [encode_example(tokenizer, e, max_len) for e in examples]
     total_loss, total_tokens = 0.0, 0
     for start in range(0, len(encoded), batch_size):
-        batch = {k: v.to(device) for k, v in collate(encoded[start : start + batch_size], tokenizer.pad_token_id).items()}
+        batch = {
+            k: v.to(device) for k, v in collate(encoded[start : start + batch_size], tokenizer.pad_token_id).items()
+        }
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         targets = batch["labels"][:, 1:]
         losses = torch.nn.functional.cross_entropy(

@@ -13,14 +13,15 @@ from collections.abc import Mapping
 import torch
 
 from stamen.shared.adapters import adapter_parameters
-
-from .data import Example, collate, encode_example
-from .drift_correction import GradientCorrection
+from stamen.shared.examples import Example, collate, encode_example
+from stamen.shared.training import GradientCorrection
 
 FISHER_EXAMPLES = 8  # a rough diagonal is enough to weight the penalty; each batch costs a backward pass
 
 
-def fisher_diagonal(model, tokenizer, examples: list[Example], max_len: int, batch_size: int) -> dict[str, torch.Tensor]:
+def fisher_diagonal(
+    model, tokenizer, examples: list[Example], max_len: int, batch_size: int
+) -> dict[str, torch.Tensor]:
     """Mean squared loss gradient per adapter parameter over (up to ``FISHER_EXAMPLES``) examples."""
     named = adapter_parameters(model)
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in named.items()}
@@ -42,7 +43,9 @@ def fisher_diagonal(model, tokenizer, examples: list[Example], max_len: int, bat
     return {name: f / mean for name, f in fisher.items()} if mean > 0 else fisher
 
 
-def ewc_penalty(strength: float, fisher: Mapping[str, torch.Tensor], anchor: Mapping[str, torch.Tensor]) -> GradientCorrection:
+def ewc_penalty(
+    strength: float, fisher: Mapping[str, torch.Tensor], anchor: Mapping[str, torch.Tensor]
+) -> GradientCorrection:
     """Gradient of the penalty, lambda * F * (w - w*), added to every adapter gradient."""
 
     def correct(params: Mapping[str, torch.nn.Parameter]) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from stamen.shared.adapters import base_alone
-
-from .data import format_prompt
+from stamen.shared.examples import format_prompt
 
 
 @torch.no_grad()

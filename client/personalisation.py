@@ -17,11 +17,12 @@ import numpy as np
 
 from stamen.shared.adapters import adapter_state, load_adapter_state
 from stamen.shared.config import RunConfig, TrainingSpec
+from stamen.shared.examples import Example
+from stamen.shared.training import TrainResult, train_adapter
 
-from .data import Example
 from .drift_correction import proximal_term
+from .hooks import TrainingHook, TrainingRound
 from .state_store import ClientStateStore
-from .training import TrainResult, train_adapter
 
 DITTO = "ditto"  # the state-store name of Ditto's personal adapter
 
@@ -43,6 +44,21 @@ def train_ditto(
                            (proximal_term(config.ditto_lambda, global_adapter),))
     store.save(DITTO, server_round, {name: value.numpy() for name, value in adapter_state(model).items()})
     return result
+
+
+class Ditto(TrainingHook):
+    """``personalisation = ditto``: after the global round, a round of the personal adapter on the same data."""
+
+    @classmethod
+    def start(cls, training_round: TrainingRound) -> Ditto | None:
+        return cls() if training_round.config.personalisation == "ditto" else None
+
+    def after_training(self, training_round: TrainingRound) -> None:
+        setup = training_round.setup
+        result = train_ditto(setup.runtime.model, setup.runtime.base.tokenizer, setup.store, setup.server_round,
+                             setup.global_adapter, list(setup.data.train), setup.config, training_round.seed + 1)
+        if result.seconds:
+            training_round.metrics["personal-train-seconds"] = result.seconds
 
 
 def load_personal(

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from flwr.app import ConfigRecord
 
 from stamen.shared.adapters import adapter_parameters
-from stamen.shared.anchor_set import anchor_blob, decode_anchor, encode_anchor
+from stamen.shared.anchor_set import ANCHOR, anchor_blob, decode_anchor, encode_anchor
 from stamen.shared.config import RunConfig
+from stamen.shared.examples import Example
+from stamen.shared.training import GradientCorrection
 
-from .data import Example
-from .drift_correction import GradientCorrection
 from .ewc import ewc_penalty, fisher_diagonal
+from .hooks import TrainingHook, TrainingRound
 from .replay_buffer import ReservoirBuffer
 from .self_replay import self_replay_examples
 from .state_store import ClientStateStore
@@ -83,6 +84,27 @@ def round_replay(
         replay.corrections = (ewc_penalty(spec.ewc_lambda, fisher, received),)
     replay.seconds = time.perf_counter() - started
     return replay
+
+
+class Replay(TrainingHook):
+    """Forgetting protection (``replay`` not ``none``): mix the round's replay into the batches, remember its data."""
+
+    @classmethod
+    def start(cls, training_round: TrainingRound) -> Replay | None:
+        return cls() if training_round.config.replay.enabled() else None
+
+    def before_training(self, training_round: TrainingRound) -> None:
+        setup = training_round.setup
+        self.replay = round_replay(setup.config, setup.store, setup.server_round, setup.data.name, setup.runtime.model,
+                                   setup.runtime.base.tokenizer, training_round.msg.content.config_records.get(ANCHOR))
+        training_round.corrections.extend(self.replay.corrections)
+        training_round.replay_examples.extend(self.replay.examples)
+
+    def after_training(self, training_round: TrainingRound) -> None:
+        setup = training_round.setup
+        self.replay.remember(setup.store, setup.server_round, list(setup.data.train))
+        training_round.metrics.update({"replay-seconds": self.replay.seconds,
+                                       "replay-examples": len(self.replay.examples)})
 
 
 def anchor_examples(

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import Example
+from stamen.shared.examples import Example
+
 from .state_store import ClientStateStore
 
 REPLAY_BUFFER = "replay-buffer"
@@ -39,7 +40,9 @@ class ReservoirBuffer:
 
     def __post_init__(self) -> None:
         if self.capacity < 1 or self.max_bytes < 1:
-            raise ValueError(f"a replay buffer needs capacity >= 1 and max_bytes >= 1, got {self.capacity}, {self.max_bytes}")
+            raise ValueError(
+                f"a replay buffer needs capacity >= 1 and max_bytes >= 1, got {self.capacity}, {self.max_bytes}"
+            )
         self._rng = np.random.default_rng(self.seed)
 
     @property
@@ -72,7 +75,9 @@ class ReservoirBuffer:
         })
 
     @classmethod
-    def load(cls, store: ClientStateStore, before_round: int, capacity: int, max_bytes: int, seed: int) -> ReservoirBuffer:
+    def load(
+        cls, store: ClientStateStore, before_round: int, capacity: int, max_bytes: int, seed: int
+    ) -> ReservoirBuffer:
         """The buffer as saved before ``before_round``, or a new one. A smaller configured bound applies at once."""
         document = store.load_document(REPLAY_BUFFER, before_round)
         if document is None:

@@ -16,6 +16,8 @@ from pathlib import Path
 from stamen.shared.atomic import atomic_write_text
 from stamen.shared.config import TrainingSpec
 
+from .hooks import TrainingHook, TrainingRound
+
 PACE_FILE = "pace.json"  # seconds per local step measured in this device's last round
 
 
@@ -50,6 +52,18 @@ class ResourceGuards:
             if expected > self.max_round_seconds:
                 raise RoundDeclined(f"declined: {training.local_steps} steps at the last measured {pace:.2f} s/step "
                                     f"take about {expected:.0f} s, over the device's {self.max_round_seconds:.0f} s")
+
+
+class ResourceGuardHook(TrainingHook):
+    """Declines a round over the device's limits before any work; records the round's pace after it."""
+
+    def before_training(self, training_round: TrainingRound) -> None:
+        guards = ResourceGuards.from_node_config(training_round.context.node_config)
+        guards.check(training_round.config.training, training_round.setup.store.folder)
+
+    def after_training(self, training_round: TrainingRound) -> None:
+        result = training_round.result
+        record_pace(training_round.setup.store.folder, result.seconds, result.steps)
 
 
 def record_pace(state_dir: Path | None, seconds: float, steps: int) -> None:

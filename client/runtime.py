@@ -15,11 +15,11 @@ import torch
 from stamen.shared.adapters import adapter_state, attach_adapter, shared_state
 from stamen.shared.base_model import LoadedBase, load_base
 from stamen.shared.config import RunConfig
+from stamen.shared.examples import Example
 from stamen.shared.lora_layers import lora_layers
 from stamen.shared.wire import AdapterSchema
 
 from .base_domain import base_generated_examples
-from .data import Example
 from .lora_corrections import LayerCorrections
 
 

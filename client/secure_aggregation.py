@@ -85,7 +85,9 @@ class SecAggClient:
         seed_shares = shamir.split(bytes(mine["seed"]), points, info.threshold)
         key_shares = shamir.split(bytes(mine["mask-secret"]), points, info.threshold)
         ciphertexts = {}
-        for (node, (_, encryption_key, _)), seed_share, key_share in zip(neighbours.items(), seed_shares[1:], key_shares[1:]):
+        for (node, (_, encryption_key, _)), seed_share, key_share in zip(
+            neighbours.items(), seed_shares[1:], key_shares[1:], strict=False
+        ):
             key = agreed_key(bytes(mine["encryption-secret"]), encryption_key, info.encryption_purpose())
             plaintext = pack_shares(self.node, node, seed_share, key_share)
             ciphertexts[str(node)] = encrypt(key, plaintext, info.share_context(self.node, node))

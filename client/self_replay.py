@@ -13,7 +13,8 @@ import zlib
 
 import torch
 
-from .data import Example
+from stamen.shared.examples import Example
+
 from .generation import base_answers
 from .state_store import ClientStateStore
 
@@ -51,7 +52,7 @@ def self_replay_examples(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         answers = base_answers(model, tokenizer, prompts, MAX_NEW_TOKENS, do_sample=True, temperature=0.8, top_p=0.95)
-    examples = [Example(answer.strip() or ".", prompt) for prompt, answer in zip(prompts, answers)]
+    examples = [Example(answer.strip() or ".", prompt) for prompt, answer in zip(prompts, answers, strict=False)]
     store.save_document(SELF_REPLAY, server_round, {"written": server_round,
                                                    "examples": [[e.prompt, e.response] for e in examples]})
     return examples

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .training import NothingTrained
+from stamen.shared.training import NothingTrained
 
 
 def shared_delta(trained: Mapping[str, np.ndarray], received: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -34,6 +34,9 @@ layer.eval()
 with torch.no_grad():
     layer(x.detach())  # an evaluation
 after = gradient_reaches_input()
-print(f"has_avx512bf16={bool(has_avx512bf16())} repacked={getattr(layer.weight.quant_state, 'packing_format_for_cpu', False)} "
-      f"gradient before evaluation={before} after={after}")
+print(
+    f"has_avx512bf16={bool(has_avx512bf16())} "
+    f"repacked={getattr(layer.weight.quant_state, 'packing_format_for_cpu', False)} "
+    f"gradient before evaluation={before} after={after}"
+)
 sys.exit(0 if after else 1)

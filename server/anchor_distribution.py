@@ -29,15 +29,17 @@ class AnchorDistribution:
     def load(cls, source: str, seed: int) -> AnchorDistribution:
         """The set from ``source`` (a .jsonl/.csv file on the server) or, if empty, the embedded corpus's."""
         if source:
-            from stamen.client.device_data import read_examples
+            from stamen.shared.device_data import read_examples
 
             examples = read_examples(Path(source).expanduser())
         else:
-            from stamen.simulations.corpus import natural_split
+            from stamen.shared.corpus import natural_split
 
             examples = list(natural_split(1, seed).anchor)
         distribution = cls(encode_anchor([(e.prompt, e.response) for e in examples]))
-        log.info("Anchor set: %d examples, %d bytes, sha256 %s", len(examples), distribution.nbytes, distribution.sha256[:12])
+        log.info(
+            "Anchor set: %d examples, %d bytes, sha256 %s", len(examples), distribution.nbytes, distribution.sha256[:12]
+        )
         return distribution
 
     def attach(self, messages: list[Message]) -> list[Message]:

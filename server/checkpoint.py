@@ -19,9 +19,8 @@ from safetensors.numpy import load, save
 
 from stamen.shared.atomic import atomic_write_bytes
 from stamen.shared.protocol import CORRECTIONS
+from stamen.shared.run_folder import RunFolder
 
-CHECKPOINT_FILE = "checkpoint.safetensors"
-ROUNDS_DIR = "rounds"
 _GLOBAL, _RULE = "global/", "rule/"
 _CORRECTIONS = f"{_RULE}{CORRECTIONS}/"
 
@@ -41,18 +40,18 @@ def save_checkpoint(run_dir: Path, state: ServerState) -> None:
     tensors.update({_RULE + k: np.ascontiguousarray(v) for k, v in state.rule_state.items()})
     meta = {"round": state.round, "python_rng": state.python_rng, "metrics_offset": state.metrics_offset}
     exportable = {k: v for k, v in tensors.items() if k.startswith((_GLOBAL, _CORRECTIONS))}
-    atomic_write_bytes(run_dir / ROUNDS_DIR / f"round-{state.round}.safetensors", save(exportable))
-    atomic_write_bytes(run_dir / CHECKPOINT_FILE, save(tensors, metadata={"stamen": json.dumps(meta)}))
+    atomic_write_bytes(RunFolder(run_dir).rounds / f"round-{state.round}.safetensors", save(exportable))
+    atomic_write_bytes(RunFolder(run_dir).checkpoint, save(tensors, metadata={"stamen": json.dumps(meta)}))
 
 
 def load_checkpoint(run_dir: Path) -> ServerState | None:
     """The last completed round's state, or None if the run has not finished a round."""
-    path = run_dir / CHECKPOINT_FILE
+    path = RunFolder(run_dir).checkpoint
     if not path.is_file():
         return None
     with safe_open(str(path), framework="np") as handle:
         meta = json.loads(handle.metadata()["stamen"])
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        tensors = {name: handle.get_tensor(name) for name in handle}
     return ServerState(
         round=meta["round"],
         global_adapter={k[len(_GLOBAL) :]: v for k, v in tensors.items() if k.startswith(_GLOBAL)},
@@ -64,7 +63,7 @@ def load_checkpoint(run_dir: Path) -> ServerState | None:
 
 def load_round(run_dir: Path, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The global adapter and the exact-LoRA corrections (empty if none) after ``server_round``."""
-    path = run_dir / ROUNDS_DIR / f"round-{server_round}.safetensors"
+    path = RunFolder(run_dir).rounds / f"round-{server_round}.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no saved round {server_round}")
     tensors = load(path.read_bytes())
@@ -75,7 +74,7 @@ def load_round(run_dir: Path, server_round: int) -> tuple[dict[str, np.ndarray],
 
 def last_round(run_dir: Path) -> int:
     """The newest round saved under ``rounds/``."""
-    rounds = [int(p.stem.split("-")[1]) for p in (run_dir / ROUNDS_DIR).glob("round-*.safetensors")]
+    rounds = [int(p.stem.split("-")[1]) for p in (RunFolder(run_dir).rounds).glob("round-*.safetensors")]
     if not rounds:
         raise FileNotFoundError(f"{run_dir} has no completed round")
     return max(rounds)

@@ -18,8 +18,7 @@ from pathlib import Path
 from stamen.shared.atomic import atomic_write_text
 from stamen.shared.config import RunConfig
 from stamen.shared.flower_tools import flower_environment, flower_tool
-
-from .run_record import CONFIG_FILE
+from stamen.shared.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 CONNECTION = "stamen"  # the SuperLink connection's name in Flower's CLI configuration
@@ -129,16 +128,15 @@ def run_federation_on(deployment: ServerDeployment, config: RunConfig) -> Path:
     app_folder = write_flower_app(deployment.work_dir / "app", config)
     result = subprocess.run([flower_tool("flwr"), "run", str(app_folder), CONNECTION, "--stream"],
                             env=deployment.environment(), cwd=deployment.work_dir)
-    run_dir = Path(config.run_dir) / config.run_id
-    if result.returncode != 0 or not (run_dir / "summary.json").is_file():
-        raise DeploymentError(f"the run did not finish (flwr run exited with {result.returncode}); see {run_dir}")
-    return run_dir
+    folder = RunFolder.of(config)
+    if result.returncode != 0 or not folder.finished():
+        raise DeploymentError(f"the run did not finish (flwr run exited with {result.returncode}); see {folder.path}")
+    return folder.path
 
 
 def resumed_config(run_dir: Path) -> RunConfig:
     """The configuration of ``run_dir``, set to continue from its last completed round."""
-    record = json.loads((run_dir / CONFIG_FILE).read_text())
-    return RunConfig.from_flat(record["config"]).replace(
+    return RunFolder(run_dir).run_config().replace(
         **{"run-dir": str(run_dir.parent.resolve()), "run-id": run_dir.name, "resume": True})
 
 

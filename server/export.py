@@ -8,7 +8,6 @@ Under ``fedsa`` the global adapter holds A only; B (personal) stays zero in the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +15,15 @@ import torch
 
 from stamen.shared.adapters import adapter_parameters, attach_adapter, load_adapter_state
 from stamen.shared.base_model import load_base
-from stamen.shared.config import RunConfig
 from stamen.shared.lora_layers import lora_layers
+from stamen.shared.run_folder import RunFolder
 
 from .checkpoint import last_round, load_round
-from .run_record import CONFIG_FILE
 
 
 def export_peft(run_dir: Path, out: Path, server_round: int | None = None) -> Path:
     """Write the global adapter after ``server_round`` (default: the last) as a PEFT folder."""
-    config = RunConfig.from_flat(json.loads((run_dir / CONFIG_FILE).read_text())["config"])
+    config = RunFolder(run_dir).run_config()
     adapter, corrections = load_round(run_dir, server_round or last_round(run_dir))
     base = load_base(config.base_model, quantisation="none", device="cpu")
     model = attach_adapter(base.model, config.adapter, config.seed)

@@ -118,7 +118,9 @@ def _run_rounds(
         )
 
 
-def train_round(grid: Grid, strategy: AdapterStrategy, instruction: ConfigRecord, config: RunConfig, server_round: int) -> None:
+def train_round(
+    grid: Grid, strategy: AdapterStrategy, instruction: ConfigRecord, config: RunConfig, server_round: int
+) -> None:
     """One training round: clients' updates into the strategy, in the clear or as a secure sum."""
     if config.privacy.secure_aggregation:
         run_secure_train_round(grid, strategy, instruction, config, server_round)

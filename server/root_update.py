@@ -11,15 +11,15 @@ import zlib
 
 import numpy as np
 
-from stamen.client.training import train_adapter
 from stamen.shared.adapters import adapter_state, attach_adapter, load_adapter_state
 from stamen.shared.base_model import load_base
 from stamen.shared.config import RunConfig
+from stamen.shared.training import train_adapter
 
 
 class RootTrainer:
     def __init__(self, config: RunConfig) -> None:
-        from stamen.simulations.corpus import natural_split
+        from stamen.shared.corpus import natural_split
 
         base = load_base(config.base_model, quantisation="none")
         self.model = attach_adapter(base.model, config.adapter, config.seed)

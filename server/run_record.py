@@ -11,11 +11,7 @@ import numpy as np
 
 from stamen.shared.atomic import atomic_write_bytes, atomic_write_text
 from stamen.shared.config import RunConfig
-
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.json"
-ADAPTER_FILE = "global_adapter.safetensors"
+from stamen.shared.run_folder import RunFolder
 
 
 def new_run_id() -> str:
@@ -29,18 +25,17 @@ class RunRecorder:
     def __init__(self, run_dir: Path, config: RunConfig, meta: dict[str, Any], resume_at: int | None = None) -> None:
         """Start a run folder, or continue one from byte ``resume_at`` of its metrics
         (what a crashed round wrote after the last checkpoint is cut off)."""
-        self.run_dir = run_dir
+        self.folder = RunFolder(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / CONFIG_FILE, json.dumps({"config": config.to_flat(), **meta}, indent=2))
-        path = run_dir / METRICS_FILE
+        atomic_write_text(self.folder.config, json.dumps({"config": config.to_flat(), **meta}, indent=2))
+        path = self.folder.metrics
         self.rounds: list[dict[str, Any]] = []
         if resume_at is None:
             path.write_text("")
         else:
             with path.open("r+b") as handle:
                 handle.truncate(resume_at)
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-            self.rounds = [row for row in rows if row.get("kind") == "round"]
+            self.rounds = [row for row in self.folder.rows() if row.get("kind") == "round"]
         self._metrics = path.open("a", encoding="utf-8")
         self._started = time.perf_counter()
 
@@ -58,9 +53,11 @@ class RunRecorder:
     def save_adapter(self, adapter: dict[str, np.ndarray]) -> None:
         from safetensors.numpy import save
 
-        atomic_write_bytes(self.run_dir / ADAPTER_FILE, save({k: np.ascontiguousarray(v) for k, v in adapter.items()}))
+        atomic_write_bytes(self.folder.global_adapter, save({k: np.ascontiguousarray(v) for k, v in adapter.items()}))
 
     def finish(self, summary: dict[str, Any]) -> None:
         self._metrics.close()
         seconds = round(time.perf_counter() - self._started, 1)  # this process's share, if resumed
-        atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps({**summary, "seconds": seconds, "rounds": self.rounds}, indent=2))
+        atomic_write_text(
+            self.folder.summary, json.dumps({**summary, "seconds": seconds, "rounds": self.rounds}, indent=2)
+        )

@@ -81,7 +81,13 @@ class SecureAggregator:
     ) -> None:
         if len(keys) < 2:
             raise SecAggAborted(f"secure aggregation needs at least 2 clients, {len(keys)} advertised keys")
-        self.run, self.round, self.length, self.settings, self.noise_std = run, server_round, length, settings, noise_std
+        self.run, self.round, self.length, self.settings, self.noise_std = (
+            run,
+            server_round,
+            length,
+            settings,
+            noise_std,
+        )
         self.keys = {node: (bytes(record[ENCRYPTION_KEY]), bytes(record[MASK_KEY])) for node, record in keys.items()}
         nodes = sorted(keys)
         self.points = {node: i + 1 for i, node in enumerate(nodes)}
@@ -114,8 +120,12 @@ class SecureAggregator:
     def mask_requests(self) -> dict[int, tuple[StageInfo, ConfigRecord]]:
         """Stage 3: each client gets the shares its neighbours (that shared) encrypted for it."""
         return {
-            node: (self.info(node, MASK_STAGE),
-                   ConfigRecord({str(peer): self.shared[peer][str(node)] for peer in sorted(self.graph[node] & set(self.shared))}))
+            node: (
+                self.info(node, MASK_STAGE),
+                ConfigRecord(
+                    {str(peer): self.shared[peer][str(node)] for peer in sorted(self.graph[node] & set(self.shared))}
+                ),
+            )
             for node in sorted(self.shared)
         }
 

@@ -3,7 +3,8 @@
 Stage 1 is Flower's ordinary ``train`` message (clients train, then advertise keys);
 stages 2-4 are ``train.secagg_*`` messages routed to the ClientApp's handlers. A
 client that errors or does not answer (training within ``round-timeout``, each
-later stage within ``secagg-timeout``) counts as dropped at that stage; the round goes on as long as every needed secret can be rebuilt.
+later stage within ``secagg-timeout``) counts as dropped at that stage; the round goes on
+as long as every needed secret can be rebuilt.
 """
 
 from __future__ import annotations
@@ -49,21 +50,31 @@ def run_secure_train_round(
     keys = {node: msg.content[PUBLIC_KEYS] for node, msg in admitted.items()}
     bytes_up = {node: record.count_bytes() for node, record in keys.items()}  # every secure-aggregation record sent
     try:
-        noise = (distributed_noise_std(privacy.dp_noise_multiplier, privacy.dp_clip, privacy.secagg_value_range, len(keys))
-                 if privacy.dp == "distributed" else 0.0)
+        noise = (
+            distributed_noise_std(privacy.dp_noise_multiplier, privacy.dp_clip, privacy.secagg_value_range, len(keys))
+            if privacy.dp == "distributed"
+            else 0.0
+        )
         settings = SecAggSettings(privacy.secagg_degree, privacy.secagg_threshold, privacy.secagg_modulus_bits)
-        aggregator = SecureAggregator(config.run_id, server_round, keys, strategy.schema.num_values + 1, settings, noise,
-                                      random.Random(f"{config.seed}/{server_round}"))
+        aggregator = SecureAggregator(
+            config.run_id,
+            server_round,
+            keys,
+            strategy.schema.num_values + 1,
+            settings,
+            noise,
+            random.Random(f"{config.seed}/{server_round}"),
+        )
         requests = {node: RecordDict({SECAGG: info.to_record(), PEERS: peers})
                     for node, (info, peers) in aggregator.share_requests().items()}
         for node, content in _exchange(grid, SHARE_STAGE, requests, server_round, timeout).items():
-            if _apply(server_round, SHARE_STAGE, node, lambda: aggregator.add_shares(node, content[SHARES])):
+            if _apply(server_round, SHARE_STAGE, node, lambda: aggregator.add_shares(node, content[SHARES])):  # noqa: B023 (called at once)
                 bytes_up[node] += content[SHARES].count_bytes()
         requests = {node: RecordDict({SECAGG: info.to_record(), SHARES: shares})
                     for node, (info, shares) in aggregator.mask_requests().items()}
         for node, content in _exchange(grid, MASK_STAGE, requests, server_round, timeout).items():
             masked = content.array_records.get(MASKED)
-            if _apply(server_round, MASK_STAGE, node, lambda: aggregator.add_masked(node, _vector(masked))):
+            if _apply(server_round, MASK_STAGE, node, lambda: aggregator.add_masked(node, _vector(masked))):  # noqa: B023 (called at once)
                 bytes_up[node] += masked.count_bytes()
         requests = {node: RecordDict({SECAGG: info.to_record()}) for node, info in aggregator.unmask_requests().items()}
         revealed = {node: content[REVEALED] for node, content in

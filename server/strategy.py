@@ -2,8 +2,8 @@
 
 Flower's ``FedAvg`` samples nodes and builds messages; this subclass replaces
 aggregation: every reply is admitted (:mod:`~stamen.server.admission`) before the
-configured :mod:`rule <stamen.server.rules>` sees it; a bad reply is logged and dropped while the round goes on. Accepted
-replies are folded into the rule one at a time, in client-name order, so a round's
+configured :mod:`rule <stamen.server.rules>` sees it; a bad reply is logged and dropped while
+the round goes on. Accepted replies are folded into the rule one at a time, in client-name order, so a round's
 result does not depend on the order replies arrived in.
 """
 
@@ -146,7 +146,9 @@ class AdapterStrategy(FedAvg):
         malicious = [client_name(m) for m in replies if not m.has_error() and METRICS in m.content.metric_records
                      and m.content[METRICS].get("malicious")]
         uploads = 1 + len(self.rule.extra_uploads)
-        metrics = self._finish_train(server_round, accepted, self.schema.nbytes * uploads, self.privacy.dp_noise_multiplier)
+        metrics = self._finish_train(
+            server_round, accepted, self.schema.nbytes * uploads, self.privacy.dp_noise_multiplier
+        )
         if malicious:  # simulated attacks: how many malicious updates shaped the new global adapter
             admitted = set(malicious) & self._accepted_names(accepted)
             chosen = self.rule.chosen_clients() if self.rule.count else set()
@@ -221,7 +223,11 @@ class AdapterStrategy(FedAvg):
         privacy = {}
         if self.accountant and self.rule.count:
             epsilon = self.accountant.record_round(noise_multiplier, self._num_sampled / max(self._num_nodes, 1))
-            privacy = {"dp_epsilon": epsilon, "dp_delta": self.privacy.dp_delta, "dp_noise_multiplier": noise_multiplier}
+            privacy = {
+                "dp_epsilon": epsilon,
+                "dp_delta": self.privacy.dp_delta,
+                "dp_noise_multiplier": noise_multiplier,
+            }
         metrics = aggregate_metricrecords(accepted, self.weighted_by_key) if accepted else MetricRecord()
         traffic = {
             "clients_sampled": self._num_sampled,
@@ -305,5 +311,6 @@ def _initial_losses(metrics: list[MetricRecord]) -> dict[str, float]:
         return {}
     keys = {k for m in reporting for k in m if k.startswith(INITIAL_PREFIX)}
     return {
-        _snake(k): sum(float(m[HELDOUT_EXAMPLES]) * float(m[k]) for m in reporting if k in m) / total for k in sorted(keys)
+        _snake(k): sum(float(m[HELDOUT_EXAMPLES]) * float(m[k]) for m in reporting if k in m) / total
+        for k in sorted(keys)
     }

@@ -128,7 +128,9 @@ class PrivacySpec:
         _require(0.0 <= self.secagg_threshold < 1.0, "secagg-threshold", self.secagg_threshold, "must be in [0, 1)")
         _require(self.secagg_value_range > 0, "secagg-value-range", self.secagg_value_range, "must be > 0")
         _require(self.secagg_max_weight > 0, "secagg-max-weight", self.secagg_max_weight, "must be > 0")
-        _require(self.secagg_modulus_bits in (32, 64), "secagg-modulus-bits", self.secagg_modulus_bits, "must be 32 or 64")
+        _require(
+            self.secagg_modulus_bits in (32, 64), "secagg-modulus-bits", self.secagg_modulus_bits, "must be 32 or 64"
+        )
         _require(self.secagg_timeout > 0, "secagg-timeout", self.secagg_timeout, "must be > 0")
         _require(self.dp in DP_MODES, "dp", self.dp, f"must be one of {DP_MODES}")
         _require(self.dp_clip > 0, "dp-clip", self.dp_clip, "must be > 0")
@@ -186,8 +188,12 @@ class RunConfig:
         _require(self.min_clients >= 1, "min-clients", self.min_clients, "must be >= 1")
         _require(self.round_timeout > 0, "round-timeout", self.round_timeout, "must be > 0")
         _require(self.proximal_mu >= 0, "proximal-mu", self.proximal_mu, "must be >= 0")
-        _require(self.adapter.aggregation != "exact" or self.aggregation in ("fedavg", "fedprox"), "lora-aggregation",
-                 "exact", f"corrects the plain mean of B*A, so it needs aggregation fedavg or fedprox, not {self.aggregation}")
+        _require(
+            self.adapter.aggregation != "exact" or self.aggregation in ("fedavg", "fedprox"),
+            "lora-aggregation",
+            "exact",
+            f"corrects the plain mean of B*A, so it needs aggregation fedavg or fedprox, not {self.aggregation}",
+        )
         _require(self.personalisation in PERSONALISATIONS, "personalisation", self.personalisation,
                  f"must be one of {PERSONALISATIONS}")
         _require(self.personalisation == "global" or self.adapter.aggregation != "fedsa", "personalisation",
@@ -214,7 +220,9 @@ class RunConfig:
         except ValueError:
             raise ConfigError(f"configuration key 'client-ranks' = {self.client_ranks!r} must list integers") from None
         for rank in ranks:
-            _require(1 <= rank <= self.adapter.rank, "client-ranks", rank, f"must be in [1, lora-rank={self.adapter.rank}]")
+            _require(
+                1 <= rank <= self.adapter.rank, "client-ranks", rank, f"must be in [1, lora-rank={self.adapter.rank}]"
+            )
         if any(rank < self.adapter.rank for rank in ranks):
             _require(self.adapter.method == "lora", "client-ranks", self.client_ranks, "needs adapter lora")
             _require(self.aggregation != "scaffold", "client-ranks", self.client_ranks,

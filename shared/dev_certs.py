@@ -82,7 +82,7 @@ def add_node_key(certs: DevCertificates, name: str) -> Path:
 
 
 def _certificate(subject, issuer, public_key, signing_key, is_ca: bool, hosts: list[str]) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)

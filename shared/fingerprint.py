@@ -55,7 +55,7 @@ def _stored_tensors(folder: Path):
         from safetensors import safe_open
 
         handles = [safe_open(str(f), framework="pt") for f in files]
-        index = sorted((name, h) for h in handles for name in h.keys())
+        index = sorted((name, h) for h in handles for name in h)
         for name, handle in index:
             yield name, handle.get_tensor(name)
         return

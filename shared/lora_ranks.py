@@ -31,7 +31,9 @@ def pad_to_rank(delta: Mapping[str, np.ndarray], client_rank: int, rank: int) ->
     for layer in lora_layers(delta):
         a, b = delta[layer.a], delta[layer.b]
         out[layer.a] = np.concatenate([a, np.zeros((rank - client_rank, a.shape[1]), a.dtype)], axis=0)
-        padded_b = np.concatenate([b * (rank / client_rank), np.zeros((b.shape[0], rank - client_rank), b.dtype)], axis=1)
+        padded_b = np.concatenate(
+            [b * (rank / client_rank), np.zeros((b.shape[0], rank - client_rank), b.dtype)], axis=1
+        )
         out[layer.b] = padded_b.astype(b.dtype)
     return out
 

@@ -32,7 +32,7 @@ class Share:
         if len(data) != 4 + _SHARE_BYTES:
             raise ShamirError(f"a share is {4 + _SHARE_BYTES} bytes, got {len(data)}")
         share = cls(int.from_bytes(data[:4], "big"), int.from_bytes(data[4:], "big"))
-        if not (1 <= share.x and 0 <= share.y < PRIME):
+        if not (share.x >= 1 and 0 <= share.y < PRIME):
             raise ShamirError("share out of the field's range")
         return share
 

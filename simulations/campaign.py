@@ -11,6 +11,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from stamen.shared.run_folder import RunFolder
+
 from .report import compare_runs
 from .sweep import simulate_in_subprocess
 
@@ -40,7 +42,7 @@ def run_campaign(campaign: Campaign, folder: Path) -> Path:
     """Run every unfinished run under ``folder``, then write the comparison; returns compare.md."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, settings in campaign.runs.items():
-        if not (folder / name / "summary.json").is_file():
+        if not RunFolder(folder / name).finished():
             failure = simulate_in_subprocess(settings, campaign.clients, campaign.rounds, folder, name)
             if failure:
                 raise RuntimeError(failure)

@@ -16,6 +16,7 @@ from stamen.shared.base_source import resolve_base_folder
 from stamen.shared.config import RunConfig
 from stamen.shared.fingerprint import base_fingerprint
 from stamen.shared.quantisation import QuantisationChoice, choose_quantisation
+from stamen.shared.run_folder import RunFolder
 
 if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
@@ -50,21 +51,23 @@ def simulate(
 ) -> Path:
     """Run ``config`` with ``num_clients`` virtual clients (``resume``: continue its run folder).
 
-    ``client_app`` replaces Stamen's ClientApp, e.g. one built by :func:`stamen.client.app.client_app_with`
-    to add Flower mods."""
-    from stamen.client.app import app as stamen_client_app
+    ``client_app`` replaces the simulation's ClientApp, e.g. one built by
+    :func:`stamen.simulations.client_app.simulated_client_app` to add Flower mods."""
     from stamen.server.app import server_app_for
+    from stamen.simulations.client_app import app as simulated_client_app
 
     if not config.run_id:
         raise ValueError("simulate needs config.run_id so the run folder is known in advance")
-    run_apps(server_app_for(config, resume), client_app or stamen_client_app, num_clients, resources)
-    run_dir = Path(config.run_dir) / config.run_id
-    if not (run_dir / "summary.json").is_file():
-        raise RuntimeError(f"the simulation ended without finishing its run; see the log above and {run_dir}")
-    return run_dir
+    run_apps(server_app_for(config, resume), client_app or simulated_client_app, num_clients, resources)
+    folder = RunFolder.of(config)
+    if not folder.finished():
+        raise RuntimeError(f"the simulation ended without finishing its run; see the log above and {folder.path}")
+    return folder.path
 
 
-def run_apps(server_app: ServerApp, client_app: ClientApp, num_clients: int, resources: Resources = Resources()) -> None:
+def run_apps(
+    server_app: ServerApp, client_app: ClientApp, num_clients: int, resources: Resources = Resources()
+) -> None:
     """Run any ServerApp/ClientApp pair with ``num_clients`` virtual SuperNodes on this machine."""
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # keep Ray's GPU env as it is

@@ -21,10 +21,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from stamen.client.data import Example
 from stamen.shared.config import PARTITIONS
-
-from .corpus import ClientDataset, CorpusSplit, natural_capacity, natural_split
+from stamen.shared.corpus import ClientDataset, CorpusSplit, natural_capacity, natural_split
+from stamen.shared.examples import Example
 
 MIN_EXAMPLES = 4  # a client needs something to train on and something to hold out
 HELDOUT_FRACTION, MAX_HELDOUT = 0.2, 16
@@ -82,7 +81,9 @@ def _deal(pool: list[Example], proportions: np.ndarray) -> list[list[Example]]:
     return [list(part) for part in np.split(np.array(pool, dtype=object), cuts)]
 
 
-def _dirichlet_by_topic(topics: list[tuple[Example, ...]], alpha: float, rng: np.random.Generator) -> list[list[Example]]:
+def _dirichlet_by_topic(
+    topics: list[tuple[Example, ...]], alpha: float, rng: np.random.Generator
+) -> list[list[Example]]:
     """Label-skew partition (Hsu et al. 2019) with topics as labels; redrawn until every client has enough."""
     num_clients = len(topics)
     for _ in range(100):

@@ -6,6 +6,7 @@ claim like "memory does not grow with the number of clients" is checked.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from types import TracebackType
 
@@ -25,7 +26,9 @@ class PeakTreeMemory:
         self._sampler.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self._done.set()
         self._sampler.join()
 
@@ -34,8 +37,6 @@ class PeakTreeMemory:
         while not self._done.wait(self._interval_s):
             total = 0
             for process in [me, *me.children(recursive=True)]:
-                try:
+                with contextlib.suppress(psutil.Error):  # a worker ended between listing and reading
                     total += process.memory_info().rss
-                except psutil.Error:
-                    pass  # a worker ended between listing and reading
             self.bytes = max(self.bytes, total)

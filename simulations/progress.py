@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
 from rich.console import Console
 from rich.progress import (
@@ -20,9 +19,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
-from stamen.server.run_record import METRICS_FILE
+from stamen.shared.run_folder import RunFolder
 
 
 def round_line(row: dict, num_rounds: int, previous_loss: float | None) -> str:
@@ -43,9 +41,9 @@ def round_line(row: dict, num_rounds: int, previous_loss: float | None) -> str:
 class RunMonitor:
     """Tails ``metrics.jsonl`` in a thread and drives a rich progress bar."""
 
-    def __init__(self, run_dir: Path, num_rounds: int, sampled: int, console: Console) -> None:
+    def __init__(self, folder: RunFolder, num_rounds: int, sampled: int, console: Console) -> None:
         """``sampled``: clients asked per round (train and evaluate), shown as the results to expect."""
-        self.path = run_dir / METRICS_FILE
+        self.path = folder.metrics
         self.num_rounds = num_rounds
         self.sampled = sampled
         self.bytes_moved = 0
@@ -111,29 +109,3 @@ class RunMonitor:
         self.progress.update(self._task, status=f"round {row['round']}: {results} of {self.sampled} client results "
                                                 f"({row['phase']}{mean}) | {traffic}")
         return results
-
-
-def summary_table(rounds: list[dict], base_bytes: int) -> Table:
-    """The per-round table printed at the end of a run; round 0 is the initial global adapter."""
-    table = Table(title="Federation rounds (global adapter)")
-    private = any("dp_epsilon" in row for row in rounds)
-    for column in ("round", "held-out loss", "base-domain loss", "clients", "bytes up/client", "bytes down/client",
-                   "up % of base", *(["ε (DP)"] if private else [])):
-        table.add_column(column, justify="right")
-    if rounds and "initial_heldout_loss" in rounds[0]:
-        first = rounds[0]
-        table.add_row("0", f"{first['initial_heldout_loss']:.4f}", f"{first.get('initial_base_domain_loss', float('nan')):.4f}",
-                      *[""] * (5 if private else 4))
-    for row in rounds:
-        up = row.get("bytes_up_per_client", 0)
-        table.add_row(
-            str(row["round"]),
-            f"{row.get('eval_heldout_loss', float('nan')):.4f}",
-            f"{row.get('eval_base_domain_loss', float('nan')):.4f}",
-            str(row.get("clients_accepted", 0)),
-            f"{up:,}",
-            f"{row.get('bytes_down_per_client', 0):,}",
-            f"{100 * up / base_bytes:.3f}%" if base_bytes else "n/a",
-            *([f"{row['dp_epsilon']:.2f}" if "dp_epsilon" in row else ""] if private else []),
-        )
-    return table

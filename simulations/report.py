@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stamen.shared.atomic import atomic_write_text
+from stamen.shared.run_folder import RunFolder
 
 
 @dataclass(frozen=True)
@@ -25,16 +26,17 @@ class RunRecord:
 
     @classmethod
     def read(cls, folder: Path) -> RunRecord:
-        path = folder / "metrics.jsonl"
-        if not path.is_file():
-            raise FileNotFoundError(f"{folder} is not a run folder: it has no metrics.jsonl")
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        config = folder / "config.json"
-        meta = json.loads(config.read_text()).get("config", {}) if config.is_file() else {}
-        summary = folder / "summary.json"
-        seconds = json.loads(summary.read_text()).get("seconds") if summary.is_file() else None
-        return cls(folder, [r for r in rows if r.get("kind") == "round"], [r for r in rows if r.get("kind") == "client"],
-                   meta, seconds)
+        run = RunFolder(folder)
+        rows = run.rows()
+        meta = run.record().get("config", {}) if run.config.is_file() else {}
+        seconds = run.summary_record().get("seconds") if run.finished() else None
+        return cls(
+            folder,
+            [r for r in rows if r.get("kind") == "round"],
+            [r for r in rows if r.get("kind") == "client"],
+            meta,
+            seconds,
+        )
 
     @property
     def name(self) -> str:
@@ -114,7 +116,9 @@ def write_report(folder: Path) -> Path:
     figure, axis = plt.subplots(figsize=(6, 4))
     rounds = [r["round"] for r in run.rounds]
     axis.bar([r - 0.2 for r in rounds], [r.get("bytes_in", 0) for r in run.rounds], width=0.4, label="up (all clients)")
-    axis.bar([r + 0.2 for r in rounds], [r.get("bytes_out", 0) for r in run.rounds], width=0.4, label="down (all clients)")
+    axis.bar(
+        [r + 0.2 for r in rounds], [r.get("bytes_out", 0) for r in run.rounds], width=0.4, label="down (all clients)"
+    )
     axis.set(xlabel="round", ylabel="bytes", title="traffic per round")
     axis.legend()
     _save(figure, folder / "bytes.png")
@@ -143,7 +147,11 @@ def compare_runs(folders: list[Path], out: Path, baseline: str | None = None) ->
     _plot_gain_vs_forgetting(rows, out / "gain_vs_forgetting.png")
     table = markdown_table(rows)
     best = min((r for r in rows if r["personal_end"] is not None), key=lambda r: r["personal_end"], default=None)
-    verdict = f"\nLowest final held-out loss (personal model): **{best['run']}** ({best['personal_end']:.4f}).\n" if best else ""
+    verdict = (
+        f"\nLowest final held-out loss (personal model): **{best['run']}** ({best['personal_end']:.4f}).\n"
+        if best
+        else ""
+    )
     atomic_write_text(out / "compare.md", f"# Runs compared\n\n![held-out loss](compare.png)\n\n"
                                           f"![personal gain vs forgetting](gain_vs_forgetting.png)\n\n{table}{verdict}")
     atomic_write_text(out / "compare.json", json.dumps(rows, indent=2))
@@ -161,11 +169,15 @@ def against_baseline(rows: list[dict], baseline: str) -> list[dict]:
     def percent(numerator: float | None, denominator: float | None) -> float | None:
         return None if numerator is None or not denominator else round(100.0 * numerator / denominator, 1)
 
-    return [{**row,
-             "forgetting_cut": percent(_minus(base["forgetting_mean"], row["forgetting_mean"]), base["forgetting_mean"]),
-             "gain_kept": percent(row["mean_client_gain"], base["mean_client_gain"]),
-             "extra_client_time": percent(_minus(row["client_seconds"], base["client_seconds"]), base["client_seconds"])}
-            for row in rows]
+    return [
+        {
+            **row,
+            "forgetting_cut": percent(_minus(base["forgetting_mean"], row["forgetting_mean"]), base["forgetting_mean"]),
+            "gain_kept": percent(row["mean_client_gain"], base["mean_client_gain"]),
+            "extra_client_time": percent(_minus(row["client_seconds"], base["client_seconds"]), base["client_seconds"]),
+        }
+        for row in rows
+    ]
 
 
 def _minus(a: float | None, b: float | None) -> float | None:

@@ -56,7 +56,9 @@ def secure_sum(
     keys = {node: on_client(node, lambda c=client, v=vectors[node]: c.advertise("local", 1, v))
             for node, client in clients.items()}
     started = time.perf_counter()
-    server = SecureAggregator("local", 1, keys, len(next(iter(vectors.values()))), settings, noise_std, random.Random(0))
+    server = SecureAggregator(
+        "local", 1, keys, len(next(iter(vectors.values()))), settings, noise_std, random.Random(0)
+    )
     server_seconds = time.perf_counter() - started
     for node, (info, peers) in server.share_requests().items():
         if node not in drop_before.get("share", ()):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stamen.shared.atomic import atomic_write_text
+from stamen.shared.run_folder import RunFolder
 
 from .report import format_cell, pyplot
 
@@ -47,7 +48,9 @@ class SweepSpec:
                        int(sweep.get("clients", 10)), int(sweep.get("rounds", 2)), dict(data.get("rule-options", {})),
                        dict(data.get("attack-options", {})), dict(data.get("config", {})))
         except KeyError as missing:
-            raise ValueError(f"{path}: [sweep] needs 'rules', 'attacks' and 'fractions' ({missing} is missing)") from None
+            raise ValueError(
+                f"{path}: [sweep] needs 'rules', 'attacks' and 'fractions' ({missing} is missing)"
+            ) from None
 
     def cell_settings(self, rule: str, attack: str, fraction: float) -> dict[str, object]:
         """The flat config keys one cell's run is started with."""
@@ -71,7 +74,7 @@ def cell_id(rule: str, attack: str, fraction: float) -> str:
 def run_sweep(spec: SweepSpec, folder: Path, parallel: int = 1) -> list[dict]:
     """Run every unfinished cell (``parallel`` at a time), then summarise all of them."""
     folder.mkdir(parents=True, exist_ok=True)
-    todo = [cell for cell in spec.cells() if not (folder / cell_id(*cell) / "summary.json").is_file()]
+    todo = [cell for cell in spec.cells() if not RunFolder(folder / cell_id(*cell)).finished()]
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         for failure in pool.map(lambda cell: _run_cell(spec, folder, *cell), todo):
             if failure:
@@ -92,7 +95,14 @@ def _run_cell(spec: SweepSpec, folder: Path, rule: str, attack: str, fraction: f
 def simulate_in_subprocess(settings: dict, clients: int, rounds: int, folder: Path, run_id: str) -> str | None:
     """``stamen simulate`` as its own process (Ray and the base are torn down after each run),
     logging to ``folder/<run_id>.log``; returns why it failed, or None."""
-    command = [str(Path(sys.executable).parent / "stamen"), "simulate", "--clients", str(clients), "--rounds", str(rounds)]
+    command = [
+        str(Path(sys.executable).parent / "stamen"),
+        "simulate",
+        "--clients",
+        str(clients),
+        "--rounds",
+        str(rounds),
+    ]
     for key, value in {**settings, "run-dir": str(folder), "run-id": run_id}.items():
         command += ["--set", f"{key}={value}"]
     log = folder / f"{run_id}.log"
@@ -102,7 +112,7 @@ def simulate_in_subprocess(settings: dict, clients: int, rounds: int, folder: Pa
 
 
 def summarise_cell(run_dir: Path, rule: str, attack: str, fraction: float) -> dict:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = RunFolder(run_dir).rows()
     rounds = [r for r in rows if r["kind"] == "round"]
     last = rounds[-1]["round"]
     honest = [r for r in rows if r["kind"] == "client" and r["phase"] == "evaluate" and r["round"] == last
@@ -122,7 +132,9 @@ def markdown_table(rows: list[dict]) -> str:
     columns = ["rule", "attack", "fraction", *METRICS]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(f"{row[c]:g}" if c == "fraction" else format_cell(row[c]) for c in columns) + " |")
+        lines.append(
+            "| " + " | ".join(f"{row[c]:g}" if c == "fraction" else format_cell(row[c]) for c in columns) + " |"
+        )
     notes = [f"- `{name}`: {meaning}" for name, meaning in METRICS.items()]
     return "\n".join([*lines, "", *notes]) + "\n"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,8 +25,14 @@ class Processes:
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         log = (self.folder / f"{name}.log").open("ab")
-        process = subprocess.Popen([STAMEN, *args], cwd=self.folder, env=flower_environment(), stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [STAMEN, *args],
+            cwd=self.folder,
+            env=flower_environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.started[name] = process
         return process
 
@@ -45,10 +52,8 @@ class Processes:
     def kill(self, name: str) -> None:
         """SIGKILL the whole process group: the CLI, Flower's process and the app it runs."""
         process = self.started.pop(name)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         process.wait()
 
     def log(self, name: str) -> str:

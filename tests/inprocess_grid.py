@@ -59,7 +59,7 @@ class InProcessGrid(Grid):
         """The ClientApp's reply; an exception becomes an error reply, as Flower's simulation engine makes it."""
         try:
             return self._client_app(message, self._contexts[message.metadata.dst_node_id])
-        except Exception as error:  # noqa: BLE001 - any client failure is the client's reply, not the server's
+        except Exception as error:
             reason = f"{type(error)}:<'{error}'>"
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
 

@@ -57,7 +57,9 @@ def test_other_peft_types_go_through_the_same_path(tiny_folder):
 
 def test_adapter_init_depends_only_on_seed(tiny_folder):
     def init(seed):
-        return adapter_state(attach_adapter(load_causal_lm(tiny_folder, "none", torch.device("cpu")), AdapterSpec(), seed))
+        return adapter_state(
+            attach_adapter(load_causal_lm(tiny_folder, "none", torch.device("cpu")), AdapterSpec(), seed)
+        )
 
     a, b, c = init(3), init(3), init(4)
     name = next(k for k in a if "lora_A" in k)
@@ -75,7 +77,7 @@ def test_load_adapter_state_round_trips_and_refuses_other_keys(tiny_folder):
 
 
 def test_unmatched_targets_are_a_clear_error(tiny_folder):
-    with pytest.raises(ValueError, match="not found|matched no module"):
+    with pytest.raises(ValueError, match=r"not found|matched no module"):
         attach_adapter(load_causal_lm(tiny_folder, "none", torch.device("cpu")), AdapterSpec(targets=("nope",)), 0)
 
 

@@ -82,10 +82,10 @@ def test_a_train_reply_missing_its_delta_or_an_extra_upload_is_refused():
 
 def test_a_malformed_delta_or_extra_upload_is_refused_with_the_wire_reason():
     nan = {**DELTA, "l.lora_A": np.full((2, 4), np.nan, np.float32)}
-    with pytest.raises(UpdateRejected, match="malformed adapter delta: .*NaN/Inf"):
+    with pytest.raises(UpdateRejected, match=r"malformed adapter delta: .*NaN/Inf"):
         admit_update(_reply(delta=nan), FP, SCHEMA, ())
     wrong = {**DELTA, "l.lora_B": np.zeros((4, 3), np.float32)}
-    with pytest.raises(UpdateRejected, match="malformed adapter delta: .*shape"):
+    with pytest.raises(UpdateRejected, match=r"malformed adapter delta: .*shape"):
         admit_update(_reply(**{CONTROL: encode_adapter(wrong, "float16")}), FP, SCHEMA, (CONTROL,))
 
 

@@ -1,17 +1,17 @@
 """Attacks transform data and updates as specified; malformed ones are stopped by validation."""
 
-import json
 
 import numpy as np
 import pytest
 from inprocess_grid import InProcessGrid
 
-from stamen.client.app import app as client_app
-from stamen.client.attacks import ATTACKS, make_attack, malicious_partitions
-from stamen.client.data import Example
 from stamen.server.federation import run_federation
 from stamen.shared.config import RunConfig
+from stamen.shared.examples import Example
+from stamen.shared.run_folder import RunFolder
 from stamen.shared.wire import AdapterSchema, AdapterValidationError, decode_adapter, encode_adapter
+from stamen.simulations.attacks import ATTACKS, make_attack, malicious_partitions
+from stamen.simulations.client_app import app as client_app
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
@@ -57,7 +57,7 @@ def test_backdoor_poisons_the_chosen_share_of_examples():
     hit = [e for e in poisoned if e.response == "BAD"]
     assert all(e.prompt.endswith(" zz9") for e in hit)
     assert 0.18 < len(hit) / len(examples) < 0.32
-    assert all(p == e for p, e in zip(poisoned, examples) if p.response != "BAD")
+    assert all(p == e for p, e in zip(poisoned, examples, strict=False) if p.response != "BAD")
 
 
 def test_malicious_share_is_seeded_and_sized():
@@ -71,7 +71,9 @@ def test_unknown_attack_and_option_are_clear_errors():
         make_attack("teleport")
     with pytest.raises(ValueError, match="no option"):
         make_attack("scaled", scale=2)
-    assert {"sign-flip", "scaled", "gaussian", "same-value", "backdoor", "free-rider", "nan", "wrong-shape"} <= set(ATTACKS)
+    assert {"sign-flip", "scaled", "gaussian", "same-value", "backdoor", "free-rider", "nan", "wrong-shape"} <= set(
+        ATTACKS
+    )
 
 
 def _federate(tmp_path, rounds: int, **settings) -> list[dict]:
@@ -80,7 +82,7 @@ def _federate(tmp_path, rounds: int, **settings) -> list[dict]:
     config = RunConfig().replace(**{"base-model": "tiny", "quantisation": "none", "num-server-rounds": rounds,
                                     "run-dir": str(tmp_path), "run-id": "run", **settings})
     run_dir = run_federation(InProcessGrid(client_app, 3), config)
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return RunFolder(run_dir).rows()
 
 
 def test_nan_attackers_are_rejected_in_a_federation_and_the_round_goes_on(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 
@@ -11,11 +10,13 @@ import pytest
 from inprocess_grid import InProcessGrid
 from typer.testing import CliRunner
 
-from stamen.client.app import app as client_app
 from stamen.server.federation import run_federation
 from stamen.shared.fingerprint import base_fingerprint
+from stamen.shared.run_folder import RunFolder
 from stamen.simulations.campaign import Campaign
-from stamen.simulations.cli import _new_run_config, app
+from stamen.simulations.cli import app
+from stamen.simulations.client_app import app as client_app
+from stamen.simulations.commands import new_simulation_config
 from stamen.simulations.sweep import SweepSpec
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
@@ -51,7 +52,7 @@ def test_every_shipped_preset_starts_valid_runs(preset):
     runs = _runs_of(preset)
     assert runs, preset
     for keys, clients, rounds in runs:  # what `stamen simulate --set key=value ...` would accept
-        config = _new_run_config(None, [f"{k}={v}" for k, v in keys.items()], clients, rounds)
+        config = new_simulation_config(None, [f"{k}={v}" for k, v in keys.items()], clients, rounds)
         for key, value in keys.items():
             assert str(config.to_flat()[key]) == str(value), (preset.name, key)
 
@@ -81,9 +82,9 @@ def test_every_run_of_every_shipped_preset_completes_a_round_on_the_tiny_base(pr
     for index, (keys, preset_clients, _) in enumerate(_runs_to_try(preset)):
         clients = preset_clients or 3
         settings = {**keys, **TINY_ROUND, "run-dir": tmp_path, "run-id": f"run-{index}"}
-        config = _new_run_config(None, [f"{k}={v}" for k, v in settings.items()], clients, 1)
+        config = new_simulation_config(None, [f"{k}={v}" for k, v in settings.items()], clients, 1)
         run_dir = run_federation(InProcessGrid(client_app, clients), config)
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        rows = RunFolder(run_dir).rows()
         (round_row,) = [r for r in rows if r["kind"] == "round"]
         attacked = keys.get("attack", "none") != "none"
         attackers = int(float(keys.get("attack-fraction", 0)) * clients) if attacked else 0

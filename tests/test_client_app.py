@@ -7,9 +7,7 @@ import pytest
 import torch
 from flwr.app import Context, Message, MessageType, RecordDict
 
-from stamen.client.app import app as client_app
 from stamen.client.evaluation import evaluate_loss
-from stamen.client.local_data import local_data
 from stamen.client.replay import AnchorSetMissingError
 from stamen.client.runtime import client_runtime
 from stamen.client.self_replay import SEED_PROMPTS
@@ -19,6 +17,7 @@ from stamen.shared.adapters import adapter_state, attach_adapter, load_adapter_s
 from stamen.shared.anchor_set import ANCHOR, AnchorMismatchError, anchor_record, encode_anchor
 from stamen.shared.base_model import load_base
 from stamen.shared.config import RunConfig
+from stamen.shared.corpus import ANCHOR_SIZE, natural_split
 from stamen.shared.fingerprint import BaseMismatchError
 from stamen.shared.protocol import (
     ARRAYS,
@@ -33,7 +32,8 @@ from stamen.shared.protocol import (
     round_config,
 )
 from stamen.shared.wire import AdapterSchema, decode_adapter, encode_adapter
-from stamen.simulations.corpus import ANCHOR_SIZE, natural_split
+from stamen.simulations.client_app import app as client_app
+from stamen.simulations.client_app import partition_source
 from stamen.simulations.partitions import split_corpus
 
 TINY = RunConfig().replace(**{"base-model": "tiny", "quantisation": "none", "local-steps": 2, "seed": 0})
@@ -99,7 +99,7 @@ def test_evaluate_reply_carries_the_received_adapters_losses_and_no_arrays(tmp_p
     reply = client_app(_message(MessageType.EVALUATE, TINY, fingerprint, received), context)
     metrics = reply.content[METRICS]
     assert not reply.content.array_records
-    runtime, data = client_runtime(TINY), local_data(context, TINY, 0)
+    runtime, data = client_runtime(TINY), partition_source(context, TINY, 0)
     load_adapter_state(runtime.model, received)
     training = TINY.training
     heldout = evaluate_loss(runtime.model, runtime.base.tokenizer, list(data.heldout), training.max_seq_len,
@@ -175,7 +175,9 @@ def test_exact_corrections_are_added_to_the_layer_outputs(tmp_path):
 
     name, x_plain, y_plain, runtime = first_layer_io(None)
     rng = np.random.default_rng(0)
-    corrections = {m: rng.normal(0, 0.05, tuple(b.shape)).astype(np.float32) for m, b in runtime.corrections.buffers.items()}
+    corrections = {
+        m: rng.normal(0, 0.05, tuple(b.shape)).astype(np.float32) for m, b in runtime.corrections.buffers.items()
+    }
     _, x, y, runtime = first_layer_io({CORRECTIONS: corrections})
     received = {m: c.astype(np.float16).astype(np.float32) for m, c in corrections.items()}
     torch.testing.assert_close(x, x_plain)
@@ -202,7 +204,7 @@ def test_a_device_declines_a_round_beyond_its_limits_before_training(tmp_path):
     from stamen.client.resource_guard import RoundDeclined
 
     fingerprint, initial, _ = _server_view(TINY)
-    (tmp_path / "notes.jsonl").write_text("\n".join('{"text": "line %d of my notes"}' % i for i in range(10)))
+    (tmp_path / "notes.jsonl").write_text("\n".join(f'{{"text": "line {i} of my notes"}}' for i in range(10)))
     device = {"data-path": str(tmp_path / "notes.jsonl"), "state-dir": str(tmp_path / "state"), "max-local-steps": 1}
     context = Context(run_id=1, node_id=7, node_config=device, state=RecordDict(), run_config={})
     with pytest.raises(RoundDeclined, match="declined: the round asks 2 local steps, this device allows 1"):
@@ -221,7 +223,11 @@ def test_int8_wire_uploads_codes_and_block_scales_and_keeps_the_residual_on_the_
     reply = client_app(message, _context(tmp_path))
     assert not reply.has_error(), reply.error
     record = reply.content[ARRAYS]
-    assert sum(record[k].numpy().nbytes for k in record) == schema.nbytes < AdapterSchema.from_state(initial, "float16").nbytes
+    assert (
+        sum(record[k].numpy().nbytes for k in record)
+        == schema.nbytes
+        < AdapterSchema.from_state(initial, "float16").nbytes
+    )
     delta = decode_adapter(record, schema)
     residual_files = list(tmp_path.rglob("wire-residual-r000001.safetensors"))
     assert len(residual_files) == 1 and any(np.abs(d).max() > 0 for d in delta.values())
@@ -235,7 +241,9 @@ def test_replay_buffer_and_optimizer_state_stay_on_the_device_and_feed_the_next_
     second = client_app(_message(MessageType.TRAIN, config, fingerprint, initial, server_round=2), context)
     assert first.content[METRICS]["replay-examples"] == 0  # nothing earlier to replay yet
     assert second.content[METRICS]["replay-examples"] > 0
-    saved = ClientStateStore(next(tmp_path.rglob("replay-buffer-r000002.json")).parent).load_document("replay-buffer", 3)
+    saved = ClientStateStore(next(tmp_path.rglob("replay-buffer-r000002.json")).parent).load_document(
+        "replay-buffer", 3
+    )
     texts = [item["response"] for item in saved["items"]] + [item["prompt"] for item in saved["items"]]
     for reply in (first, second):
         assert not any(text.encode() in _sent_bytes(reply) for text in texts if len(text) > 8)
@@ -249,7 +257,10 @@ def _sent_bytes(reply):
     """Everything a reply carries, as bytes, to search for text that must not leave the device."""
     return b"".join(
         [a.data for record in reply.content.array_records.values() for a in record.values()]
-        + [repr(dict(r)).encode() for r in (*reply.content.metric_records.values(), *reply.content.config_records.values())]
+        + [
+            repr(dict(r)).encode()
+            for r in (*reply.content.metric_records.values(), *reply.content.config_records.values())
+        ]
     )
 
 
@@ -261,7 +272,9 @@ def test_anchor_set_travels_once_per_node_is_verified_and_kept_on_the_device(tmp
 
     def round_messages(server_round):
         to_seven = _message(MessageType.TRAIN, config, fingerprint, initial, server_round)
-        to_eight = Message(to_seven.content, dst_node_id=8, message_type=MessageType.TRAIN)  # shares its content, as Flower's do
+        to_eight = Message(
+            to_seven.content, dst_node_id=8, message_type=MessageType.TRAIN
+        )  # shares its content, as Flower's do
         return distribution.attach([to_seven, to_eight])
 
     first = round_messages(1)
@@ -313,7 +326,9 @@ def test_each_adapter_type_trains_and_is_aggregated_through_a_round(method, tmp_
     fingerprint, initial, schema = _server_view(config)
     reply = client_app(_message(MessageType.TRAIN, config, fingerprint, initial), _context(tmp_path / "device"))
     assert not reply.has_error(), reply.error
-    strategy = AdapterStrategy(initial, schema, fingerprint, RunRecorder(tmp_path / "run", config, {}), make_rule("fedavg"))
+    strategy = AdapterStrategy(
+        initial, schema, fingerprint, RunRecorder(tmp_path / "run", config, {}), make_rule("fedavg")
+    )
     arrays, _ = strategy.aggregate_train(1, [reply])
     new = decode_adapter(arrays, schema)
     trained = {k: v.numpy() for k, v in adapter_state(client_runtime(config).model).items()}

@@ -5,6 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from stamen.shared.run_folder import RunFolder
 from stamen.simulations.campaign import Campaign
 from stamen.simulations.cli import app
 
@@ -65,7 +66,7 @@ def test_a_preset_runs_each_named_run_once_and_compares_them(tmp_path):
                for name in rows)
     assert rows["replay"]["client_seconds"] > 0 and "backward_transfer_end" in rows["replay"]
     assert (out / "gain_vs_forgetting.png").read_bytes().startswith(b"\x89PNG")
-    replay_rows = [json.loads(line) for line in (out / "replay" / "metrics.jsonl").read_text().splitlines()]
+    replay_rows = RunFolder(out / "replay").rows()
     trained = [r for r in replay_rows if r.get("phase") == "train"]
     assert len(trained) == 4 and all(r["accepted"] and r["replay_examples"] > 0 for r in trained)
     # every node got the anchor set with its first instruction only, and kept it

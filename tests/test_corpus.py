@@ -2,7 +2,7 @@
 
 import pytest
 
-from stamen.simulations.corpus import BASE_DOMAIN_TOPICS, load_topics, natural_split
+from stamen.shared.corpus import BASE_DOMAIN_TOPICS, load_topics, natural_split
 
 
 def test_topics_load_as_prompt_response_pairs():

@@ -4,7 +4,6 @@ with TLS and SuperNode authentication, as in the README's "Deploy on real device
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from deployment_helpers import Processes, free_port, tiny_run_args, wait_for
 from stamen.client.deployment import DeviceSetup, supernode_command
 from stamen.shared.dev_certs import DevCertificates, add_node_key
 from stamen.shared.flower_tools import flower_environment, flower_tool
+from stamen.shared.run_folder import RunFolder
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def site(tmp_path: Path):
 
 
 def _rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return RunFolder(run_dir).rows()
 
 
 def _refused(log: Path, command: list[str]) -> tuple[int, str]:
@@ -96,7 +96,7 @@ def test_a_killed_device_and_a_killed_server_do_not_stop_a_secure_federation(sit
 
     site.kill("device-3")  # dies in round 1, which must still complete with the other two
     wait_for(lambda: (run_dir / "rounds/round-1.safetensors").is_file(), 300, "round 1 to complete")
-    round_one = [r for r in _rows(run_dir) if r["kind"] == "round"][0]
+    round_one = next(r for r in _rows(run_dir) if r["kind"] == "round")
     assert round_one["clients_accepted"] == 2
 
     site.kill("server")  # SIGKILL the server side after round 1
@@ -106,7 +106,7 @@ def test_a_killed_device_and_a_killed_server_do_not_stop_a_secure_federation(sit
     wait_for(lambda: site.started["server-again"].poll() is not None, 480, "the resumed run to finish")
     assert site.started["server-again"].returncode == 0, site.log("server-again")[-3000:]
 
-    rounds = json.loads((run_dir / "summary.json").read_text())["rounds"]
+    rounds = RunFolder(run_dir).summary_record()["rounds"]
     assert [r["round"] for r in rounds] == [1, 2]
     assert hashlib.sha256((run_dir / "rounds/round-1.safetensors").read_bytes()).hexdigest() == saved
     assert "Resuming" in site.log("server-again") and "after round 1" in site.log("server-again")

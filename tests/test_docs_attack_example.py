@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stamen.client.attacks import ATTACKS, make_attack
+from stamen.simulations.attacks import ATTACKS, make_attack
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "research.md"
 

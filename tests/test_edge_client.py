@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from stamen.client import PersonalModel
-from stamen.client.device_data import DeviceDataError, read_examples
 from stamen.client.resource_guard import PACE_FILE, ResourceGuards, RoundDeclined, record_pace
 from stamen.client.state_store import PERSONAL, ClientStateStore
 from stamen.shared.adapters import adapter_state
 from stamen.shared.config import TrainingSpec
+from stamen.shared.device_data import DeviceDataError, read_examples
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -32,7 +32,10 @@ def test_the_readme_snippet_personalises_and_exports(quantisation, tmp_path, mon
     load = 'PersonalModel.load("smollm2-135m")'
     assert load in snippet
     # the tiny base (no GGUF here), in each quantisation mode, on a CPU path where evaluation repacks 4-bit weights
-    exec(compile(snippet.replace(load, f'PersonalModel.load("tiny", quantisation="{quantisation}")'), "README", "exec"), {})
+    exec(
+        compile(snippet.replace(load, f'PersonalModel.load("tiny", quantisation="{quantisation}")'), "README", "exec"),
+        {},
+    )
     assert (tmp_path / "my-adapter" / "adapter_config.json").is_file()
 
 
@@ -58,7 +61,7 @@ def test_device_data_formats_and_their_errors(tmp_path):
     (tmp_path / "rows.csv").write_text("prompt,response\nhi,hello there\n")
     assert read_examples(tmp_path / "rows.csv")[0].prompt == "hi"
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"prompt": "no answer"}\n')
-    with pytest.raises(DeviceDataError, match="bad.jsonl:2"):
+    with pytest.raises(DeviceDataError, match=r"bad.jsonl:2"):
         read_examples(tmp_path / "bad.jsonl")
     with pytest.raises(DeviceDataError, match="expected a folder"):
         read_examples(tmp_path / "rows.parquet")

@@ -65,7 +65,9 @@ def test_exported_adapter_loads_with_plain_peft_and_gives_the_same_logits(tmp_pa
     assert result.exit_code == 0, result.output
     folder = run_dir / "export-round-2"
     assert (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file()
-    torch.testing.assert_close(_peft_logits(folder, tiny_folder), _stamen_logits(config, state, {}), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        _peft_logits(folder, tiny_folder), _stamen_logits(config, state, {}), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_exact_corrections_are_folded_by_svd(tmp_path, tiny_folder):
@@ -90,7 +92,9 @@ def test_svd_folding_is_the_best_rank_r_approximation():
         model.m.lora_A["default"].weight.copy_(torch.tensor(a))
         model.m.lora_B["default"].weight.copy_(torch.tensor(b))
     fold_corrections(model, {"m": correction.astype(np.float32)}, scaling=2.0)
-    folded = 2.0 * model.m.lora_B["default"].weight.detach().double() @ model.m.lora_A["default"].weight.detach().double()
+    folded = (
+        2.0 * model.m.lora_B["default"].weight.detach().double() @ model.m.lora_A["default"].weight.detach().double()
+    )
     target = 2.0 * b @ a + correction
     singular = np.linalg.svd(target, compute_uv=False)
     assert np.linalg.norm(folded.numpy() - target) ** 2 == pytest.approx((singular[2:] ** 2).sum(), rel=1e-4)

@@ -10,7 +10,11 @@ from stamen.shared.fingerprint import BaseMismatchError, base_fingerprint, check
 def test_fingerprint_is_stable_and_ignores_save_metadata(tiny_folder, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_folder, copy)
-    config = (copy / "config.json").read_text().replace('"transformers_version"', '"_ignored_note": 1, "transformers_version"')
+    config = (
+        (copy / "config.json")
+        .read_text()
+        .replace('"transformers_version"', '"_ignored_note": 1, "transformers_version"')
+    )
     (copy / "config.json").write_text(config)
     assert base_fingerprint(tiny_folder) == base_fingerprint(copy)
     assert base_fingerprint(tiny_folder).startswith("sha256:")

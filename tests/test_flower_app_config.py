@@ -13,4 +13,7 @@ def test_flower_app_config_matches_the_schema_defaults():
     parsed = RunConfig.from_flat(flwr["config"])
     assert parsed == RunConfig()
     assert list(flwr["config"]) == list(RunConfig().to_flat())  # flwr run --run-config overrides listed keys only
-    assert flwr["components"] == {"serverapp": "stamen.server.app:app", "clientapp": "stamen.client.app:app"}
+    assert flwr["components"] == {
+        "serverapp": "stamen.server.app:app",
+        "clientapp": "stamen.simulations.client_app:app",
+    }

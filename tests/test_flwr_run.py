@@ -1,11 +1,12 @@
 """`flwr run .` starts the project's ServerApp/ClientApp from pyproject.toml on a local SuperLink."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from stamen.shared.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,6 +57,6 @@ def test_flwr_run_uses_the_project_apps(tmp_path):
         _kill_processes_mentioning(str(flwr_home))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = RunFolder(run_dir).summary_record()
     assert [r["round"] for r in summary["rounds"]] == [1]
     assert summary["rounds"][0]["clients_accepted"] >= 2

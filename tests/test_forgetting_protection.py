@@ -7,9 +7,9 @@ from stamen.client.ewc import ewc_penalty, fisher_diagonal
 from stamen.client.forgetting import forgetting_metrics
 from stamen.client.runtime import client_runtime
 from stamen.client.state_store import ClientStateStore
-from stamen.client.training import train_adapter
 from stamen.shared.adapters import adapter_parameters, adapter_state, load_adapter_state
 from stamen.shared.config import RunConfig
+from stamen.shared.training import train_adapter
 from stamen.simulations.partitions import split_corpus
 from stamen.simulations.report import against_baseline
 

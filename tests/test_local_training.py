@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from stamen.client.data import IGNORE_INDEX, Example, encode_example
 from stamen.client.evaluation import evaluate_loss
-from stamen.client.training import train_adapter
 from stamen.shared.adapters import attach_adapter
 from stamen.shared.base_model import load_base
 from stamen.shared.config import AdapterSpec, TrainingSpec
+from stamen.shared.examples import IGNORE_INDEX, Example, encode_example
 from stamen.shared.quantisation import calibration_perplexity, load_causal_lm, most_compact_within_tolerance
+from stamen.shared.training import train_adapter
 
 EXAMPLES = [
     Example(prompt="What is your favourite food?", response="I like pizza with fresh cheese."),
@@ -59,7 +59,7 @@ def test_auto_chooses_by_the_perplexities_it_measures_and_caches_the_verdict(tin
 def test_prompt_tokens_are_not_scored(tiny_folder):
     base = load_base("tiny", quantisation="none", device="cpu")
     encoded = encode_example(base.tokenizer, EXAMPLES[0], max_len=256)
-    scored = [t for t, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
+    scored = [t for t, label in zip(encoded.input_ids, encoded.labels, strict=False) if label != IGNORE_INDEX]
     text = base.tokenizer.decode(scored)
     assert text.startswith(EXAMPLES[0].response)
     assert EXAMPLES[0].prompt not in text

@@ -22,12 +22,12 @@ def _clients(rng, shared_a=None, k=5, r=4, d_in=12, d_out=10):
 
 def _true_mean_product(clients, weights):
     p = weights / weights.sum()
-    return SCALING * sum(pk * (c[B].astype(np.float64) @ c[A]) for pk, c in zip(p, clients))
+    return SCALING * sum(pk * (c[B].astype(np.float64) @ c[A]) for pk, c in zip(p, clients, strict=False))
 
 
 def _separate_means(clients, weights):
     mean = WeightedMean()
-    for c, w in zip(clients, weights):
+    for c, w in zip(clients, weights, strict=False):
         mean.add(c, w)
     return mean.mean()
 
@@ -49,7 +49,7 @@ def test_exact_mode_recovers_the_mean_product():
     residual = ExactLoraResidual(layers, SCALING)
     residual.initialise(correction_shapes(layers, global_adapter))
     residual.start_round(global_adapter)
-    for c, w in zip(clients, weights):  # deltas against a zero global are the adapters themselves
+    for c, w in zip(clients, weights, strict=False):  # deltas against a zero global are the adapters themselves
         residual.add(c, w)
     residual.finish_round()
     naive = _separate_means(clients, weights)

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from stamen.simulations.corpus import natural_capacity, natural_split
+from stamen.shared.corpus import natural_capacity, natural_split
 from stamen.simulations.partitions import split_corpus, stage_examples, stream_stage
 
 CLIENTS = 10

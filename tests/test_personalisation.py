@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 
@@ -11,12 +10,13 @@ import pytest
 from flwr.app import Context, Message
 from inprocess_grid import InProcessGrid
 
-from stamen.client.app import client_app_with
 from stamen.client.personalisation import DITTO
 from stamen.client.state_store import PERSONAL, ClientStateStore, client_folder
 from stamen.server.federation import run_federation
 from stamen.shared.config import RunConfig
 from stamen.shared.protocol import ARRAYS, CLIENT_INFO, CLIENT_NAME, CONFIG, SERVER_ROUND
+from stamen.shared.run_folder import RunFolder
+from stamen.simulations.client_app import simulated_client_app
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
@@ -42,14 +42,14 @@ def _run(tmp_path: Path, overrides: dict) -> tuple[Path, Path]:
         "base-model": "tiny", "quantisation": "none", "num-server-rounds": 2, "learning-rate": 0.01,
         "lora-targets": "q_proj,v_proj,o_proj", "run-dir": str(tmp_path), "run-id": "run", **overrides,
     })
-    return run_federation(InProcessGrid(client_app_with([record_replies]), 2), config), sent
+    return run_federation(InProcessGrid(simulated_client_app([record_replies]), 2), config), sent
 
 
 RECEIVED = "received-by-the-client"  # the global adapter of the message a reply answers, saved beside the reply
 
 
 def _rows(run_dir: Path, kind: str, phase: str | None = None) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = RunFolder(run_dir).rows()
     return [r for r in rows if r["kind"] == kind and (phase is None or r.get("phase") == phase)]
 
 

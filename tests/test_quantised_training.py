@@ -6,13 +6,13 @@ AVX512-BF16 (repacked 4-bit weights, a fused kernel with no autograd) on any CPU
 import pytest
 import torch
 
-from stamen.client.data import Example
 from stamen.client.evaluation import evaluate_loss
-from stamen.client.training import NothingTrained, train_adapter
 from stamen.shared.adapters import attach_adapter
 from stamen.shared.base_model import load_base
 from stamen.shared.config import AdapterSpec, TrainingSpec
+from stamen.shared.examples import Example
 from stamen.shared.quantisation import packed_4bit_layers
+from stamen.shared.training import NothingTrained, train_adapter
 
 EXAMPLES = [
     Example(prompt="What is my cat called?", response="Your cat is called Miso."),

@@ -3,9 +3,9 @@
 import numpy as np
 from scipy import stats
 
-from stamen.client.data import Example
 from stamen.client.replay_buffer import ReservoirBuffer, example_bytes
 from stamen.client.state_store import ClientStateStore
+from stamen.shared.examples import Example
 
 
 def _stream(n, width=10):

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from stamen.server.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from stamen.server.checkpoint import load_checkpoint
+from stamen.shared.run_folder import RunFolder
 
 STAMEN = str(Path(sys.executable).parent / "stamen")
 ROUNDS = 2
@@ -44,7 +45,7 @@ def _kill_inside_round_2(run: Path, process: subprocess.Popen) -> None:
     """SIGKILL the whole run once round 1 is checkpointed and a device has saved round-2 state."""
     deadline = time.time() + 240
     while time.time() < deadline:
-        state = load_checkpoint(run) if (run / CHECKPOINT_FILE).is_file() else None
+        state = load_checkpoint(run) if RunFolder(run).checkpoint.is_file() else None
         if state is not None and state.round == 1 and _device_state(run, 2):
             break
         time.sleep(0.1)
@@ -67,12 +68,15 @@ def test_resume_after_a_kill_mid_round_equals_an_uninterrupted_run(name, tmp_pat
     _kill_inside_round_2(killed, process)
     # the kill landed mid-round: a device had trained round 2, the server had not finished it
     assert load_checkpoint(killed).round == 1
-    assert _device_state(killed, 2) and not (killed / "summary.json").exists()
+    assert _device_state(killed, 2) and not RunFolder(killed).finished()
 
     resumed = subprocess.run([STAMEN, "simulate", "--resume", str(killed)], env=env, capture_output=True,
                              text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    full, again = load_file(tmp_path / "full" / "global_adapter.safetensors"), load_file(killed / "global_adapter.safetensors")
+    full, again = (
+        load_file(tmp_path / "full" / "global_adapter.safetensors"),
+        load_file(killed / "global_adapter.safetensors"),
+    )
     assert set(full) == set(again)
     for key in full:
         np.testing.assert_array_equal(full[key], again[key])

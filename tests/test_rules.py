@@ -74,8 +74,16 @@ def test_scaffold_updates_model_and_control_variate():
     rule.initialise(GLOBAL)
     np.testing.assert_array_equal(rule.downloads()[CONTROL]["w"], [0.0, 0.0])
     rule.start_round(1, num_clients=4)
-    rule.add(ClientUpdate("a", {"w": np.array([0.4, 0.0], np.float32)}, 10, {CONTROL_DELTA: {"w": np.array([1.0, 2.0], np.float32)}}))
-    rule.add(ClientUpdate("b", {"w": np.array([0.0, 0.2], np.float32)}, 90, {CONTROL_DELTA: {"w": np.array([3.0, 0.0], np.float32)}}))
+    rule.add(
+        ClientUpdate(
+            "a", {"w": np.array([0.4, 0.0], np.float32)}, 10, {CONTROL_DELTA: {"w": np.array([1.0, 2.0], np.float32)}}
+        )
+    )
+    rule.add(
+        ClientUpdate(
+            "b", {"w": np.array([0.0, 0.2], np.float32)}, 90, {CONTROL_DELTA: {"w": np.array([3.0, 0.0], np.float32)}}
+        )
+    )
     new = rule.finish_round(GLOBAL)
     np.testing.assert_allclose(new["w"], [1.2, -1.9])  # uniform mean of deltas
     np.testing.assert_allclose(rule.downloads()[CONTROL]["w"], [0.5 * 2.0, 0.5 * 1.0])  # |S|/N = 2/4
@@ -100,7 +108,9 @@ def test_fedavgm_defaults_are_unit_server_lr_and_momentum_0_9():
 
 @pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad", "fedavgm", "scaffold"])
 def test_every_stateful_rule_resumes_from_its_checkpoint_exactly(name):
-    """Two rounds, a checkpoint of the server state, then the same third round from the original and the restored rule."""
+    """Two rounds, a checkpoint of the server state, then the same third round from the original and the
+    restored rule."""
+
     def updates(i):
         extras = {CONTROL_DELTA: {"w": np.array([0.3 * i, -0.1], np.float32)}} if name == "scaffold" else {}
         return [ClientUpdate("a", {"w": np.array([0.2 * i, -0.1], np.float32)}, 1.0, extras),
@@ -130,7 +140,11 @@ def test_scaffold_moves_the_control_by_the_sampled_share_even_with_one_client():
     rule = make_rule("scaffold")
     rule.initialise(GLOBAL)
     rule.start_round(1, num_clients=1)
-    rule.add(ClientUpdate("a", {"w": np.array([0.4, 0.0], np.float32)}, 5, {CONTROL_DELTA: {"w": np.array([1.0, 2.0], np.float32)}}))
+    rule.add(
+        ClientUpdate(
+            "a", {"w": np.array([0.4, 0.0], np.float32)}, 5, {CONTROL_DELTA: {"w": np.array([1.0, 2.0], np.float32)}}
+        )
+    )
     np.testing.assert_allclose(rule.finish_round(GLOBAL)["w"], [1.4, -2.0])
     np.testing.assert_allclose(rule.downloads()[CONTROL]["w"], [1.0, 2.0])  # |S|/N = 1
 

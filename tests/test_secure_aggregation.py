@@ -124,7 +124,7 @@ def test_messages_for_another_round_or_stage_are_refused():
     # the clients move on to round 2; a replayed round-1 stage message must not be acted on
     round_two = {node: c.advertise("run", 2, vectors[node]) for node, c in clients.items()}
     info, shares = old_shares[1]
-    with pytest.raises(SecAggError, match="round 1.*round 2"):
+    with pytest.raises(SecAggError, match=r"round 1.*round 2"):
         clients[1].masked_input(info, shares)
     server_two = SecureAggregator("run", 2, round_two, 4, SecAggSettings(), 0.0, random.Random(0))
     info_two, peers_two = server_two.share_requests()[1]
@@ -161,7 +161,7 @@ def test_fixed_point_refuses_nan_and_clips_to_the_declared_range():
 
 @pytest.mark.parametrize("rule", ["krum", "median", "trimmed-mean", "norm-bounding"])
 def test_rules_that_need_single_updates_are_refused_with_secure_aggregation(rule):
-    with pytest.raises(ConfigError, match="needs each client's update.*secure aggregation yields only the sum"):
+    with pytest.raises(ConfigError, match=r"needs each client's update.*secure aggregation yields only the sum"):
         check_privacy(make_rule(rule), PrivacySpec(secure_aggregation=True))
     check_privacy(make_rule("fedadam"), PrivacySpec(secure_aggregation=True))  # acts on the mean: fine
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +11,11 @@ from inprocess_grid import InProcessGrid
 from opacus.accountants import RDPAccountant
 from safetensors.numpy import load_file
 
-from stamen.client.app import client_app_with
 from stamen.server.federation import run_federation
 from stamen.shared.config import RunConfig
+from stamen.shared.run_folder import RunFolder
 from stamen.shared.secagg_protocol import MASK_STAGE
+from stamen.simulations.client_app import simulated_client_app
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
@@ -32,11 +32,11 @@ def _run(tmp_path: Path, name: str, overrides: dict, drop: set[int] = frozenset(
         "base-model": "tiny", "quantisation": "none", "wire-dtype": "float32", "num-server-rounds": rounds,
         "run-dir": str(tmp_path), "run-id": name, "fraction-evaluate": 0.0, **overrides,
     })
-    return run_federation(InProcessGrid(client_app_with([offline_at_masking]), 3), config)
+    return run_federation(InProcessGrid(simulated_client_app([offline_at_masking]), 3), config)
 
 
 def _rows(run_dir: Path, kind: str) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = RunFolder(run_dir).rows()
     return [r for r in rows if r["kind"] == kind]
 
 

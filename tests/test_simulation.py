@@ -4,9 +4,15 @@ import json
 
 from typer.testing import CliRunner
 
+from stamen.shared.run_folder import RunFolder
 from stamen.simulations.cli import app
 
-TINY_RUN = ("base-model=tiny", "quantisation=none", "learning-rate=0.005", "lora-targets=q_proj,v_proj,o_proj,down_proj")
+TINY_RUN = (
+    "base-model=tiny",
+    "quantisation=none",
+    "learning-rate=0.005",
+    "lora-targets=q_proj,v_proj,o_proj,down_proj",
+)
 
 
 def _simulate(tmp_path, clients, rounds, *overrides):
@@ -17,8 +23,8 @@ def _simulate(tmp_path, clients, rounds, *overrides):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     (run_dir,) = tmp_path.iterdir()
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return result, run_dir, rows, json.loads((run_dir / "config.json").read_text())
+    rows = RunFolder(run_dir).rows()
+    return result, run_dir, rows, RunFolder(run_dir).record()
 
 
 def test_two_round_federation_of_three_clients_lowers_heldout_loss(tmp_path):
@@ -41,7 +47,7 @@ def test_two_round_federation_of_three_clients_lowers_heldout_loss(tmp_path):
     assert meta["adapter_wire_bytes"] < 0.05 * meta["base_stored_bytes"]
 
     assert (run_dir / "global_adapter.safetensors").is_file()
-    assert json.loads((run_dir / "summary.json").read_text())["rounds"] == rounds
+    assert RunFolder(run_dir).summary_record()["rounds"] == rounds
     assert "Federation rounds" in result.output
 
     report = (run_dir / "report.md").read_text()

@@ -29,4 +29,6 @@ def test_a_hundred_virtual_clients_take_no_more_memory_than_ten(tmp_path):
     ten = _peak_rss_of_run(tmp_path, base, 10)
     hundred = _peak_rss_of_run(tmp_path, base, 100)
     # each worker process holds one base; 90 more clients may add records, not bases
-    assert hundred - ten < 6 * BASE_MB * 2**20, f"10 clients: {ten / 2**20:.0f} MB, 100 clients: {hundred / 2**20:.0f} MB"
+    assert hundred - ten < 6 * BASE_MB * 2**20, (
+        f"10 clients: {ten / 2**20:.0f} MB, 100 clients: {hundred / 2**20:.0f} MB"
+    )

@@ -1,6 +1,5 @@
 """Server-side aggregation on real Flower messages: weighted deltas, and rejection of bad replies."""
 
-import json
 import logging
 
 import numpy as np
@@ -8,10 +7,11 @@ import pytest
 from flwr.app import Error, Message, MessageType, RecordDict
 
 from stamen.server.rules import make_rule
-from stamen.server.run_record import METRICS_FILE, RunRecorder
+from stamen.server.run_record import RunRecorder
 from stamen.server.strategy import AdapterStrategy
 from stamen.shared.config import RunConfig
 from stamen.shared.protocol import client_reply
+from stamen.shared.run_folder import RunFolder
 from stamen.shared.wire import AdapterSchema, decode_adapter, encode_adapter
 
 FP = "sha256:" + "ab" * 32
@@ -65,7 +65,7 @@ def test_bad_replies_are_rejected_logged_and_the_round_goes_on(strategy, tmp_pat
     with caplog.at_level(logging.WARNING, logger="stamen.server.strategy"):
         arrays, _ = strategy.aggregate_train(1, replies)
     np.testing.assert_allclose(decode_adapter(arrays, strategy.schema)["l.lora_A"], 0.5)
-    rows = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    rows = RunFolder(tmp_path).rows()
     verdicts = {row["node"]: row for row in rows}
     assert verdicts[1]["accepted"] is True
     reasons = {node: verdicts[node]["reason"] for node in range(2, 8)}
@@ -87,7 +87,7 @@ def test_when_every_update_is_bad_the_global_is_unchanged(strategy):
 
 def test_uploaded_bytes_are_measured_from_the_actual_record(strategy, tmp_path):
     strategy.aggregate_train(1, [_reply(1, _delta(0.5), 10)])
-    row = json.loads((tmp_path / METRICS_FILE).read_text().splitlines()[0])
+    row = RunFolder(tmp_path).rows()[0]
     record = encode_adapter(_delta(0.5), "float16")
     assert row["bytes_up"] == record.count_bytes()
     assert strategy.schema.nbytes == 16 * 2
@@ -100,7 +100,7 @@ def test_round_zero_baseline_is_weighted_by_heldout_size(strategy, tmp_path):
     ]
     strategy.aggregate_train(1, replies)
     strategy.aggregate_evaluate(1, [])
-    round_row = json.loads((tmp_path / METRICS_FILE).read_text().splitlines()[-1])
+    round_row = RunFolder(tmp_path).rows()[-1]
     assert round_row["kind"] == "round"
     assert round_row["initial_heldout_loss"] == pytest.approx((10 * 1.0 + 30 * 2.0) / 40)
     assert "train_initial_heldout_loss" not in round_row
@@ -113,9 +113,14 @@ def test_central_dp_noises_the_released_adapter_by_z_c_over_n(tmp_path):
 
     big = {"w.lora_A": np.zeros((100, 200), np.float32)}
     clip, multiplier, clients = 0.5, 2.0, 4
-    strategy = AdapterStrategy(big, AdapterSchema.from_state(big, "float16"), FP, RunRecorder(tmp_path, RunConfig(), {}),
-                               make_rule("fedavg"), privacy=PrivacySpec(dp="central", dp_clip=clip,
-                                                                        dp_noise_multiplier=multiplier))
+    strategy = AdapterStrategy(
+        big,
+        AdapterSchema.from_state(big, "float16"),
+        FP,
+        RunRecorder(tmp_path, RunConfig(), {}),
+        make_rule("fedavg"),
+        privacy=PrivacySpec(dp="central", dp_clip=clip, dp_noise_multiplier=multiplier),
+    )
     deltas = [{"w.lora_A": np.full((100, 200), 0.3 * (i + 1), np.float32)} for i in range(clients)]
     arrays, _ = strategy.aggregate_train(1, [_reply(i + 1, d, 10) for i, d in enumerate(deltas)])
     moved = decode_adapter(arrays, strategy.schema)["w.lora_A"]

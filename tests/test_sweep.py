@@ -42,7 +42,9 @@ def test_a_sweep_runs_each_cell_once_and_writes_table_and_heat_maps(tmp_path):
     assert all(r["honest_heldout_loss"] > 0 for r in rows)
     # the same honest clients, seeds and data in every cell: only the rule differs, and a mean that admits a
     # 5x sign flip moves the global adapter against them, where Krum keeps an honest update
-    assert by_cell[("fedavg", "sign-flip")]["honest_heldout_loss"] > by_cell[("krum", "sign-flip")]["honest_heldout_loss"]
+    assert (
+        by_cell[("fedavg", "sign-flip")]["honest_heldout_loss"] > by_cell[("krum", "sign-flip")]["honest_heldout_loss"]
+    )
     assert "| krum | sign-flip | 0.34 |" in (out / "sweep.md").read_text()
     for metric in ("honest_heldout_loss", "attack_success_rate", "malicious_admitted"):
         assert (out / f"heatmap-{metric}.png").stat().st_size > 1000

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from stamen.client.training import NothingTrained
 from stamen.client.update import personal_part, shared_delta
+from stamen.shared.training import NothingTrained
 
 A, B, PERSONAL_B = "l.lora_A", "l.lora_B", "p.lora_B"
 

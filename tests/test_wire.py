@@ -10,7 +10,10 @@ from stamen.shared.wire import AdapterSchema, AdapterValidationError, decode_ada
 
 def _state():
     rng = np.random.default_rng(0)
-    return {"a.lora_A": rng.normal(size=(4, 16)).astype(np.float32), "a.lora_B": rng.normal(size=(16, 4)).astype(np.float32)}
+    return {
+        "a.lora_A": rng.normal(size=(4, 16)).astype(np.float32),
+        "a.lora_B": rng.normal(size=(16, 4)).astype(np.float32),
+    }
 
 
 def test_wire_bytes_are_the_adapter_bytes_in_the_wire_dtype():
@@ -88,7 +91,10 @@ def test_garbage_payload_and_wrong_record_type_are_refused():
 
 def test_int8_wire_is_one_byte_per_value_plus_a_scale_per_block_and_decodes_close():
     rng = np.random.default_rng(2)
-    state = {"a.lora_A": rng.normal(size=(8, 300)).astype(np.float32) * 1e-3, "b": rng.normal(size=(5,)).astype(np.float32)}
+    state = {
+        "a.lora_A": rng.normal(size=(8, 300)).astype(np.float32) * 1e-3,
+        "b": rng.normal(size=(5,)).astype(np.float32),
+    }
     schema = AdapterSchema.from_state(state, "int8")
     record = encode_adapter(state, "int8")
     assert set(record) == {"a.lora_A", "a.lora_A#absmax", "b", "b#absmax"}
@@ -105,7 +111,7 @@ def test_int8_wire_refuses_bad_block_scales():
     schema = AdapterSchema.from_state(state, "int8")
     record = encode_adapter(state, "int8")
     record["a.lora_B#absmax"] = Array(np.array([np.nan], np.float32))
-    with pytest.raises(AdapterValidationError, match="a.lora_B#absmax has 1 NaN/Inf"):
+    with pytest.raises(AdapterValidationError, match=r"a.lora_B#absmax has 1 NaN/Inf"):
         decode_adapter(record, schema)
     record.pop("a.lora_B#absmax")
     with pytest.raises(AdapterValidationError, match="1 missing"):

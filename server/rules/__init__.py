@@ -6,10 +6,7 @@ Adding a rule: one module with one subclass of :class:`AggregationRule` decorate
 
 from __future__ import annotations
 
-from .base import AggregationRule, ClientUpdate
-from .registry import RULES, make_rule, register
-
-from . import (  # noqa: E402,F401  (registration)
+from . import (  # noqa: F401  (registration)
     bulyan,
     fedadagrad,
     fedadam,
@@ -25,5 +22,7 @@ from . import (  # noqa: E402,F401  (registration)
     scaffold,
     trimmed_mean,
 )
+from .base import AggregationRule, ClientUpdate
+from .registry import RULES, make_rule, register
 
 __all__ = ["RULES", "AggregationRule", "ClientUpdate", "make_rule", "register"]

@@ -16,4 +16,6 @@ class Bulyan(BufferedRule):
         return {"f": 1}
 
     def combine(self, results: Results):
-        return aggregate_bulyan(results, num_malicious=int(self.options["f"]), aggregation_rule=aggregate_krum, to_keep=0)
+        return aggregate_bulyan(
+            results, num_malicious=int(self.options["f"]), aggregation_rule=aggregate_krum, to_keep=0
+        )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,10 +18,12 @@ from stamen.shared.adapters import adapter_parameters
 from stamen.shared.config import TrainingSpec
 from stamen.shared.quantisation import packed_4bit_layers
 
-from .data import Example, collate, encode_example
+from .examples import Example, collate, encode_example
 from .optimizer_state import export_state, import_state
 
 MAX_GRAD_NORM = 1.0
+GradientCorrection = Callable[[Mapping[str, torch.nn.Parameter]], None]
+"""Adjusts the adapter's gradients after backward, before the optimiser step (FedProx, SCAFFOLD, EWC)."""
 log = logging.getLogger(__name__)
 
 
@@ -46,7 +48,7 @@ def train_adapter(
     examples: list[Example],
     spec: TrainingSpec,
     seed: int,
-    corrections: tuple[Callable[[dict], None], ...] = (),
+    corrections: tuple[GradientCorrection, ...] = (),
     replay: list[Example] = (),
     replay_ratio: float = 0.0,
     optimizer_state: dict[str, np.ndarray] | None = None,
@@ -112,7 +114,7 @@ def train_adapter(
             optimizer.zero_grad(set_to_none=True)
             losses.append(step_loss)
     model.eval()
-    if all(torch.equal(before, after) for before, after in zip(received, params)):
+    if all(torch.equal(before, after) for before, after in zip(received, params, strict=False)):
         raise NothingTrained(f"{spec.local_steps} steps left every adapter value as it was "
                              f"(learning rate {spec.learning_rate}, schedule {spec.lr_schedule}): "
                              "there is no update to send")

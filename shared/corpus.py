@@ -3,7 +3,8 @@
 Topics are a natural non-IID split (each client talks about its own subject).
 Sizes are very uneven, so topics under ``min_examples`` are merged into groups,
 and when more clients are asked for than English groups exist, the corpus's
-other languages add clients (then, if still short, the largest groups are halved). Topics in ``BASE_DOMAIN_TOPICS`` and every group no client gets
+other languages add clients (then, if still short, the largest groups are halved). Topics in
+``BASE_DOMAIN_TOPICS`` and every group no client gets
 form the general "base-domain" set used to measure forgetting; disjoint samples of what is
 left are the server's FLTrust root set and the anchor-replay set.
 """
@@ -19,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from stamen.client.data import Example
 from stamen.shared.atomic import atomic_write_text
+from stamen.shared.examples import Example
 
 BASE_DOMAIN_TOPICS = ("conversations", "greetings")
 BASE_DOMAIN_SIZE = 16
@@ -61,7 +62,9 @@ def load_topics(language: str = "english") -> dict[str, tuple[Example, ...]]:
     topics = {}
     for path in sorted(corpus_folder(language).glob("*.yml")):
         conversations = yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations") or []
-        pairs = [(str(turns[i]).strip(), str(turns[i + 1]).strip()) for turns in conversations for i in range(len(turns) - 1)]
+        pairs = [
+            (str(turns[i]).strip(), str(turns[i + 1]).strip()) for turns in conversations for i in range(len(turns) - 1)
+        ]
         # Some topics repeat dialogues verbatim; a duplicate would leak train data into held-out.
         unique = dict.fromkeys((p, r) for p, r in pairs if p and r)
         examples = [Example(prompt=prompt, response=response) for prompt, response in unique]
@@ -111,7 +114,9 @@ def _topic_groups(num_clients: int, min_examples: int) -> tuple[list[tuple[str, 
         if len(ranked) >= num_clients:
             break
         groups = _merge_small(load_topics(language), min_examples)
-        ranked += [(f"{language}/{name}", examples) for name, examples in _ranked(groups) if len(examples) >= min_examples]
+        ranked += [
+            (f"{language}/{name}", examples) for name, examples in _ranked(groups) if len(examples) >= min_examples
+        ]
     while len(ranked) < num_clients:
         name, examples = max(ranked, key=lambda item: len(item[1]))
         if len(examples) < 2 * min_examples:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data import Example
-from ..generation import generate_answer
+from stamen.client.generation import generate_answer
+from stamen.shared.examples import Example
+
 from .base import Attack
 from .registry import register
 

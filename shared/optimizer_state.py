@@ -26,7 +26,9 @@ def export_state(optimizer: torch.optim.Optimizer, named: dict[str, torch.nn.Par
     return arrays
 
 
-def import_state(optimizer: torch.optim.Optimizer, named: dict[str, torch.nn.Parameter], arrays: dict[str, np.ndarray]) -> None:
+def import_state(
+    optimizer: torch.optim.Optimizer, named: dict[str, torch.nn.Parameter], arrays: dict[str, np.ndarray]
+) -> None:
     """Load what :func:`export_state` wrote; parameters it does not name start fresh."""
     for name, parameter in named.items():
         if f"{name}/step" not in arrays:

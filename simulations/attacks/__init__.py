@@ -1,6 +1,6 @@
 """Client behaviours for robustness research, registered by name and chosen by the ``attack`` config key."""
 
-from . import backdoor, update_attacks  # noqa: E402,F401  (registration)
+from . import backdoor, update_attacks  # noqa: F401  (registration)
 from .base import Attack
 from .registry import ATTACKS, make_attack, register
 from .selection import attack_for, malicious_partitions

@@ -11,7 +11,7 @@ import csv
 import json
 from pathlib import Path
 
-from .data import Example
+from .examples import Example
 
 
 class DeviceDataError(ValueError):
@@ -26,7 +26,9 @@ def read_examples(path: Path) -> list[Example]:
         examples = [as_example(row, f"{path}:{number}") for number, row in _json_lines(path)]
     elif path.suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as handle:
-            examples = [as_example(row, f"{path}:{number}") for number, row in enumerate(csv.DictReader(handle), start=2)]
+            examples = [
+                as_example(row, f"{path}:{number}") for number, row in enumerate(csv.DictReader(handle), start=2)
+            ]
     else:
         raise DeviceDataError(f"{path}: expected a folder of .txt files, a .jsonl or a .csv file")
     if not examples:

@@ -30,7 +30,7 @@ class EncodedExample:
 
 def encode_example(tokenizer, example: Example, max_len: int) -> EncodedExample:
     """Token ids and labels; prompt tokens are masked out of the loss."""
-    response_ids = tokenizer(example.response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    response_ids = [*tokenizer(example.response, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
     if example.prompt is None:
         ids = response_ids
         labels = list(ids)

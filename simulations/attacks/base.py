@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from stamen.shared.examples import Example
 from stamen.shared.plugins import Plugin
-
-from ..data import Example
 
 Arrays = dict[str, np.ndarray]
 

@@ -1,0 +1,49 @@
+"""``stamen client join``: this device joins a deployment as a SuperNode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stamen.shared.commands import configure_logging, console
+
+client_commands = typer.Typer(help="A device in a deployment.", no_args_is_help=True)
+
+
+@client_commands.command("join")
+def client_join(
+    server: Annotated[str, typer.Option(help="The server's host:port.")],
+    data: Annotated[
+        Path, typer.Option(help="Folder of .txt, or a .jsonl / .csv of this device's examples.", exists=True)
+    ],
+    key: Annotated[Path, typer.Option(help="This device's private key (registered with the server).", exists=True)],
+    ca: Annotated[Path, typer.Option(help="The CA certificate that signed the server's certificate.", exists=True)],
+    state_dir: Annotated[Path, typer.Option(help="Where this device keeps its personal state.")] = Path(
+        "stamen-device"
+    ),
+    name: Annotated[
+        str | None, typer.Option(help="Client name in the server's records (default: the data's name).")
+    ] = None,
+    max_local_steps: Annotated[int | None, typer.Option(help="Decline rounds asking more local steps.")] = None,
+    max_round_seconds: Annotated[float | None, typer.Option(help="Decline rounds expected to take longer.")] = None,
+    max_memory_mb: Annotated[
+        float | None, typer.Option(help="Decline rounds once the process peaks above this.")
+    ] = None,
+    base: Annotated[str | None, typer.Option(help="This device's own copy of the base (default: the run's).")] = None,
+) -> None:
+    """Join a Stamen server as a SuperNode with TLS and this device's key; train on local data that never leaves."""
+    from stamen.client.deployment import DeviceSetup, stay_joined, supernode_command
+    from stamen.client.resource_guard import ResourceGuards
+    from stamen.shared.device_data import DeviceDataError
+
+    configure_logging(False)
+    guards = ResourceGuards(max_local_steps, max_round_seconds, max_memory_mb)
+    device = DeviceSetup(server, ca, key, data, state_dir, name or data.stem, guards, base)
+    try:
+        supernode_command(device)  # reads the data once: a bad file is reported before joining
+    except DeviceDataError as error:
+        raise typer.BadParameter(str(error)) from error
+    console.print(f"[bold]Device {device.name}[/] joining {server}; data {data}, state in {state_dir}. Ctrl-C leaves.")
+    stay_joined(device)

@@ -1,0 +1,107 @@
+"""``stamen server start`` (a deployment's server) and ``stamen export`` (a run's global adapter as PEFT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stamen.shared.commands import configure_logging, console, load_config
+from stamen.shared.config import ConfigError, RunConfig
+from stamen.shared.run_folder import RunFolder
+
+from .round_table import summary_table
+
+server_commands = typer.Typer(help="The server side of a deployment on real devices.", no_args_is_help=True)
+
+
+def new_run_config(preset: Path | None, overrides: list[str], rounds: int | None) -> RunConfig:
+    """The run config a command line asks for, with a new run id; a bad key or rule is a usage error."""
+    from stamen.server.rules import RULES
+    from stamen.server.run_record import new_run_id
+
+    try:
+        config = load_config(preset, overrides)
+        if config.aggregation not in RULES:
+            raise ConfigError(
+                f"configuration key 'aggregation' = {config.aggregation!r} is not a rule: {sorted(RULES)}"
+            )
+        extra = {"run-id": config.run_id or new_run_id()}
+        if rounds is not None:
+            extra["num-server-rounds"] = rounds
+        return config.replace(**extra)
+    except ConfigError as error:
+        raise typer.BadParameter(str(error)) from error
+
+
+@server_commands.command("start")
+def server_start(
+    certs: Annotated[
+        Path,
+        typer.Option(
+            help="Folder made by 'stamen certs' (or your own with the same names).", exists=True, file_okay=False
+        ),
+    ] = Path("certs"),
+    host: Annotated[str, typer.Option(help="Interface the SuperLink listens on (0.0.0.0: all).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The SuperLink's port (TLS).")] = 9091,
+    preset: Annotated[Path | None, typer.Option(help="TOML file of flat config keys.", exists=True)] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a config key: --set key=value.")] = [],
+    rounds: Annotated[int | None, typer.Option(help="Rounds (overrides num-server-rounds).")] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue runs/<id> from its last completed round.", exists=True, file_okay=False),
+    ] = None,
+    work_dir: Annotated[Path, typer.Option(help="Flower's CLI home, the generated app and logs.")] = Path(
+        "stamen-server"
+    ),
+    keep_running: Annotated[bool, typer.Option(help="Keep the SuperLink up after the run (for 'flwr run').")] = False,
+) -> None:
+    """Start a SuperLink with TLS and device authentication, register the devices' keys, and run the federation."""
+    from stamen.server import deployment as deploy
+    from stamen.shared.dev_certs import DevCertificates
+
+    configure_logging(False)
+    found = DevCertificates(certs)
+    if resume is not None:
+        config = deploy.resumed_config(resume)
+    else:
+        config = new_run_config(preset, set_, rounds)
+        config = config.replace(**{"run-dir": str(Path(config.run_dir).resolve())})
+    setup = deploy.ServerDeployment(
+        deploy.TlsFiles(found.ca_certificate, found.server_certificate, found.server_key),
+        host,
+        port,
+        work_dir.resolve(),
+    )
+    superlink = deploy.start_superlink(setup)
+    try:
+        deploy.write_connection(setup)
+        deploy.register_nodes(setup, found.node_public_keys())
+        console.print(f"[bold]Stamen server[/] on {setup.reachable_address}: waiting for {config.min_clients} devices, "
+                      f"then {config.num_rounds} rounds -> {RunFolder.of(config).path}")
+        folder = RunFolder(deploy.run_federation_on(setup, config))
+        console.print(summary_table(folder.summary_record()["rounds"], folder.record()["base_stored_bytes"]))
+        if keep_running:
+            console.print(f"SuperLink still up; FLWR_HOME={setup.flower_home} flwr run <app> stamen. Ctrl-C stops it.")
+            superlink.wait()
+    except deploy.DeploymentError as error:
+        console.print(f"[red]{error}[/]")
+        raise typer.Exit(1) from None
+    finally:
+        deploy.stop(superlink)
+
+
+def export(
+    run: Annotated[Path, typer.Argument(help="A run folder, runs/<id>.", exists=True, file_okay=False)],
+    round_: Annotated[int | None, typer.Option("--round", help="Round to export (default: the last).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: runs/<id>/export-round-N).")] = None,
+) -> None:
+    """Write the global adapter as a PEFT folder that PeftModel.from_pretrained(base, folder) loads."""
+    from stamen.server.checkpoint import last_round
+    from stamen.server.export import export_peft
+
+    configure_logging(False)
+    chosen = round_ or last_round(run)
+    folder = export_peft(run, out or run / f"export-round-{chosen}", chosen)
+    console.print(f"PEFT adapter of round {chosen} written to {folder}")

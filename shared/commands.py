@@ -1,0 +1,82 @@
+"""Commands and command-line helpers every room's commands use: the console, logging, a run config from the
+command line, ``stamen info`` (a base as a client loads it) and ``stamen certs`` (development certificates)."""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from .config import RunConfig, parse_override
+
+console = Console()
+
+
+def configure_logging(verbose: bool) -> None:
+    handler = RichHandler(console=console, show_path=False, markup=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
+    logging.getLogger("stamen").setLevel(logging.INFO)
+    import flwr.common  # noqa: F401  -- installs Flower's own console handler, tuned below
+
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.propagate = False
+    for flwr_handler in flwr_logger.handlers:
+        flwr_handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    for noisy in ("transformers", "httpx", "huggingface_hub", "bitsandbytes"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def load_config(preset: Path | None, overrides: list[str]) -> RunConfig:
+    values: dict = {}
+    if preset is not None:
+        values.update(tomllib.loads(preset.read_text()))
+    for item in overrides:
+        key, value = parse_override(item)
+        values[key] = value
+    return RunConfig.from_flat({**RunConfig().to_flat(), **values})
+
+
+def info(
+    base: Annotated[str, typer.Option(help="Alias, hub id, local folder or .gguf file.")] = "smollm2-135m",
+    quantisation: Annotated[str, typer.Option(help="auto, nf4, int8 or none.")] = "auto",
+    device: Annotated[str | None, typer.Option(help="cpu or cuda:N (default: best available).")] = None,
+) -> None:
+    """Load a base as a client would and report its fingerprint and quantisation choice."""
+    from stamen.shared.base_model import load_base
+
+    configure_logging(False)
+    loaded = load_base(base, quantisation, device)
+    for label, value in (("folder", loaded.folder), ("fingerprint", loaded.fingerprint), ("device", loaded.device),
+                         ("quantisation", f"{loaded.quantisation.mode} ({loaded.quantisation.reason})"),
+                         ("stored bytes", f"{loaded.stored_bytes:,}")):
+        console.print(f"{label + ':':15}{value}", soft_wrap=True)  # one line each, however narrow the terminal
+
+
+def certs(
+    out: Annotated[Path, typer.Argument(help="Folder for ca.crt, server.pem/.key and nodes/<name>.key/.pub.")] = Path(
+        "certs"
+    ),
+    host: Annotated[list[str], typer.Option(help="Name or IP the server is reached at (repeat).")] = [
+        "127.0.0.1",
+        "localhost",
+    ],
+    node: Annotated[list[str], typer.Option(help="Device name to make a key pair for (repeat).")] = [
+        "device-1",
+        "device-2",
+    ],
+) -> None:
+    """Make a development CA, server certificate and device keys.
+
+    FOR DEVELOPMENT ONLY, never for production: the CA's private key is written
+    unencrypted beside the certificates it signs. Production deployments use
+    certificates from their own PKI and keys generated on each device."""
+    from stamen.shared.dev_certs import make_dev_certificates
+
+    made = make_dev_certificates(out, host, node)
+    console.print(f"CA {made.ca_certificate}, server certificate {made.server_certificate} for {host}, "
+                  f"device keys in {out / 'nodes'}: {', '.join(node)}")

@@ -1,0 +1,176 @@
+"""``stamen simulate``, ``report``, ``compare``, ``sweep`` and ``example-data``: many clients on this machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stamen.server.commands import new_run_config
+from stamen.shared.commands import configure_logging, console
+from stamen.shared.config import RunConfig
+from stamen.shared.run_folder import RunFolder
+from stamen.simulations.report import compare_runs, write_report
+
+
+def simulate(
+    clients: Annotated[int, typer.Option(help="Number of virtual clients (one embedded topic each).")] = 4,
+    rounds: Annotated[int | None, typer.Option(help="Rounds (overrides num-server-rounds).")] = None,
+    preset: Annotated[Path | None, typer.Option(help="TOML file of flat config keys.", exists=True)] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a config key: --set key=value.")] = [],
+    resume: Annotated[Path | None, typer.Option(help="Continue runs/<id> from its last completed round.",
+                                                exists=True, file_okay=False)] = None,
+    cpus_per_client: Annotated[int, typer.Option(help="CPU cores reserved per virtual client.")] = 1,
+    gpus_per_client: Annotated[float, typer.Option(help="Fraction of a GPU per virtual client.")] = 0.0,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's own INFO logs.")] = False,
+) -> None:
+    """Run a simulated federation on this machine and write runs/<id>/."""
+    from stamen.server.round_table import summary_table
+    from stamen.simulations.engine import Resources, prepare_base
+    from stamen.simulations.engine import simulate as run
+    from stamen.simulations.progress import RunMonitor
+
+    configure_logging(verbose)
+    if resume is not None:
+        config, clients, resources = _resumable(resume)
+    else:
+        config = new_simulation_config(preset, set_, clients, rounds)
+        resources = Resources(cpus_per_client, gpus_per_client)
+    folder = RunFolder.of(config)
+    _remember_simulation(folder, config, clients, resources)
+    verb = "Resuming" if resume else "Stamen simulation"
+    console.print(f"[bold]{verb}[/] {clients} clients x {config.num_rounds} rounds on base "
+                  f"[cyan]{config.base_model}[/] ({config.aggregation}) -> {folder.path}")
+    choice = prepare_base(config)
+    console.print(f"Quantisation: {choice.reason}")
+    sampled = max(config.min_clients, int(clients * config.fraction_train))  # as Flower's FedAvg samples
+    with RunMonitor(folder, config.num_rounds, sampled, console) as monitor:
+        run(config, clients, resources, resume=resume is not None)
+    meta = folder.record()
+    console.print(summary_table(monitor.rounds, meta["base_stored_bytes"]))
+    console.print(
+        f"Upload per client per round: {meta['adapter_wire_bytes']:,} bytes of adapter "
+        f"({meta['adapter_values']:,} values, {config.wire_dtype}) "
+        f"vs {meta['base_stored_bytes']:,} bytes of base weights."
+    )
+    console.print(f"Metrics: {folder.metrics}  Summary: {folder.summary}  Report: {write_report(folder.path)}")
+
+
+def report(
+    run: Annotated[Path, typer.Argument(help="A run folder (runs/<id>).", exists=True, file_okay=False)],
+) -> None:
+    """(Re)build a run's plots and report.md from its metrics, finished or not."""
+    console.print(f"Report: {write_report(run)}")
+
+
+def compare(
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run folders to compare, or one preset TOML with [runs.<name>] "
+            "tables (see simulations/compare-rules.toml) to run first.",
+            exists=True,
+        ),
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for compare.png/.md/.json (default: runs/compare-<name or time>).")
+    ] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="Run (folder name) the others are measured against: forgetting "
+            "cut, gain kept, extra client time. A preset names it in [compare]."
+        ),
+    ] = None,
+) -> None:
+    """Overlay several runs' held-out loss in one plot and one Markdown table (running a preset's runs first)."""
+    from stamen.server.run_record import new_run_id
+
+    if len(runs) == 1 and runs[0].suffix == ".toml":
+        from stamen.simulations.campaign import Campaign, run_campaign
+
+        campaign = Campaign.from_toml(runs[0])
+        folder = out or Path("runs") / f"compare-{runs[0].stem}"
+        console.print(f"[bold]Compare[/] {len(campaign.runs)} runs ({', '.join(campaign.runs)}), {campaign.clients} "
+                      f"clients x {campaign.rounds} rounds -> {folder}")
+        table = run_campaign(campaign, folder)
+    else:
+        table = compare_runs(runs, out or Path("runs") / f"compare-{new_run_id()}", baseline)
+    console.print(table.read_text())
+    console.print(f"Plot and table: {table.parent}")
+
+
+def new_simulation_config(
+    preset: Path | None, overrides: list[str], clients: int | None, rounds: int | None
+) -> RunConfig:
+    """A server's run config (:func:`stamen.server.commands.new_run_config`) whose attack exists and whose
+    minimum of clients the simulation can meet."""
+    from stamen.simulations.attacks import ATTACKS
+
+    config = new_run_config(preset, overrides, rounds)
+    if config.attack not in ("none", *ATTACKS):
+        raise typer.BadParameter(f"configuration key 'attack' = {config.attack!r} is not an attack: {sorted(ATTACKS)}")
+    if clients is None:
+        return config
+    return config.replace(**{"min-clients": min(config.min_clients, clients)})  # it cannot wait for more
+
+
+def _remember_simulation(folder: RunFolder, config: RunConfig, clients: int, resources) -> None:
+    """What ``--resume`` needs to start the same simulation again."""
+    from dataclasses import asdict
+
+    from stamen.shared.atomic import atomic_write_text
+
+    record = {"config": config.to_flat(), "clients": clients, "resources": asdict(resources)}
+    atomic_write_text(folder.simulation, json.dumps(record, indent=2))
+
+
+def _resumable(run_dir: Path):
+    from stamen.simulations.engine import Resources
+
+    path = RunFolder(run_dir).simulation
+    if not path.is_file():
+        raise typer.BadParameter(f"{run_dir} was not started by 'stamen simulate' (no {path.name})")
+    record = json.loads(path.read_text())
+    config = RunConfig.from_flat(record["config"]).replace(**{"run-dir": str(run_dir.parent), "run-id": run_dir.name})
+    return config, record["clients"], Resources(**record["resources"])
+
+
+def sweep(
+    grid: Annotated[
+        Path,
+        typer.Argument(
+            help="TOML with [sweep] rules/attacks/fractions (see simulations/robustness.toml).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the cells' runs and results (default: runs/sweep-<name>).")
+    ] = None,
+    parallel: Annotated[int, typer.Option(help="Cells run at once (each a whole simulation).")] = 1,
+) -> None:
+    """Run rules x attacks x malicious fractions with the same seeds; skip finished cells; write a table and
+    heat maps."""
+    from stamen.simulations.sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec.from_toml(grid)
+    folder = out or Path("runs") / f"sweep-{grid.stem}"
+    console.print(f"[bold]Sweep[/] {len(spec.cells())} cells ({len(spec.rules)} rules x {len(spec.attacks)} attacks x "
+                  f"fractions {list(spec.fractions)}), {spec.clients} clients x {spec.rounds} rounds -> {folder}")
+    run_sweep(spec, folder, parallel)
+    console.print((folder / "sweep.md").read_text())
+    console.print(f"Heat maps: {folder}/heatmap-*.png  Table: {folder / 'sweep.md'}")
+
+
+def example_data(
+    out: Annotated[Path, typer.Argument(help="Folder for device-1.jsonl, device-2.jsonl, ...")] = Path("."),
+    devices: Annotated[int, typer.Option(help="How many devices to write data for.")] = 2,
+) -> None:
+    """Write each device's private data as a .jsonl (one embedded-corpus topic each), to try a deployment."""
+    from stamen.shared.corpus import write_device_files
+
+    for path, topic in write_device_files(out, devices):
+        console.print(f"{path}: {topic}")

@@ -1,0 +1,28 @@
+"""The code's own contract: the rooms' import layers (import-linter) and lint (ruff), run with the suite."""
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = Path(sys.executable).parent
+
+
+def test_the_layer_contract_is_the_rooms_rule():
+    """shared imports no other room; client and server import only shared (not each other); simulations all."""
+    (contract,) = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    assert contract["type"] == "layers"
+    assert contract["layers"] == ["stamen.simulations", "stamen.client | stamen.server", "stamen.shared"]
+
+
+def test_rooms_import_only_the_layers_below_them():
+    command = [str(TOOLS / "lint-imports"), "--no-cache"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "1 kept, 0 broken" in result.stdout
+
+
+def test_ruff_finds_nothing():
+    result = subprocess.run([str(TOOLS / "ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
