@@ -78,7 +78,7 @@ def stamen_cell(clients: int, params: int, secure: bool, rounds: int, folder: Pa
         schema = AdapterSchema.from_state(initial, config.wire_dtype)
         recorder = RunRecorder(folder / config.run_id, config, {})
         rule = make_rule("fedavg")
-        strategy = AdapterStrategy(initial, schema, FINGERPRINT, recorder, rule, None, config.privacy,
+        strategy = AdapterStrategy(initial, schema, FINGERPRINT, recorder, rule, [], config.privacy,
                                    fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients,
                                    min_available_nodes=clients)
         rule.initialise(strategy.global_adapter)

@@ -16,6 +16,8 @@ from stamen.shared.adapters import adapter_parameters
 from stamen.shared.examples import Example, collate, encode_example
 from stamen.shared.training import GradientCorrection
 
+from .replay_sources import ReplayInputs, ReplaySource, register
+
 FISHER_EXAMPLES = 8  # a rough diagonal is enough to weight the penalty; each batch costs a backward pass
 
 
@@ -54,3 +56,21 @@ def ewc_penalty(
                         alpha=strength)
 
     return correct
+
+
+@register("ewc")
+class EwcReplay(ReplaySource):
+    """No examples mixed in: a penalty holding the adapter near the received one, weighted by the
+    Fisher information of the reservoir's examples (nothing while the reservoir is empty)."""
+
+    uses_buffer = True
+
+    @classmethod
+    def replay(cls, inputs: ReplayInputs) -> tuple[list[Example], tuple[GradientCorrection, ...]]:
+        strength, training = inputs.config.replay.ewc_lambda, inputs.config.training
+        if not inputs.buffer.items or strength <= 0:
+            return [], ()
+        fisher = fisher_diagonal(inputs.model, inputs.tokenizer, list(inputs.buffer.items), training.max_seq_len,
+                                 training.batch_size)
+        received = {name: p.detach().clone() for name, p in adapter_parameters(inputs.model).items()}
+        return [], (ewc_penalty(strength, fisher, received),)

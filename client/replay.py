@@ -1,15 +1,10 @@
 """Forgetting protection on the device: what a round replays, and keeping it for the next.
 
 Sources (``replay``, combinable; each round mixes every chosen source's examples
-into ``replay-ratio`` of every batch):
-
-- ``buffer``: a reservoir of the device's own earlier training examples
-  (:mod:`.replay_buffer`), so new local data does not erase older local data;
-- ``anchor``: the general-domain set the server sends once per run, checked
-  against the hash in the run config (:mod:`stamen.shared.anchor_set`);
-- ``self``: pseudo-examples the frozen base writes itself (:mod:`.self_replay`);
-- ``ewc``: no examples mixed in; a penalty holding the adapter near the received one,
-  weighted by the Fisher information of the reservoir's examples (:mod:`.ewc`).
+into ``replay-ratio`` of every batch) are registered in :mod:`.replay_sources`:
+``buffer`` (:mod:`.replay_buffer`), ``anchor`` (:mod:`.anchor_replay`), ``self``
+(:mod:`.self_replay`), ``ewc`` (:mod:`.ewc`). They run in the order of
+:data:`~stamen.shared.config.REPLAY_SOURCES`.
 
 Everything stays in the client's state store; nothing here is sent to the server.
 """
@@ -22,23 +17,16 @@ from dataclasses import dataclass, field
 
 from flwr.app import ConfigRecord
 
-from stamen.shared.adapters import adapter_parameters
-from stamen.shared.anchor_set import ANCHOR, anchor_blob, decode_anchor, encode_anchor
-from stamen.shared.config import RunConfig
+from stamen.shared.anchor_set import ANCHOR
+from stamen.shared.config import REPLAY_SOURCES, RunConfig
 from stamen.shared.examples import Example
 from stamen.shared.training import GradientCorrection
 
-from .ewc import ewc_penalty, fisher_diagonal
+from . import anchor_replay, ewc, self_replay  # noqa: F401  (registration of their replay sources)
 from .hooks import TrainingHook, TrainingRound
 from .replay_buffer import ReservoirBuffer
-from .self_replay import self_replay_examples
+from .replay_sources import REPLAY_SOURCE_CLASSES, ReplayInputs
 from .state_store import ClientStateStore
-
-ANCHOR_DOCUMENT = "anchor-set"
-
-
-class AnchorSetMissingError(RuntimeError):
-    """Anchor replay is on but this device holds no verified copy of the run's anchor set."""
 
 
 @dataclass
@@ -65,23 +53,18 @@ def round_replay(
 ) -> RoundReplay:
     """What ``server_round`` replays, built from the state saved before it (``model`` holds the received adapter)."""
     started = time.perf_counter()
-    spec, sources = config.replay, config.replay.enabled()
+    chosen = config.replay.enabled()
+    sources = [REPLAY_SOURCE_CLASSES[name] for name in REPLAY_SOURCES if name in chosen]
     replay = RoundReplay()
-    if "buffer" in sources or "ewc" in sources:
+    if any(source.uses_buffer for source in sources):
         seed = zlib.crc32(f"replay/{client_name}".encode())
-        replay.buffer = ReservoirBuffer.load(store, server_round, spec.buffer_size, spec.buffer_bytes, seed)
-    if "buffer" in sources:
-        replay.examples += replay.buffer.items
-    if "anchor" in sources:
-        replay.examples += anchor_examples(store, server_round, spec.anchor_sha256, anchor)
-    if "self" in sources:
-        replay.examples += self_replay_examples(model, tokenizer, store, server_round, client_name,
-                                                spec.self_size, spec.self_refresh)
-    if "ewc" in sources and replay.buffer.items and spec.ewc_lambda > 0:
-        training = config.training
-        fisher = fisher_diagonal(model, tokenizer, list(replay.buffer.items), training.max_seq_len, training.batch_size)
-        received = {name: p.detach().clone() for name, p in adapter_parameters(model).items()}
-        replay.corrections = (ewc_penalty(spec.ewc_lambda, fisher, received),)
+        replay.buffer = ReservoirBuffer.load(store, server_round, config.replay.buffer_size,
+                                             config.replay.buffer_bytes, seed)
+    inputs = ReplayInputs(config, store, server_round, client_name, model, tokenizer, anchor, replay.buffer)
+    for source in sources:
+        examples, corrections = source.replay(inputs)
+        replay.examples += examples
+        replay.corrections += corrections
     replay.seconds = time.perf_counter() - started
     return replay
 
@@ -105,19 +88,3 @@ class Replay(TrainingHook):
         self.replay.remember(setup.store, setup.server_round, list(setup.data.train))
         training_round.metrics.update({"replay-seconds": self.replay.seconds,
                                        "replay-examples": len(self.replay.examples)})
-
-
-def anchor_examples(
-    store: ClientStateStore, server_round: int, expected_sha256: str, record: ConfigRecord | None
-) -> list[Example]:
-    """The run's anchor set: verified from the message that carries it (and kept), else from the store."""
-    if record is not None:
-        pairs = decode_anchor(anchor_blob(record), expected_sha256)
-        store.save_document(ANCHOR_DOCUMENT, server_round, {"sha256": expected_sha256, "examples": pairs})
-    else:
-        kept = store.load_document(ANCHOR_DOCUMENT, server_round + 1)
-        if kept is None or kept["sha256"] != expected_sha256:
-            raise AnchorSetMissingError(f"replay = anchor, but this device holds no anchor set with sha256 "
-                                        f"{expected_sha256[:12]}; the server sends it with a node's first instruction")
-        pairs = decode_anchor(encode_anchor([tuple(pair) for pair in kept["examples"]]), expected_sha256)
-    return [Example(response, prompt) for prompt, response in pairs]

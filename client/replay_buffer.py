@@ -17,6 +17,7 @@ import numpy as np
 
 from stamen.shared.examples import Example
 
+from .replay_sources import ReplayInputs, ReplaySource, register
 from .state_store import ClientStateStore
 
 REPLAY_BUFFER = "replay-buffer"
@@ -90,3 +91,14 @@ class ReservoirBuffer:
             buffer.items = [buffer.items[i] for i in keep]
         buffer._respect_byte_bound()
         return buffer
+
+
+@register("buffer")
+class BufferReplay(ReplaySource):
+    """The device's own earlier training examples, so new local data does not erase older local data."""
+
+    uses_buffer = True
+
+    @classmethod
+    def replay(cls, inputs: ReplayInputs) -> tuple[list[Example], tuple]:
+        return list(inputs.buffer.items), ()

@@ -68,7 +68,7 @@ def client_runtime(config: RunConfig, rank: int | None = None, device: str | Non
     initial = {k: v.numpy() for k, v in adapter_state(model).items()}
     schema = AdapterSchema.from_state(shared_state(initial, spec), config.wire_dtype)
     corrections = None
-    if spec.aggregation == "exact":
+    if spec.lora_mode().corrects_products:
         corrections = LayerCorrections(model, lora_layers(initial), config.wire_dtype)
     runtime = ClientRuntime(base, model, schema, initial, corrections)
     _current = (key, runtime)

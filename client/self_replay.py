@@ -16,6 +16,7 @@ import torch
 from stamen.shared.examples import Example
 
 from .generation import base_answers
+from .replay_sources import ReplayInputs, ReplaySource, register
 from .state_store import ClientStateStore
 
 SELF_REPLAY = "self-replay"
@@ -57,3 +58,13 @@ def self_replay_examples(
                                                    "examples": [[e.prompt, e.response] for e in examples]})
     return examples
 
+
+@register("self")
+class SelfReplay(ReplaySource):
+    """Pseudo-examples the frozen base writes itself (nothing of the device's data is kept)."""
+
+    @classmethod
+    def replay(cls, inputs: ReplayInputs) -> tuple[list[Example], tuple]:
+        spec = inputs.config.replay
+        return self_replay_examples(inputs.model, inputs.tokenizer, inputs.store, inputs.server_round,
+                                    inputs.client_name, spec.self_size, spec.self_refresh), ()

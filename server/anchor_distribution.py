@@ -3,6 +3,7 @@
 A node counts as holding the set once it has replied to an instruction that carried
 it; later instructions to it go without, so each node downloads the set once per run
 (again after a server restart, which forgets who has it; clients accept a repeat).
+A server extension: it adds the set to train messages and learns holders from replies.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from flwr.app import Message, RecordDict
 
 from stamen.shared.anchor_set import ANCHOR, anchor_digest, anchor_record, encode_anchor
 
+from .extensions import ServerExtension
+
 log = logging.getLogger(__name__)
 
 
-class AnchorDistribution:
+class AnchorDistribution(ServerExtension):
     def __init__(self, blob: bytes) -> None:
         self.sha256 = anchor_digest(blob)
         self.nbytes = len(blob)
@@ -41,6 +44,12 @@ class AnchorDistribution:
             "Anchor set: %d examples, %d bytes, sha256 %s", len(examples), distribution.nbytes, distribution.sha256[:12]
         )
         return distribution
+
+    def configure(self, messages: list[Message], phase: str) -> list[Message]:
+        return self.attach(messages) if phase == "train" else messages
+
+    def start_round(self, server_round: int, global_adapter, replies: list[Message]) -> None:
+        self.confirm(replies)
 
     def attach(self, messages: list[Message]) -> list[Message]:
         """The messages, those to nodes without the set given their own content that carries it."""

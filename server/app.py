@@ -7,22 +7,25 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from stamen.shared.config import RunConfig
 
+from .extensions import ServerExtension
 from .federation import run_federation
 
 
-def server_app_for(config: RunConfig, resume: bool = False) -> ServerApp:
-    """A ServerApp bound to ``config`` (the simulation path, where there is no run config)."""
+def server_app_for(config: RunConfig, resume: bool = False, extensions: Sequence[ServerExtension] = ()) -> ServerApp:
+    """A ServerApp bound to ``config`` (the simulation path, where there is no run config),
+    with ``extensions`` installed beside the ones the config asks for."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(grid, config, resume)
+        run_federation(grid, config, resume, extensions)
 
     return server_app
 

@@ -51,7 +51,7 @@ def load_checkpoint(run_dir: Path) -> ServerState | None:
         return None
     with safe_open(str(path), framework="np") as handle:
         meta = json.loads(handle.metadata()["stamen"])
-        tensors = {name: handle.get_tensor(name) for name in handle}
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
     return ServerState(
         round=meta["round"],
         global_adapter={k[len(_GLOBAL) :]: v for k, v in tensors.items() if k.startswith(_GLOBAL)},

@@ -27,6 +27,7 @@ def new_run_config(preset: Path | None, overrides: list[str], rounds: int | None
             raise ConfigError(
                 f"configuration key 'aggregation' = {config.aggregation!r} is not a rule: {sorted(RULES)}"
             )
+        RULES[config.aggregation].check_fits(config)
         extra = {"run-id": config.run_id or new_run_id()}
         if rounds is not None:
             extra["num-server-rounds"] = rounds

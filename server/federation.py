@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 from flwr.app import ConfigRecord
@@ -26,7 +27,9 @@ from stamen.shared.wire import AdapterSchema
 from .anchor_distribution import AnchorDistribution
 from .checkpoint import ServerState, load_checkpoint, save_checkpoint
 from .exchange import send_and_collect
+from .extensions import ServerExtension
 from .lora_exact import ExactLoraResidual, correction_shapes
+from .privacy import PrivacyEngine
 from .root_update import RootTrainer
 from .rules import make_rule
 from .run_record import RunRecorder, new_run_id
@@ -36,13 +39,18 @@ from .strategy import AdapterStrategy
 log = logging.getLogger(__name__)
 
 
-def run_federation(grid: Grid, config: RunConfig, resume: bool = False) -> Path:
-    """Run (or, with ``resume``, continue) ``config``'s rounds on ``grid``; return the run folder."""
+def run_federation(
+    grid: Grid, config: RunConfig, resume: bool = False, extensions: Sequence[ServerExtension] = ()
+) -> Path:
+    """Run (or, with ``resume``, continue) ``config``'s rounds on ``grid``; return the run folder.
+
+    ``extensions`` join those the config asks for (a simulation's attack tally)."""
     config = config if config.run_id else config.replace(**{"run-id": new_run_id()})
-    anchor = None
+    installed: list[ServerExtension] = []
     if "anchor" in config.replay.enabled():
         anchor = AnchorDistribution.load(config.replay.anchor, config.seed)
         config = config.replace(**{"replay-anchor-sha256": anchor.sha256})  # clients verify the set against it
+        installed.append(anchor)
     run_dir = Path(config.run_dir) / config.run_id
     base = load_base(config.base_model, quantisation="none")
     full = adapter_state(attach_adapter(base.model, config.adapter, config.seed))
@@ -65,20 +73,22 @@ def run_federation(grid: Grid, config: RunConfig, resume: bool = False) -> Path:
         log.warning("%s has no completed round to resume from; starting at round 1", run_dir)
     recorder = RunRecorder(run_dir, config, meta, resume_at=checkpoint.metrics_offset if checkpoint else None)
     rule = make_rule(config.aggregation, **config.rule_options())
-    residual = None
-    if config.adapter.aggregation == "exact":
+    rule.check_fits(config)
+    if config.privacy.dp != "none":  # clipping and noise before the residual sees an update
+        installed.insert(0, PrivacyEngine(config.privacy, schema.shapes))
+    if config.adapter.lora_mode().corrects_products:
         layers = lora_layers(initial)
         residual = ExactLoraResidual(layers, config.adapter.alpha / config.adapter.rank)
         residual.initialise(correction_shapes(layers, initial))
+        installed.append(residual)
     strategy = AdapterStrategy(
         initial,
         schema,
         base.fingerprint,
         recorder,
         rule,
-        residual,
+        [*installed, *extensions],
         config.privacy,
-        anchor,
         fraction_train=config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
         min_train_nodes=config.min_clients,

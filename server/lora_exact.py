@@ -5,7 +5,8 @@ sum_k p_k B_k A_k; the difference is sum_k p_k (B_k - B_bar)(A_k - A_bar). This
 accumulator folds each client's product in one update at a time and keeps the
 running correction C (in weight units, scaling included) per adapted layer. C is
 sent to clients beside the adapter and added to the layer's output there; it is
-never merged into the (quantised) base.
+never merged into the (quantised) base. The accumulator is a server extension: it sees
+every admitted update and keeps C in the checkpoint.
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ from collections.abc import Mapping
 import numpy as np
 
 from stamen.shared.lora_layers import LoraLayer
+from stamen.shared.protocol import CORRECTIONS
+
+from .extensions import RoundOutcome, ServerExtension
+from .rules import ClientUpdate
+
+_STATE = f"{CORRECTIONS}/"  # checkpoint names of C
 
 
-class ExactLoraResidual:
+class ExactLoraResidual(ServerExtension):
     """Running per-layer correction C, updated every round by sum p_k B_k A_k - B_bar A_bar."""
 
     def __init__(self, layers: list[LoraLayer], scaling: float) -> None:
@@ -25,14 +32,18 @@ class ExactLoraResidual:
         self.scaling = scaling
         self.corrections: dict[str, np.ndarray] = {}
 
-    def start_round(self, global_adapter: Mapping[str, np.ndarray]) -> None:
+    def downloads(self, phase: str) -> dict[str, dict[str, np.ndarray]]:
+        return {CORRECTIONS: self.corrections}  # clients add C to the layers' outputs, training and evaluating
+
+    def start_round(self, server_round: int, global_adapter: Mapping[str, np.ndarray], replies: list) -> None:
         self._global = global_adapter
         self._products: dict[str, np.ndarray] = {}
         self._a_sum: dict[str, np.ndarray] = {}
         self._b_sum: dict[str, np.ndarray] = {}
         self._weight = 0.0
 
-    def add(self, delta: Mapping[str, np.ndarray], weight: float) -> None:
+    def add(self, update: ClientUpdate) -> ClientUpdate:
+        delta, weight = update.delta, update.weight
         for layer in self.layers:
             a = self._global[layer.a].astype(np.float64) + delta[layer.a]
             b = self._global[layer.b].astype(np.float64) + delta[layer.b]
@@ -40,8 +51,9 @@ class ExactLoraResidual:
             _accumulate(self._a_sum, layer.module, weight * a)
             _accumulate(self._b_sum, layer.module, weight * b)
         self._weight += weight
+        return update
 
-    def finish_round(self) -> dict[str, np.ndarray]:
+    def finish_round(self, outcome: RoundOutcome | None = None) -> dict[str, np.ndarray]:
         """Add this round's residual to C; return this round's residual."""
         residual = {}
         for layer in self.layers:
@@ -54,6 +66,12 @@ class ExactLoraResidual:
 
     def initialise(self, shapes: Mapping[str, tuple[int, int]]) -> None:
         self.corrections = {m: np.zeros(shape, np.float32) for m, shape in shapes.items()}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {_STATE + module: value for module, value in self.corrections.items()}
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        self.corrections = {k[len(_STATE):]: v for k, v in state.items() if k.startswith(_STATE)}
 
 
 def correction_shapes(layers: list[LoraLayer], adapter: Mapping[str, np.ndarray]) -> dict[str, tuple[int, int]]:

@@ -1,11 +1,12 @@
-"""Differential privacy on the server: central clipping and noise, and the privacy accountant.
+"""Differential privacy on the server: one engine for central clipping and noise and the accountant.
 
 Both DP modes release the sum of clipped updates plus Gaussian noise of standard
 deviation ``z * C`` (``z`` the noise multiplier, ``C`` the clipping bound), with
 every client weighted equally so one client moves the sum by at most ``C``. In
 ``central`` mode the server clips and adds the noise; in ``distributed`` mode each
 client clips and adds its share under secure aggregation, and clients that drop
-take their share with them, which the accountant records as a smaller ``z``.
+take their share with them, which the accountant records as a smaller ``z``. The
+accountant is Opacus' by name (``dp-accountant``: ``rdp``, ``prv``, ``gdp``).
 """
 
 from __future__ import annotations
@@ -14,26 +15,15 @@ import secrets
 from collections.abc import Mapping
 
 import numpy as np
-from opacus.accountants import RDPAccountant
+from opacus.accountants import create_accountant
 
 from stamen.shared.clipping import clip_l2
 from stamen.shared.config import ConfigError, PrivacySpec
 
+from .extensions import RoundOutcome, ServerExtension
 from .rules import AggregationRule, ClientUpdate
 
 _HISTORY = "privacy/history"
-
-
-def check_privacy(rule: AggregationRule, privacy: PrivacySpec) -> None:
-    """Refuse rules that cannot run under the configured secure aggregation or DP, saying why."""
-    if (privacy.secure_aggregation or privacy.dp != "none") and rule.needs_individual_updates:
-        what = "secure aggregation yields only the sum of updates" if privacy.secure_aggregation else \
-            "differential privacy bounds each client's effect on a mean, which this rule does not compute"
-        raise ConfigError(f"aggregation '{rule.name}' needs each client's update, but {what}; "
-                          f"use a mean-based rule (fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad)")
-    if privacy.dp != "none" and rule.extra_uploads:
-        raise ConfigError(f"aggregation '{rule.name}' uploads {list(rule.extra_uploads)} besides the delta, "
-                          f"which differential privacy would leave unprotected")
 
 
 class CentralPrivacy:
@@ -51,24 +41,58 @@ class CentralPrivacy:
         rule.add_sum({k: self._rng.normal(0.0, std, shape) for k, shape in shapes.items()}, 0.0, 0)
 
 
-class PrivacyAccountant:
-    """ε at the configured δ after each round, by Rényi DP of the subsampled Gaussian (Opacus)."""
+class PrivacyEngine(ServerExtension):
+    """The run's differential privacy, the one object the strategy holds for it: central clipping
+    and noise (``dp = central``) and the accountant's ε after every release (both modes)."""
 
-    def __init__(self, delta: float) -> None:
+    def __init__(self, privacy: PrivacySpec, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        self.privacy, self.shapes = privacy, shapes
+        self.central = CentralPrivacy(privacy) if privacy.dp == "central" else None
+        self.accountant = PrivacyAccountant(privacy.dp_delta, privacy.dp_accountant)
+
+    def add(self, update: ClientUpdate) -> ClientUpdate:
+        return self.central.clip_update(update) if self.central else update
+
+    def finish_round(self, outcome: RoundOutcome) -> None:
+        if self.central:
+            self.central.add_noise(outcome.rule, self.shapes)
+
+    def round_metrics(self, outcome: RoundOutcome) -> dict[str, float]:
+        if not outcome.rule.count:
+            return {}
+        multiplier = self.privacy.dp_noise_multiplier * outcome.noise_share
+        epsilon = self.accountant.record_round(multiplier, outcome.sample_rate)
+        return {"dp_epsilon": epsilon, "dp_delta": self.privacy.dp_delta, "dp_noise_multiplier": multiplier}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return self.accountant.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        self.accountant.load_state_dict(state)
+
+
+class PrivacyAccountant:
+    """ε at the configured δ after each round, by an Opacus accountant of the subsampled Gaussian."""
+
+    def __init__(self, delta: float, mechanism: str = "rdp") -> None:
         self.delta = delta
-        self._rdp = RDPAccountant()
+        try:
+            self._accountant = create_accountant(mechanism)
+        except ValueError:
+            raise ConfigError(f"configuration key 'dp-accountant' = {mechanism!r} is not an Opacus accountant "
+                              f"(rdp, prv or gdp)") from None
 
     def record_round(self, noise_multiplier: float, sample_rate: float) -> float:
         """Account one release; return ε so far."""
-        self._rdp.step(noise_multiplier=noise_multiplier, sample_rate=min(1.0, sample_rate))
+        self._accountant.step(noise_multiplier=noise_multiplier, sample_rate=min(1.0, sample_rate))
         return self.epsilon()
 
     def epsilon(self) -> float:
-        return float(self._rdp.get_epsilon(self.delta)) if self._rdp.history else 0.0
+        return float(self._accountant.get_epsilon(self.delta)) if self._accountant.history else 0.0
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {_HISTORY: np.array(self._rdp.history, dtype=np.float64).reshape(-1, 3)}
+        return {_HISTORY: np.array(self._accountant.history, dtype=np.float64).reshape(-1, 3)}
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         rows = state.get(_HISTORY, np.zeros((0, 3)))
-        self._rdp.history = [(float(z), float(q), int(steps)) for z, q, steps in rows]
+        self._accountant.history = [(float(z), float(q), int(steps)) for z, q, steps in rows]

@@ -3,8 +3,10 @@
 Flower's ``FedAvg`` samples nodes and builds messages; this subclass replaces
 aggregation: every reply is admitted (:mod:`~stamen.server.admission`) before the
 configured :mod:`rule <stamen.server.rules>` sees it; a bad reply is logged and dropped while
-the round goes on. Accepted replies are folded into the rule one at a time, in client-name order, so a round's
-result does not depend on the order replies arrived in.
+the round goes on. Accepted replies are folded into the rule one at a time, in client-name order,
+so a round's result does not depend on the order replies arrived in. Everything else a round
+needs on the server (privacy, exact-LoRA residual, anchor set, ...) is an installed
+:mod:`extension <stamen.server.extensions>`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,21 +24,12 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from stamen.shared.config import PrivacySpec
-from stamen.shared.protocol import (
-    CLIENT_INFO,
-    CLIENT_NAME,
-    CORRECTIONS,
-    HELDOUT_EXAMPLES,
-    INITIAL_PREFIX,
-    METRICS,
-)
+from stamen.shared.protocol import HELDOUT_EXAMPLES, INITIAL_PREFIX, METRICS
 from stamen.shared.secagg_protocol import read_sum
 from stamen.shared.wire import AdapterSchema, encode_adapter
 
 from .admission import UpdateRejected, admit_key_reply, admit_reply, admit_update, client_name
-from .anchor_distribution import AnchorDistribution
-from .lora_exact import ExactLoraResidual
-from .privacy import CentralPrivacy, PrivacyAccountant, check_privacy
+from .extensions import RoundOutcome, ServerExtension
 from .rules import AggregationRule
 from .run_record import RunRecorder
 
@@ -53,20 +46,18 @@ class AdapterStrategy(FedAvg):
         fingerprint: str,
         recorder: RunRecorder,
         rule: AggregationRule,
-        residual: ExactLoraResidual | None = None,
+        extensions: Sequence[ServerExtension] = (),
         privacy: PrivacySpec = PrivacySpec(),
-        anchor: AnchorDistribution | None = None,
         **fedavg_options: Any,
     ) -> None:
+        """``extensions`` run in order at each point of a round; ``privacy`` says how a secure sum is
+        decoded (the DP engine itself is an extension; the rule was checked to fit the run)."""
         super().__init__(**fedavg_options)
-        self.anchor = anchor
-        check_privacy(rule, privacy)
         self.privacy = privacy
-        self.central_privacy = CentralPrivacy(privacy) if privacy.dp == "central" else None
-        self.accountant = PrivacyAccountant(privacy.dp_delta) if privacy.dp != "none" else None
+        self.extensions = tuple(extensions)
         self._num_sampled = self._replies = self._rejected = 0
         self._round_started = 0.0
-        self.residual = residual
+        self._replies_seen: list[Message] = []
         self.global_adapter = {k: v.astype(np.float32) for k, v in global_adapter.items()}
         self.schema = schema
         self.fingerprint = fingerprint
@@ -81,19 +72,17 @@ class AdapterStrategy(FedAvg):
         return encode_adapter(self.global_adapter, self.schema.wire_dtype)
 
     def server_state(self) -> dict[str, np.ndarray]:
-        """Everything besides the global adapter that a checkpoint must keep."""
-        corrections = self.residual.corrections if self.residual else {}
-        accounting = self.accountant.state_dict() if self.accountant else {}
-        return {**self.rule.state_dict(), **accounting, **{f"{CORRECTIONS}/{k}": v for k, v in corrections.items()}}
+        """Everything besides the global adapter that a checkpoint must keep: the rule's and the extensions' state."""
+        state = self.rule.state_dict()
+        for extension in self.extensions:
+            state.update(extension.state_dict())
+        return state
 
     def restore(self, global_adapter: dict[str, np.ndarray], state: dict[str, np.ndarray]) -> None:
         self.global_adapter = global_adapter
         self.rule.load_state_dict(state)
-        if self.accountant:
-            self.accountant.load_state_dict(state)
-        if self.residual:
-            prefix = f"{CORRECTIONS}/"
-            self.residual.corrections = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        for extension in self.extensions:
+            extension.load_state_dict(state)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -101,20 +90,25 @@ class AdapterStrategy(FedAvg):
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._num_nodes = len(list(grid.get_node_ids()))
         self._num_sampled = len(messages)
-        self._add_downloads(messages, {**self.rule.downloads(), **self._corrections()})
+        self._add_downloads(messages, {**self.rule.downloads(), **self._extension_downloads("train")})
         if messages:
             self._bytes_down = sum(r.count_bytes() for r in messages[0].content.array_records.values())
-        return self.anchor.attach(messages) if self.anchor else messages
+        return self._configure(messages, "train")
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
-        self._add_downloads(messages, self._corrections())
-        return messages
+        self._add_downloads(messages, self._extension_downloads("evaluate"))
+        return self._configure(messages, "evaluate")
 
-    def _corrections(self) -> dict[str, dict[str, np.ndarray]]:
-        return {CORRECTIONS: self.residual.corrections} if self.residual else {}
+    def _extension_downloads(self, phase: str) -> dict[str, dict[str, np.ndarray]]:
+        return {name: arrays for extension in self.extensions for name, arrays in extension.downloads(phase).items()}
+
+    def _configure(self, messages: list[Message], phase: str) -> list[Message]:
+        for extension in self.extensions:
+            messages = extension.configure(messages, phase)
+        return messages
 
     def _add_downloads(self, messages: list[Message], downloads: dict[str, dict[str, np.ndarray]]) -> None:
         if messages:  # Flower's messages share one RecordDict: extra records are added once
@@ -133,27 +127,14 @@ class AdapterStrategy(FedAvg):
             except UpdateRejected as reason:
                 self._reject(row, str(reason))
                 continue
-            if self.central_privacy:
-                update = self.central_privacy.clip_update(update)
+            for extension in self.extensions:
+                update = extension.add(update)
             self.rule.add(update)
-            if self.residual:
-                self.residual.add(update.delta, update.weight)
             accepted.append(msg.content)
             self.recorder.write({**row, **self._describe(msg), "accepted": True, "bytes_up": _bytes(msg),
                                  "bytes_down": self._bytes_down})
-        if self.central_privacy and self.rule.count:
-            self.central_privacy.add_noise(self.rule, self.schema.shapes)
-        malicious = [client_name(m) for m in replies if not m.has_error() and METRICS in m.content.metric_records
-                     and m.content[METRICS].get("malicious")]
         uploads = 1 + len(self.rule.extra_uploads)
-        metrics = self._finish_train(
-            server_round, accepted, self.schema.nbytes * uploads, self.privacy.dp_noise_multiplier
-        )
-        if malicious:  # simulated attacks: how many malicious updates shaped the new global adapter
-            admitted = set(malicious) & self._accepted_names(accepted)
-            chosen = self.rule.chosen_clients() if self.rule.count else set()
-            self._train_summary.update({"malicious_replied": len(malicious),
-                                        "malicious_admitted": len(admitted if chosen is None else admitted & chosen)})
+        metrics = self._finish_train(server_round, accepted, self.schema.nbytes * uploads)
         return self.global_record(), metrics
 
     def admit_key_replies(self, server_round: int, replies: Iterable[Message]) -> dict[int, Message]:
@@ -185,49 +166,38 @@ class AdapterStrategy(FedAvg):
             else:
                 self._reject(row, "dropped out of the secure round" if total is not None else "secure round aborted")
         per_client = max(survivors.values(), default=0)
-        multiplier = self.privacy.dp_noise_multiplier * math.sqrt(len(survivors) / max(len(admitted), 1))
+        noise_share = math.sqrt(len(survivors) / max(len(admitted), 1))  # dropped clients took their noise shares
         if total is not None:
             weighted_sum, total_weight = read_sum(total, self.privacy.secagg_value_range)
             if total_weight > 0:
                 self.rule.add_sum(self.schema.unflatten(weighted_sum), total_weight, len(survivors))
             else:
                 log.warning("round %d: the secure sum's total weight is %s; round dropped", server_round, total_weight)
-        self._finish_train(server_round, accepted, per_client, multiplier)
-
-    @staticmethod
-    def _accepted_names(accepted: list[RecordDict]) -> set[str]:
-        return {str(content[CLIENT_INFO].get(CLIENT_NAME, "?")) for content in accepted}
+        self._finish_train(server_round, accepted, per_client, noise_share)
 
     def _start_round(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """Reset the round's counters on the first train replies; returns them as a list."""
         self._round_started, self._rejected = time.perf_counter(), 0
         self.rule.start_round(server_round, self._num_nodes)
-        if self.residual:
-            self.residual.start_round(self.global_adapter)
         replies = list(replies)
-        self._replies = len(replies)
-        if self.anchor:
-            self.anchor.confirm(replies)
+        self._replies, self._replies_seen = len(replies), replies
+        for extension in self.extensions:
+            extension.start_round(server_round, self.global_adapter, replies)
         return replies
 
     def _finish_train(
-        self, server_round: int, accepted: list[RecordDict], bytes_up: int, noise_multiplier: float
+        self, server_round: int, accepted: list[RecordDict], bytes_up: int, noise_share: float = 1.0
     ) -> MetricRecord:
-        """Move the global adapter if any update arrived, account privacy, and keep the round's summary."""
+        """Move the global adapter if any update arrived, let the extensions account, and keep the round's summary."""
+        outcome = RoundOutcome(server_round, self.rule, self._replies_seen, accepted,
+                               self._num_sampled / max(self._num_nodes, 1), noise_share)
         if self.rule.count:
-            if self.residual:
-                self.residual.finish_round()
+            for extension in self.extensions:
+                extension.finish_round(outcome)
             self.global_adapter = self.rule.finish_round(self.global_adapter)
         else:
             log.warning("round %d: no valid update; the global adapter is unchanged", server_round)
-        privacy = {}
-        if self.accountant and self.rule.count:
-            epsilon = self.accountant.record_round(noise_multiplier, self._num_sampled / max(self._num_nodes, 1))
-            privacy = {
-                "dp_epsilon": epsilon,
-                "dp_delta": self.privacy.dp_delta,
-                "dp_noise_multiplier": noise_multiplier,
-            }
+        extension_metrics = {k: v for extension in self.extensions for k, v in extension.round_metrics(outcome).items()}
         metrics = aggregate_metricrecords(accepted, self.weighted_by_key) if accepted else MetricRecord()
         traffic = {
             "clients_sampled": self._num_sampled,
@@ -247,9 +217,9 @@ class AdapterStrategy(FedAvg):
             "clients_accepted": self.rule.count,
             "bytes_up_per_client": bytes_up if self.rule.count else 0,
             "bytes_down_per_client": self._bytes_down,
-            **privacy,
             **{f"train_{_snake(k)}": v for k, v in metrics.items() if not k.startswith(INITIAL_PREFIX)},
             **_initial_losses([content[METRICS] for content in accepted]),
+            **extension_metrics,
         }
         return metrics
 

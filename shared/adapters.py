@@ -7,7 +7,6 @@ into an update.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -15,36 +14,8 @@ import numpy as np
 import torch
 
 from .config import AdapterSpec
-from .lora_layers import is_frozen, is_personal
-
-# Module names that IA3 treats as feed-forward (scaling the input, not the output).
-_FEEDFORWARD_MODULES = {"down_proj", "up_proj", "gate_proj", "fc1", "fc2", "c_fc", "mlp"}
-
-
-def peft_config(spec: AdapterSpec):
-    """The PEFT config for ``spec``: LoRA, DoRA, IA3, or any PEFT type taking targets."""
-    from peft import IA3Config, LoraConfig, TaskType
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-
-    targets = list(spec.targets)
-    if spec.method in ("lora", "dora"):
-        return LoraConfig(
-            r=spec.rank,
-            lora_alpha=spec.alpha,
-            lora_dropout=spec.dropout,
-            target_modules=targets,
-            use_dora=spec.method == "dora",
-            task_type=TaskType.CAUSAL_LM,
-        )
-    if spec.method == "ia3":
-        feedforward = [t for t in targets if t in _FEEDFORWARD_MODULES]
-        return IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type=TaskType.CAUSAL_LM)
-    config_class = PEFT_TYPE_TO_CONFIG_MAPPING.get(spec.method.upper())
-    if config_class is None:
-        raise ValueError(f"unknown adapter method '{spec.method}'; use lora, dora, ia3 or a PEFT type name")
-    accepted = inspect.signature(config_class).parameters
-    offered = {"r": spec.rank, "alpha": spec.alpha, "lora_alpha": spec.alpha, "target_modules": targets}
-    return config_class(task_type=TaskType.CAUSAL_LM, **{k: v for k, v in offered.items() if k in accepted})
+from .lora_modes import LORA_MODES
+from .peft_methods import peft_method
 
 
 def attach_adapter(model: torch.nn.Module, spec: AdapterSpec, seed: int) -> torch.nn.Module:
@@ -53,9 +24,9 @@ def attach_adapter(model: torch.nn.Module, spec: AdapterSpec, seed: int) -> torc
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        peft_model = get_peft_model(model, peft_config(spec))
+        peft_model = get_peft_model(model, peft_method(spec.method).peft_config(spec))
     for name, parameter in peft_model.named_parameters():
-        if is_frozen(name, spec.aggregation):
+        if LORA_MODES[spec.aggregation].is_frozen(name):
             parameter.requires_grad_(False)
     trainable = adapter_parameters(peft_model)
     if not trainable:
@@ -90,7 +61,8 @@ def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def shared_state(state: Mapping[str, torch.Tensor], spec: AdapterSpec) -> dict[str, torch.Tensor]:
     """The part of an adapter state that goes to the server (all of it except a personal part)."""
-    return {k: v for k, v in state.items() if not is_personal(k, spec.aggregation)}
+    mode = LORA_MODES[spec.aggregation]
+    return {k: v for k, v in state.items() if not mode.is_personal(k)}
 
 
 def load_adapter_state(

@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .lora_modes import LORA_MODES, LoraMode
+
 QUANTISATION_MODES = ("auto", "nf4", "int8", "none")
 WIRE_DTYPES = ("float16", "float32", "int8")  # int8: 8-bit blockwise, sent up with error feedback
 LR_SCHEDULES = ("constant", "linear", "cosine")
-LORA_AGGREGATIONS = ("naive", "ffa", "fedsa", "exact")
 DP_MODES = ("none", "central", "distributed")
 PERSONALISATIONS = ("global", "ditto", "finetune")
 PARTITIONS = ("natural", "iid", "dirichlet", "quantity", "stream")
@@ -45,16 +46,19 @@ class AdapterSpec:
     aggregation: str = _key("lora-aggregation", "naive")
 
     def __post_init__(self) -> None:
-        _require(self.aggregation in LORA_AGGREGATIONS, "lora-aggregation", self.aggregation,
-                 f"must be one of {LORA_AGGREGATIONS}")
-        _require(self.aggregation == "naive" or self.method in ("lora", "dora"), "lora-aggregation",
-                 self.aggregation, f"needs adapter lora or dora, not {self.method}")
-        _require(self.aggregation != "exact" or self.method == "lora", "lora-aggregation", self.aggregation,
-                 "corrects products B*A, which DoRA's magnitude normalisation does not add up; use adapter lora")
+        _require(self.aggregation in LORA_MODES, "lora-aggregation", self.aggregation,
+                 f"must be one of {sorted(LORA_MODES)}")
+        mode = self.lora_mode()
+        _require(mode.methods is None or self.method in mode.methods, "lora-aggregation", self.aggregation,
+                 f"needs adapter {' or '.join(mode.methods or ())}, not {self.method}: {mode.methods_reason}")
         _require(self.rank >= 1, "lora-rank", self.rank, "must be >= 1")
         _require(self.alpha > 0, "lora-alpha", self.alpha, "must be > 0")
         _require(0.0 <= self.dropout < 1.0, "lora-dropout", self.dropout, "must be in [0, 1)")
         _require(len(self.targets) > 0, "lora-targets", self.targets, "must name at least one module")
+
+    def lora_mode(self) -> type[LoraMode]:
+        """The class of the ``lora-aggregation`` mode: what travels, and what it combines with."""
+        return LORA_MODES[self.aggregation]
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class PrivacySpec:
     dp_clip: float = _key("dp-clip", 1.0)
     dp_noise_multiplier: float = _key("dp-noise-multiplier", 1.0)
     dp_delta: float = _key("dp-delta", 1e-5)
+    dp_accountant: str = _key("dp-accountant", "rdp")  # an Opacus accountant by name: rdp, prv or gdp
 
     def __post_init__(self) -> None:
         _require(self.secagg_degree >= 0, "secagg-degree", self.secagg_degree, "must be >= 0 (0: about 2 log2 n)")
@@ -188,16 +193,11 @@ class RunConfig:
         _require(self.min_clients >= 1, "min-clients", self.min_clients, "must be >= 1")
         _require(self.round_timeout > 0, "round-timeout", self.round_timeout, "must be > 0")
         _require(self.proximal_mu >= 0, "proximal-mu", self.proximal_mu, "must be >= 0")
-        _require(
-            self.adapter.aggregation != "exact" or self.aggregation in ("fedavg", "fedprox"),
-            "lora-aggregation",
-            "exact",
-            f"corrects the plain mean of B*A, so it needs aggregation fedavg or fedprox, not {self.aggregation}",
-        )
         _require(self.personalisation in PERSONALISATIONS, "personalisation", self.personalisation,
                  f"must be one of {PERSONALISATIONS}")
-        _require(self.personalisation == "global" or self.adapter.aggregation != "fedsa", "personalisation",
-                 self.personalisation, "cannot be combined with lora-aggregation fedsa, whose B is already personal")
+        _require(self.personalisation == "global" or self.adapter.lora_mode().personal_models, "personalisation",
+                 self.personalisation, f"cannot be combined with lora-aggregation {self.adapter.aggregation}, "
+                 "whose adapter already has a personal part")
         _require(self.ditto_lambda >= 0, "ditto-lambda", self.ditto_lambda, "must be >= 0")
         _require(self.personal_steps >= 0, "personal-steps", self.personal_steps, "must be >= 0")
         _require(self.partition in PARTITIONS, "partition", self.partition, f"must be one of {PARTITIONS}")
@@ -205,10 +205,9 @@ class RunConfig:
         _require(self.stream_stages >= 1, "stream-stages", self.stream_stages, "must be >= 1")
         _require(0.0 <= self.attack_fraction <= 1.0, "attack-fraction", self.attack_fraction, "must be in [0, 1]")
         if self.privacy.secure_aggregation:
-            _require(self.adapter.aggregation != "exact", "secure-aggregation", True,
-                     "yields only the sum of updates; lora-aggregation exact needs each client's B and A")
-            _require(self.aggregation != "scaffold", "secure-aggregation", True,
-                     "masks the adapter update only; scaffold's control variates would travel in the clear")
+            _require(self.adapter.lora_mode().secure_sums, "secure-aggregation", True,
+                     f"yields only the sum of updates; lora-aggregation {self.adapter.aggregation} needs each "
+                     "client's B and A")
         self.rule_options()  # validates the syntax early
         self.attack_settings()
         self.simulated_client_ranks()
@@ -225,10 +224,9 @@ class RunConfig:
             )
         if any(rank < self.adapter.rank for rank in ranks):
             _require(self.adapter.method == "lora", "client-ranks", self.client_ranks, "needs adapter lora")
-            _require(self.aggregation != "scaffold", "client-ranks", self.client_ranks,
-                     "cannot be combined with scaffold (control variates are kept at one rank)")
-            _require(self.adapter.aggregation != "ffa", "client-ranks", self.client_ranks,
-                     "cannot be combined with lora-aggregation ffa (A is frozen at the server's rank)")
+            _require(self.adapter.lora_mode().lower_client_ranks, "client-ranks", self.client_ranks,
+                     f"cannot be combined with lora-aggregation {self.adapter.aggregation} (A is frozen at the "
+                     "server's rank)")
         return ranks
 
     def rule_options(self) -> dict[str, float]:

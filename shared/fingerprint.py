@@ -55,7 +55,7 @@ def _stored_tensors(folder: Path):
         from safetensors import safe_open
 
         handles = [safe_open(str(f), framework="pt") for f in files]
-        index = sorted((name, h) for h in handles for name in h)
+        index = sorted((name, h) for h in handles for name in h.keys())  # noqa: SIM118 (safe_open is not iterable)
         for name, handle in index:
             yield name, handle.get_tensor(name)
         return

@@ -54,11 +54,13 @@ def simulate(
     ``client_app`` replaces the simulation's ClientApp, e.g. one built by
     :func:`stamen.simulations.client_app.simulated_client_app` to add Flower mods."""
     from stamen.server.app import server_app_for
+    from stamen.simulations.attack_tally import AttackTally
     from stamen.simulations.client_app import app as simulated_client_app
 
     if not config.run_id:
         raise ValueError("simulate needs config.run_id so the run folder is known in advance")
-    run_apps(server_app_for(config, resume), client_app or simulated_client_app, num_clients, resources)
+    server_app = server_app_for(config, resume, [AttackTally()])
+    run_apps(server_app, client_app or simulated_client_app, num_clients, resources)
     folder = RunFolder.of(config)
     if not folder.finished():
         raise RuntimeError(f"the simulation ended without finishing its run; see the log above and {folder.path}")

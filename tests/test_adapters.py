@@ -93,3 +93,11 @@ def test_the_readme_upload_size_is_what_the_default_adapter_costs_on_the_embedde
     shared = shared_state(adapter_parameters(attach_adapter(model, config.adapter, config.seed)), config.adapter)
     assert config.wire_dtype == "float16"
     assert AdapterSchema({k: tuple(v.shape) for k, v in shared.items()}, config.wire_dtype).nbytes == claimed
+
+
+def test_an_unknown_adapter_method_is_refused_naming_the_registered_ones():
+    from stamen.shared.peft_methods import PEFT_METHODS, peft_method
+
+    assert {"lora", "dora", "ia3"} <= set(PEFT_METHODS)
+    with pytest.raises(ValueError, match=r"unknown adapter method 'sparkle'; use dora, ia3, lora or a PEFT type"):
+        peft_method("sparkle").peft_config(AdapterSpec(method="sparkle"))

@@ -10,6 +10,7 @@ from stamen.shared.config import RunConfig
 from stamen.shared.examples import Example
 from stamen.shared.run_folder import RunFolder
 from stamen.shared.wire import AdapterSchema, AdapterValidationError, decode_adapter, encode_adapter
+from stamen.simulations.attack_tally import AttackTally
 from stamen.simulations.attacks import ATTACKS, make_attack, malicious_partitions
 from stamen.simulations.client_app import app as client_app
 
@@ -81,7 +82,7 @@ def _federate(tmp_path, rounds: int, **settings) -> list[dict]:
     the run's metric rows."""
     config = RunConfig().replace(**{"base-model": "tiny", "quantisation": "none", "num-server-rounds": rounds,
                                     "run-dir": str(tmp_path), "run-id": "run", **settings})
-    run_dir = run_federation(InProcessGrid(client_app, 3), config)
+    run_dir = run_federation(InProcessGrid(client_app, 3), config, extensions=[AttackTally()])
     return RunFolder(run_dir).rows()
 
 

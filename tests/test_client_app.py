@@ -7,8 +7,8 @@ import pytest
 import torch
 from flwr.app import Context, Message, MessageType, RecordDict
 
+from stamen.client.anchor_replay import AnchorSetMissingError
 from stamen.client.evaluation import evaluate_loss
-from stamen.client.replay import AnchorSetMissingError
 from stamen.client.runtime import client_runtime
 from stamen.client.self_replay import SEED_PROMPTS
 from stamen.client.state_store import ClientStateStore, client_folder

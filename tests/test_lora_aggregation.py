@@ -5,8 +5,10 @@ import pytest
 
 from stamen.server.accumulator import WeightedMean
 from stamen.server.lora_exact import ExactLoraResidual, correction_shapes
+from stamen.server.rules import RULES, ClientUpdate
 from stamen.shared.config import ConfigError, RunConfig
-from stamen.shared.lora_layers import is_frozen, is_personal, lora_layers
+from stamen.shared.lora_layers import lora_layers
+from stamen.shared.lora_modes import LORA_MODES
 
 A, B = "m.lora_A.default.weight", "m.lora_B.default.weight"
 SCALING = 2.0
@@ -48,9 +50,9 @@ def test_exact_mode_recovers_the_mean_product():
     layers = lora_layers(global_adapter)
     residual = ExactLoraResidual(layers, SCALING)
     residual.initialise(correction_shapes(layers, global_adapter))
-    residual.start_round(global_adapter)
-    for c, w in zip(clients, weights, strict=False):  # deltas against a zero global are the adapters themselves
-        residual.add(c, w)
+    residual.start_round(1, global_adapter, [])
+    for i, (c, w) in enumerate(zip(clients, weights, strict=True)):  # deltas against a zero global: the adapters
+        residual.add(ClientUpdate(f"c{i}", c, w))
     residual.finish_round()
     naive = _separate_means(clients, weights)
     estimate = SCALING * naive[B] @ naive[A] + residual.corrections["m"]
@@ -65,13 +67,17 @@ def test_ffa_is_exact_because_a_is_shared():
 
 
 def test_which_tensors_travel_per_mode():
-    assert is_frozen(A, "ffa") and not is_frozen(B, "ffa")
-    assert is_personal(B, "fedsa") and not is_personal(A, "fedsa")
-    assert not any(is_personal(n, "naive") or is_frozen(n, "naive") for n in (A, B))
+    ffa, fedsa = LORA_MODES["ffa"], LORA_MODES["fedsa"]
+    assert ffa.is_frozen(A) and not ffa.is_frozen(B) and not ffa.is_personal(B)
+    assert fedsa.is_personal(B) and not fedsa.is_personal(A) and not fedsa.is_frozen(A)
+    for mode in ("naive", "exact"):
+        assert not any(LORA_MODES[mode].is_personal(n) or LORA_MODES[mode].is_frozen(n) for n in (A, B))
 
 
 def test_exact_mode_refuses_rules_that_do_not_average():
-    with pytest.raises(ConfigError, match="fedavg or fedprox"):
-        RunConfig().replace(**{"lora-aggregation": "exact", "aggregation": "fedadam"})
+    exact = RunConfig().replace(**{"lora-aggregation": "exact", "aggregation": "fedadam"})
+    with pytest.raises(ConfigError, match="needs aggregation fedavg or fedprox, not fedadam"):
+        RULES["fedadam"].check_fits(exact)
+    RULES["fedprox"].check_fits(exact)
     with pytest.raises(ConfigError, match="lora or dora"):
         RunConfig().replace(**{"lora-aggregation": "ffa", "adapter": "ia3"})

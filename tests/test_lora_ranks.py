@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from stamen.server.rules import RULES
 from stamen.shared.config import ConfigError, RunConfig
 from stamen.shared.lora_ranks import pad_to_rank, padded_schema, truncate_to_rank
 from stamen.shared.wire import AdapterSchema
@@ -51,7 +52,7 @@ def test_client_ranks_are_validated():
     assert RunConfig().replace(**{"client-ranks": "8,4,2"}).simulated_client_ranks() == (8, 4, 2)
     with pytest.raises(ConfigError, match="client-ranks"):
         RunConfig().replace(**{"client-ranks": "16"})
-    with pytest.raises(ConfigError, match="scaffold"):
-        RunConfig().replace(**{"client-ranks": "4", "aggregation": "scaffold"})
+    with pytest.raises(ConfigError, match="client-ranks cannot be combined with aggregation 'scaffold'"):
+        RULES["scaffold"].check_fits(RunConfig().replace(**{"client-ranks": "4", "aggregation": "scaffold"}))
     with pytest.raises(ConfigError, match="ffa"):
         RunConfig().replace(**{"client-ranks": "4", "lora-aggregation": "ffa"})

@@ -7,10 +7,10 @@ import pytest
 from opacus.accountants import RDPAccountant
 
 from stamen.client.secure_aggregation import secure_input
-from stamen.server.privacy import CentralPrivacy, PrivacyAccountant, check_privacy
-from stamen.server.rules import ClientUpdate, make_rule
+from stamen.server.privacy import CentralPrivacy, PrivacyAccountant
+from stamen.server.rules import RULES, ClientUpdate, make_rule
 from stamen.shared.clipping import clip_l2, l2_norm
-from stamen.shared.config import ConfigError, PrivacySpec
+from stamen.shared.config import ConfigError, PrivacySpec, RunConfig
 from stamen.shared.secagg_protocol import distributed_noise_std, read_sum
 from stamen.simulations.secure_sum import secure_sum
 
@@ -61,18 +61,18 @@ def test_accountant_state_survives_a_checkpoint_and_matches_opacus():
 
 def test_dp_refuses_rules_that_do_not_average():
     with pytest.raises(ConfigError, match="differential privacy bounds"):
-        check_privacy(make_rule("median"), PrivacySpec(dp="central"))
+        RULES["median"].check_fits(_run(dp="central"))
     with pytest.raises(ConfigError, match="control-delta"):
-        check_privacy(make_rule("scaffold"), PrivacySpec(dp="central"))
+        RULES["scaffold"].check_fits(_run(dp="central"))
 
 
-def test_check_privacy_names_what_each_setting_cannot_serve_and_lets_the_rest_through():
+def test_a_rule_names_what_each_privacy_setting_cannot_serve_each_setting_cannot_serve_and_lets_the_rest_through():
     with pytest.raises(ConfigError, match="'median' needs each client's update, but secure aggregation yields only "
                                           "the sum of updates; use a mean-based rule"):
-        check_privacy(make_rule("median"), PrivacySpec(secure_aggregation=True))
-    check_privacy(make_rule("median"), PrivacySpec())  # no privacy setting: every rule runs
-    check_privacy(make_rule("scaffold"), PrivacySpec())
-    check_privacy(make_rule("fedavg"), PrivacySpec(dp="central"))
+        RULES["median"].check_fits(_run(secure_aggregation=True))
+    RULES["median"].check_fits(_run())  # no privacy setting: every rule runs
+    RULES["scaffold"].check_fits(_run())
+    RULES["fedavg"].check_fits(_run(dp="central"))
 
 
 def test_central_clipping_keeps_the_clients_name_and_extra_uploads():
@@ -115,3 +115,45 @@ def test_clipping_scales_down_only_and_keeps_float16_norms_finite():
     np.testing.assert_allclose(clip_l2(small, 0.1)["a"], [0.06, 0.08])
     np.testing.assert_allclose(clip_l2(small, 5.0)["a"], [0.3, 0.4])
     assert l2_norm({"a": np.full(4, 300.0, np.float16), "b": np.array([0.0])}) == pytest.approx(600.0)
+
+
+@pytest.mark.parametrize("mechanism", ["rdp", "prv", "gdp"])
+def test_the_accountant_is_opacus_own_chosen_by_name(mechanism):
+    from opacus.accountants import create_accountant
+
+    accountant, reference = PrivacyAccountant(1e-5, mechanism), create_accountant(mechanism)
+    for _ in range(3):
+        epsilon = accountant.record_round(1.1, 0.5)
+        reference.step(noise_multiplier=1.1, sample_rate=0.5)
+    assert epsilon == pytest.approx(float(reference.get_epsilon(1e-5)))
+
+
+def test_an_unknown_accountant_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"dp-accountant.*'moments'"):
+        PrivacyAccountant(1e-5, "moments")
+
+
+def test_the_privacy_engine_reports_the_noise_a_secure_round_really_carried():
+    """One entry point: it clips (central), and accounts each release at z times the share of noise that
+    arrived; a round that folded nothing in is not a release."""
+    from stamen.server.extensions import RoundOutcome
+    from stamen.server.privacy import PrivacyEngine
+
+    privacy = PrivacySpec(secure_aggregation=True, dp="distributed", dp_noise_multiplier=2.0)
+    engine, rule = PrivacyEngine(privacy, {"w": (3,)}), make_rule("fedavg")
+    rule.start_round(1, 4)
+    assert engine.round_metrics(RoundOutcome(1, rule, [], [], 1.0, 0.5)) == {}
+    rule.add_sum({"w": np.ones(3)}, 4.0, 4)
+    metrics = engine.round_metrics(RoundOutcome(1, rule, [], [], 1.0, 0.5))
+    assert metrics["dp_noise_multiplier"] == 1.0
+    reference = RDPAccountant()
+    reference.step(noise_multiplier=1.0, sample_rate=1.0)
+    assert metrics["dp_epsilon"] == pytest.approx(reference.get_epsilon(1e-5))
+    restored = PrivacyEngine(privacy, {"w": (3,)})
+    restored.load_state_dict(engine.state_dict())
+    assert restored.accountant.epsilon() == pytest.approx(metrics["dp_epsilon"])
+
+
+def _run(**privacy) -> RunConfig:
+    flat = {"secure-aggregation": privacy.get("secure_aggregation", False), "dp": privacy.get("dp", "none")}
+    return RunConfig().replace(**flat)

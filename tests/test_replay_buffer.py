@@ -59,3 +59,11 @@ def test_a_smaller_configured_capacity_applies_on_load(tmp_path):
     buffer.save(ClientStateStore(tmp_path), 1)
     smaller = ReservoirBuffer.load(ClientStateStore(tmp_path), 2, capacity=10, max_bytes=10**6, seed=1)
     assert len(smaller.items) == 10 and set(smaller.items) <= set(buffer.items)
+
+
+def test_every_replay_source_the_config_names_is_registered_on_the_device():
+    from stamen.client.replay import REPLAY_SOURCE_CLASSES
+    from stamen.shared.config import REPLAY_SOURCES
+
+    assert set(REPLAY_SOURCE_CLASSES) == set(REPLAY_SOURCES)
+    assert {name for name, source in REPLAY_SOURCE_CLASSES.items() if source.uses_buffer} == {"buffer", "ewc"}

@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stamen.client.secure_aggregation import SecAggClient
-from stamen.server.privacy import check_privacy
-from stamen.server.rules import make_rule
+from stamen.server.rules import RULES
 from stamen.server.secure_aggregation import (
     SecAggAborted,
     SecAggSettings,
@@ -20,7 +19,7 @@ from stamen.server.secure_aggregation import (
     neighbourhoods,
 )
 from stamen.shared import shamir
-from stamen.shared.config import ConfigError, PrivacySpec, RunConfig
+from stamen.shared.config import ConfigError, RunConfig
 from stamen.shared.fixed_point import FixedPoint
 from stamen.shared.secagg_protocol import (
     SecAggError,
@@ -159,18 +158,21 @@ def test_fixed_point_refuses_nan_and_clips_to_the_declared_range():
     assert codec.decode_sum(codec.encode(np.array([5.0, -5.0]))).tolist() == pytest.approx([1.0, -1.0], abs=1e-8)
 
 
+SECURE = RunConfig().replace(**{"secure-aggregation": True})
+
+
 @pytest.mark.parametrize("rule", ["krum", "median", "trimmed-mean", "norm-bounding"])
 def test_rules_that_need_single_updates_are_refused_with_secure_aggregation(rule):
     with pytest.raises(ConfigError, match=r"needs each client's update.*secure aggregation yields only the sum"):
-        check_privacy(make_rule(rule), PrivacySpec(secure_aggregation=True))
-    check_privacy(make_rule("fedadam"), PrivacySpec(secure_aggregation=True))  # acts on the mean: fine
+        RULES[rule].check_fits(SECURE)
+    RULES["fedadam"].check_fits(SECURE)  # acts on the mean: fine
 
 
 def test_settings_that_secure_aggregation_cannot_serve_are_refused_at_config_time():
     with pytest.raises(ConfigError, match="lora-aggregation exact"):
         RunConfig().replace(**{"secure-aggregation": True, "lora-aggregation": "exact"})
-    with pytest.raises(ConfigError, match="scaffold"):
-        RunConfig().replace(**{"secure-aggregation": True, "aggregation": "scaffold"})
+    with pytest.raises(ConfigError, match=r"'scaffold' uploads.*secure aggregation masks the adapter update only"):
+        RULES["scaffold"].check_fits(SECURE)
     with pytest.raises(ConfigError, match="secure-aggregation = true"):
         RunConfig().replace(dp="distributed")
     with pytest.raises(ConfigError, match="dp = distributed"):

@@ -109,17 +109,20 @@ def test_round_zero_baseline_is_weighted_by_heldout_size(strategy, tmp_path):
 def test_central_dp_noises_the_released_adapter_by_z_c_over_n(tmp_path):
     """The strategy itself adds the noise (not only reports an epsilon): each accepted delta is clipped to C,
     and the new global spreads around the mean of the clipped deltas with std z * C / n."""
+    from stamen.server.privacy import PrivacyEngine
     from stamen.shared.config import PrivacySpec
 
     big = {"w.lora_A": np.zeros((100, 200), np.float32)}
     clip, multiplier, clients = 0.5, 2.0, 4
+    privacy = PrivacySpec(dp="central", dp_clip=clip, dp_noise_multiplier=multiplier)
     strategy = AdapterStrategy(
         big,
         AdapterSchema.from_state(big, "float16"),
         FP,
         RunRecorder(tmp_path, RunConfig(), {}),
         make_rule("fedavg"),
-        privacy=PrivacySpec(dp="central", dp_clip=clip, dp_noise_multiplier=multiplier),
+        [PrivacyEngine(privacy, {"w.lora_A": (100, 200)})],
+        privacy,
     )
     deltas = [{"w.lora_A": np.full((100, 200), 0.3 * (i + 1), np.float32)} for i in range(clients)]
     arrays, _ = strategy.aggregate_train(1, [_reply(i + 1, d, 10) for i, d in enumerate(deltas)])

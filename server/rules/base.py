@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from stamen.shared.config import ConfigError, RunConfig
 from stamen.shared.plugins import Plugin
 
 from ..accumulator import WeightedMean
@@ -37,6 +38,35 @@ class AggregationRule(Plugin):
     needs_individual_updates: ClassVar[bool] = False  # secure aggregation yields only sums
     extra_uploads: ClassVar[tuple[str, ...]] = ()  # extra ArrayRecords clients must send
     needs_root_update: ClassVar[bool] = False  # the server trains on its own root set each round (FLTrust)
+    plain_mean: ClassVar[bool] = False  # the new global adapter is the plain weighted mean (exact LoRA corrects it)
+
+    @classmethod
+    def check_fits(cls, config: RunConfig) -> None:
+        """Refuse a run this rule cannot serve, saying why: config validation asks the rule's declarations."""
+        privacy, uploads = config.privacy, list(cls.extra_uploads)
+        if (privacy.secure_aggregation or privacy.dp != "none") and cls.needs_individual_updates:
+            what = "secure aggregation yields only the sum of updates" if privacy.secure_aggregation else \
+                "differential privacy bounds each client's effect on a mean, which this rule does not compute"
+            raise ConfigError(f"aggregation '{cls.name}' needs each client's update, but {what}; "
+                              f"use a mean-based rule ({', '.join(_rules_that(lambda r: r.takes_sums()))})")
+        if privacy.dp != "none" and uploads:
+            raise ConfigError(f"aggregation '{cls.name}' uploads {uploads} besides the delta, "
+                              f"which differential privacy would leave unprotected")
+        if privacy.secure_aggregation and uploads:
+            raise ConfigError(f"aggregation '{cls.name}' uploads {uploads} besides the delta; secure aggregation "
+                              f"masks the adapter update only, so they would travel in the clear")
+        if config.adapter.lora_mode().corrects_products and not cls.plain_mean:
+            raise ConfigError(f"lora-aggregation {config.adapter.aggregation} corrects the plain mean of B*A, "
+                              f"so it needs aggregation "
+                              f"{' or '.join(_rules_that(lambda r: r.plain_mean))}, not {cls.name}")
+        if uploads and any(rank < config.adapter.rank for rank in config.simulated_client_ranks()):
+            raise ConfigError(f"client-ranks cannot be combined with aggregation '{cls.name}': its {uploads} "
+                              f"are kept at one rank")
+
+    @classmethod
+    def takes_sums(cls) -> bool:
+        """Whether a secure sum (or a noised one) can feed this rule."""
+        return not cls.needs_individual_updates and not cls.extra_uploads
 
     def __init__(self, **options: float) -> None:
         super().__init__(**options)
@@ -84,3 +114,9 @@ class AggregationRule(Plugin):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
+
+
+def _rules_that(declares) -> list[str]:
+    from .registry import RULES
+
+    return sorted(name for name, rule in RULES.items() if declares(rule))

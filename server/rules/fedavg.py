@@ -6,6 +6,8 @@ from .registry import register
 
 @register("fedavg")
 class FedAvg(AggregationRule):
+    plain_mean = True
+
     @classmethod
     def option_defaults(cls) -> dict[str, float]:
         return {"server_lr": 1.0}
