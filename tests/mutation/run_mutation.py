@@ -42,9 +42,12 @@ MODULES = {
     "privacy": ("server/privacy.py", "shared/clipping.py"),
 }
 # the tests that guard them; mutmut runs, for each mutant, those among them that reach its function
-TESTS = ("tests/test_wire.py", "tests/test_error_feedback.py", "tests/test_update.py", "tests/test_lora_ranks.py",
-         "tests/test_rules.py", "tests/test_robust_rules.py", "tests/test_admission.py", "tests/test_strategy.py",
-         "tests/test_secure_aggregation.py", "tests/test_privacy.py", "tests/test_docs_rule_example.py")
+TESTS = (
+    "tests/shared/test_wire.py", "tests/client/test_error_feedback.py", "tests/client/test_update.py",
+    "tests/shared/test_lora_ranks.py", "tests/server/test_rules.py", "tests/server/test_robust_rules.py",
+    "tests/server/test_admission.py", "tests/server/test_strategy.py", "tests/server/test_secure_aggregation.py",
+    "tests/server/test_privacy.py", "tests/server/test_docs_rule_example.py",
+)
 KILLED = {1, 3, 24, -24, 36, 152, 255, -9, -11}  # a failing test, a pytest error, a timeout or a crash
 SURVIVED = {0, 5, 33}  # every test passed, or no test reached the mutant
 

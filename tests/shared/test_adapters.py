@@ -84,7 +84,7 @@ def test_unmatched_targets_are_a_clear_error(tiny_folder):
 def test_the_readme_upload_size_is_what_the_default_adapter_costs_on_the_embedded_base():
     """README: each client uploads N bytes of fp16 LoRA delta per round; the defaults on the
     embedded base's architecture (read from its GGUF, built without weights) give exactly N."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     claimed = int(re.search(r"uploads ([\d,]+) bytes of fp16 LoRA delta per round", readme).group(1).replace(",", ""))
     architecture = load_gguf_checkpoint(str(embedded_gguf_path()), return_tensors=False)["config"]
     with torch.device("meta"):

@@ -20,7 +20,7 @@ from stamen.simulations.commands import new_simulation_config
 from stamen.simulations.sweep import SweepSpec
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
-PRESETS = sorted((Path(__file__).resolve().parents[1] / "simulations").glob("*.toml"))
+PRESETS = sorted((Path(__file__).resolve().parents[2] / "simulations").glob("*.toml"))
 
 
 def test_info_reports_the_bases_fingerprint_quantisation_and_size(tiny_folder):

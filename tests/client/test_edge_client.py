@@ -16,7 +16,7 @@ from stamen.shared.adapters import adapter_state
 from stamen.shared.config import TrainingSpec
 from stamen.shared.device_data import DeviceDataError, read_examples
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _readme_snippet() -> str:

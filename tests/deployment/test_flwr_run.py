@@ -8,7 +8,7 @@ from pathlib import Path
 
 from stamen.shared.run_folder import RunFolder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _kill_processes_mentioning(text: str) -> None:

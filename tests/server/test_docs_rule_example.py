@@ -8,7 +8,7 @@ import pytest
 
 from stamen.server.rules import RULES, ClientUpdate, make_rule
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "aggregation-rules.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "aggregation-rules.md"
 
 
 @pytest.fixture(scope="module")

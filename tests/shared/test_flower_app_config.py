@@ -5,7 +5,7 @@ from pathlib import Path
 
 from stamen.shared.config import RunConfig
 
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 def test_flower_app_config_matches_the_schema_defaults():

@@ -8,7 +8,7 @@ import pytest
 
 from stamen.simulations.attacks import ATTACKS, make_attack
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "research.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "research.md"
 
 
 @pytest.fixture(scope="module")
