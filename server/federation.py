@@ -11,8 +11,10 @@ import gc
 import logging
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 
@@ -22,6 +24,7 @@ from stamen.shared.config import RunConfig
 from stamen.shared.fingerprint import short
 from stamen.shared.lora_layers import lora_layers
 from stamen.shared.protocol import round_config
+from stamen.shared.run_folder import RunFolder
 from stamen.shared.wire import AdapterSchema
 
 from .anchor_distribution import AnchorDistribution
@@ -46,12 +49,52 @@ def run_federation(
 
     ``extensions`` join those the config asks for (a simulation's attack tally)."""
     config = config if config.run_id else config.replace(**{"run-id": new_run_id()})
-    installed: list[ServerExtension] = []
-    if "anchor" in config.replay.enabled():
-        anchor = AnchorDistribution.load(config.replay.anchor, config.seed)
+    rule = make_rule(config.aggregation, **config.rule_options())
+    rule.check_fits(config)
+    anchor = AnchorDistribution.load(config.replay.anchor, config.seed) if "anchor" in config.replay.enabled() else None
+    if anchor:
         config = config.replace(**{"replay-anchor-sha256": anchor.sha256})  # clients verify the set against it
-        installed.append(anchor)
-    run_dir = Path(config.run_dir) / config.run_id
+    run_dir = RunFolder.of(config).path
+    start = _starting_point(config)
+    checkpoint = load_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        log.warning("%s has no completed round to resume from; starting at round 1", run_dir)
+    recorder = RunRecorder(run_dir, config, start.meta, resume_at=checkpoint.metrics_offset if checkpoint else None)
+    strategy = AdapterStrategy(
+        start.initial, start.schema, start.fingerprint, recorder, rule,
+        [*_extensions_for(config, start, anchor), *extensions], config.privacy,
+        fraction_train=config.fraction_train,
+        fraction_evaluate=config.fraction_evaluate,
+        min_train_nodes=config.min_clients,
+        min_evaluate_nodes=config.min_clients if config.fraction_evaluate > 0 else 0,
+        min_available_nodes=config.min_clients,
+    )
+    if checkpoint:
+        strategy.restore(checkpoint.global_adapter, checkpoint.rule_state)
+        random.setstate(checkpoint.python_rng)
+        log.info("Resuming %s after round %d", run_dir, checkpoint.round)
+    else:
+        rule.initialise(strategy.global_adapter)
+        random.seed(config.seed)  # Flower samples nodes with the random module
+    first_round = checkpoint.round + 1 if checkpoint else 1
+    root = RootTrainer(config) if rule.needs_root_update else None
+    _run_rounds(grid, strategy, round_config(config, start.fingerprint), config, first_round, run_dir, root)
+    recorder.save_adapter(strategy.global_adapter)
+    recorder.finish(start.meta)
+    return run_dir
+
+
+@dataclass(frozen=True)
+class StartingPoint:
+    """The base's fingerprint and the initial global adapter: all the server keeps of the base."""
+
+    fingerprint: str
+    initial: dict[str, np.ndarray]
+    schema: AdapterSchema
+    meta: dict[str, int | str]  # what config.json records of the base and the adapter
+
+
+def _starting_point(config: RunConfig) -> StartingPoint:
     base = load_base(config.base_model, quantisation="none")
     full = adapter_state(attach_adapter(base.model, config.adapter, config.seed))
     initial = {k: v.numpy() for k, v in shared_state(full, config.adapter).items()}
@@ -68,46 +111,25 @@ def run_federation(
         "Base %s (fingerprint %s): adapter of %d values, %d bytes per upload vs %d bytes of base weights",
         config.base_model, short(base.fingerprint), schema.num_values, schema.nbytes, meta["base_stored_bytes"],
     )
-    checkpoint = load_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None:
-        log.warning("%s has no completed round to resume from; starting at round 1", run_dir)
-    recorder = RunRecorder(run_dir, config, meta, resume_at=checkpoint.metrics_offset if checkpoint else None)
-    rule = make_rule(config.aggregation, **config.rule_options())
-    rule.check_fits(config)
-    if config.privacy.dp != "none":  # clipping and noise before the residual sees an update
-        installed.insert(0, PrivacyEngine(config.privacy, schema.shapes))
+    return StartingPoint(base.fingerprint, initial, schema, meta)
+
+
+def _extensions_for(
+    config: RunConfig, start: StartingPoint, anchor: AnchorDistribution | None
+) -> list[ServerExtension]:
+    """The extensions ``config`` asks for, in the order they see a round: privacy clips and noises
+    before the exact-LoRA residual sees an update."""
+    installed: list[ServerExtension] = []
+    if config.privacy.dp != "none":
+        installed.append(PrivacyEngine(config.privacy, start.schema.shapes))
+    if anchor:
+        installed.append(anchor)
     if config.adapter.lora_mode().corrects_products:
-        layers = lora_layers(initial)
+        layers = lora_layers(start.initial)
         residual = ExactLoraResidual(layers, config.adapter.alpha / config.adapter.rank)
-        residual.initialise(correction_shapes(layers, initial))
+        residual.initialise(correction_shapes(layers, start.initial))
         installed.append(residual)
-    strategy = AdapterStrategy(
-        initial,
-        schema,
-        base.fingerprint,
-        recorder,
-        rule,
-        [*installed, *extensions],
-        config.privacy,
-        fraction_train=config.fraction_train,
-        fraction_evaluate=config.fraction_evaluate,
-        min_train_nodes=config.min_clients,
-        min_evaluate_nodes=config.min_clients if config.fraction_evaluate > 0 else 0,
-        min_available_nodes=config.min_clients,
-    )
-    if checkpoint:
-        strategy.restore(checkpoint.global_adapter, checkpoint.rule_state)
-        random.setstate(checkpoint.python_rng)
-        log.info("Resuming %s after round %d", run_dir, checkpoint.round)
-    else:
-        rule.initialise(strategy.global_adapter)
-        random.seed(config.seed)  # Flower samples nodes with the random module
-    first_round = checkpoint.round + 1 if checkpoint else 1
-    root = RootTrainer(config) if rule.needs_root_update else None
-    _run_rounds(grid, strategy, round_config(config, base.fingerprint), config, first_round, run_dir, root)
-    recorder.save_adapter(strategy.global_adapter)
-    recorder.finish(meta)
-    return run_dir
+    return installed
 
 
 def _run_rounds(

@@ -26,3 +26,16 @@ def test_rooms_import_only_the_layers_below_them():
 def test_ruff_finds_nothing():
     result = subprocess.run([str(TOOLS / "ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_every_test_the_docs_name_exists():
+    """A claim in the docs names its test as ``test_module::test_name``; a renamed or moved test must not
+    leave the claim pointing at nothing."""
+    import re
+
+    docs = [ROOT / "README.md", *(p for p in (ROOT / "docs").glob("*.md") if p.name != "mutation.md")]
+    named = {pair for doc in docs for pair in re.findall(r"(test_[a-z0-9_]+)::(test_[a-z0-9_]+)", doc.read_text())}
+    tests = {path.stem: path.read_text() for path in (ROOT / "tests").rglob("test_*.py")}
+    assert len(named) > 20
+    missing = sorted(f"{module}::{name}" for module, name in named if f"def {name}(" not in tests.get(module, ""))
+    assert not missing, missing
