@@ -5,8 +5,8 @@ whose clients skip training and return a fixed random update of ``params`` value
 what is timed is the round itself: messages, masking, unmasking and aggregation.
 
 - Stamen: its own server round (``stamen.server.federation.train_round``: plain fp32
-  upload, or the four-stage secure round) and its client handlers (``update_reply`` and
-  the ``train.secagg_*`` stages), with the same neighbourhood degree and threshold as a run.
+  upload, or the four-stage secure round) and its ClientApp's secure-aggregation mod around a
+  synthetic train handler, with the same neighbourhood degree and threshold as a run.
 - Flower: the legacy ``DefaultWorkflow`` with and without ``SecAggPlusWorkflow`` +
   ``secaggplus_mod`` (NumPyClient), with the same number of shares and threshold.
 
@@ -33,16 +33,17 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from report import print_table, write_results
 
-from stamen.client.app import client_app_with, update_reply
+from stamen.client.app import client_app_with
+from stamen.client.secure_aggregation_mod import SUMMED_DTYPE
 from stamen.server.federation import train_round
 from stamen.server.rules import make_rule
 from stamen.server.run_record import RunRecorder
 from stamen.server.secure_aggregation import neighbourhoods
 from stamen.server.strategy import AdapterStrategy
 from stamen.shared.config import RunConfig
-from stamen.shared.protocol import ARRAYS, NUM_EXAMPLES, read_instruction, round_config
+from stamen.shared.protocol import ARRAYS, NUM_EXAMPLES, client_reply, read_instruction, round_config
 from stamen.shared.run_folder import RunFolder
-from stamen.shared.wire import AdapterSchema
+from stamen.shared.wire import AdapterSchema, encode_adapter
 from stamen.simulations.engine import run_apps
 
 FINGERPRINT = "0" * 64  # no base model: the clients' updates are synthetic
@@ -53,13 +54,12 @@ def synthetic_update(msg: Message, context: Context) -> Message:
     """Stamen's train handler minus the training: a seeded random delta of the global adapter's shapes."""
     instruction = read_instruction(msg.content)
     received = {name: array.numpy() for name, array in msg.content[ARRAYS].items()}
-    schema = AdapterSchema.from_state(received, instruction.config.wire_dtype)
     rng = np.random.default_rng(context.node_id)
     delta = {name: rng.uniform(-UPDATE_SCALE, UPDATE_SCALE, value.shape).astype(np.float32)
              for name, value in received.items()}
-    reply = update_reply(
-        context, instruction, {NUM_EXAMPLES: 1}, FINGERPRINT, f"node-{context.node_id}", delta, schema, 1
-    )
+    config = instruction.config
+    wire = SUMMED_DTYPE if config.privacy.secure_aggregation else config.wire_dtype  # as the train handler does
+    reply = client_reply({NUM_EXAMPLES: 1}, FINGERPRINT, f"node-{context.node_id}", encode_adapter(delta, wire))
     return Message(reply, reply_to=msg)
 
 

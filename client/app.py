@@ -12,28 +12,14 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from stamen.shared.adapters import adapter_state
-from stamen.shared.protocol import NUM_EXAMPLES, Instruction, client_reply
-from stamen.shared.secagg_protocol import (
-    MASK_STAGE,
-    MASKED,
-    MASKED_VECTOR,
-    PEERS,
-    PUBLIC_KEYS,
-    REVEALED,
-    SECAGG,
-    SHARE_STAGE,
-    SHARES,
-    UNMASK_STAGE,
-    StageInfo,
-)
+from stamen.shared.protocol import NUM_EXAMPLES, client_reply
 from stamen.shared.training import train_adapter
-from stamen.shared.wire import AdapterSchema, encode_adapter
+from stamen.shared.wire import encode_adapter
 
 from .drift_correction import FedProx, Scaffold
 from .error_feedback import ErrorFeedback
@@ -46,7 +32,7 @@ from .probes import RoundZeroBaseline, base_alone_loss, general_examples, loss_o
 from .replay import Replay
 from .resource_guard import ResourceGuardHook
 from .round_setup import prepare
-from .secure_aggregation import SecAggClient, secure_input
+from .secure_aggregation_mod import SUMMED_DTYPE, secure_aggregation_mod
 from .state_store import PERSONAL
 from .update import personal_part, shared_delta
 
@@ -129,9 +115,8 @@ def _train(training_round: TrainingRound) -> None:
 
 def _train_reply(training_round: TrainingRound) -> RecordDict:
     setup, config, result = training_round.setup, training_round.config, training_round.result
-    secure = config.privacy.secure_aggregation
     metrics = {
-        NUM_EXAMPLES: 1 if secure else len(setup.data.train),  # under secure aggregation the weight is masked too
+        NUM_EXAMPLES: len(setup.data.train),
         "examples-seen": result.examples_seen,
         "train-loss": result.loss,
         "train-steps": result.steps,
@@ -140,72 +125,25 @@ def _train_reply(training_round: TrainingRound) -> RecordDict:
         "train-seconds": result.seconds,
         **training_round.metrics,
     }
-    reply = update_reply(training_round.context, setup.instruction, metrics, setup.runtime.base.fingerprint,
-                         setup.data.name, setup.at_server_rank(training_round.delta), setup.server_schema(),
-                         len(setup.data.train))
+    schema, delta = setup.server_schema(), setup.at_server_rank(training_round.delta)
+    wire = SUMMED_DTYPE if config.privacy.secure_aggregation else schema.wire_dtype  # the secure mod sums it exactly
+    update = encode_adapter({name: delta[name] for name in schema.shapes}, wire)
+    reply = client_reply(metrics, setup.runtime.base.fingerprint, setup.data.name, update)
     for name, arrays in training_round.uploads.items():
         reply[name] = setup.to_wire(arrays)
     return reply
 
 
-def update_reply(
-    context: Context,
-    instruction: Instruction,
-    metrics: dict[str, int | float],
-    fingerprint: str,
-    client_name: str,
-    delta: dict[str, np.ndarray],
-    schema: AdapterSchema,
-    num_examples: int,
-) -> RecordDict:
-    """The content of a train reply: the delta in the wire dtype, or, under secure aggregation,
-    only this client's public keys (its masked delta and weight follow in stage 3)."""
-    config = instruction.config
-    if not config.privacy.secure_aggregation:
-        return client_reply(metrics, fingerprint, client_name, encode_adapter(delta, schema.wire_dtype))
-    reply = client_reply(metrics, fingerprint, client_name)
-    vector = secure_input(schema.flatten(delta), num_examples, config.privacy)
-    reply[PUBLIC_KEYS] = SecAggClient(context.state, context.node_id).advertise(
-        config.run_id, instruction.server_round, vector
-    )
-    return reply
-
-
-def secagg_share(msg: Message, context: Context) -> Message:
-    """Secure aggregation, stage 2: encrypted shares of this client's secrets for its neighbours."""
-    client, info = _secagg(msg, context)
-    return Message(RecordDict({SHARES: client.share_keys(info, msg.content[PEERS])}), reply_to=msg)
-
-
-def secagg_mask(msg: Message, context: Context) -> Message:
-    """Secure aggregation, stage 3: the masked update."""
-    client, info = _secagg(msg, context)
-    masked = client.masked_input(info, msg.content[SHARES])
-    return Message(RecordDict({MASKED: ArrayRecord({MASKED_VECTOR: Array(masked)})}), reply_to=msg)
-
-
-def secagg_unmask(msg: Message, context: Context) -> Message:
-    """Secure aggregation, stage 4: the shares the server needs to unmask the sum."""
-    client, info = _secagg(msg, context)
-    return Message(RecordDict({REVEALED: client.unmask(info)}), reply_to=msg)
-
-
-def _secagg(msg: Message, context: Context) -> tuple[SecAggClient, StageInfo]:
-    return SecAggClient(context.state, context.node_id), StageInfo.from_record(msg.content[SECAGG])
-
-
 def client_app_with(mods: list[Mod], train_handler: Callable[[Message, Context], Message] | None = None,
                     client: StamenClient | None = None) -> ClientApp:
-    """Stamen's ClientApp with Flower mods wrapped around every handler (Flower's extension point).
+    """Stamen's ClientApp with Flower ``mods`` wrapped around every handler (Flower's extension point),
+    outside the secure-aggregation mod every Stamen ClientApp carries.
 
     ``client`` sets the data source and hooks (a simulation's); ``train_handler`` answers ordinary
     train messages instead of it (benchmarks swap in synthetic updates)."""
     client = client or StamenClient()
-    client_app = ClientApp(mods=mods)
+    client_app = ClientApp(mods=[*mods, secure_aggregation_mod])
     client_app.train()(train_handler or client.train)
-    client_app.train(SHARE_STAGE)(secagg_share)
-    client_app.train(MASK_STAGE)(secagg_mask)
-    client_app.train(UNMASK_STAGE)(secagg_unmask)
     client_app.evaluate()(client.evaluate)
     return client_app
 

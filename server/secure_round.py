@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from stamen.shared.config import RunConfig
@@ -96,7 +96,9 @@ def _exchange(
     grid: Grid, stage: str, contents: dict[int, RecordDict], server_round: int, timeout: float
 ) -> dict[int, RecordDict]:
     """Send one stage's messages; return the content of every reply without an error, by node."""
-    messages = [Message(content, dst_node_id=node, message_type=f"train.{stage}") for node, content in contents.items()]
+    # train messages whose secagg record names the stage: the ClientApp's secure-aggregation mod answers them
+    messages = [Message(content, dst_node_id=node, message_type=MessageType.TRAIN)
+                for node, content in contents.items()]
     answered, failed = {}, set()
     for reply in send_and_collect(grid, messages, timeout):
         node = reply.metadata.src_node_id

@@ -1,15 +1,17 @@
 """What both sides of secure aggregation agree on: stages, record names, and the byte layouts.
 
-A secure round (SecAgg+, Bell et al. 2020) runs four message exchanges:
+A secure round (SecAgg+, Bell et al. 2020) runs four exchanges of ``train`` messages; stages
+2-4 carry a ``secagg`` record naming the stage, which the client's secure-aggregation mod
+(``client/secure_aggregation_mod.py``) answers without the train handler:
 
 1. ``train`` — the client trains and keeps its update on the device; it replies
    with two X25519 public keys (one to encrypt shares, one for pairwise masks).
-2. ``train.secagg_share`` — the server sends each client its neighbours' keys; the
+2. ``secagg_share`` — the server sends each client its neighbours' keys; the
    client Shamir-shares its self-mask seed and mask private key among them and
    replies with the shares, each encrypted for one neighbour.
-3. ``train.secagg_mask`` — the server routes the encrypted shares; the client
+3. ``secagg_mask`` — the server routes the encrypted shares; the client
    replies with its fixed-point update plus its self mask plus pairwise masks.
-4. ``train.secagg_unmask`` — the server names which neighbours survived and which
+4. ``secagg_unmask`` — the server names which neighbours survived and which
    dropped; the client reveals self-mask shares of survivors and mask-key shares
    of the dropped, never both for one node.
 """

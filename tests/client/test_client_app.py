@@ -28,6 +28,7 @@ from stamen.shared.protocol import (
     CORRECTIONS,
     FINGERPRINT,
     METRICS,
+    NUM_EXAMPLES,
     SERVER_ROUND,
     round_config,
 )
@@ -374,3 +375,29 @@ def test_fedprox_keeps_the_trained_adapter_nearer_the_received_one(tmp_path):
 
     free, held = moved(0.0, "free"), moved(50.0, "held")
     assert 0 < held < 0.8 * free, (held, free)
+
+
+def test_under_secure_aggregation_the_mod_keeps_the_update_on_the_device_and_sends_keys(tmp_path):
+    """The handler's plain update (float32, real example count) never leaves: the mod that every Stamen
+    ClientApp carries swaps it for public keys and an example count of 1, and keeps the weighted
+    update in the node's state for the masked stage."""
+    from flwr.clientapp import ClientApp
+
+    from stamen.client.secure_aggregation import INPUT, STATE
+    from stamen.shared.secagg_protocol import PUBLIC_KEYS
+    from stamen.simulations.client_app import SIMULATED_CLIENT
+
+    config = TINY.replace(**{"secure-aggregation": True})
+    fingerprint, initial, schema = _server_view(config)
+    context = _context(tmp_path)
+    reply = client_app(_message(MessageType.TRAIN, config, fingerprint, initial), context)
+    assert not reply.has_error(), reply.error
+    assert ARRAYS not in reply.content and PUBLIC_KEYS in reply.content
+    assert reply.content[METRICS][NUM_EXAMPLES] == 1
+    assert STATE in context.state and context.state[INPUT]['vector'].numpy().size == schema.num_values + 1
+
+    bare = ClientApp()  # the handler alone, without the mod: what the mod receives
+    bare.train()(SIMULATED_CLIENT.train)
+    plain = bare(_message(MessageType.TRAIN, config, fingerprint, initial), _context(tmp_path / "bare"))
+    assert plain.content[ARRAYS][next(iter(schema.shapes))].dtype == "float32"
+    assert plain.content[METRICS][NUM_EXAMPLES] > 1

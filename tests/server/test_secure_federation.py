@@ -14,7 +14,7 @@ from safetensors.numpy import load_file
 from stamen.server.federation import run_federation
 from stamen.shared.config import RunConfig
 from stamen.shared.run_folder import RunFolder
-from stamen.shared.secagg_protocol import MASK_STAGE
+from stamen.shared.secagg_protocol import MASK_STAGE, SECAGG, StageInfo
 from stamen.simulations.client_app import simulated_client_app
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
@@ -24,7 +24,8 @@ def _run(tmp_path: Path, name: str, overrides: dict, drop: set[int] = frozenset(
     """Three tiny-model clients; partitions in ``drop`` go offline when asked for their masked input."""
 
     def offline_at_masking(msg: Message, context: Context, call_next):
-        if msg.metadata.message_type == f"train.{MASK_STAGE}" and context.node_config["partition-id"] in drop:
+        stage = StageInfo.from_record(msg.content[SECAGG]).stage if SECAGG in msg.content.config_records else None
+        if stage == MASK_STAGE and context.node_config["partition-id"] in drop:
             raise ConnectionError("device went offline")
         return call_next(msg, context)
 
