@@ -55,9 +55,9 @@ class AdapterStrategy(FedAvg):
         super().__init__(**fedavg_options)
         self.privacy = privacy
         self.extensions = tuple(extensions)
-        self._num_sampled = self._replies = self._rejected = 0
+        self._num_sampled = self._rejected = 0
         self._round_started = 0.0
-        self._replies_seen: list[Message] = []
+        self._replies: list[Message] = []  # this round's train replies, errors included
         self.global_adapter = {k: v.astype(np.float32) for k, v in global_adapter.items()}
         self.schema = schema
         self.fingerprint = fingerprint
@@ -180,7 +180,7 @@ class AdapterStrategy(FedAvg):
         self._round_started, self._rejected = time.perf_counter(), 0
         self.rule.start_round(server_round, self._num_nodes)
         replies = list(replies)
-        self._replies, self._replies_seen = len(replies), replies
+        self._replies = replies
         for extension in self.extensions:
             extension.start_round(server_round, self.global_adapter, replies)
         return replies
@@ -189,7 +189,7 @@ class AdapterStrategy(FedAvg):
         self, server_round: int, accepted: list[RecordDict], bytes_up: int, noise_share: float = 1.0
     ) -> MetricRecord:
         """Move the global adapter if any update arrived, let the extensions account, and keep the round's summary."""
-        outcome = RoundOutcome(server_round, self.rule, self._replies_seen, accepted,
+        outcome = RoundOutcome(server_round, self.rule, self._replies, accepted,
                                self._num_sampled / max(self._num_nodes, 1), noise_share)
         if self.rule.count:
             for extension in self.extensions:
@@ -201,8 +201,8 @@ class AdapterStrategy(FedAvg):
         metrics = aggregate_metricrecords(accepted, self.weighted_by_key) if accepted else MetricRecord()
         traffic = {
             "clients_sampled": self._num_sampled,
-            "clients_replied": self._replies,
-            "clients_without_reply": self._num_sampled - self._replies,
+            "clients_replied": len(self._replies),
+            "clients_without_reply": self._num_sampled - len(self._replies),
             "clients_rejected": self._rejected,
             "bytes_in": bytes_up * self.rule.count,
             "bytes_out": self._bytes_down * self._num_sampled,
