@@ -13,7 +13,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from stamen.shared.protocol import ARRAYS, METRICS, NUM_EXAMPLES, read_instruction
+from stamen.shared.protocol import ARRAYS, METRICS, NUM_EXAMPLES, Instruction, read_instruction
 from stamen.shared.secagg_protocol import (
     MASK_STAGE,
     MASKED,
@@ -40,15 +40,17 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     if SECAGG in msg.content.config_records:  # stages 2-4 of a secure round
         return Message(_answer_stage(msg, context), reply_to=msg)
     reply = call_next(msg, context)
-    if reply.has_error() or not read_instruction(msg.content).config.privacy.secure_aggregation:
+    if reply.has_error():
         return reply
-    return Message(_keys_instead_of_update(msg, reply.content, context), reply_to=msg)
+    instruction = read_instruction(msg.content)
+    if not instruction.config.privacy.secure_aggregation:
+        return reply
+    return Message(_keys_instead_of_update(instruction, reply.content, context), reply_to=msg)
 
 
-def _keys_instead_of_update(msg: Message, content: RecordDict, context: Context) -> RecordDict:
+def _keys_instead_of_update(instruction: Instruction, content: RecordDict, context: Context) -> RecordDict:
     """Stage 1: keep the update (weighted, clipped for DP) on the device; reply with public keys,
     the metrics and the client info, and an example count of 1 (the real weight is masked too)."""
-    instruction = read_instruction(msg.content)
     update, metrics = content[ARRAYS], content[METRICS]
     flat = np.concatenate([update[name].numpy().astype(np.float64).ravel() for name in update])
     vector = secure_input(flat, int(metrics[NUM_EXAMPLES]), instruction.config.privacy)
