@@ -8,16 +8,17 @@ device sets (see :mod:`stamen.client.resource_guard`).
 from __future__ import annotations
 
 import logging
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stamen.shared.device_data import read_examples
-from stamen.shared.flower_tools import flower_environment, flower_tool
+from stamen.shared.flower_tools import flower_environment, flower_tool, free_port
 
 from .resource_guard import ResourceGuards
+from .secure_aggregation import DEFAULT_MIN_THRESHOLD
+from .secure_aggregation_mod import MIN_THRESHOLD_KEY
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,14 @@ class DeviceSetup:
     name: str
     guards: ResourceGuards = field(default_factory=ResourceGuards)
     base: str | None = None  # the device's own copy of the base (default: the run's base-model)
+    secagg_min_threshold: float = DEFAULT_MIN_THRESHOLD  # the device's own least share threshold
 
 
 def supernode_command(device: DeviceSetup, port: int | None = None) -> list[str]:
     """``flower-supernode`` for this device; ``port`` is its local ClientApp API (a free one by default)."""
     read_examples(device.data)  # fail here, with the file's problem, rather than inside a round
     node_config = {"data-path": str(device.data.resolve()), "state-dir": str(device.state_dir.resolve()),
-                   "client-name": device.name}
+                   "client-name": device.name, MIN_THRESHOLD_KEY: device.secagg_min_threshold}
     limits = {"max-local-steps": device.guards.max_local_steps, "max-round-seconds": device.guards.max_round_seconds,
               "max-memory-mb": device.guards.max_memory_mb}
     node_config.update({key: value for key, value in limits.items() if value is not None})
@@ -74,12 +76,6 @@ def stay_joined(device: DeviceSetup, retry_seconds: float = 5.0) -> None:
             return
         log.warning("the SuperNode exited with code %s; joining %s again in %.0f s", code, device.server, retry_seconds)
         time.sleep(retry_seconds)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _toml(value: object) -> str:

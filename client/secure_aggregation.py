@@ -7,6 +7,7 @@ device; each stage checks it is the next one for the same run and round.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 
@@ -15,7 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from stamen.shared import shamir
 from stamen.shared.clipping import clip_l2
-from stamen.shared.config import PrivacySpec
+from stamen.shared.config import RunConfig
 from stamen.shared.fixed_point import FixedPoint
 from stamen.shared.secagg_crypto import (
     ShareAuthenticationError,
@@ -37,32 +38,49 @@ from stamen.shared.secagg_protocol import (
     pack_shares,
     pairwise_sign,
     read_peer_entry,
+    secure_weight,
+    share_threshold,
     unpack_shares,
     update_vector,
 )
 
 
-def secure_input(delta_flat: np.ndarray, num_examples: int, privacy: PrivacySpec) -> np.ndarray:
-    """The vector this client sums securely: with distributed DP its delta clipped to ``dp-clip`` and
-    weight 1, otherwise its delta weighted by its example count over ``secagg-max-weight``."""
+def secure_input(delta_flat: np.ndarray, num_examples: int, config: RunConfig) -> np.ndarray:
+    """The vector this client sums securely: its delta (clipped to ``dp-clip`` under distributed DP)
+    times its :func:`secure_weight`, over the run's value range, then the weight."""
+    privacy = config.privacy
     if privacy.dp == "distributed":
-        delta_flat, weight = clip_l2({"delta": delta_flat}, privacy.dp_clip)["delta"], 1.0
-    else:
-        weight = min(num_examples, privacy.secagg_max_weight) / privacy.secagg_max_weight
-    return update_vector(delta_flat, weight, privacy.secagg_value_range)
+        delta_flat = clip_l2({"delta": delta_flat}, privacy.dp_clip)["delta"]
+    value_range = config.secure_value_range()
+    outside = int(np.count_nonzero(np.abs(delta_flat) > value_range))
+    if outside:
+        log.warning("%d of %d update values lie outside secagg-value-range %g and are clipped to it", outside,
+                    delta_flat.size, value_range)
+    return update_vector(delta_flat, secure_weight(num_examples, privacy), value_range)
 
 
+log = logging.getLogger(__name__)
 STATE = "secagg-client"
 INPUT = "secagg-input"
 _ADVERTISED, _SHARED, _MASKED = "advertised", "shared", "masked"
 
 
-class SecAggClient:
-    """One node's side of one secure round, kept in ``state`` (the node's Context.state)."""
+DEFAULT_MIN_THRESHOLD = 0.5  # node config ``secagg-min-threshold``: a majority of the share holders
 
-    def __init__(self, state: RecordDict, node_id: int) -> None:
+
+class SecAggClient:
+    """One node's side of one secure round, kept in ``state`` (the node's Context.state).
+
+    The client does not take the server's word for the share threshold: it needs more than
+    ``min_threshold`` of its share holders (its own setting, from the node config), refuses a
+    server that asks for fewer, and reveals nothing unless that many of them survived."""
+
+    def __init__(self, state: RecordDict, node_id: int, min_threshold: float = DEFAULT_MIN_THRESHOLD) -> None:
+        if not 0.5 <= min_threshold < 1:
+            raise SecAggError(f"secagg-min-threshold must be in [0.5, 1), got {min_threshold}")
         self.state = state
         self.node = node_id
+        self.min_threshold = min_threshold
 
     def advertise(self, run: str, server_round: int, vector: np.ndarray) -> ConfigRecord:
         """Keep ``vector`` (the update to sum, encoded units) and fresh secrets; return the public keys."""
@@ -81,6 +99,12 @@ class SecAggClient:
         neighbours = {int(node): read_peer_entry(bytes(entry)) for node, entry in peers.items()}
         if self.node in neighbours or not neighbours:
             raise SecAggError("the neighbour list must name other nodes, not this one")
+        holders = len(neighbours) + 1
+        least = share_threshold(holders, self.min_threshold)
+        if not least <= info.threshold <= holders:
+            raise SecAggError(f"the server asks for a share threshold of {info.threshold} among {holders} holders; "
+                              f"this client needs at least {least} (secagg-min-threshold {self.min_threshold})")
+        mine["threshold"] = info.threshold
         points = [info.point] + [point for point, _, _ in neighbours.values()]
         seed_shares = shamir.split(bytes(mine["seed"]), points, info.threshold)
         key_shares = shamir.split(bytes(mine["mask-secret"]), points, info.threshold)
@@ -122,6 +146,10 @@ class SecAggClient:
             noise_rng = np.random.default_rng(secrets.randbits(128))
             vector = vector.copy()
             vector[:-1] += noise_rng.normal(0.0, info.noise_std, vector.size - 1)
+            truncated = int(np.count_nonzero(np.abs(vector[:-1]) > 1.0))
+            if truncated:  # encoding would clip the noise: the release would carry less than is accounted
+                raise SecAggError(f"{truncated} noised values left the value range; refusing to send truncated "
+                                  f"noise (the run's secagg-value-range is too small for its DP noise)")
         codec = FixedPoint(clip=1.0, num_summands=info.num_clients, bits=info.modulus_bits)
         masked = codec.encode(vector) + mask_stream(bytes(mine["seed"]), vector.size, codec.dtype)
         for sender in senders:
@@ -142,9 +170,10 @@ class SecAggClient:
         if self.node not in survivors:
             raise SecAggError("this node sent its masked input but is not named a survivor")
         held = {int(key.split("/", 1)[1]) for key in mine if key.startswith("held/")}
-        if len(survivors & held) < info.threshold:
-            raise SecAggError(f"only {len(survivors & held)} of this node's neighbours survived, "
-                              f"fewer than the threshold {info.threshold}: nothing is revealed")
+        threshold = int(mine["threshold"])  # the one this client's secrets were split with, not the server's word now
+        if len(survivors & held) < threshold:
+            raise SecAggError(f"only {len(survivors & held)} of this node's share holders survived, "
+                              f"fewer than the threshold {threshold}: nothing is revealed")
         half = len(bytes(mine[f"held/{self.node}"])) // 2
         revealed = {}
         for node in sorted(held & (survivors | dropped)):

@@ -29,8 +29,9 @@ from stamen.shared.secagg_protocol import (
     StageInfo,
 )
 
-from .secure_aggregation import SecAggClient, secure_input
+from .secure_aggregation import DEFAULT_MIN_THRESHOLD, SecAggClient, secure_input
 
+MIN_THRESHOLD_KEY = "secagg-min-threshold"  # node config: the device's own least share threshold
 SUMMED_DTYPE = "float32"  # the plain update the handler hands this mod: exact, never sent
 
 
@@ -53,8 +54,8 @@ def _keys_instead_of_update(instruction: Instruction, content: RecordDict, conte
     the metrics and the client info, and an example count of 1 (the real weight is masked too)."""
     update, metrics = content[ARRAYS], content[METRICS]
     flat = np.concatenate([update[name].numpy().astype(np.float64).ravel() for name in update])
-    vector = secure_input(flat, int(metrics[NUM_EXAMPLES]), instruction.config.privacy)
-    client = SecAggClient(context.state, context.node_id)
+    vector = secure_input(flat, int(metrics[NUM_EXAMPLES]), instruction.config)
+    client = _client(context)
     reply = RecordDict({name: record for name, record in content.items() if name != ARRAYS})
     reply[METRICS][NUM_EXAMPLES] = 1
     reply[PUBLIC_KEYS] = client.advertise(instruction.config.run_id, instruction.server_round, vector)
@@ -62,7 +63,7 @@ def _keys_instead_of_update(instruction: Instruction, content: RecordDict, conte
 
 
 def _answer_stage(msg: Message, context: Context) -> RecordDict:
-    client, info = SecAggClient(context.state, context.node_id), StageInfo.from_record(msg.content[SECAGG])
+    client, info = _client(context), StageInfo.from_record(msg.content[SECAGG])
     if info.stage == SHARE_STAGE:  # encrypted shares of this client's secrets for its neighbours
         return RecordDict({SHARES: client.share_keys(info, msg.content[PEERS])})
     if info.stage == MASK_STAGE:  # the masked update
@@ -71,3 +72,9 @@ def _answer_stage(msg: Message, context: Context) -> RecordDict:
     if info.stage == UNMASK_STAGE:  # the shares the server needs to unmask the sum
         return RecordDict({REVEALED: client.unmask(info)})
     raise SecAggError(f"unknown secure-aggregation stage {info.stage!r}")
+
+
+def _client(context: Context) -> SecAggClient:
+    """This node's secure-aggregation client, with the least share threshold the device accepts."""
+    least = float(context.node_config.get(MIN_THRESHOLD_KEY, DEFAULT_MIN_THRESHOLD))
+    return SecAggClient(context.state, context.node_id, least)

@@ -1,15 +1,23 @@
 """What a client reply must pass before the server uses it.
 
-A reply that fails is refused with the reason (the strategy logs it, records it and goes
-on with the round): an error reply, missing records, another base, a non-positive or
-non-finite example count, a missing upload, missing secure-aggregation keys, or an
-adapter delta whose keys, shapes, dtype or values are not the run's.
+Every byte of a reply is the client's to choose, so every value is checked for type,
+size and range before use. A reply that fails is refused with the reason (the strategy
+logs it, records it and goes on with the round): an error reply, missing records, another
+base, a client name or metric that is not a short string or a finite number, a non-positive
+example count, a missing upload, an upload larger than the adapter schema allows (refused
+before decoding), missing or malformed secure-aggregation keys, or an adapter delta whose
+keys, shapes, dtype or values are not the run's. Anything else a malformed reply makes a
+decoder raise is a refusal too, never an error that ends the round.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from flwr.app import Message
+import functools
+import math
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from flwr.app import Message, MetricRecord
 
 from stamen.shared.fingerprint import BaseMismatchError, check_same_base
 from stamen.shared.protocol import ARRAYS, CLIENT_INFO, CLIENT_NAME, FINGERPRINT, METRICS, NUM_EXAMPLES
@@ -19,6 +27,11 @@ from stamen.shared.wire import AdapterSchema, AdapterValidationError, decode_ada
 from .rules import ClientUpdate
 
 PUBLIC_KEY_BYTES = 32
+MAX_METRICS = 64  # honest replies carry about a dozen
+MAX_TEXT_CHARS = 200  # client names and fingerprints
+ARRAY_HEADER_BYTES = 512  # allowance per array for its .npy header and key
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class UpdateRejected(ValueError):
@@ -26,38 +39,79 @@ class UpdateRejected(ValueError):
 
 
 def client_name(msg: Message) -> str:
-    """The name a reply gives for its client, ``?`` when it gives none."""
+    """The name a reply gives for its client, ``?`` when it gives none or one that is not a short string."""
     if msg.has_error() or CLIENT_INFO not in msg.content.config_records:
         return "?"
-    return str(msg.content[CLIENT_INFO].get(CLIENT_NAME, "?"))
+    name = msg.content[CLIENT_INFO].get(CLIENT_NAME)
+    return name if isinstance(name, str) and len(name) <= MAX_TEXT_CHARS else "?"
 
 
-def admit_reply(msg: Message, fingerprint: str) -> None:
-    """Checks every reply must pass: no error, same base, a positive example count."""
+def _refusing_malformed(check: Callable[P, T]) -> Callable[P, T]:
+    """A check that turns whatever a malformed reply makes a decoder raise into a refusal of that reply."""
+
+    @functools.wraps(check)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return check(*args, **kwargs)
+        except UpdateRejected:
+            raise
+        except Exception as error:  # a client chose these bytes: any failure to read them is its reply's fault
+            raise UpdateRejected(f"malformed reply ({type(error).__name__}: {str(error)[:MAX_TEXT_CHARS]})") from error
+
+    return checked
+
+
+@_refusing_malformed
+def admit_reply(msg: Message, fingerprint: str, uploads: tuple[str, ...] = ()) -> None:
+    """Checks every reply must pass: no error, only the expected records (client info, metrics and
+    ``uploads``), same base, numeric metrics, a positive example count."""
     if msg.has_error():
-        raise UpdateRejected(f"client reported an error: {msg.error.reason}")
+        raise UpdateRejected(f"client reported an error: {str(msg.error.reason)[:MAX_TEXT_CHARS]}")
     content = msg.content
+    unexpected = sorted(set(content) - {CLIENT_INFO, METRICS, *uploads})
+    if unexpected:
+        raise UpdateRejected(f"reply carries unexpected records {[name[:40] for name in unexpected[:3]]}")
     if CLIENT_INFO not in content.config_records or METRICS not in content.metric_records:
         raise UpdateRejected("reply lacks the client info or metrics record")
     info = content[CLIENT_INFO]
     if FINGERPRINT not in info:
         raise UpdateRejected("reply carries no base fingerprint")
+    for key in (FINGERPRINT, CLIENT_NAME):
+        if key in info and not (isinstance(info[key], str) and len(info[key]) <= MAX_TEXT_CHARS):
+            raise UpdateRejected(f"'{key}' must be a string of at most {MAX_TEXT_CHARS} characters")
     try:
-        check_same_base(fingerprint, str(info[FINGERPRINT]), "server vs client")
+        check_same_base(fingerprint, info[FINGERPRINT], "server vs client")
     except BaseMismatchError as error:
         raise UpdateRejected(str(error)) from error
+    check_metrics(content[METRICS])
     examples = content[METRICS].get(NUM_EXAMPLES)
-    if not isinstance(examples, int | float) or not np.isfinite(examples) or examples <= 0:
+    if examples is None or examples <= 0:
         raise UpdateRejected(f"'{NUM_EXAMPLES}' must be a positive number, got {examples!r}")
 
 
+def check_metrics(metrics: MetricRecord) -> None:
+    """Every metric a single finite number (a list would break averaging), and not too many of them."""
+    if len(metrics) > MAX_METRICS:
+        raise UpdateRejected(f"reply carries {len(metrics)} metrics, more than {MAX_METRICS}")
+    for key, value in metrics.items():
+        if len(key) > MAX_TEXT_CHARS:
+            raise UpdateRejected(f"a metric name is longer than {MAX_TEXT_CHARS} characters")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise UpdateRejected(f"metric '{key}' must be a finite number, got {type(value).__name__}")
+
+
+@_refusing_malformed
 def admit_update(msg: Message, fingerprint: str, schema: AdapterSchema, extra_uploads: tuple[str, ...]) -> ClientUpdate:
     """A train reply as the update the rule aggregates: its delta, weight and extra uploads, each validated."""
-    admit_reply(msg, fingerprint)
+    admit_reply(msg, fingerprint, (ARRAYS, *extra_uploads))
     records = msg.content.array_records
+    largest = schema.nbytes + ARRAY_HEADER_BYTES * len(schema.wire_keys())
     for name in (ARRAYS, *extra_uploads):
         if name not in records:
             raise UpdateRejected(f"training reply carries no '{name}' record")
+        if records[name].count_bytes() > largest:
+            raise UpdateRejected(f"record '{name}' is {records[name].count_bytes()} bytes, more than the "
+                                 f"{largest} the adapter schema allows; refused before decoding")
     try:
         delta = decode_adapter(records[ARRAYS], schema)
         extras = {name: decode_adapter(records[name], schema) for name in extra_uploads}
@@ -66,9 +120,11 @@ def admit_update(msg: Message, fingerprint: str, schema: AdapterSchema, extra_up
     return ClientUpdate(client_name(msg), delta, float(msg.content[METRICS][NUM_EXAMPLES]), extras)
 
 
+@_refusing_malformed
 def admit_key_reply(msg: Message, fingerprint: str) -> None:
     """Secure round, stage 1: a reply must also carry this client's two public keys."""
-    admit_reply(msg, fingerprint)
+    admit_reply(msg, fingerprint, (PUBLIC_KEYS,))
     keys = msg.content.config_records.get(PUBLIC_KEYS)
-    if keys is None or any(len(bytes(keys.get(name, b""))) != PUBLIC_KEY_BYTES for name in (ENCRYPTION_KEY, MASK_KEY)):
+    if keys is None or any(not isinstance(keys.get(name), bytes) or len(keys[name]) != PUBLIC_KEY_BYTES
+                           for name in (ENCRYPTION_KEY, MASK_KEY)):
         raise UpdateRejected(f"secure-aggregation reply lacks two {PUBLIC_KEY_BYTES}-byte public keys")

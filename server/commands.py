@@ -44,8 +44,11 @@ def server_start(
             help="Folder made by 'stamen certs' (or your own with the same names).", exists=True, file_okay=False
         ),
     ] = Path("certs"),
-    host: Annotated[str, typer.Option(help="Interface the SuperLink listens on (0.0.0.0: all).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="The SuperLink's port (TLS).")] = 9091,
+    host: Annotated[str, typer.Option(help="Interface devices reach the server on (0.0.0.0: all).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The devices' port (TLS; Flower's Fleet API only).")] = 9091,
+    superlink_port: Annotated[
+        int | None, typer.Option(help="The SuperLink's own port, on loopback only (default: a free one).")
+    ] = None,
     preset: Annotated[Path | None, typer.Option(help="TOML file of flat config keys.", exists=True)] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a config key: --set key=value.")] = [],
     rounds: Annotated[int | None, typer.Option(help="Rounds (overrides num-server-rounds).")] = None,
@@ -58,9 +61,13 @@ def server_start(
     ),
     keep_running: Annotated[bool, typer.Option(help="Keep the SuperLink up after the run (for 'flwr run').")] = False,
 ) -> None:
-    """Start a SuperLink with TLS and device authentication, register the devices' keys, and run the federation."""
+    """Start a SuperLink with TLS and device authentication, register the devices' keys, and run the federation.
+
+    Devices reach only Flower's Fleet API on --host/--port; the SuperLink itself (whose Control API starts runs
+    and registers keys) listens on 127.0.0.1."""
     from stamen.server import deployment as deploy
     from stamen.shared.dev_certs import DevCertificates
+    from stamen.shared.flower_tools import free_port
 
     configure_logging(False)
     found = DevCertificates(certs)
@@ -74,9 +81,11 @@ def server_start(
         host,
         port,
         work_dir.resolve(),
+        superlink_port or free_port(),
     )
-    superlink = deploy.start_superlink(setup)
+    superlink, gateway = deploy.start_superlink(setup), None
     try:
+        gateway = deploy.start_gateway(setup)
         deploy.write_connection(setup)
         deploy.register_nodes(setup, found.node_public_keys())
         console.print(f"[bold]Stamen server[/] on {setup.reachable_address}: waiting for {config.min_clients} devices, "
@@ -84,12 +93,15 @@ def server_start(
         folder = RunFolder(deploy.run_federation_on(setup, config))
         console.print(summary_table(folder.summary_record()["rounds"], folder.record()["base_stored_bytes"]))
         if keep_running:
-            console.print(f"SuperLink still up; FLWR_HOME={setup.flower_home} flwr run <app> stamen. Ctrl-C stops it.")
+            console.print(f"SuperLink still up on {setup.superlink_address}; FLWR_HOME={setup.flower_home} "
+                          f"flwr run <app> stamen. Ctrl-C stops it.")
             superlink.wait()
     except deploy.DeploymentError as error:
         console.print(f"[red]{error}[/]")
         raise typer.Exit(1) from None
     finally:
+        if gateway:
+            gateway.stop()
         deploy.stop(superlink)
 
 

@@ -1,8 +1,11 @@
 """A Stamen server for real devices: Flower's SuperLink with TLS and SuperNode authentication,
 the devices' keys registered with Flower's CLI, and the Stamen run submitted to it with ``flwr run``.
 
-Everything here drives Flower's own processes and CLI (``flower-superlink``,
-``flwr supernode register``, ``flwr run``) as they are in the pinned release.
+The SuperLink listens on loopback only: its Control API starts runs and registers keys for
+anyone who reaches it. Devices reach the :mod:`Fleet gateway <stamen.server.fleet_gateway>`
+on the advertised host and port instead, which forwards the Fleet API and nothing else; the
+operator's Flower CLI talks to the SuperLink on loopback. Everything else drives Flower's own
+processes and CLI (``flower-superlink``, ``flwr supernode register``, ``flwr run``).
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ from stamen.shared.config import RunConfig
 from stamen.shared.flower_tools import flower_environment, flower_tool
 from stamen.shared.run_folder import RunFolder
 
+from .fleet_gateway import FleetGateway
+
 log = logging.getLogger(__name__)
 CONNECTION = "stamen"  # the SuperLink connection's name in Flower's CLI configuration
+LOOPBACK = "127.0.0.1"
 
 
 class DeploymentError(RuntimeError):
@@ -38,14 +44,21 @@ class TlsFiles:
 @dataclass(frozen=True)
 class ServerDeployment:
     tls: TlsFiles
-    host: str  # where the SuperLink listens ("0.0.0.0" for other machines)
+    host: str  # where devices reach the Fleet gateway ("0.0.0.0" for other machines)
     port: int
     work_dir: Path  # Flower's CLI home, the generated Flower app, the SuperLink log
+    superlink_port: int  # the SuperLink's own port, on loopback only
 
     @property
     def reachable_address(self) -> str:
+        """Where a device on this machine reaches the gateway."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"{host}:{self.port}"
+
+    @property
+    def superlink_address(self) -> str:
+        """The SuperLink with its Control API: reachable from this machine only."""
+        return f"{LOOPBACK}:{self.superlink_port}"
 
     @property
     def flower_home(self) -> Path:
@@ -56,7 +69,8 @@ class ServerDeployment:
 
 
 def start_superlink(deployment: ServerDeployment) -> subprocess.Popen:
-    """Start ``flower-superlink`` with TLS and SuperNode authentication; return once it accepts connections."""
+    """Start ``flower-superlink`` on loopback with TLS and SuperNode authentication; return once it accepts
+    connections."""
     deployment.work_dir.mkdir(parents=True, exist_ok=True)
     command = [
         flower_tool("flower-superlink"),
@@ -65,16 +79,27 @@ def start_superlink(deployment: ServerDeployment) -> subprocess.Popen:
         "--ssl-keyfile", str(deployment.tls.server_key),
         "--enable-supernode-auth",
         "--disable-runtime-dependency-installation",
-        "--host", deployment.host,
-        "--port", str(deployment.port),
+        "--host", LOOPBACK,
+        "--port", str(deployment.superlink_port),
     ]
     log_path = deployment.work_dir / "superlink.log"
     process = subprocess.Popen(command, env=deployment.environment(), stdout=log_path.open("ab"),
                                stderr=subprocess.STDOUT)
-    wait_for_port(deployment.reachable_address, process, log_path)
-    log.info("SuperLink listening on %s (TLS, SuperNode authentication on); log: %s", deployment.reachable_address,
+    wait_for_port(deployment.superlink_address, process, log_path)
+    log.info("SuperLink listening on %s (TLS, SuperNode authentication on); log: %s", deployment.superlink_address,
              log_path)
     return process
+
+
+def start_gateway(deployment: ServerDeployment) -> FleetGateway:
+    """The devices' door: the Fleet API of the SuperLink on ``host:port``, with the server's certificate."""
+    gateway = FleetGateway(deployment.host, deployment.port, f"https://{deployment.superlink_address}",
+                           deployment.tls.server_certificate, deployment.tls.server_key, deployment.tls.ca_certificate)
+    try:
+        gateway.start()
+    except RuntimeError as error:
+        raise DeploymentError(str(error)) from None
+    return gateway
 
 
 def wait_for_port(address: str, process: subprocess.Popen, log_path: Path, timeout: float = 60.0) -> None:
@@ -94,7 +119,7 @@ def wait_for_port(address: str, process: subprocess.Popen, log_path: Path, timeo
 def write_connection(deployment: ServerDeployment) -> None:
     """Flower's CLI configuration: one connection to this SuperLink, verified against the CA."""
     text = (f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "{deployment.reachable_address}"\n'
+            f'address = "{deployment.superlink_address}"\n'
             f'root-certificates = "{deployment.tls.ca_certificate.resolve()}"\n')
     atomic_write_text(deployment.flower_home / "config.toml", text)
 

@@ -31,7 +31,6 @@ class RoundOutcome:
     rule: AggregationRule  # its ``count``: updates folded in this round
     replies: list[Message]  # every train reply, errors included
     accepted: list[RecordDict]  # the contents of the admitted ones
-    sample_rate: float  # nodes sampled / nodes connected
     noise_share: float = 1.0  # share of the configured DP noise the release carried (secure rounds lose dropouts')
 
 

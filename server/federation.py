@@ -62,8 +62,8 @@ def run_federation(
     recorder = RunRecorder(run_dir, config, start.meta, resume_at=checkpoint.metrics_offset if checkpoint else None)
     strategy = AdapterStrategy(
         start.initial, start.schema, start.fingerprint, recorder, rule,
-        [*_extensions_for(config, start, anchor), *extensions], config.privacy,
-        fraction_train=config.fraction_train,
+        [*_extensions_for(config, start, anchor), *extensions], config.privacy, config.max_client_weight,
+        fraction_train=1.0 if _samples_for_privacy(config) else config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
         min_train_nodes=config.min_clients,
         min_evaluate_nodes=config.min_clients if config.fraction_evaluate > 0 else 0,
@@ -114,6 +114,12 @@ def _starting_point(config: RunConfig) -> StartingPoint:
     return StartingPoint(base.fingerprint, initial, schema, meta)
 
 
+def _samples_for_privacy(config: RunConfig) -> bool:
+    """Whether the privacy engine, not Flower's seeded sampling, picks the round's nodes (see
+    :mod:`~stamen.server.privacy`): the strategy then offers it every node."""
+    return config.privacy.dp == "central" and config.fraction_train < 1
+
+
 def _extensions_for(
     config: RunConfig, start: StartingPoint, anchor: AnchorDistribution | None
 ) -> list[ServerExtension]:
@@ -121,7 +127,7 @@ def _extensions_for(
     before the exact-LoRA residual sees an update."""
     installed: list[ServerExtension] = []
     if config.privacy.dp != "none":
-        installed.append(PrivacyEngine(config.privacy, start.schema.shapes))
+        installed.append(PrivacyEngine(config.privacy, start.schema.shapes, config.fraction_train))
     if anchor:
         installed.append(anchor)
     if config.adapter.lora_mode().corrects_products:

@@ -9,6 +9,7 @@ the sum, and decodes the fixed-point sum.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -33,9 +34,12 @@ from stamen.shared.secagg_protocol import (
     StageInfo,
     pairwise_sign,
     peer_entry,
+    share_threshold,
 )
 
 log = logging.getLogger(__name__)
+MAX_CIPHERTEXT_BYTES = 1024  # an encrypted pair of shares is under 200 bytes
+MAX_SHARE_SUBSETS = 256  # subsets of revealed shares tried when some are wrong
 
 
 class SecAggAborted(RuntimeError):
@@ -93,7 +97,7 @@ class SecureAggregator:
         self.points = {node: i + 1 for i, node in enumerate(nodes)}
         self.graph = neighbourhoods(nodes, settings.degree, rng)
         holders = min(len(peers) for peers in self.graph.values()) + 1
-        self.threshold = min(holders, math.floor(settings.threshold * holders) + 1)
+        self.threshold = share_threshold(holders, settings.threshold)
         self.codec = FixedPoint(clip=1.0, num_summands=len(nodes), bits=settings.modulus_bits)
         self.shared: dict[int, ConfigRecord] = {}  # U2: node -> its encrypted shares by recipient
         self.masked: set[int] = set()  # U3
@@ -112,9 +116,13 @@ class SecureAggregator:
         }
 
     def add_shares(self, node: int, ciphertexts: ConfigRecord) -> None:
-        recipients = {int(recipient) for recipient in ciphertexts}
-        if recipients != self.graph[node]:
-            raise SecAggError(f"node {node} sent shares for {sorted(recipients)}, not for its neighbours")
+        if not isinstance(ciphertexts, ConfigRecord):
+            raise SecAggError(f"node {node} sent its shares as {type(ciphertexts).__name__}, not a ConfigRecord")
+        if set(ciphertexts) != {str(peer) for peer in self.graph[node]}:
+            raise SecAggError(f"node {node} sent shares for {sorted(ciphertexts)[:5]}, not for its neighbours")
+        if any(not isinstance(text, bytes) or len(text) > MAX_CIPHERTEXT_BYTES for text in ciphertexts.values()):
+            raise SecAggError(f"node {node} sent a share that is not a ciphertext of at most "
+                              f"{MAX_CIPHERTEXT_BYTES} bytes")
         self.shared[node] = ciphertexts
 
     def mask_requests(self) -> dict[int, tuple[StageInfo, ConfigRecord]]:
@@ -172,11 +180,23 @@ class SecureAggregator:
         shares = []
         for holder in sorted((self.graph[node] | {node}) & set(revealed)):
             data = revealed[holder].get(f"{kind}/{node}")
-            if isinstance(data, bytes):
-                share = shamir.Share.from_bytes(data)
-                if share.x == self.points[holder]:
-                    shares.append(share)
+            try:
+                share = shamir.Share.from_bytes(data) if isinstance(data, bytes) else None
+            except shamir.ShamirError as reason:
+                log.warning("round %d: node %s revealed a malformed share of node %s; ignored: %s", self.round,
+                            holder, node, reason)
+                continue
+            if share is not None and share.x == self.points[holder]:
+                shares.append(share)
         if len(shares) < self.threshold:
             raise SecAggAborted(f"only {len(shares)} of {self.threshold} needed shares of node {node}'s "
                                 f"{kind} came back; the round cannot be unmasked")
-        return shamir.combine(shares, self.threshold)
+        # a wrong share (a malicious holder) almost surely makes interpolation fall outside the secret's range:
+        # try other subsets of the shares that came back before giving up on the round
+        for subset in itertools.islice(itertools.combinations(shares, self.threshold), MAX_SHARE_SUBSETS):
+            try:
+                return shamir.combine(list(subset), self.threshold)
+            except shamir.ShamirError:
+                continue
+        raise SecAggAborted(f"no {self.threshold} of the {len(shares)} shares of node {node}'s {kind} "
+                            f"that came back rebuild one secret: a holder revealed a wrong share")

@@ -11,6 +11,7 @@ needs on the server (privacy, exact-LoRA residual, anchor set, ...) is an instal
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -30,6 +31,7 @@ from stamen.shared.wire import AdapterSchema, encode_adapter
 
 from .admission import UpdateRejected, admit_key_reply, admit_reply, admit_update, client_name
 from .extensions import RoundOutcome, ServerExtension
+from .influence import SecureSumOutOfBounds, check_secure_total, round_weight_cap
 from .rules import AggregationRule
 from .run_record import RunRecorder
 
@@ -48,14 +50,17 @@ class AdapterStrategy(FedAvg):
         rule: AggregationRule,
         extensions: Sequence[ServerExtension] = (),
         privacy: PrivacySpec = PrivacySpec(),
+        max_client_weight: float = 0.0,
         **fedavg_options: Any,
     ) -> None:
         """``extensions`` run in order at each point of a round; ``privacy`` says how a secure sum is
-        decoded (the DP engine itself is an extension; the rule was checked to fit the run)."""
+        decoded (the DP engine itself is an extension; the rule was checked to fit the run);
+        ``max_client_weight`` caps a plain round's example counts (see :mod:`~stamen.server.influence`)."""
         super().__init__(**fedavg_options)
-        self.privacy = privacy
+        self.privacy, self.max_client_weight = privacy, max_client_weight
         self.extensions = tuple(extensions)
         self._num_sampled = self._rejected = 0
+        self._refused_aggregate = ""  # why this round's aggregate was not applied, if it was not
         self._round_started = 0.0
         self._replies: list[Message] = []  # this round's train replies, errors included
         self.global_adapter = {k: v.astype(np.float32) for k, v in global_adapter.items()}
@@ -89,11 +94,12 @@ class AdapterStrategy(FedAvg):
     ) -> Iterable[Message]:
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._num_nodes = len(list(grid.get_node_ids()))
-        self._num_sampled = len(messages)
         self._add_downloads(messages, {**self.rule.downloads(), **self._extension_downloads("train")})
         if messages:
             self._bytes_down = sum(r.count_bytes() for r in messages[0].content.array_records.values())
-        return self._configure(messages, "train")
+        messages = self._configure(messages, "train")  # an extension may sample among them (DP)
+        self._num_sampled = len(messages)
+        return messages
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -119,19 +125,26 @@ class AdapterStrategy(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = self._start_round(server_round, replies)
-        accepted = []
+        admitted = []
         for msg in sorted(replies, key=_client_order):
-            row = self._row(msg, "train", server_round)
             try:
-                update = admit_update(msg, self.fingerprint, self.schema, self.rule.extra_uploads)
+                admitted.append((msg, admit_update(msg, self.fingerprint, self.schema, self.rule.extra_uploads)))
             except UpdateRejected as reason:
-                self._reject(row, str(reason))
-                continue
+                self._reject(self._row(msg, "train", server_round), str(reason))
+        cap = round_weight_cap([update.weight for _, update in admitted], self.max_client_weight)
+        accepted = []
+        for msg, update in admitted:
+            capped = update.weight > cap
+            if capped:
+                log.warning("round %d: %s reported %g examples; it weighs as %g (the round's weight cap)",
+                            server_round, update.client, update.weight, cap)
+                update = dataclasses.replace(update, weight=cap)
             for extension in self.extensions:
                 update = extension.add(update)
             self.rule.add(update)
             accepted.append(msg.content)
-            self.recorder.write({**row, **self._describe(msg), "accepted": True, "bytes_up": _bytes(msg),
+            self.recorder.write({**self._row(msg, "train", server_round), **self._describe(msg), "accepted": True,
+                                 "weight": update.weight, "weight_capped": capped, "bytes_up": _bytes(msg),
                                  "bytes_down": self._bytes_down})
         uploads = 1 + len(self.rule.extra_uploads)
         metrics = self._finish_train(server_round, accepted, self.schema.nbytes * uploads)
@@ -152,32 +165,39 @@ class AdapterStrategy(FedAvg):
         return admitted
 
     def aggregate_secure_sum(
-        self, server_round: int, admitted: dict[int, Message], survivors: dict[int, int], total: np.ndarray | None
+        self, server_round: int, admitted: dict[int, Message], survivors: dict[int, int], total: np.ndarray | None,
+        value_range: float = 1.0, tolerance: float = 0.0,
     ) -> None:
-        """Secure round, end: fold the unmasked sum of ``survivors`` (node -> bytes sent) into the rule.
+        """Secure round, end: fold the unmasked sum of ``survivors`` (node -> bytes sent), declared in
+        ``value_range``, into the rule.
 
-        ``total`` is None when the round was aborted: the global adapter stays as it was."""
-        accepted = [admitted[node].content for node in sorted(survivors)] if total is not None else []
+        ``total`` is None when the round was aborted: the global adapter stays as it was. A sum whose
+        total weight is out of bounds (by more than the codec's ``tolerance``) is refused likewise."""
+        refusal = "secure round aborted" if total is None else None
+        if total is not None:
+            weighted_sum, total_weight = read_sum(total, value_range)
+            try:
+                check_secure_total(total_weight, len(survivors), self.privacy, tolerance)
+            except SecureSumOutOfBounds as reason:
+                log.warning("round %d: %s", server_round, reason)
+                refusal = self._refused_aggregate = str(reason)
+            else:
+                self.rule.add_sum(self.schema.unflatten(weighted_sum), total_weight, len(survivors))
+        accepted = [admitted[node].content for node in sorted(survivors)] if refusal is None else []
         for node, msg in admitted.items():
             row = self._row(msg, "train", server_round)
-            if node in survivors and total is not None:
+            if node in survivors and refusal is None:
                 self.recorder.write({**row, **self._describe(msg), "accepted": True, "bytes_up": survivors[node],
                                      "bytes_down": self._bytes_down})
             else:
-                self._reject(row, "dropped out of the secure round" if total is not None else "secure round aborted")
+                self._reject(row, refusal or "dropped out of the secure round")
         per_client = max(survivors.values(), default=0)
         noise_share = math.sqrt(len(survivors) / max(len(admitted), 1))  # dropped clients took their noise shares
-        if total is not None:
-            weighted_sum, total_weight = read_sum(total, self.privacy.secagg_value_range)
-            if total_weight > 0:
-                self.rule.add_sum(self.schema.unflatten(weighted_sum), total_weight, len(survivors))
-            else:
-                log.warning("round %d: the secure sum's total weight is %s; round dropped", server_round, total_weight)
         self._finish_train(server_round, accepted, per_client, noise_share)
 
     def _start_round(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """Reset the round's counters on the first train replies; returns them as a list."""
-        self._round_started, self._rejected = time.perf_counter(), 0
+        self._round_started, self._rejected, self._refused_aggregate = time.perf_counter(), 0, ""
         self.rule.start_round(server_round, self._num_nodes)
         replies = list(replies)
         self._replies = replies
@@ -189,16 +209,20 @@ class AdapterStrategy(FedAvg):
         self, server_round: int, accepted: list[RecordDict], bytes_up: int, noise_share: float = 1.0
     ) -> MetricRecord:
         """Move the global adapter if any update arrived, let the extensions account, and keep the round's summary."""
-        outcome = RoundOutcome(server_round, self.rule, self._replies, accepted,
-                               self._num_sampled / max(self._num_nodes, 1), noise_share)
+        outcome = RoundOutcome(server_round, self.rule, self._replies, accepted, noise_share)
         if self.rule.count:
             for extension in self.extensions:
                 extension.finish_round(outcome)
-            self.global_adapter = self.rule.finish_round(self.global_adapter)
+            moved = self.rule.finish_round(self.global_adapter)
+            if all(np.isfinite(value).all() for value in moved.values()):
+                self.global_adapter = moved
+            else:
+                self._refused_aggregate = "the aggregate has NaN/Inf values"
+                log.error("round %d: %s; the global adapter is unchanged", server_round, self._refused_aggregate)
         else:
             log.warning("round %d: no valid update; the global adapter is unchanged", server_round)
         extension_metrics = {k: v for extension in self.extensions for k, v in extension.round_metrics(outcome).items()}
-        metrics = aggregate_metricrecords(accepted, self.weighted_by_key) if accepted else MetricRecord()
+        metrics = _mean_metrics(accepted, self.weighted_by_key) or MetricRecord()
         traffic = {
             "clients_sampled": self._num_sampled,
             "clients_replied": len(self._replies),
@@ -215,6 +239,7 @@ class AdapterStrategy(FedAvg):
         self._train_summary = {
             **traffic,
             "clients_accepted": self.rule.count,
+            **({"aggregate_refused": self._refused_aggregate} if self._refused_aggregate else {}),
             "bytes_up_per_client": bytes_up if self.rule.count else 0,
             "bytes_down_per_client": self._bytes_down,
             **{f"train_{_snake(k)}": v for k, v in metrics.items() if not k.startswith(INITIAL_PREFIX)},
@@ -234,7 +259,7 @@ class AdapterStrategy(FedAvg):
                 continue
             accepted.append(msg.content)
             self.recorder.write({**row, **self._describe(msg), "accepted": True})
-        metrics = aggregate_metricrecords(accepted, self.weighted_by_key) if accepted else None
+        metrics = _mean_metrics(accepted, self.weighted_by_key)
         evaluated = {f"eval_{_snake(k)}": v for k, v in (metrics or {}).items()}
         summary = {"kind": "round", "round": server_round, **self._train_summary, **evaluated}
         self.recorder.write(summary)
@@ -259,6 +284,13 @@ class AdapterStrategy(FedAvg):
         self._rejected += row["phase"] == "train"
         log.warning("round %d: rejected %s reply from node %s: %s", row["round"], row["phase"], row["node"], reason)
         self.recorder.write({**row, "accepted": False, "reason": reason})
+
+
+def _mean_metrics(accepted: list[RecordDict], weighted_by_key: str) -> MetricRecord | None:
+    """The weighted mean of the accepted replies' ``metrics`` records (Flower's, given only those records)."""
+    if not accepted:
+        return None
+    return aggregate_metricrecords([RecordDict({METRICS: content[METRICS]}) for content in accepted], weighted_by_key)
 
 
 def _client_order(msg: Message) -> tuple[str, int]:

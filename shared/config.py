@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .lora_modes import LORA_MODES, LoraMode
+from .noise_range import MAX_VALUES, noise_value_range
 
 QUANTISATION_MODES = ("auto", "nf4", "int8", "none")
 WIRE_DTYPES = ("float16", "float32", "int8")  # int8: 8-bit blockwise, sent up with error feedback
@@ -118,8 +119,9 @@ class PrivacySpec:
     secure_aggregation: bool = _key("secure-aggregation", False)
     secagg_degree: int = _key("secagg-degree", 0)
     secagg_threshold: float = _key("secagg-threshold", 0.5)
-    secagg_value_range: float = _key("secagg-value-range", 1.0)
-    secagg_max_weight: float = _key("secagg-max-weight", 1000.0)
+    secagg_value_range: float = _key("secagg-value-range", 0.0)  # 0: 1.0, or what distributed DP's noise needs
+    secagg_max_weight: float = _key("secagg-max-weight", 1000.0)  # example counts above it weigh as this
+    secagg_min_weight: float = _key("secagg-min-weight", 50.0)  # ... below it as this: bounds the total weight
     secagg_modulus_bits: int = _key("secagg-modulus-bits", 32)
     secagg_timeout: float = _key("secagg-timeout", 600.0)
     dp: str = _key("dp", "none")
@@ -130,9 +132,14 @@ class PrivacySpec:
 
     def __post_init__(self) -> None:
         _require(self.secagg_degree >= 0, "secagg-degree", self.secagg_degree, "must be >= 0 (0: about 2 log2 n)")
-        _require(0.0 <= self.secagg_threshold < 1.0, "secagg-threshold", self.secagg_threshold, "must be in [0, 1)")
-        _require(self.secagg_value_range > 0, "secagg-value-range", self.secagg_value_range, "must be > 0")
+        _require(0.5 <= self.secagg_threshold < 1.0, "secagg-threshold", self.secagg_threshold,
+                 "must be in [0.5, 1): a share threshold of at most half the share holders lets a server that "
+                 "names a client both survived and dropped rebuild its single masked input")
+        _require(self.secagg_value_range >= 0, "secagg-value-range", self.secagg_value_range,
+                 "must be >= 0 (0: derived)")
         _require(self.secagg_max_weight > 0, "secagg-max-weight", self.secagg_max_weight, "must be > 0")
+        _require(0 < self.secagg_min_weight <= self.secagg_max_weight, "secagg-min-weight", self.secagg_min_weight,
+                 "must be in (0, secagg-max-weight]: the server refuses a secure sum below count x min / max")
         _require(
             self.secagg_modulus_bits in (32, 64), "secagg-modulus-bits", self.secagg_modulus_bits, "must be 32 or 64"
         )
@@ -161,6 +168,7 @@ class RunConfig:
     wire_dtype: str = _key("wire-dtype", "float16")
     aggregation: str = _key("aggregation", "fedavg")
     aggregation_options: str = _key("aggregation-options", "")
+    max_client_weight: float = _key("max-client-weight", 0.0)  # a client's example count caps here (0: 4 x median)
     proximal_mu: float = _key("proximal-mu", 0.0)
     client_ranks: str = _key("client-ranks", "")
     personalisation: str = _key("personalisation", "global")  # the personal model a client keeps and evaluates
@@ -193,6 +201,8 @@ class RunConfig:
         _require(self.min_clients >= 1, "min-clients", self.min_clients, "must be >= 1")
         _require(self.round_timeout > 0, "round-timeout", self.round_timeout, "must be > 0")
         _require(self.proximal_mu >= 0, "proximal-mu", self.proximal_mu, "must be >= 0")
+        _require(self.max_client_weight >= 0, "max-client-weight", self.max_client_weight,
+                 "must be >= 0 (0: four times the round's median example count)")
         _require(self.personalisation in PERSONALISATIONS, "personalisation", self.personalisation,
                  f"must be one of {PERSONALISATIONS}")
         _require(self.personalisation == "global" or self.adapter.lora_mode().personal_models, "personalisation",
@@ -204,6 +214,12 @@ class RunConfig:
         _require(self.partition_alpha > 0, "partition-alpha", self.partition_alpha, "must be > 0")
         _require(self.stream_stages >= 1, "stream-stages", self.stream_stages, "must be >= 1")
         _require(0.0 <= self.attack_fraction <= 1.0, "attack-fraction", self.attack_fraction, "must be in [0, 1]")
+        if self.privacy.dp == "distributed" and self.privacy.secagg_value_range > 0:
+            needed = self.noise_value_range()
+            _require(self.privacy.secagg_value_range >= needed, "secagg-value-range", self.privacy.secagg_value_range,
+                     f"would truncate distributed-DP noise (fixed-point encoding clips to the range): dp-clip "
+                     f"{self.privacy.dp_clip} plus the noise share of min-clients = {max(2, self.min_clients)} "
+                     f"clients needs >= {needed:.4g}; set it to 0 (derived) or raise it")
         if self.privacy.secure_aggregation:
             _require(self.adapter.lora_mode().secure_sums, "secure-aggregation", True,
                      f"yields only the sum of updates; lora-aggregation {self.adapter.aggregation} needs each "
@@ -211,6 +227,22 @@ class RunConfig:
         self.rule_options()  # validates the syntax early
         self.attack_settings()
         self.simulated_client_ranks()
+
+    def secure_value_range(self) -> float:
+        """The range every securely summed value is declared to lie in (both sides compute it from the config):
+        ``secagg-value-range``, or when it is 0, 1.0 without DP and under distributed DP the least range
+        that does not truncate the noise of ``min-clients`` clients (see :mod:`.noise_range`)."""
+        if self.privacy.secagg_value_range > 0:
+            return self.privacy.secagg_value_range
+        if self.privacy.dp == "distributed":
+            return self.noise_value_range()
+        return 1.0
+
+    def noise_value_range(self, num_clients: int | None = None, num_values: int = MAX_VALUES) -> float:
+        """The value range distributed DP's noise needs with ``num_clients`` (default: ``min-clients``, at least 2)."""
+        privacy = self.privacy
+        return noise_value_range(privacy.dp_clip, privacy.dp_noise_multiplier,
+                                 num_clients or max(2, self.min_clients), num_values)
 
     def simulated_client_ranks(self) -> tuple[int, ...]:
         """``client-ranks`` ("8,4,2"): LoRA ranks given to simulated clients in turn (empty: all use lora-rank)."""

@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from .atomic import atomic_write_bytes
 
+LOOPBACK = "127.0.0.1"
 _VALID_DAYS = 365
 
 
@@ -52,7 +53,9 @@ class DevCertificates:
 
 
 def make_dev_certificates(folder: Path, hosts: list[str], nodes: list[str]) -> DevCertificates:
-    """A CA, a server certificate valid for ``hosts`` (names or IPs), and a key pair per node name."""
+    """A CA, a server certificate valid for ``hosts`` (names or IPs) and for 127.0.0.1, where the server's
+    own Fleet gateway and Flower CLI reach its SuperLink, and a key pair per node name."""
+    hosts = list(dict.fromkeys([*hosts, LOOPBACK]))
     certs = DevCertificates(folder)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Stamen development CA")])

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ConfigRecord
 
+from .config import PrivacySpec
 from .shamir import Share
 
 SHARE_STAGE = "secagg_share"
@@ -101,6 +102,13 @@ def unpack_shares(plaintext: bytes) -> tuple[int, int, Share, Share]:
             Share.from_bytes(plaintext[16:16 + half]), Share.from_bytes(plaintext[16 + half:]))
 
 
+def share_threshold(holders: int, fraction: float) -> int:
+    """Shares needed to rebuild a secret held by ``holders`` (a client and its neighbours): more than
+    ``fraction`` of them. With ``fraction`` >= 0.5 no two disjoint groups of holders both reach it, so a
+    server cannot collect a client's seed shares from one group and its mask-key shares from another."""
+    return min(holders, math.floor(fraction * holders) + 1)
+
+
 def pairwise_sign(node: int, peer: int) -> int:
     """+1 if ``node`` adds the pair's mask, -1 if it subtracts it: the two cancel in the sum."""
     return 1 if node < peer else -1
@@ -116,11 +124,25 @@ def read_peer_entry(entry: bytes) -> tuple[int, bytes, bytes]:
     return int.from_bytes(entry[:4], "big"), entry[4:36], entry[36:]
 
 
+def secure_weight(num_examples: float, privacy: PrivacySpec) -> float:
+    """A client's weight in a secure sum: 1 under distributed DP, otherwise its example count clamped to
+    [``secagg-min-weight``, ``secagg-max-weight``] over ``secagg-max-weight``."""
+    if privacy.dp == "distributed":
+        return 1.0
+    clamped = min(max(num_examples, privacy.secagg_min_weight), privacy.secagg_max_weight)
+    return clamped / privacy.secagg_max_weight
+
+
+def weight_bounds(privacy: PrivacySpec) -> tuple[float, float]:
+    """The least and the most weight an honest client puts in a secure sum (see :func:`secure_weight`)."""
+    return secure_weight(0.0, privacy), secure_weight(float("inf"), privacy)
+
+
 def update_vector(delta_flat: np.ndarray, weight: float, value_range: float) -> np.ndarray:
     """What a client sums securely: its delta times its weight, over the value range, then the weight.
 
-    Weights are in (0, 1] (example counts over ``secagg-max-weight``, or 1 under DP), so every
-    coordinate lies in [-1, 1] unless the delta leaves the declared range (then it is clipped).
+    Weights are in (0, 1] (see :func:`secure_weight`), so every coordinate lies in [-1, 1] unless
+    the delta leaves the declared range (then it is clipped).
     """
     return np.append(delta_flat * (weight / value_range), weight)
 
@@ -133,3 +155,4 @@ def read_sum(total: np.ndarray, value_range: float) -> tuple[np.ndarray, float]:
 def distributed_noise_std(noise_multiplier: float, clip: float, value_range: float, num_clients: int) -> float:
     """Each of ``num_clients`` clients' noise share, in encoded units, so the sum carries std ``z * C``."""
     return noise_multiplier * clip / (value_range * math.sqrt(num_clients))
+

@@ -10,8 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from stamen.client.deployment import free_port
-from stamen.shared.flower_tools import flower_environment
+from stamen.shared.flower_tools import flower_environment, free_port
 
 STAMEN = str(Path(sys.executable).parent / "stamen")
 

@@ -6,13 +6,18 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import ssl
 import subprocess
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 from deployment_helpers import Processes, free_port, tiny_run_args, wait_for
 
 from stamen.client.deployment import DeviceSetup, supernode_command
+from stamen.server.deployment import write_flower_app
+from stamen.shared.config import RunConfig
 from stamen.shared.dev_certs import DevCertificates, add_node_key
 from stamen.shared.flower_tools import flower_environment, flower_tool
 from stamen.shared.run_folder import RunFolder
@@ -112,3 +117,36 @@ def test_a_killed_device_and_a_killed_server_do_not_stop_a_secure_federation(sit
     assert "Resuming" in site.log("server-again") and "after round 1" in site.log("server-again")
     assert rounds[1]["clients_accepted"] == 3  # the returning device is admitted again
     assert "secure sum of 3 of 3 clients" in site.log("server-again")  # secure aggregation across real nodes
+
+
+def test_an_outsider_with_the_ca_certificate_reaches_only_the_fleet_api(site, tmp_path):
+    """``--host 0.0.0.0``: the devices' port forwards Flower's Fleet API and nothing else, and the SuperLink
+    (whose Control API starts runs and registers keys for anyone reaching it) listens on loopback only."""
+    port, runs = free_port(), tmp_path / "runs"
+    site.server("server", port, "--host", "0.0.0.0", *tiny_run_args(runs, rounds=1, min_clients=3))
+    wait_for(lambda: "registered device key device-3" in site.log("server"), 90, "the server to register keys")
+
+    outsider_home = tmp_path / "outsider-flwr"
+    outsider_home.mkdir()
+    (outsider_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "outsider"\n\n[superlink.outsider]\naddress = "127.0.0.1:{port}"\n'
+        f'root-certificates = "{tmp_path / "certs/ca.crt"}"\n')
+    outsider = DevCertificates(tmp_path / "outsider")
+    add_node_key(outsider, "device-9")
+    app = write_flower_app(tmp_path / "outsider-app", RunConfig())
+    for command in (["supernode", "register", str(outsider.node_public_key("device-9")), "outsider"],
+                    ["run", str(app), "outsider"]):
+        result = subprocess.run([flower_tool("flwr"), *command], env=flower_environment(FLWR_HOME=str(outsider_home)),
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0 and "404 Not Found" in result.stdout + result.stderr, result.stdout
+    ca = ssl.create_default_context(cafile=str(tmp_path / "certs/ca.crt"))
+    with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=ca) as client:
+        for path in ("/v1/control/list-runs", "/v1/control/start-run", "/v1/fleet/../control/list-runs",
+                     "/v1/runtime/get-nodes", "/health"):
+            assert client.post(path, content=b"").status_code == 404, path
+
+    superlink = next(child for child in psutil.Process(site.started["server"].pid).children(recursive=True)
+                     if "flower-superlink" in " ".join(child.cmdline()))
+    listening = {c.laddr for c in superlink.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+    assert listening and all(address.ip == "127.0.0.1" for address in listening)
+    assert "Public key" not in (tmp_path / "work-server/superlink.log").read_text()  # nothing reached registration

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Error, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
 from stamen.server.admission import UpdateRejected, admit_key_reply, admit_reply, admit_update, client_name
-from stamen.shared.protocol import CLIENT_INFO, METRICS, client_reply
+from stamen.shared.protocol import ARRAYS, CLIENT_INFO, METRICS, client_reply
 from stamen.shared.secagg_protocol import ENCRYPTION_KEY, MASK_KEY, PUBLIC_KEYS
 from stamen.shared.wire import AdapterSchema, encode_adapter
 
@@ -40,19 +40,19 @@ def test_an_example_count_that_is_not_a_positive_number_is_refused(examples):
         del reply.content[METRICS]["num-examples"]
     else:
         reply.content[METRICS]["num-examples"] = examples
-    with pytest.raises(UpdateRejected, match="'num-examples' must be a positive number"):
-        admit_reply(reply, FP)
+    with pytest.raises(UpdateRejected, match=r"'num-examples' must be a (positive|finite) number"):
+        admit_reply(reply, FP, (ARRAYS,))
 
 
 def test_the_smallest_positive_example_count_is_admitted():
-    admit_reply(_reply(examples=1e-9), FP)
+    admit_reply(_reply(examples=1e-9), FP, (ARRAYS,))
 
 
 def test_an_error_reply_is_refused_with_the_clients_reason():
     error = Message(Error(code=1, reason="out of memory"),
                     reply_to=Message(RecordDict(), dst_node_id=1, message_type=MessageType.TRAIN))
     with pytest.raises(UpdateRejected, match="client reported an error: out of memory"):
-        admit_reply(error, FP)
+        admit_reply(error, FP, (ARRAYS,))
     assert client_name(error) == "?"
 
 
@@ -61,16 +61,16 @@ def test_a_reply_without_its_info_or_metrics_is_refused(missing):
     reply = _reply()
     del reply.content[missing]
     with pytest.raises(UpdateRejected, match="lacks the client info or metrics"):
-        admit_reply(reply, FP)
+        admit_reply(reply, FP, (ARRAYS,))
 
 
 def test_a_reply_from_another_base_or_without_one_is_refused():
     with pytest.raises(UpdateRejected, match=r"base model mismatch \(server vs client\): .* got cdcdcdcdcdcd"):
-        admit_reply(_reply(fingerprint="sha256:" + "cd" * 32), FP)
+        admit_reply(_reply(fingerprint="sha256:" + "cd" * 32), FP, (ARRAYS,))
     reply = _reply()
     reply.content[CLIENT_INFO] = ConfigRecord({"client-name": "c1"})
     with pytest.raises(UpdateRejected, match="carries no base fingerprint"):
-        admit_reply(reply, FP)
+        admit_reply(reply, FP, (ARRAYS,))
 
 
 def test_a_train_reply_missing_its_delta_or_an_extra_upload_is_refused():
@@ -114,3 +114,10 @@ def test_a_secure_round_reply_must_carry_two_32_byte_public_keys(keys, admitted)
             admit_key_reply(reply, FP)
     with pytest.raises(UpdateRejected, match="base model mismatch"):
         admit_key_reply(_reply(delta=None, fingerprint="sha256:" + "cd" * 32), FP)
+
+
+def test_a_reply_with_records_nobody_asked_for_is_refused():
+    reply = _reply()
+    reply.content["secagg-shares"] = MetricRecord({"train-loss": [1.0, 2.0]})  # would be averaged with the metrics
+    with pytest.raises(UpdateRejected, match=r"unexpected records \['secagg-shares'\]"):
+        admit_update(reply, FP, SCHEMA, ())

@@ -11,25 +11,55 @@ from stamen.server.privacy import CentralPrivacy, PrivacyAccountant
 from stamen.server.rules import RULES, ClientUpdate, make_rule
 from stamen.shared.clipping import clip_l2, l2_norm
 from stamen.shared.config import ConfigError, PrivacySpec, RunConfig
-from stamen.shared.secagg_protocol import distributed_noise_std, read_sum
+from stamen.shared.noise_range import noise_value_range
+from stamen.shared.secagg_protocol import SecAggError, distributed_noise_std, read_sum
 from stamen.simulations.secure_sum import secure_sum
 
 
-def test_distributed_noise_shares_add_up_to_the_target_noise_in_the_secure_sum():
-    privacy = PrivacySpec(secure_aggregation=True, dp="distributed", dp_clip=0.5, dp_noise_multiplier=1.5,
-                          secagg_value_range=4.0)
-    length, clients = 20_000, 5
-    vectors = {node: secure_input(np.zeros(length), 10, privacy) for node in range(1, clients + 1)}
-    std = distributed_noise_std(1.5, 0.5, 4.0, clients)
-    noisy_sum, weight = read_sum(secure_sum(vectors, noise_std=std).total, 4.0)
+def _distributed(clip: float, multiplier: float, **more) -> RunConfig:
+    return RunConfig().replace(**{"secure-aggregation": True, "dp": "distributed", "dp-clip": clip,
+                                  "dp-noise-multiplier": multiplier, **more})
+
+
+@pytest.mark.parametrize(("clip", "multiplier", "clients"), [(0.5, 1.5, 5), (5.0, 1.0, 10)])
+def test_the_decoded_secure_sum_carries_the_noise_the_accountant_records(clip, multiplier, clients):
+    """Deltas at the clip bound plus every client's noise share, through the real codec and masks: the noise
+    in the decoded sum has standard deviation z * C. A value range too small for the noise truncated it
+    (C = 5, z = 1, n = 10 in a range of 1 measured z = 0.52), so the range is derived from the noise."""
+    config = _distributed(clip, multiplier, **{"min-clients": clients})
+    value_range = config.secure_value_range()
+    length = 20_000
+    rng = np.random.default_rng(0)
+    deltas = {node: rng.normal(0, 1, length) for node in range(1, clients + 1)}
+    deltas[1] = np.zeros(length)
+    deltas[1][0] = 3 * clip  # one coordinate carries the whole clipped norm: the range must hold C plus noise
+    vectors = {node: secure_input(delta, 10, config) for node, delta in deltas.items()}
+    std = distributed_noise_std(multiplier, clip, value_range, clients)
+    noisy_sum, weight = read_sum(secure_sum(vectors, noise_std=std).total, value_range)
+    clipped_sum = sum(clip_l2({"d": delta}, clip)["d"] for delta in deltas.values())
     assert weight == pytest.approx(clients)  # every client weighs 1 under DP
-    assert noisy_sum.std() == pytest.approx(1.5 * 0.5, rel=0.03)  # z * C
+    assert (noisy_sum - clipped_sum).std() == pytest.approx(multiplier * clip, rel=0.05)  # z * C
+
+
+def test_a_value_range_that_would_truncate_the_noise_is_refused_and_zero_derives_one_that_does_not():
+    with pytest.raises(ConfigError, match=r"secagg-value-range' = 1.0 would truncate distributed-DP noise.*needs >="):
+        _distributed(5.0, 1.0, **{"secagg-value-range": 1.0, "min-clients": 10})
+    derived = _distributed(5.0, 1.0, **{"min-clients": 10}).secure_value_range()
+    assert derived == pytest.approx(noise_value_range(5.0, 1.0, 10))
+    assert 5.0 + 8 * 5.0 / np.sqrt(10) < derived < 5.0 + 10 * 5.0 / np.sqrt(10)  # C plus 8-10 noise-share stds
+    assert RunConfig().secure_value_range() == 1.0  # without DP: the declared delta range
+
+
+def test_a_client_refuses_to_send_noise_that_encoding_would_truncate():
+    vectors = {node: np.zeros(100) for node in (1, 2, 3)}
+    with pytest.raises(SecAggError, match="noised values left the value range"):
+        secure_sum(vectors, noise_std=2.0)  # two standard deviations of the noise exceed the range
 
 
 def test_clients_clip_their_update_before_it_is_masked():
-    privacy = PrivacySpec(secure_aggregation=True, dp="distributed", dp_clip=1.0)
-    vector = secure_input(np.full(100, 3.0), 50, privacy)
-    assert np.linalg.norm(vector[:-1]) == pytest.approx(1.0)
+    config = _distributed(1.0, 1.0)
+    vector = secure_input(np.full(100, 3.0), 50, config)
+    assert np.linalg.norm(vector[:-1]) * config.secure_value_range() == pytest.approx(1.0)
     assert vector[-1] == 1.0
 
 
@@ -101,11 +131,13 @@ def test_a_sample_rate_above_one_is_accounted_as_one():
 
 
 def test_secure_input_weighs_by_examples_up_to_the_cap_and_scales_into_the_value_range():
-    privacy = PrivacySpec(secure_aggregation=True, secagg_max_weight=200, secagg_value_range=2.0)
+    config = RunConfig().replace(**{"secure-aggregation": True, "secagg-max-weight": 200, "secagg-min-weight": 20,
+                                    "secagg-value-range": 2.0})
     delta = np.array([0.5, -1.0])
-    np.testing.assert_allclose(secure_input(delta, 50, privacy), [0.5 * 0.25 / 2.0, -1.0 * 0.25 / 2.0, 0.25])
-    np.testing.assert_allclose(secure_input(delta, 500, privacy), [0.5 / 2.0, -1.0 / 2.0, 1.0])
-    total, weight = read_sum(secure_input(delta, 50, privacy) + secure_input(delta, 500, privacy), 2.0)
+    np.testing.assert_allclose(secure_input(delta, 50, config), [0.5 * 0.25 / 2.0, -1.0 * 0.25 / 2.0, 0.25])
+    np.testing.assert_allclose(secure_input(delta, 500, config), [0.5 / 2.0, -1.0 / 2.0, 1.0])
+    np.testing.assert_allclose(secure_input(delta, 5, config)[-1], 0.1)  # below the floor: weighs as 20
+    total, weight = read_sum(secure_input(delta, 50, config) + secure_input(delta, 500, config), 2.0)
     assert weight == pytest.approx(1.25)
     np.testing.assert_allclose(total, delta * 1.25)
 
@@ -142,9 +174,9 @@ def test_the_privacy_engine_reports_the_noise_a_secure_round_really_carried():
     privacy = PrivacySpec(secure_aggregation=True, dp="distributed", dp_noise_multiplier=2.0)
     engine, rule = PrivacyEngine(privacy, {"w": (3,)}), make_rule("fedavg")
     rule.start_round(1, 4)
-    assert engine.round_metrics(RoundOutcome(1, rule, [], [], 1.0, 0.5)) == {}
+    assert engine.round_metrics(RoundOutcome(1, rule, [], [], 0.5)) == {}
     rule.add_sum({"w": np.ones(3)}, 4.0, 4)
-    metrics = engine.round_metrics(RoundOutcome(1, rule, [], [], 1.0, 0.5))
+    metrics = engine.round_metrics(RoundOutcome(1, rule, [], [], 0.5))
     assert metrics["dp_noise_multiplier"] == 1.0
     reference = RDPAccountant()
     reference.step(noise_multiplier=1.0, sample_rate=1.0)
@@ -157,3 +189,59 @@ def test_the_privacy_engine_reports_the_noise_a_secure_round_really_carried():
 def _run(**privacy) -> RunConfig:
     flat = {"secure-aggregation": privacy.get("secure_aggregation", False), "dp": privacy.get("dp", "none")}
     return RunConfig().replace(**flat)
+
+
+def _messages(count: int) -> list:
+    from flwr.app import Message, MessageType, RecordDict
+
+    return [Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN) for node in range(1, count + 1)]
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_central_dp_samples_nodes_by_secret_poisson_sampling_and_accounts_at_that_rate():
+    """The accountant's amplification assumes each node takes part independently and nobody can tell who:
+    re-seeding Python's random (the public run seed) must not reproduce the sample."""
+    import random
+
+    from stamen.server.extensions import RoundOutcome
+    from stamen.server.privacy import PrivacyEngine
+
+    engine = PrivacyEngine(PrivacySpec(dp="central", dp_noise_multiplier=1.0), {"w": (3,)}, fraction_train=0.1)
+    samples = []
+    for _ in range(2):
+        random.seed(0)
+        samples.append([m.metadata.dst_node_id for m in engine.configure(_messages(2000), "train")])
+    assert samples[0] != samples[1]
+    assert all(140 < len(sample) < 260 for sample in samples)  # Binomial(2000, 0.1): mean 200, sd 13
+    evaluation = _messages(50)
+    assert engine.configure(evaluation, "evaluate") is evaluation  # evaluation spends no privacy
+    rule = make_rule("fedavg")
+    rule.start_round(1, 2000)
+    metrics = engine.round_metrics(RoundOutcome(1, rule, [], []))  # an empty sample is still a release
+    reference = RDPAccountant()
+    reference.step(noise_multiplier=1.0, sample_rate=0.1)
+    assert metrics["dp_epsilon"] == pytest.approx(reference.get_epsilon(1e-5))
+    assert metrics["dp_sample_rate"] == 0.1 and metrics["dp_sampling"].startswith("poisson")
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_distributed_dp_is_accounted_without_amplification_because_the_server_sees_whom_it_asks():
+    """At q = 0.1, z = 1 over 100 rounds an amplified account reports about 8 where the server, which picked
+    the clients, faces about 96."""
+    from stamen.server.extensions import RoundOutcome
+    from stamen.server.privacy import PrivacyEngine
+
+    privacy = PrivacySpec(secure_aggregation=True, dp="distributed", dp_noise_multiplier=1.0)
+    engine = PrivacyEngine(privacy, {"w": (3,)}, fraction_train=0.1)
+    offered = _messages(30)
+    assert engine.configure(offered, "train") is offered  # Flower's sample stands; it buys no amplification
+    rule = make_rule("fedavg")
+    rule.start_round(1, 10)
+    rule.add_sum({"w": np.ones(3)}, 10.0, 10)
+    for _ in range(100):
+        metrics = engine.round_metrics(RoundOutcome(1, rule, [], []))
+    assert metrics["dp_sample_rate"] == 1.0 and "server sees" in metrics["dp_sampling"]
+    amplified = RDPAccountant()
+    for _ in range(100):
+        amplified.step(noise_multiplier=1.0, sample_rate=0.1)
+    assert amplified.get_epsilon(1e-5) < 10 < 90 < metrics["dp_epsilon"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -225,3 +226,70 @@ def test_a_fixed_point_codec_for_one_summand_decodes_what_it_encoded():
     codec = FixedPoint(1.0, 1)
     values = np.array([0.5, -0.25, 1.0])
     np.testing.assert_allclose(codec.decode_sum(codec.encode(values.tolist())), values, atol=codec.sum_error_bound)
+
+
+# -- a server that lies to clients ---------------------------------------------------------------------------------
+
+def _shared_round(nodes=range(1, 8), min_threshold=0.5):
+    """Seven clients on a complete graph after stage 2: every client holds a share of every other's secrets."""
+    clients = {node: SecAggClient(RecordDict(), node, min_threshold) for node in nodes}
+    keys = {node: client.advertise("run", 1, np.zeros(4)) for node, client in clients.items()}
+    server = SecureAggregator("run", 1, keys, 4, SecAggSettings(), 0.0, random.Random(0))
+    return server, clients
+
+
+def test_a_client_refuses_a_share_threshold_below_its_own_minimum():
+    server, clients = _shared_round()
+    info, peers = server.share_requests()[1]
+    assert info.threshold == 4  # a majority of the 7 holders
+    with pytest.raises(SecAggError, match=r"threshold of 1 among 7 holders; this client needs at least 4"):
+        clients[1].share_keys(dataclasses.replace(info, threshold=1), peers)  # t = 1: any one share is the secret
+    strict = SecAggClient(RecordDict(), 1, min_threshold=0.75)  # a device that sets its own stricter minimum
+    strict.advertise("run", 1, np.zeros(4))
+    with pytest.raises(SecAggError, match="needs at least 6"):
+        strict.share_keys(info, peers)
+
+
+def test_a_client_reveals_nothing_when_too_few_holders_survive_whatever_threshold_the_server_names_then():
+    server, clients = _shared_round()
+    for node, (info, peers) in server.share_requests().items():
+        server.add_shares(node, clients[node].share_keys(info, peers))
+    for node, (info, shares) in server.mask_requests().items():
+        server.add_masked(node, clients[node].masked_input(info, shares))
+    info = server.unmask_requests()[1]
+    # the server claims five of client 1's six neighbours dropped, to collect their mask keys, and lowers the
+    # threshold it declares so the survivor check would pass
+    lying = dataclasses.replace(info, threshold=1, survivors=(1, 2), dropped=(3, 4, 5, 6, 7))
+    with pytest.raises(SecAggError, match="only 2 of this node's share holders survived, fewer than the threshold 4"):
+        clients[1].unmask(lying)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.49])
+def test_a_secagg_threshold_that_allows_a_minority_of_holders_is_refused(threshold):
+    with pytest.raises(ConfigError, match=r"secagg-threshold.*must be in \[0.5, 1\)"):
+        RunConfig().replace(**{"secure-aggregation": True, "secagg-threshold": threshold})
+
+
+def test_a_majority_threshold_keeps_a_client_both_named_survived_and_dropped_from_being_unmasked():
+    """The server tells some of client 7's holders that it survived (for its seed shares) and the others that it
+    dropped (for its mask-key shares). Unmasking 7's single input needs both secrets; with a majority threshold
+    (4 of 7 holders) the best split gets one: 4 seed shares (7's own included) and 3 mask-key shares."""
+    server, clients = _shared_round()
+    for node, (info, peers) in server.share_requests().items():
+        server.add_shares(node, clients[node].share_keys(info, peers))
+    for node, (info, shares) in server.mask_requests().items():
+        server.add_masked(node, clients[node].masked_input(info, shares))
+    honest = server.unmask_requests()
+    seeds_from, keys_from = (1, 2, 3, 7), (4, 5, 6)
+    seed_shares, key_shares = [], []
+    for node in (*seeds_from, *keys_from):
+        info = honest[node]
+        if node in keys_from:  # told 7 dropped: reveals its mask-key share of 7
+            info = dataclasses.replace(info, survivors=tuple(n for n in info.survivors if n != 7), dropped=(7,))
+        revealed = clients[node].unmask(info)
+        seed_shares += [shamir.Share.from_bytes(revealed[k]) for k in revealed if k == "seed/7"]
+        key_shares += [shamir.Share.from_bytes(revealed[k]) for k in revealed if k == "key/7"]
+    assert len(seed_shares) == 4 and len(key_shares) == 3
+    shamir.combine(seed_shares, 4)  # the self-mask seed, alone, leaves 7's pairwise masks on its input
+    with pytest.raises(shamir.ShamirError, match="cannot rebuild a 4-of-n secret"):
+        shamir.combine(key_shares, 4)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from inprocess_grid import InProcessGrid
 from opacus.accountants import RDPAccountant
 from safetensors.numpy import load_file
@@ -14,7 +14,7 @@ from safetensors.numpy import load_file
 from stamen.server.federation import run_federation
 from stamen.shared.config import RunConfig
 from stamen.shared.run_folder import RunFolder
-from stamen.shared.secagg_protocol import MASK_STAGE, SECAGG, StageInfo
+from stamen.shared.secagg_protocol import MASK_STAGE, MASKED, MASKED_VECTOR, REVEALED, SECAGG, UNMASK_STAGE, StageInfo
 from stamen.simulations.client_app import simulated_client_app
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
@@ -69,3 +69,68 @@ def test_privacy_budget_grows_each_round_as_the_accountant_predicts(tmp_path, mo
         expected.step(noise_multiplier=2.0, sample_rate=1.0)
         assert row["dp_epsilon"] == pytest.approx(expected.get_epsilon(1e-5))
     assert rounds[0]["dp_epsilon"] < rounds[1]["dp_epsilon"]
+
+
+def _hostile_run(tmp_path: Path, name: str, stage: str | None, tamper, overrides: dict | None = None) -> Path:
+    """Three clients in a secure round; partition 0 rewrites its reply to ``stage`` (None: the train reply)
+    with ``tamper(content, context)``, as a client controlling every byte it sends would."""
+
+    def hostile(msg: Message, context: Context, call_next):
+        reply = call_next(msg, context)
+        stage_now = StageInfo.from_record(msg.content[SECAGG]).stage if SECAGG in msg.content.config_records else None
+        if context.node_config["partition-id"] == 0 and stage_now == stage and not reply.has_error():
+            tamper(reply.content, context)
+        return reply
+
+    config = RunConfig().replace(**{
+        "base-model": "tiny", "quantisation": "none", "wire-dtype": "float32", "num-server-rounds": 1,
+        "run-dir": str(tmp_path), "run-id": name, "fraction-evaluate": 0.0, "secure-aggregation": True,
+        **(overrides or {}),
+    })
+    return run_federation(InProcessGrid(simulated_client_app([hostile]), 3), config)
+
+
+def _garbage_masked_payload(content, context):
+    array = content[MASKED][MASKED_VECTOR]
+    content[MASKED] = ArrayRecord({MASKED_VECTOR: Array(dtype=array.dtype, shape=array.shape, stype=array.stype,
+                                                        data=b"\x93NUMPY garbage" * 10)})
+
+
+def _malformed_shares(content, context):
+    content[REVEALED] = ConfigRecord({key: b"\x01" * 9 for key in content[REVEALED]})  # ShamirError on decoding
+
+
+def test_a_garbage_masked_payload_drops_that_client_and_the_others_are_summed(tmp_path):
+    offline_run = _run(tmp_path, "offline", {"secure-aggregation": True}, drop={0})
+    offline = load_file(offline_run / "global_adapter.safetensors")
+    garbage = _hostile_run(tmp_path, "garbage", MASK_STAGE, _garbage_masked_payload)
+    assert _rows(garbage, "round")[0]["clients_accepted"] == 2
+    result = load_file(garbage / "global_adapter.safetensors")
+    assert max(float(np.abs(offline[k] - result[k]).max()) for k in offline) < 1e-6
+
+
+def test_malformed_revealed_shares_are_ignored_and_the_sum_is_rebuilt_from_the_others(tmp_path):
+    honest = load_file(_run(tmp_path, "honest", {"secure-aggregation": True}) / "global_adapter.safetensors")
+    malformed = _hostile_run(tmp_path, "malformed", UNMASK_STAGE, _malformed_shares)
+    assert _rows(malformed, "round")[0]["clients_accepted"] == 3
+    result = load_file(malformed / "global_adapter.safetensors")
+    assert max(float(np.abs(honest[k] - result[k]).max()) for k in honest) < 1e-6
+
+
+def test_a_crafted_weight_coordinate_gets_the_secure_sum_refused_not_applied(tmp_path):
+    """A client that keeps its masked update on the device rewrites its weight to -0.40: the total weight of the
+    three clients (89, 189 and 297 examples: 0.575) drops to 0.086, which would inflate the mean 5.6-fold; it is
+    below the 3 x 0.05 that three clients at secagg-min-weight send, so the sum is refused."""
+
+    def negative_weight(content, context):
+        vector = context.state["secagg-input"]["vector"].numpy().copy()
+        vector[-1] = -0.40
+        context.state["secagg-input"] = ArrayRecord({"vector": Array(vector)})
+
+    crafted = _hostile_run(tmp_path, "crafted", None, negative_weight)
+    round_row = _rows(crafted, "round")[0]
+    assert round_row["clients_accepted"] == 0
+    assert "crafted its weight coordinate" in round_row["aggregate_refused"]
+    unchanged = load_file(crafted / "global_adapter.safetensors")
+    assert all(np.abs(v).max() == 0 for k, v in unchanged.items() if "lora_B" in k)
+

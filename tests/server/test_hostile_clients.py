@@ -1,0 +1,193 @@
+"""A client controls every byte it sends: nothing it sends may end a round, change the honest result
+beyond its bounded weight, or make the server decode more than the adapter schema allows."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stamen.client.secure_aggregation import SecAggClient
+from stamen.server.admission import UpdateRejected, admit_key_reply, admit_update
+from stamen.server.rules import make_rule
+from stamen.server.run_record import RunRecorder
+from stamen.server.secure_aggregation import SecAggSettings, SecureAggregator
+from stamen.server.secure_round import _apply, _vector
+from stamen.server.strategy import AdapterStrategy
+from stamen.shared.config import RunConfig
+from stamen.shared.protocol import ARRAYS, CLIENT_INFO, METRICS, client_reply
+from stamen.shared.run_folder import RunFolder
+from stamen.shared.secagg_protocol import ENCRYPTION_KEY, MASK_KEY, PUBLIC_KEYS
+from stamen.shared.wire import AdapterSchema, decode_adapter, encode_adapter
+
+FP = "sha256:" + "ab" * 32
+GLOBAL = {"l.lora_A": np.zeros((2, 4), np.float32), "l.lora_B": np.ones((4, 2), np.float32)}
+SCHEMA = AdapterSchema.from_state(GLOBAL, "float16")
+
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
+
+
+def _reply(node: int, value: float = 0.5, examples: float = 10, **metrics) -> Message:
+    sent = Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+    delta = {k: np.full(v.shape, value, np.float32) for k, v in GLOBAL.items()}
+    content = client_reply({"num-examples": examples, "train-loss": 1.0, **metrics}, FP, f"c{node}",
+                           encode_adapter(delta, "float16"))
+    return Message(content, reply_to=sent)
+
+
+def _strategy(tmp_path, **options) -> AdapterStrategy:
+    return AdapterStrategy(GLOBAL, SCHEMA, FP, RunRecorder(tmp_path, RunConfig(), {}), make_rule("fedavg"), **options)
+
+
+def _new_global(strategy: AdapterStrategy, replies: list[Message]) -> dict[str, np.ndarray]:
+    arrays, _ = strategy.aggregate_train(1, replies)
+    return decode_adapter(arrays, strategy.schema)
+
+
+# -- arbitrary records ---------------------------------------------------------------------------------------------
+
+_scalars = st.one_of(st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                     st.text(max_size=300), st.binary(max_size=300))
+_config_values = st.one_of(_scalars, st.lists(st.integers(-(2**40), 2**40), max_size=5),
+                           st.lists(st.text(max_size=5), max_size=5))
+_metric_values = st.one_of(st.integers(-(2**62), 2**62), st.floats(allow_nan=True, allow_infinity=True),
+                           st.lists(st.floats(allow_nan=False), max_size=5), st.lists(st.integers(-5, 5), max_size=5))
+_keys = st.sampled_from(["num-examples", "train-loss", "client-name", "base-fingerprint", "l.lora_A", "l.lora_B",
+                         "masked", "seed/1", "key/2", "1", "2", "3"]) | st.text(min_size=1, max_size=20)
+
+
+@st.composite
+def _arrays(draw) -> Array:
+    dtype = draw(st.sampled_from(["float16", "float32", "float64", "int8", "uint32", "object", "<U3", "bogus"]))
+    shape = tuple(draw(st.lists(st.integers(0, 6), max_size=3)))
+    payload = draw(st.binary(max_size=400))
+    if draw(st.booleans()):  # a well-formed payload of some array
+        payload = Array(np.zeros(draw(st.integers(0, 20)), draw(st.sampled_from([np.float16, np.float32])))).data
+    return Array(dtype=dtype, shape=shape, stype="numpy.ndarray", data=payload)
+
+
+_records = st.one_of(
+    st.dictionaries(_keys, _config_values, max_size=6).map(ConfigRecord),
+    st.dictionaries(_keys, _metric_values, max_size=6).map(MetricRecord),
+    st.dictionaries(_keys, _arrays(), max_size=4).map(ArrayRecord),
+)
+_record_names = st.sampled_from([ARRAYS, METRICS, CLIENT_INFO, PUBLIC_KEYS, "secagg-shares", "secagg-masked",
+                                 "secagg-revealed", "control-delta"])
+
+
+@st.composite
+def _hostile_reply(draw) -> Message:
+    """A valid reply with some of its records replaced, removed or added by arbitrary ones."""
+    reply = _reply(3, draw(st.floats(-1, 1)), draw(st.floats(1, 100)))
+    for _ in range(draw(st.integers(1, 3))):
+        name = draw(_record_names)
+        if name in reply.content and draw(st.booleans()):
+            del reply.content[name]
+        else:
+            reply.content[name] = draw(_records)
+    return reply
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(hostile=_hostile_reply())
+def test_a_round_survives_any_reply_and_the_honest_result_holds_unless_the_reply_is_a_valid_update(
+        tmp_path_factory, hostile):
+    honest = [_reply(1, 0.5, 10), _reply(2, -0.25, 30)]
+    expected = _new_global(_strategy(tmp_path_factory.mktemp("honest")), honest)
+    folder = tmp_path_factory.mktemp("hostile")
+    result = _new_global(_strategy(folder), [*honest, hostile])
+    verdict = next(row for row in RunFolder(folder).rows() if row.get("node") == 3)
+    if not verdict["accepted"]:
+        assert verdict["reason"]
+        for name in expected:
+            np.testing.assert_array_equal(result[name], expected[name])
+    else:  # what got through is an update of the run's schema, at a bounded weight
+        assert all(np.isfinite(value).all() for value in result.values())
+        assert verdict["weight"] <= 4 * 30
+
+
+@settings(max_examples=150, deadline=None)
+@given(records=st.dictionaries(_record_names, _records, max_size=4))
+def test_every_server_side_decoder_refuses_arbitrary_records_with_its_own_error(records):
+    reply = Message(RecordDict(records), reply_to=Message(RecordDict(), dst_node_id=5, message_type=MessageType.TRAIN))
+    for admit in (lambda: admit_update(reply, FP, SCHEMA, ("control-delta",)), lambda: admit_key_reply(reply, FP)):
+        with contextlib.suppress(UpdateRejected):  # anything else escaping fails the test
+            admit()
+
+
+def _aggregator(nodes=(1, 2, 3)) -> tuple[SecureAggregator, dict[int, SecAggClient]]:
+    clients = {node: SecAggClient(RecordDict(), node) for node in nodes}
+    keys = {node: client.advertise("run", 1, np.zeros(5)) for node, client in clients.items()}
+    return SecureAggregator("run", 1, keys, 5, SecAggSettings(), 0.0, random.Random(0)), clients
+
+
+@settings(max_examples=100, deadline=None)
+@given(shares=_records, masked=_records, revealed=_records)
+def test_a_secure_round_drops_a_client_whose_stage_replies_are_arbitrary_and_sums_the_others(
+        shares, masked, revealed):
+    probe, _ = _aggregator()
+    _apply(1, "share", 3, lambda: probe.add_shares(3, shares))  # refused or routed, never raised
+
+    server, clients = _aggregator()
+    for node, (info, peers) in server.share_requests().items():
+        server.add_shares(node, clients[node].share_keys(info, peers))
+    for node, (info, routed) in server.mask_requests().items():
+        if node != 3:
+            server.add_masked(node, clients[node].masked_input(info, routed))
+    hostile = masked if isinstance(masked, ArrayRecord) else None
+    assert not _apply(1, "mask", 3, lambda: server.add_masked(3, _vector(hostile, server.length, server.codec.dtype)))
+    answers = {node: clients[node].unmask(info) for node, info in server.unmask_requests().items()}
+    answers[3] = revealed  # dropped, node 3 still answers the unmasking, with arbitrary shares
+    total = server.finish(answers)
+    np.testing.assert_allclose(total, np.zeros(5), atol=server.codec.sum_error_bound)
+
+
+# -- named defects --------------------------------------------------------------------------------------------------
+
+def test_a_list_valued_metric_is_refused_and_the_round_goes_on(tmp_path):
+    strategy = _strategy(tmp_path)
+    result = _new_global(strategy, [_reply(1, 0.5), _reply(2, 0.5, **{"train-loss": [1.0, 2.0]})])
+    np.testing.assert_allclose(result["l.lora_A"], 0.5)
+    refused = next(row for row in RunFolder(tmp_path).rows() if row.get("node") == 2)
+    assert refused["reason"] == "metric 'train-loss' must be a finite number, got list"
+
+
+def test_a_huge_integer_public_key_is_refused_without_allocating_it():
+    reply = _reply(1)
+    del reply.content[ARRAYS]  # stage 1 of a secure round sends keys instead of the update
+    reply.content[PUBLIC_KEYS] = ConfigRecord({ENCRYPTION_KEY: 10**12, MASK_KEY: b"x" * 32})
+    with pytest.raises(UpdateRejected, match="lacks two 32-byte public keys"):
+        admit_key_reply(reply, FP)  # bytes(10**12) would try to allocate a terabyte
+
+
+def test_an_oversized_upload_is_refused_before_its_payload_is_decoded(monkeypatch):
+    reply = _reply(1)
+    big = np.zeros(8_000_000, np.float16)  # 16 MB where the schema allows 32 values
+    reply.content[ARRAYS] = ArrayRecord({
+        "l.lora_A": Array(dtype="float16", shape=(2, 4), stype="numpy.ndarray", data=Array(big).data),
+        "l.lora_B": reply.content[ARRAYS]["l.lora_B"],
+    })
+    monkeypatch.setattr(Array, "numpy", lambda self: pytest.fail("the oversized payload was decoded"))
+    with pytest.raises(UpdateRejected, match=r"is \d+ bytes, more than the \d+ the adapter schema allows"):
+        admit_update(reply, FP, SCHEMA, ())
+
+
+def test_a_client_claiming_a_trillion_examples_weighs_at_most_four_times_the_median(tmp_path):
+    honest = [_reply(node, 0.1, 10) for node in (1, 2, 3)]
+    result = _new_global(_strategy(tmp_path), [*honest, _reply(4, 1.0, 1e12)])
+    expected = (3 * 10 * 0.1 + 40 * 1.0) / (3 * 10 + 40)  # capped at 4 x the median count of 10
+    np.testing.assert_allclose(result["l.lora_A"], expected, rtol=1e-3)  # float16 on the wire; uncapped: 1.0
+    row = next(row for row in RunFolder(tmp_path).rows() if row.get("node") == 4)
+    assert row["weight_capped"] is True and row["weight"] == 40
+
+
+def test_float16_extremes_at_an_absurd_weight_leave_the_global_adapter_finite(tmp_path):
+    strategy = _strategy(tmp_path, max_client_weight=1000.0)
+    result = _new_global(strategy, [_reply(1, 0.1, 10), _reply(2, 65504.0, 1e308)])
+    assert all(np.isfinite(value).all() for value in result.values())
+    assert next(row for row in RunFolder(tmp_path).rows() if row.get("node") == 2)["weight"] == 1000.0
