@@ -34,6 +34,7 @@ from .resource_guard import ResourceGuardHook
 from .round_setup import prepare
 from .secure_aggregation_mod import SUMMED_DTYPE, secure_aggregation_mod
 from .state_store import PERSONAL
+from .trust import operator_signature_mod
 from .update import personal_part, shared_delta
 
 TRAINING_HOOKS: tuple[type[TrainingHook], ...] = (
@@ -142,7 +143,7 @@ def client_app_with(mods: list[Mod], train_handler: Callable[[Message, Context],
     ``client`` sets the data source and hooks (a simulation's); ``train_handler`` answers ordinary
     train messages instead of it (benchmarks swap in synthetic updates)."""
     client = client or StamenClient()
-    client_app = ClientApp(mods=[*mods, secure_aggregation_mod])
+    client_app = ClientApp(mods=[operator_signature_mod, *mods, secure_aggregation_mod])
     client_app.train()(train_handler or client.train)
     client_app.evaluate()(client.evaluate)
     return client_app

@@ -32,6 +32,10 @@ def client_join(
         float | None, typer.Option(help="Decline rounds once the process peaks above this.")
     ] = None,
     base: Annotated[str | None, typer.Option(help="This device's own copy of the base (default: the run's).")] = None,
+    operator_key: Annotated[
+        Path | None, typer.Option(help="The operator's public key (operator.pub): run only runs it signed.",
+                                  exists=True, dir_okay=False)
+    ] = None,
     secagg_min_threshold: Annotated[
         float, typer.Option(min=0.5, max=0.99, help="Least share of its holders a secure round must need to rebuild "
                             "this device's secrets; the device refuses a server asking for fewer.")
@@ -44,7 +48,8 @@ def client_join(
 
     configure_logging(False)
     guards = ResourceGuards(max_local_steps, max_round_seconds, max_memory_mb)
-    device = DeviceSetup(server, ca, key, data, state_dir, name or data.stem, guards, base, secagg_min_threshold)
+    device = DeviceSetup(server, ca, key, data, state_dir, name or data.stem, guards, base, secagg_min_threshold,
+                         operator_key)
     try:
         supernode_command(device)  # reads the data once: a bad file is reported before joining
     except DeviceDataError as error:

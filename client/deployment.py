@@ -8,17 +8,21 @@ device sets (see :mod:`stamen.client.resource_guard`).
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stamen.shared.atomic import atomic_write_text
 from stamen.shared.device_data import read_examples
 from stamen.shared.flower_tools import flower_environment, flower_tool, free_port
 
 from .resource_guard import ResourceGuards
 from .secure_aggregation import DEFAULT_MIN_THRESHOLD
 from .secure_aggregation_mod import MIN_THRESHOLD_KEY
+from .trust import OPERATOR_KEY
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,7 @@ class DeviceSetup:
     guards: ResourceGuards = field(default_factory=ResourceGuards)
     base: str | None = None  # the device's own copy of the base (default: the run's base-model)
     secagg_min_threshold: float = DEFAULT_MIN_THRESHOLD  # the device's own least share threshold
+    operator_key: Path | None = None  # the operator's public key: the device runs only runs it signed
 
 
 def supernode_command(device: DeviceSetup, port: int | None = None) -> list[str]:
@@ -46,6 +51,8 @@ def supernode_command(device: DeviceSetup, port: int | None = None) -> list[str]
     node_config.update({key: value for key, value in limits.items() if value is not None})
     if device.base:
         node_config["base-model"] = device.base
+    if device.operator_key:
+        node_config[OPERATOR_KEY] = str(device.operator_key.resolve())
     return [
         flower_tool("flower-supernode"),
         "--superlink", device.server,
@@ -59,7 +66,20 @@ def supernode_command(device: DeviceSetup, port: int | None = None) -> list[str]
 def join(device: DeviceSetup, port: int | None = None) -> subprocess.Popen:
     """Start this device's SuperNode; its output goes to this process's."""
     device.state_dir.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(supernode_command(device, port), env=flower_environment())
+    return subprocess.Popen(supernode_command(device, port), env=guarded_environment(device.state_dir))
+
+
+def guarded_environment(state_dir: Path) -> dict[str, str]:
+    """The SuperNode's environment, with :mod:`stamen.client.trust` first on PATH as ``flwr-clientapp``: Flower
+    starts the process that runs each message by that name, and Stamen's checks the app bundle first."""
+    shims = state_dir / "bin"
+    shims.mkdir(parents=True, exist_ok=True)
+    shim = shims / "flwr-clientapp"
+    atomic_write_text(shim, f'#!/bin/sh\nexec "{sys.executable}" -m stamen.client.trust "$@"\n')
+    shim.chmod(0o755)
+    environment = flower_environment()
+    environment["PATH"] = f"{shims}{os.pathsep}{environment['PATH']}"
+    return environment
 
 
 def stay_joined(device: DeviceSetup, retry_seconds: float = 5.0) -> None:

@@ -15,10 +15,20 @@ from pathlib import Path
 from flwr.app import Message, RecordDict
 
 from stamen.shared.anchor_set import ANCHOR, anchor_digest, anchor_record, encode_anchor
+from stamen.shared.config import RunConfig
 
 from .extensions import ServerExtension
 
 log = logging.getLogger(__name__)
+
+
+def pin_anchor(config: RunConfig) -> RunConfig:
+    """``config`` naming the sha256 of its anchor set, which clients check the set against (no anchor: as is);
+    the operator signs a config only once its anchor is pinned."""
+    if "anchor" not in config.replay.enabled():
+        return config
+    digest = AnchorDistribution.load(config.replay.anchor, config.seed).sha256
+    return config.replace(**{"replay-anchor-sha256": digest})
 
 
 class AnchorDistribution(ServerExtension):

@@ -66,8 +66,10 @@ def server_start(
     Devices reach only Flower's Fleet API on --host/--port; the SuperLink itself (whose Control API starts runs
     and registers keys) listens on 127.0.0.1."""
     from stamen.server import deployment as deploy
+    from stamen.server.anchor_distribution import pin_anchor
     from stamen.shared.dev_certs import DevCertificates
     from stamen.shared.flower_tools import free_port
+    from stamen.shared.run_signature import sign_run
 
     configure_logging(False)
     found = DevCertificates(certs)
@@ -76,6 +78,8 @@ def server_start(
     else:
         config = new_run_config(preset, set_, rounds)
         config = config.replace(**{"run-dir": str(Path(config.run_dir).resolve())})
+    if found.operator_key.is_file():  # devices that trust the operator run only what it signed
+        config = sign_run(pin_anchor(config), found.operator_key)
     setup = deploy.ServerDeployment(
         deploy.TlsFiles(found.ca_certificate, found.server_certificate, found.server_key),
         host,

@@ -190,6 +190,7 @@ class RunConfig:
     run_dir: str = _key("run-dir", "runs")
     run_id: str = _key("run-id", "")
     resume: bool = _key("resume", False)  # continue run-id from its last checkpoint
+    operator_signature: str = _key("operator-signature", "")  # the operator's over all other keys (deployments)
 
     def __post_init__(self) -> None:
         _require(self.quantisation in QUANTISATION_MODES, "quantisation", self.quantisation,

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from .atomic import atomic_write_bytes
+from .run_signature import write_operator_keys
 
 LOOPBACK = "127.0.0.1"
 _VALID_DAYS = 365
@@ -42,6 +43,16 @@ class DevCertificates:
     def server_key(self) -> Path:
         return self.folder / "server.key"
 
+    @property
+    def operator_key(self) -> Path:
+        """The operator's Ed25519 key: ``stamen server start`` signs the run config with it."""
+        return self.folder / "operator.key"
+
+    @property
+    def operator_public_key(self) -> Path:
+        """What devices trust (``stamen client join --operator-key``)."""
+        return self.folder / "operator.pub"
+
     def node_key(self, name: str) -> Path:
         return self.folder / "nodes" / f"{name}.key"
 
@@ -54,7 +65,8 @@ class DevCertificates:
 
 def make_dev_certificates(folder: Path, hosts: list[str], nodes: list[str]) -> DevCertificates:
     """A CA, a server certificate valid for ``hosts`` (names or IPs) and for 127.0.0.1, where the server's
-    own Fleet gateway and Flower CLI reach its SuperLink, and a key pair per node name."""
+    own Fleet gateway and Flower CLI reach its SuperLink, the operator's signing key pair, and a key pair per
+    node name."""
     hosts = list(dict.fromkeys([*hosts, LOOPBACK]))
     certs = DevCertificates(folder)
     ca_key = ec.generate_private_key(ec.SECP384R1())
@@ -67,6 +79,7 @@ def make_dev_certificates(folder: Path, hosts: list[str], nodes: list[str]) -> D
     atomic_write_bytes(certs.ca_certificate, ca.public_bytes(serialization.Encoding.PEM))
     atomic_write_bytes(certs.server_key, _private_pem(server_key))
     atomic_write_bytes(certs.server_certificate, server.public_bytes(serialization.Encoding.PEM))
+    write_operator_keys(folder)
     for name in nodes:
         add_node_key(certs, name)
     return certs

@@ -39,10 +39,11 @@ class Processes:
         return self.start(name, "server", "start", "--certs", "certs", "--port", str(port),
                           "--work-dir", f"work-{name}", *args)
 
-    def device(self, name: str, port: int, data: Path, *args: str) -> subprocess.Popen:
+    def device(self, name: str, port: int, data: Path, *args: str, operator: str = "certs") -> subprocess.Popen:
+        """A device that trusts the operator key in ``operator``/operator.pub (the server signs with certs/)."""
         return self.start(name, "client", "join", "--server", f"127.0.0.1:{port}", "--data", str(data),
                           "--key", f"certs/nodes/{name}.key", "--ca", "certs/ca.crt", "--state-dir", f"state-{name}",
-                          *args)
+                          "--operator-key", f"{operator}/operator.pub", *args)
 
     def run(self, *args: str) -> None:
         """A short ``stamen`` command, as a user types it in the deployment folder."""

@@ -21,6 +21,7 @@ from stamen.shared.config import RunConfig
 from stamen.shared.dev_certs import DevCertificates, add_node_key
 from stamen.shared.flower_tools import flower_environment, flower_tool
 from stamen.shared.run_folder import RunFolder
+from stamen.shared.run_signature import write_operator_keys
 
 
 @pytest.fixture
@@ -119,9 +120,10 @@ def test_a_killed_device_and_a_killed_server_do_not_stop_a_secure_federation(sit
     assert "secure sum of 3 of 3 clients" in site.log("server-again")  # secure aggregation across real nodes
 
 
-def test_an_outsider_with_the_ca_certificate_reaches_only_the_fleet_api(site, tmp_path):
+def test_an_outsider_reaches_only_the_fleet_api_and_a_device_runs_only_what_its_operator_signed(site, tmp_path):
     """``--host 0.0.0.0``: the devices' port forwards Flower's Fleet API and nothing else, and the SuperLink
-    (whose Control API starts runs and registers keys for anyone reaching it) listens on loopback only."""
+    (whose Control API starts runs and registers keys for anyone reaching it) listens on loopback only. A
+    device that trusts another operator's key refuses the run; the other two train."""
     port, runs = free_port(), tmp_path / "runs"
     site.server("server", port, "--host", "0.0.0.0", *tiny_run_args(runs, rounds=1, min_clients=3))
     wait_for(lambda: "registered device key device-3" in site.log("server"), 90, "the server to register keys")
@@ -150,3 +152,14 @@ def test_an_outsider_with_the_ca_certificate_reaches_only_the_fleet_api(site, tm
     listening = {c.laddr for c in superlink.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
     assert listening and all(address.ip == "127.0.0.1" for address in listening)
     assert "Public key" not in (tmp_path / "work-server/superlink.log").read_text()  # nothing reached registration
+
+    (tmp_path / "other-operator").mkdir()
+    write_operator_keys(tmp_path / "other-operator")
+    for number in (1, 2, 3):
+        site.device(f"device-{number}", port, tmp_path / f"device-{number}.jsonl",
+                    operator="other-operator" if number == 3 else "certs")
+    wait_for(lambda: site.started["server"].poll() is not None, 420, "the run to finish")
+    assert site.started["server"].returncode == 0, site.log("server")[-3000:]
+    refused = [r for r in _rows(_run_dir(runs)) if r["kind"] == "client" and not r["accepted"]]
+    assert len(refused) == 1 and "not signed by this device's operator key" in refused[0]["reason"]
+    assert "refusing the app bundle" in refused[0]["reason"]  # refused by the shim, before the bundle installed

@@ -1,0 +1,88 @@
+"""A device runs only Stamen's installed ClientApp, and with the operator's key only runs the operator signed."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.cli.build import build_fab_from_files
+
+from stamen.client.trust import OPERATOR_KEY, _guard, check_bundle, operator_signature_mod
+from stamen.server.deployment import write_flower_app
+from stamen.shared.config import RunConfig
+from stamen.shared.protocol import CONFIG, round_config
+from stamen.shared.run_signature import UntrustedRun, sign_run, write_operator_keys
+
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
+
+
+@pytest.fixture
+def operator(tmp_path):
+    (tmp_path / "operator").mkdir()
+    (tmp_path / "other").mkdir()
+    private, public = write_operator_keys(tmp_path / "operator")
+    _, other_public = write_operator_keys(tmp_path / "other")
+    return SimpleNamespace(private=private, public=public, other_public=other_public)
+
+
+def _bundle(tmp_path, config: RunConfig, **extra_files: bytes) -> bytes:
+    app = write_flower_app(tmp_path / "app", config)
+    files = {"pyproject.toml": (app / "pyproject.toml").read_bytes(), **extra_files}
+    return build_fab_from_files(files)[0]
+
+
+def test_a_signed_stamen_bundle_runs_and_anything_else_is_refused(tmp_path, operator):
+    signed = sign_run(RunConfig().replace(**{"secure-aggregation": True}), operator.private)
+    trusting = {OPERATOR_KEY: str(operator.public)}
+    check_bundle(_bundle(tmp_path, signed), signed.to_flat(), trusting)
+    check_bundle(_bundle(tmp_path, RunConfig()), RunConfig().to_flat(), {})  # no operator key: Stamen's app only
+
+    with pytest.raises(UntrustedRun, match=r"carries files of its own \(\['evil.py'\]\)"):
+        check_bundle(_bundle(tmp_path, signed, **{"evil.py": b"import os"}), signed.to_flat(), trusting)
+    project = (write_flower_app(tmp_path / "app", signed) / "pyproject.toml").read_text()
+    renamed = build_fab_from_files({"pyproject.toml": project.replace("stamen.client.app:app", "evil:app").encode()})
+    with pytest.raises(UntrustedRun, match="names ClientApp 'evil:app'"):
+        check_bundle(renamed[0], signed.to_flat(), trusting)
+    with pytest.raises(UntrustedRun, match="carries no operator signature"):
+        check_bundle(_bundle(tmp_path, RunConfig()), RunConfig().to_flat(), trusting)
+    with pytest.raises(UntrustedRun, match="not signed by this device's operator key"):
+        check_bundle(_bundle(tmp_path, signed), signed.to_flat(), {OPERATOR_KEY: str(operator.other_public)})
+    overridden = {**signed.to_flat(), "secure-aggregation": False}  # `flwr run --run-config` on the server
+    with pytest.raises(UntrustedRun, match="not signed by this device's operator key"):
+        check_bundle(_bundle(tmp_path, signed), overridden, trusting)
+    with pytest.raises(UntrustedRun, match="cannot be read"):
+        check_bundle(b"not a zip", signed.to_flat(), trusting)
+
+
+def test_every_message_must_carry_the_signed_config_on_a_device_holding_the_operator_key(operator):
+    signed = sign_run(RunConfig().replace(**{"secure-aggregation": True}), operator.private)
+    context = Context(run_id=1, node_id=1, node_config={OPERATOR_KEY: str(operator.public)}, state=RecordDict(),
+                      run_config={})
+    answered = []
+
+    def handler(msg: Message, ctx: Context) -> Message:
+        answered.append(msg)
+        return msg
+
+    def message(config: ConfigRecord) -> Message:
+        return Message(RecordDict({CONFIG: config}), dst_node_id=1, message_type=MessageType.TRAIN)
+
+    operator_signature_mod(message(round_config(signed, "sha256:" + "ab" * 32)), context, handler)
+    assert len(answered) == 1
+    plain = round_config(signed.replace(**{"secure-aggregation": False}), "sha256:" + "ab" * 32)
+    with pytest.raises(UntrustedRun, match="not signed by this device's operator key"):
+        operator_signature_mod(message(plain), context, handler)
+    assert len(answered) == 1
+
+
+def test_the_bundle_is_checked_before_flower_installs_it_and_a_refusal_becomes_the_tasks_error():
+    installed = []
+    context = SimpleNamespace(run_config={}, node_config={})
+    runtime = SimpleNamespace(pull_task_input=lambda client: ("message", context, "run", "fab"),
+                              install_from_fab=lambda fab, **kwargs: installed.append(fab))
+    _guard(runtime)
+    assert runtime.pull_task_input(None)[1] is context
+    with pytest.raises(UntrustedRun, match="cannot be read"):
+        runtime.install_from_fab(b"code the server chose", skip_prompt=True)
+    assert installed == []
