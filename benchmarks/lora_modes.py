@@ -9,37 +9,24 @@ then prints one table and writes results/lora_modes.json.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 from pathlib import Path
 
 from report import print_table, write_results
 
 from stamen.shared.run_folder import RunFolder
+from stamen.simulations.sweep import simulate_in_subprocess
 
 MODES = ("naive", "ffa", "fedsa", "exact")
 
 
-def run_mode(mode: str, runs: Path, clients: int, rounds: int, extra: list[str]) -> None:
+def run_mode(mode: str, runs: Path, clients: int, rounds: int, extra: dict[str, str]) -> None:
     """Run one mode unless its run already finished."""
     if RunFolder(runs / mode).finished():
         return
-    command = [
-        str(Path(sys.executable).parent / "stamen"),
-        "simulate",
-        "--clients",
-        str(clients),
-        "--rounds",
-        str(rounds),
-        "--set",
-        f"lora-aggregation={mode}",
-        "--set",
-        f"run-dir={runs}",
-        "--set",
-        f"run-id={mode}",
-        *extra,
-    ]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    runs.mkdir(parents=True, exist_ok=True)
+    failure = simulate_in_subprocess({**extra, "lora-aggregation": mode}, clients, rounds, runs, mode)
+    if failure:
+        raise SystemExit(failure)
 
 
 def summarise(run: Path, mode: str) -> dict:
@@ -66,7 +53,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/lora-modes"))
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra key=value for every run")
     args = parser.parse_args()
-    extra = [item for pair in args.extra for item in ("--set", pair)]
+    extra = dict(pair.split("=", 1) for pair in args.extra)
     for mode in MODES:
         run_mode(mode, args.runs, args.clients, args.rounds, extra)
     rows = [summarise(args.runs / mode, mode) for mode in MODES]
