@@ -36,18 +36,21 @@ MODULES = {
     "delta computation": ("client/update.py", "client/error_feedback.py", "shared/lora_ranks.py"),
     "rules and accumulator": (*sorted(f"server/rules/{p.name}" for p in (ROOT / "server/rules").glob("*.py")),
                               "server/accumulator.py"),
-    "update validation": ("server/admission.py",),
+    "update validation": ("server/admission.py", "server/influence.py"),
     "secure aggregation": ("shared/fixed_point.py", "shared/shamir.py", "shared/secagg_crypto.py",
                            "shared/secagg_protocol.py", "client/secure_aggregation.py", "server/secure_aggregation.py"),
-    "privacy": ("server/privacy.py", "shared/clipping.py"),
+    "privacy": ("server/privacy.py", "shared/clipping.py", "shared/noise_range.py"),
+    "device trust": ("client/trust.py", "shared/run_signature.py"),
 }
 # the tests that guard them; mutmut runs, for each mutant, those among them that reach its function
 TESTS = (
     "tests/shared/test_wire.py", "tests/client/test_error_feedback.py", "tests/client/test_update.py",
     "tests/shared/test_lora_ranks.py", "tests/server/test_rules.py", "tests/server/test_robust_rules.py",
     "tests/server/test_admission.py", "tests/server/test_strategy.py", "tests/server/test_secure_aggregation.py",
-    "tests/server/test_privacy.py", "tests/server/test_docs_rule_example.py",
+    "tests/server/test_privacy.py", "tests/server/test_docs_rule_example.py", "tests/server/test_hostile_clients.py",
+    "tests/client/test_trust.py",
 )
+FUZZ_EXAMPLES = "12"  # hypothesis examples per fuzz test and mutant (the suite runs 100-150)
 KILLED = {1, 3, 24, -24, 36, 152, 255, -9, -11}  # a failing test, a pytest error, a timeout or a crash
 SURVIVED = {0, 5, 33}  # every test passed, or no test reached the mutant
 
@@ -77,7 +80,8 @@ def _scratch_copy() -> Path:
 
 
 def _mutmut(scratch: Path, *args: str, stream: bool = False) -> str:
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "OMP_NUM_THREADS": "1"}  # one thread: forking stays safe
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "OMP_NUM_THREADS": "1",  # one thread: forking stays safe
+           "STAMEN_FUZZ_EXAMPLES": FUZZ_EXAMPLES}
     done = subprocess.run([str(Path(sys.executable).parent / "mutmut"), *args], cwd=scratch, env=env, text=True,
                           capture_output=not stream)
     if done.returncode:

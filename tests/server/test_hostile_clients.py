@@ -4,6 +4,7 @@ beyond its bounded weight, or make the server decode more than the adapter schem
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 
 import numpy as np
@@ -30,6 +31,7 @@ GLOBAL = {"l.lora_A": np.zeros((2, 4), np.float32), "l.lora_B": np.ones((4, 2), 
 SCHEMA = AdapterSchema.from_state(GLOBAL, "float16")
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
+FUZZ_EXAMPLES = int(os.environ.get("STAMEN_FUZZ_EXAMPLES", "150"))  # mutation testing runs fewer per mutant
 
 
 def _reply(node: int, value: float = 0.5, examples: float = 10, **metrics) -> Message:
@@ -93,7 +95,7 @@ def _hostile_reply(draw) -> Message:
     return reply
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(hostile=_hostile_reply())
 def test_a_round_survives_any_reply_and_the_honest_result_holds_unless_the_reply_is_a_valid_update(
         tmp_path_factory, hostile):
@@ -111,7 +113,7 @@ def test_a_round_survives_any_reply_and_the_honest_result_holds_unless_the_reply
         assert verdict["weight"] <= 4 * 30
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None)
 @given(records=st.dictionaries(_record_names, _records, max_size=4))
 def test_every_server_side_decoder_refuses_arbitrary_records_with_its_own_error(records):
     reply = Message(RecordDict(records), reply_to=Message(RecordDict(), dst_node_id=5, message_type=MessageType.TRAIN))
@@ -126,7 +128,7 @@ def _aggregator(nodes=(1, 2, 3)) -> tuple[SecureAggregator, dict[int, SecAggClie
     return SecureAggregator("run", 1, keys, 5, SecAggSettings(), 0.0, random.Random(0)), clients
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=FUZZ_EXAMPLES * 2 // 3, deadline=None)
 @given(shares=_records, masked=_records, revealed=_records)
 def test_a_secure_round_drops_a_client_whose_stage_replies_are_arbitrary_and_sums_the_others(
         shares, masked, revealed):
