@@ -28,3 +28,22 @@ def test_lossless_wire_sends_the_delta_and_stores_nothing(tmp_path):
     delta = {"w": np.ones((3, 3), np.float32)}
     assert with_error_feedback(delta, "float16", ClientStateStore(tmp_path), 1) is delta
     assert not list(tmp_path.iterdir())
+
+
+def test_the_hook_applies_error_feedback_to_the_round_delta_except_under_secure_aggregation(tmp_path):
+    from types import SimpleNamespace
+
+    from stamen.client.error_feedback import ErrorFeedback
+    from stamen.shared.config import RunConfig
+
+    secure = SimpleNamespace(config=RunConfig().replace(**{"secure-aggregation": True}))
+    assert ErrorFeedback.start(secure) is None  # the masked sum is exact: nothing to feed back
+    delta = {"w": np.linspace(-1e-3, 1e-3, 2048, dtype=np.float32).reshape(64, 32)}
+    store = ClientStateStore(tmp_path)
+    training_round = SimpleNamespace(config=RunConfig().replace(**{"wire-dtype": "int8"}), delta=delta,
+                                     setup=SimpleNamespace(store=store, server_round=3))
+    hook = ErrorFeedback.start(training_round)
+    hook.after_training(training_round)
+    expected = with_error_feedback(delta, "int8", ClientStateStore(tmp_path / "reference"), 3)
+    np.testing.assert_array_equal(training_round.delta["w"], expected["w"])
+    assert ClientStateStore(tmp_path).load(RESIDUAL, 4) is not None  # this round's residual, kept for round 4

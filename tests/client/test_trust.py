@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from types import SimpleNamespace
 
 import pytest
@@ -76,13 +78,54 @@ def test_every_message_must_carry_the_signed_config_on_a_device_holding_the_oper
     assert len(answered) == 1
 
 
-def test_the_bundle_is_checked_before_flower_installs_it_and_a_refusal_becomes_the_tasks_error():
-    installed = []
-    context = SimpleNamespace(run_config={}, node_config={})
-    runtime = SimpleNamespace(pull_task_input=lambda client: ("message", context, "run", "fab"),
-                              install_from_fab=lambda fab, **kwargs: installed.append(fab))
+def test_the_bundle_is_checked_before_flower_installs_it_and_a_refusal_becomes_the_tasks_error(tmp_path, operator):
+    signed = sign_run(RunConfig(), operator.private)
+    bundle = _bundle(tmp_path, signed)
+    pulled, installed = [], []
+    context = SimpleNamespace(run_config=signed.to_flat(), node_config={OPERATOR_KEY: str(operator.public)})
+
+    def pull(client):
+        pulled.append(client)
+        return "message", context, "run", "fab"
+
+    runtime = SimpleNamespace(pull_task_input=pull,
+                              install_from_fab=lambda fab, *args, **kwargs: installed.append((fab, args, kwargs)))
     _guard(runtime)
-    assert runtime.pull_task_input(None)[1] is context
+    assert runtime.pull_task_input("runtime client") == ("message", context, "run", "fab")
+    assert pulled == ["runtime client"]
+    runtime.install_from_fab(bundle, "positional", skip_prompt=True)  # signed by the key this device holds
+    assert installed == [(bundle, ("positional",), {"skip_prompt": True})]
+    context.node_config = {OPERATOR_KEY: str(operator.other_public)}  # the checks read the pulled task's context
+    with pytest.raises(UntrustedRun, match=r"refusing the app bundle: .*not signed by this device's operator key"):
+        runtime.install_from_fab(bundle, skip_prompt=True)
     with pytest.raises(UntrustedRun, match="cannot be read"):
         runtime.install_from_fab(b"code the server chose", skip_prompt=True)
-    assert installed == []
+    assert len(installed) == 1
+
+
+def test_a_bundle_without_a_flower_table_or_pyproject_names_no_clientapp(tmp_path):
+    for project in (b'[project]\nname = "x"\n', b'[tool.other]\nx = 1\n', b'[tool.flwr]\nx = 1\n',
+                    b'[tool.flwr.app]\nx = 1\n', None):
+        raw = io.BytesIO()
+        with zipfile.ZipFile(raw, "w") as bundle:  # hand-made: Flower's builder would refuse these
+            bundle.writestr(".info/CONTENT", "")
+            if project is not None:
+                bundle.writestr("pyproject.toml", project)
+        with pytest.raises(UntrustedRun, match="names ClientApp None"):
+            check_bundle(raw.getvalue(), {}, {})
+    with pytest.raises(UntrustedRun, match=r"carries files of its own \(\['a.py', 'b.py', 'c.py'\]\)"):
+        check_bundle(_bundle(tmp_path, RunConfig(), **{f"{n}.py": b"" for n in "abcd"}), {}, {})
+
+
+def test_messages_pass_unchecked_only_where_the_device_holds_no_operator_key_or_they_carry_no_config(operator):
+    seen = []
+    tampered = Message(RecordDict({CONFIG: round_config(RunConfig(), "sha256:" + "ab" * 32)}), dst_node_id=1,
+                       message_type=MessageType.TRAIN)
+    stage = Message(RecordDict({"secagg": ConfigRecord({"stage": "secagg_mask"})}), dst_node_id=1,
+                    message_type=MessageType.TRAIN)
+    plain = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    trusting = Context(run_id=1, node_id=1, node_config={OPERATOR_KEY: str(operator.public)}, state=RecordDict(),
+                       run_config={})
+    operator_signature_mod(tampered, plain, lambda msg, ctx: seen.append((msg, ctx)))
+    operator_signature_mod(stage, trusting, lambda msg, ctx: seen.append((msg, ctx)))
+    assert seen == [(tampered, plain), (stage, trusting)]

@@ -193,3 +193,43 @@ def test_float16_extremes_at_an_absurd_weight_leave_the_global_adapter_finite(tm
     result = _new_global(strategy, [_reply(1, 0.1, 10), _reply(2, 65504.0, 1e308)])
     assert all(np.isfinite(value).all() for value in result.values())
     assert next(row for row in RunFolder(tmp_path).rows() if row.get("node") == 2)["weight"] == 1000.0
+
+
+def test_the_weight_cap_is_the_configured_one_or_four_times_the_median():
+    from stamen.server.influence import round_weight_cap
+
+    assert round_weight_cap([10, 30, 1e12], 0.5) == 0.5  # any positive setting, even below one example
+    assert round_weight_cap([10, 30, 1e12], 0.0) == 120.0
+    assert round_weight_cap([], 0.0) == float("inf")
+
+
+def test_a_secure_total_weight_is_accepted_exactly_up_to_its_bounds_and_refused_beyond():
+    from stamen.server.influence import SecureSumOutOfBounds, check_secure_total
+    from stamen.shared.config import PrivacySpec
+
+    privacy = PrivacySpec(secure_aggregation=True, secagg_max_weight=1000.0, secagg_min_weight=50.0)
+    for total in (3 * 0.05 - 0.01, 3 * 1.0 + 0.01):  # the bounds, widened by the codec's tolerance
+        check_secure_total(total, 3, privacy, tolerance=0.01)
+    for total in (3 * 0.05 - 0.0101, 3.0101):
+        with pytest.raises(SecureSumOutOfBounds, match=r"outside \[0.15, 3\] that 3 clients can send"):
+            check_secure_total(total, 3, privacy, tolerance=0.01)
+    dp = PrivacySpec(secure_aggregation=True, dp="distributed")
+    with pytest.raises(SecureSumOutOfBounds, match=r"outside \[3, 3\]"):  # every client weighs 1 under DP
+        check_secure_total(2.5, 3, dp, tolerance=0.0)
+
+
+def test_metric_and_name_limits_hold_exactly_at_their_bounds():
+    from stamen.server.admission import MAX_METRICS, MAX_TEXT_CHARS, admit_reply, client_name
+
+    many = {f"m{i}": 1.0 for i in range(MAX_METRICS - 2)}  # with num-examples and train-loss: exactly the limit
+    admit_reply(_reply(1, **many), FP, (ARRAYS,))
+    with pytest.raises(UpdateRejected, match=f"carries {MAX_METRICS + 1} metrics, more than {MAX_METRICS}"):
+        admit_reply(_reply(1, **many, extra=1.0), FP, (ARRAYS,))
+    admit_reply(_reply(1, **{"x" * MAX_TEXT_CHARS: 1.0}), FP, (ARRAYS,))
+    with pytest.raises(UpdateRejected, match=f"a metric name is longer than {MAX_TEXT_CHARS} characters"):
+        admit_reply(_reply(1, **{"x" * (MAX_TEXT_CHARS + 1): 1.0}), FP, (ARRAYS,))
+    named = _reply(1)
+    named.content[CLIENT_INFO]["client-name"] = "n" * MAX_TEXT_CHARS
+    assert client_name(named) == "n" * MAX_TEXT_CHARS
+    named.content[CLIENT_INFO]["client-name"] = "n" * (MAX_TEXT_CHARS + 1)
+    assert client_name(named) == "?"

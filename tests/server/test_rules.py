@@ -178,3 +178,31 @@ def test_the_accumulator_refuses_a_weight_that_is_not_positive_and_an_empty_mean
             mean.add({"w": np.ones(2)}, weight)
     mean.add({"w": np.ones(2)}, 1e-12)  # tiny but positive is an update
     assert mean.count == 1
+
+
+def test_a_rule_says_why_it_cannot_serve_a_run_and_names_the_rules_that_can():
+    from stamen.shared.config import ConfigError, RunConfig
+
+    means = ", ".join(sorted(name for name, rule in RULES.items() if rule.takes_sums()))
+    assert "fedavg" in means and "scaffold" not in means and "median" not in means
+    central = RunConfig().replace(dp="central")
+    with pytest.raises(ConfigError, match=rf"'median' needs each client's update, but differential privacy bounds each "
+                                          rf"client's effect on a mean, which this rule does not compute; use a "
+                                          rf"mean-based rule \({means}\)"):
+        RULES["median"].check_fits(central)
+    exact = RunConfig().replace(**{"lora-aggregation": "exact"})
+    plain_means = " or ".join(sorted(name for name, rule in RULES.items() if rule.plain_mean))
+    with pytest.raises(ConfigError, match=rf"corrects the plain mean of B\*A, so it needs aggregation "
+                                          rf"{plain_means}, not fedadam"):
+        RULES["fedadam"].check_fits(exact)
+    RULES["fedavg"].check_fits(exact)
+    lower = RunConfig().replace(**{"lora-rank": 8, "client-ranks": "4,8"})
+    with pytest.raises(ConfigError, match="client-ranks cannot be combined with aggregation 'scaffold'"):
+        RULES["scaffold"].check_fits(lower)
+    RULES["scaffold"].check_fits(RunConfig().replace(**{"lora-rank": 8, "client-ranks": "8,8"}))  # none lower
+
+
+def test_a_rule_that_needs_single_updates_refuses_a_sum_by_name():
+    with pytest.raises(TypeError, match="rule 'median' needs individual updates and cannot take a sum"):
+        make_rule("median").add_sum({"w": np.zeros(2)}, 1.0, 1)
+    assert make_rule("fedavg").count == 0  # a new rule holds no update before its first round
