@@ -12,10 +12,9 @@ decoder raise is a refusal too, never an error that ends the round.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import math
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Iterator
 
 from flwr.app import Message, MetricRecord
 
@@ -30,8 +29,6 @@ PUBLIC_KEY_BYTES = 32
 MAX_METRICS = 64  # honest replies carry about a dozen
 MAX_TEXT_CHARS = 200  # client names and fingerprints
 ARRAY_HEADER_BYTES = 512  # allowance per array for its .npy header and key
-P = ParamSpec("P")
-T = TypeVar("T")
 
 
 class UpdateRejected(ValueError):
@@ -46,47 +43,43 @@ def client_name(msg: Message) -> str:
     return name if isinstance(name, str) and len(name) <= MAX_TEXT_CHARS else "?"
 
 
-def _refusing_malformed(check: Callable[P, T]) -> Callable[P, T]:
-    """A check that turns whatever a malformed reply makes a decoder raise into a refusal of that reply."""
-
-    @functools.wraps(check)
-    def checked(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return check(*args, **kwargs)
-        except UpdateRejected:
-            raise
-        except Exception as error:  # a client chose these bytes: any failure to read them is its reply's fault
-            raise UpdateRejected(f"malformed reply ({type(error).__name__}: {str(error)[:MAX_TEXT_CHARS]})") from error
-
-    return checked
+@contextlib.contextmanager
+def _refusing_malformed() -> Iterator[None]:
+    """Whatever a malformed reply makes a decoder raise inside this block becomes a refusal of that reply."""
+    try:
+        yield
+    except UpdateRejected:
+        raise
+    except Exception as error:  # a client chose these bytes: any failure to read them is its reply's fault
+        raise UpdateRejected(f"malformed reply ({type(error).__name__}: {str(error)[:MAX_TEXT_CHARS]})") from error
 
 
-@_refusing_malformed
 def admit_reply(msg: Message, fingerprint: str, uploads: tuple[str, ...] = ()) -> None:
     """Checks every reply must pass: no error, only the expected records (client info, metrics and
     ``uploads``), same base, numeric metrics, a positive example count."""
-    if msg.has_error():
-        raise UpdateRejected(f"client reported an error: {str(msg.error.reason)[:MAX_TEXT_CHARS]}")
-    content = msg.content
-    unexpected = sorted(set(content) - {CLIENT_INFO, METRICS, *uploads})
-    if unexpected:
-        raise UpdateRejected(f"reply carries unexpected records {[name[:40] for name in unexpected[:3]]}")
-    if CLIENT_INFO not in content.config_records or METRICS not in content.metric_records:
-        raise UpdateRejected("reply lacks the client info or metrics record")
-    info = content[CLIENT_INFO]
-    if FINGERPRINT not in info:
-        raise UpdateRejected("reply carries no base fingerprint")
-    for key in (FINGERPRINT, CLIENT_NAME):
-        if key in info and not (isinstance(info[key], str) and len(info[key]) <= MAX_TEXT_CHARS):
-            raise UpdateRejected(f"'{key}' must be a string of at most {MAX_TEXT_CHARS} characters")
-    try:
-        check_same_base(fingerprint, info[FINGERPRINT], "server vs client")
-    except BaseMismatchError as error:
-        raise UpdateRejected(str(error)) from error
-    check_metrics(content[METRICS])
-    examples = content[METRICS].get(NUM_EXAMPLES)
-    if examples is None or examples <= 0:
-        raise UpdateRejected(f"'{NUM_EXAMPLES}' must be a positive number, got {examples!r}")
+    with _refusing_malformed():
+        if msg.has_error():
+            raise UpdateRejected(f"client reported an error: {str(msg.error.reason)[:MAX_TEXT_CHARS]}")
+        content = msg.content
+        unexpected = sorted(set(content) - {CLIENT_INFO, METRICS, *uploads})
+        if unexpected:
+            raise UpdateRejected(f"reply carries unexpected records {[name[:40] for name in unexpected[:3]]}")
+        if CLIENT_INFO not in content.config_records or METRICS not in content.metric_records:
+            raise UpdateRejected("reply lacks the client info or metrics record")
+        info = content[CLIENT_INFO]
+        if FINGERPRINT not in info:
+            raise UpdateRejected("reply carries no base fingerprint")
+        for key in (FINGERPRINT, CLIENT_NAME):
+            if key in info and not (isinstance(info[key], str) and len(info[key]) <= MAX_TEXT_CHARS):
+                raise UpdateRejected(f"'{key}' must be a string of at most {MAX_TEXT_CHARS} characters")
+        try:
+            check_same_base(fingerprint, info[FINGERPRINT], "server vs client")
+        except BaseMismatchError as error:
+            raise UpdateRejected(str(error)) from error
+        check_metrics(content[METRICS])
+        examples = content[METRICS].get(NUM_EXAMPLES)
+        if examples is None or examples <= 0:
+            raise UpdateRejected(f"'{NUM_EXAMPLES}' must be a positive number, got {examples!r}")
 
 
 def check_metrics(metrics: MetricRecord) -> None:
@@ -100,31 +93,31 @@ def check_metrics(metrics: MetricRecord) -> None:
             raise UpdateRejected(f"metric '{key}' must be a finite number, got {type(value).__name__}")
 
 
-@_refusing_malformed
 def admit_update(msg: Message, fingerprint: str, schema: AdapterSchema, extra_uploads: tuple[str, ...]) -> ClientUpdate:
     """A train reply as the update the rule aggregates: its delta, weight and extra uploads, each validated."""
-    admit_reply(msg, fingerprint, (ARRAYS, *extra_uploads))
-    records = msg.content.array_records
-    largest = schema.nbytes + ARRAY_HEADER_BYTES * len(schema.wire_keys())
-    for name in (ARRAYS, *extra_uploads):
-        if name not in records:
-            raise UpdateRejected(f"training reply carries no '{name}' record")
-        if records[name].count_bytes() > largest:
-            raise UpdateRejected(f"record '{name}' is {records[name].count_bytes()} bytes, more than the "
-                                 f"{largest} the adapter schema allows; refused before decoding")
-    try:
-        delta = decode_adapter(records[ARRAYS], schema)
-        extras = {name: decode_adapter(records[name], schema) for name in extra_uploads}
-    except AdapterValidationError as error:
-        raise UpdateRejected(f"malformed adapter delta: {error}") from error
-    return ClientUpdate(client_name(msg), delta, float(msg.content[METRICS][NUM_EXAMPLES]), extras)
+    with _refusing_malformed():
+        admit_reply(msg, fingerprint, (ARRAYS, *extra_uploads))
+        records = msg.content.array_records
+        largest = schema.nbytes + ARRAY_HEADER_BYTES * len(schema.wire_keys())
+        for name in (ARRAYS, *extra_uploads):
+            if name not in records:
+                raise UpdateRejected(f"training reply carries no '{name}' record")
+            if records[name].count_bytes() > largest:
+                raise UpdateRejected(f"record '{name}' is {records[name].count_bytes()} bytes, more than the "
+                                     f"{largest} the adapter schema allows; refused before decoding")
+        try:
+            delta = decode_adapter(records[ARRAYS], schema)
+            extras = {name: decode_adapter(records[name], schema) for name in extra_uploads}
+        except AdapterValidationError as error:
+            raise UpdateRejected(f"malformed adapter delta: {error}") from error
+        return ClientUpdate(client_name(msg), delta, float(msg.content[METRICS][NUM_EXAMPLES]), extras)
 
 
-@_refusing_malformed
 def admit_key_reply(msg: Message, fingerprint: str) -> None:
     """Secure round, stage 1: a reply must also carry this client's two public keys."""
-    admit_reply(msg, fingerprint, (PUBLIC_KEYS,))
-    keys = msg.content.config_records.get(PUBLIC_KEYS)
-    if keys is None or any(not isinstance(keys.get(name), bytes) or len(keys[name]) != PUBLIC_KEY_BYTES
-                           for name in (ENCRYPTION_KEY, MASK_KEY)):
-        raise UpdateRejected(f"secure-aggregation reply lacks two {PUBLIC_KEY_BYTES}-byte public keys")
+    with _refusing_malformed():
+        admit_reply(msg, fingerprint, (PUBLIC_KEYS,))
+        keys = msg.content.config_records.get(PUBLIC_KEYS)
+        if keys is None or any(not isinstance(keys.get(name), bytes) or len(keys[name]) != PUBLIC_KEY_BYTES
+                               for name in (ENCRYPTION_KEY, MASK_KEY)):
+            raise UpdateRejected(f"secure-aggregation reply lacks two {PUBLIC_KEY_BYTES}-byte public keys")
