@@ -121,7 +121,7 @@ def _train_reply(training_round: TrainingRound) -> RecordDict:
         "examples-seen": result.examples_seen,
         "train-loss": result.loss,
         "train-steps": result.steps,
-        **({"train-flat-steps": result.flat_steps} if result.flat_steps else {}),
+        "train-flat-steps": result.flat_steps,  # always sent: a secure sum carries only metrics all clients name
         "train-tokens": result.tokens,
         "train-seconds": result.seconds,
         **training_round.metrics,

@@ -44,6 +44,8 @@ from stamen.shared.secagg_protocol import (
     update_vector,
 )
 
+log = logging.getLogger(__name__)
+
 
 def secure_input(delta_flat: np.ndarray, num_examples: int, config: RunConfig) -> np.ndarray:
     """The vector this client sums securely: its delta (clipped to ``dp-clip`` under distributed DP)
@@ -58,8 +60,6 @@ def secure_input(delta_flat: np.ndarray, num_examples: int, config: RunConfig) -
                     delta_flat.size, value_range)
     return update_vector(delta_flat, secure_weight(num_examples, privacy), value_range)
 
-
-log = logging.getLogger(__name__)
 STATE = "secagg-client"
 INPUT = "secagg-input"
 _ADVERTISED, _SHARED, _MASKED = "advertised", "shared", "masked"
@@ -121,8 +121,11 @@ class SecAggClient:
         mine["stage"] = _SHARED
         return ConfigRecord(ciphertexts)
 
-    def masked_input(self, info: StageInfo, ciphertexts: ConfigRecord) -> np.ndarray:
-        """The fixed-point update plus the self mask plus one pairwise mask per neighbour still in the round."""
+    def masked_input(
+        self, info: StageInfo, ciphertexts: ConfigRecord, appended: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The fixed-point update (then ``appended``: metric slots, never noised) plus the self mask plus one
+        pairwise mask per neighbour still in the round."""
         mine = self._expect(info, _SHARED)
         senders = []
         for sender_text, ciphertext in ciphertexts.items():
@@ -150,6 +153,8 @@ class SecAggClient:
             if truncated:  # encoding would clip the noise: the release would carry less than is accounted
                 raise SecAggError(f"{truncated} noised values left the value range; refusing to send truncated "
                                   f"noise (the run's secagg-value-range is too small for its DP noise)")
+        if appended is not None:
+            vector = np.concatenate([vector, appended])
         codec = FixedPoint(clip=1.0, num_summands=info.num_clients, bits=info.modulus_bits)
         masked = codec.encode(vector) + mask_stream(bytes(mine["seed"]), vector.size, codec.dtype)
         for sender in senders:

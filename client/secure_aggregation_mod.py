@@ -1,16 +1,17 @@
 """The client half of secure aggregation as a Flower mod, in the manner of Flower's ``secaggplus_mod``.
 
 The train handler always answers with the plain update (float32 at the server's rank, weighted by
-its real example count). Under ``secure-aggregation`` this mod, wrapped around the handlers, keeps
-that update in the node's ``Context.state`` and replies with public keys instead; the later stages
-(train messages carrying a ``secagg`` stage record) it answers itself, without the handler. The
-update therefore never leaves the device in the clear, whatever the handler does.
+its real example count) and its metrics; the evaluate handler with its metrics. Under
+``secure-aggregation`` this mod, wrapped around the handlers, keeps the update and the metric values
+in the node's ``Context.state`` and replies with public keys and metric names instead; the later
+stages (messages carrying a ``secagg`` stage record) it answers itself, without the handler. Neither
+the update nor one metric value leaves the device in the clear, whatever the handler does.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from stamen.shared.protocol import ARRAYS, METRICS, NUM_EXAMPLES, Instruction, read_instruction
@@ -18,6 +19,7 @@ from stamen.shared.secagg_protocol import (
     MASK_STAGE,
     MASKED,
     MASKED_VECTOR,
+    METRIC_NAMES,
     PEERS,
     PUBLIC_KEYS,
     REVEALED,
@@ -27,7 +29,9 @@ from stamen.shared.secagg_protocol import (
     UNMASK_STAGE,
     SecAggError,
     StageInfo,
+    session,
 )
+from stamen.shared.secure_metrics import metric_slots
 
 from .secure_aggregation import DEFAULT_MIN_THRESHOLD, SecAggClient, secure_input
 
@@ -35,8 +39,13 @@ MIN_THRESHOLD_KEY = "secagg-min-threshold"  # node config: the device's own leas
 SUMMED_DTYPE = "float32"  # the plain update the handler hands this mod: exact, never sent
 
 
+SECURED = (MessageType.TRAIN, MessageType.EVALUATE)
+KEPT_METRICS = "secagg-metric-slots"  # node state between stage 1 and 3: this client's metric slots
+
+
 def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    if msg.metadata.message_type != MessageType.TRAIN:
+    message_type = msg.metadata.message_type
+    if message_type not in SECURED:
         return call_next(msg, context)
     if SECAGG in msg.content.config_records:  # stages 2-4 of a secure round
         return Message(_answer_stage(msg, context), reply_to=msg)
@@ -46,19 +55,28 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     instruction = read_instruction(msg.content)
     if not instruction.config.privacy.secure_aggregation:
         return reply
-    return Message(_keys_instead_of_update(instruction, reply.content, context), reply_to=msg)
+    return Message(_keys_instead_of_values(instruction, message_type, reply.content, context), reply_to=msg)
 
 
-def _keys_instead_of_update(instruction: Instruction, content: RecordDict, context: Context) -> RecordDict:
-    """Stage 1: keep the update (weighted, clipped for DP) on the device; reply with public keys,
-    the metrics and the client info, and an example count of 1 (the real weight is masked too)."""
-    update, metrics = content[ARRAYS], content[METRICS]
-    flat = np.concatenate([update[name].numpy().astype(np.float64).ravel() for name in update])
+def _keys_instead_of_values(
+    instruction: Instruction, message_type: str, content: RecordDict, context: Context
+) -> RecordDict:
+    """Stage 1: keep the update (weighted, clipped for DP; none when evaluating) and the metric values on
+    the device; reply with public keys, the metric names and the client info, and an example count of 1
+    (the real weight is masked too)."""
+    metrics = content[METRICS]
+    update = content.array_records.get(ARRAYS) if message_type == MessageType.TRAIN else None
+    parts = [update[name].numpy().astype(np.float64).ravel() for name in update] if update else []
+    flat = np.concatenate(parts) if parts else np.zeros(0)
     vector = secure_input(flat, int(metrics[NUM_EXAMPLES]), instruction.config)
+    values = {name: float(value) for name, value in metrics.items() if name != NUM_EXAMPLES}
+    context.state[KEPT_METRICS] = MetricRecord(metric_slots(values, float(vector[-1])))
     client = _client(context)
-    reply = RecordDict({name: record for name, record in content.items() if name != ARRAYS})
-    reply[METRICS][NUM_EXAMPLES] = 1
-    reply[PUBLIC_KEYS] = client.advertise(instruction.config.run_id, instruction.server_round, vector)
+    reply = RecordDict({name: record for name, record in content.items() if name not in (ARRAYS, METRICS)})
+    reply[METRICS] = MetricRecord({NUM_EXAMPLES: 1})
+    reply[METRIC_NAMES] = ConfigRecord({"names": sorted(values)})
+    reply[PUBLIC_KEYS] = client.advertise(session(instruction.config.run_id, message_type),
+                                          instruction.server_round, vector)
     return reply
 
 
@@ -66,12 +84,23 @@ def _answer_stage(msg: Message, context: Context) -> RecordDict:
     client, info = _client(context), StageInfo.from_record(msg.content[SECAGG])
     if info.stage == SHARE_STAGE:  # encrypted shares of this client's secrets for its neighbours
         return RecordDict({SHARES: client.share_keys(info, msg.content[PEERS])})
-    if info.stage == MASK_STAGE:  # the masked update
-        masked = client.masked_input(info, msg.content[SHARES])
+    if info.stage == MASK_STAGE:  # the masked update, weight and metrics
+        masked = client.masked_input(info, msg.content[SHARES], _kept_slots(context, info.metrics))
         return RecordDict({MASKED: ArrayRecord({MASKED_VECTOR: Array(masked)})})
     if info.stage == UNMASK_STAGE:  # the shares the server needs to unmask the sum
         return RecordDict({REVEALED: client.unmask(info)})
     raise SecAggError(f"unknown secure-aggregation stage {info.stage!r}")
+
+
+def _kept_slots(context: Context, names: tuple[str, ...]) -> np.ndarray:
+    """This client's slots for the metrics the server sums; it refuses a name it did not report (the
+    server would learn a sum this client's value is missing from, or was alone in)."""
+    kept = context.state.metric_records.get(KEPT_METRICS, MetricRecord())
+    unknown = [name for name in names if name not in kept]
+    if unknown or len(set(names)) != len(names):
+        raise SecAggError(f"the server asks to sum metrics this client did not report once each: {unknown[:5]}")
+    del context.state[KEPT_METRICS]
+    return np.array([float(kept[name]) for name in names], dtype=np.float64)
 
 
 def _client(context: Context) -> SecAggClient:

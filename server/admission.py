@@ -20,7 +20,7 @@ from flwr.app import Message, MetricRecord
 
 from stamen.shared.fingerprint import BaseMismatchError, check_same_base
 from stamen.shared.protocol import ARRAYS, CLIENT_INFO, CLIENT_NAME, FINGERPRINT, METRICS, NUM_EXAMPLES
-from stamen.shared.secagg_protocol import ENCRYPTION_KEY, MASK_KEY, PUBLIC_KEYS
+from stamen.shared.secagg_protocol import ENCRYPTION_KEY, MASK_KEY, METRIC_NAMES, PUBLIC_KEYS
 from stamen.shared.wire import AdapterSchema, AdapterValidationError, decode_adapter
 
 from .rules import ClientUpdate
@@ -114,10 +114,17 @@ def admit_update(msg: Message, fingerprint: str, schema: AdapterSchema, extra_up
 
 
 def admit_key_reply(msg: Message, fingerprint: str) -> None:
-    """Secure round, stage 1: a reply must also carry this client's two public keys."""
+    """Secure sum, stage 1: a reply must also carry this client's two public keys and the names of
+    at most ``MAX_METRICS`` metrics it will sum."""
     with _refusing_malformed():
-        admit_reply(msg, fingerprint, (PUBLIC_KEYS,))
+        admit_reply(msg, fingerprint, (PUBLIC_KEYS, METRIC_NAMES))
         keys = msg.content.config_records.get(PUBLIC_KEYS)
         if keys is None or any(not isinstance(keys.get(name), bytes) or len(keys[name]) != PUBLIC_KEY_BYTES
                                for name in (ENCRYPTION_KEY, MASK_KEY)):
             raise UpdateRejected(f"secure-aggregation reply lacks two {PUBLIC_KEY_BYTES}-byte public keys")
+        record = msg.content.config_records.get(METRIC_NAMES)
+        names = record.get("names") if record is not None else None
+        if not isinstance(names, list) or len(names) > MAX_METRICS or len(record) != 1 or any(
+                not isinstance(name, str) or len(name) > MAX_TEXT_CHARS for name in names):
+            raise UpdateRejected(f"secure-aggregation reply lacks a list of at most {MAX_METRICS} metric names "
+                                 f"of at most {MAX_TEXT_CHARS} characters")

@@ -36,7 +36,7 @@ from .privacy import PrivacyEngine
 from .root_update import RootTrainer
 from .rules import make_rule
 from .run_record import RunRecorder, new_run_id
-from .secure_round import run_secure_train_round
+from .secure_round import run_secure_evaluation, run_secure_train_round
 from .strategy import AdapterStrategy
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,7 @@ def _run_rounds(
         if root:
             strategy.rule.set_root_update(root.update(strategy.global_adapter, server_round))
         train_round(grid, strategy, instruction, config, server_round)
-        evaluate = strategy.configure_evaluate(server_round, strategy.global_record(), instruction, grid)
-        strategy.aggregate_evaluate(server_round, send_and_collect(grid, evaluate, config.round_timeout))
+        evaluation_round(grid, strategy, instruction, config, server_round)
         save_checkpoint(
             run_dir,
             ServerState(server_round, strategy.global_adapter, strategy.server_state(), random.getstate(),
@@ -165,3 +164,14 @@ def train_round(
     else:
         train = strategy.configure_train(server_round, strategy.global_record(), instruction, grid)
         strategy.aggregate_train(server_round, send_and_collect(grid, train, config.round_timeout))
+
+
+def evaluation_round(
+    grid: Grid, strategy: AdapterStrategy, instruction: ConfigRecord, config: RunConfig, server_round: int
+) -> None:
+    """The round's evaluation: clients' metrics into the strategy, in the clear or as a secure sum."""
+    if config.privacy.secure_aggregation:
+        run_secure_evaluation(grid, strategy, instruction, config, server_round)
+    else:
+        evaluate = strategy.configure_evaluate(server_round, strategy.global_record(), instruction, grid)
+        strategy.aggregate_evaluate(server_round, send_and_collect(grid, evaluate, config.round_timeout))

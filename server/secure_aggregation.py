@@ -47,6 +47,18 @@ class SecAggAborted(RuntimeError):
 
 
 @dataclass(frozen=True)
+class SecureSum:
+    """What one secure exchange hands the strategy: who is in the sum (node -> bytes it sent), and
+    the decoded sum (None when aborted): update values, weight, then the ``metric_names`` slots."""
+
+    survivors: dict[int, int]
+    total: np.ndarray | None
+    metric_names: tuple[str, ...]
+    value_range: float  # the update values' declared range
+    tolerance: float = 0.0  # the codec's largest error on one coordinate of the sum
+
+
+@dataclass(frozen=True)
 class SecAggSettings:
     degree: int = 0  # neighbours per client; 0: about 2 log2(n) (SecAgg+), complete below that
     threshold: float = 0.5  # a client's secrets need more than this fraction of its share holders
@@ -82,7 +94,9 @@ class SecureAggregator:
         settings: SecAggSettings,
         noise_std: float,
         rng: random.Random,
+        metric_names: tuple[str, ...] = (),
     ) -> None:
+        """``length`` counts every summed value: update values, the weight, then one for each of ``metric_names``."""
         if len(keys) < 2:
             raise SecAggAborted(f"secure aggregation needs at least 2 clients, {len(keys)} advertised keys")
         self.run, self.round, self.length, self.settings, self.noise_std = (
@@ -92,6 +106,7 @@ class SecureAggregator:
             settings,
             noise_std,
         )
+        self.metric_names = metric_names
         self.keys = {node: (bytes(record[ENCRYPTION_KEY]), bytes(record[MASK_KEY])) for node, record in keys.items()}
         nodes = sorted(keys)
         self.points = {node: i + 1 for i, node in enumerate(nodes)}
@@ -103,7 +118,7 @@ class SecureAggregator:
         self.masked: set[int] = set()  # U3
         self._sum = np.zeros(length, dtype=self.codec.dtype)
 
-    def info(self, node: int, stage: str, **extra: tuple[int, ...]) -> StageInfo:
+    def info(self, node: int, stage: str, **extra: tuple) -> StageInfo:
         return StageInfo(self.run, self.round, stage, len(self.points), self.threshold, self.points[node],
                          self.settings.modulus_bits, self.noise_std, **extra)
 
@@ -129,7 +144,7 @@ class SecureAggregator:
         """Stage 3: each client gets the shares its neighbours (that shared) encrypted for it."""
         return {
             node: (
-                self.info(node, MASK_STAGE),
+                self.info(node, MASK_STAGE, metrics=self.metric_names),
                 ConfigRecord(
                     {str(peer): self.shared[peer][str(node)] for peer in sorted(self.graph[node] & set(self.shared))}
                 ),

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
@@ -27,6 +27,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from stamen.shared.config import PrivacySpec
 from stamen.shared.protocol import HELDOUT_EXAMPLES, INITIAL_PREFIX, METRICS
 from stamen.shared.secagg_protocol import read_sum
+from stamen.shared.secure_metrics import metric_means
 from stamen.shared.wire import AdapterSchema, encode_adapter
 
 from .admission import UpdateRejected, admit_key_reply, admit_reply, admit_update, client_name
@@ -34,6 +35,7 @@ from .extensions import RoundOutcome, ServerExtension
 from .influence import SecureSumOutOfBounds, check_secure_total, round_weight_cap
 from .rules import AggregationRule
 from .run_record import RunRecorder
+from .secure_aggregation import SecureSum
 
 log = logging.getLogger(__name__)
 
@@ -147,53 +149,74 @@ class AdapterStrategy(FedAvg):
                                  "weight": update.weight, "weight_capped": capped, "bytes_up": _bytes(msg),
                                  "bytes_down": self._bytes_down})
         uploads = 1 + len(self.rule.extra_uploads)
-        metrics = self._finish_train(server_round, accepted, self.schema.nbytes * uploads)
+        metrics = _mean_metrics(accepted, self.weighted_by_key) or MetricRecord()
+        initial = _initial_losses([content[METRICS] for content in accepted])
+        self._finish_train(server_round, accepted, self.schema.nbytes * uploads, metrics, initial)
         return self.global_record(), metrics
 
-    def admit_key_replies(self, server_round: int, replies: Iterable[Message]) -> dict[int, Message]:
-        """Secure round, stage 1: the replies (by node) that carry a valid base fingerprint and public keys."""
-        replies = self._start_round(server_round, replies)
+    def admit_key_replies(
+        self, server_round: int, replies: Iterable[Message], message_type: str = MessageType.TRAIN
+    ) -> dict[int, Message]:
+        """Secure sum, stage 1: the replies (by node) that carry a valid base fingerprint, public keys and
+        metric names. A train round starts here."""
+        phase = "train" if message_type == MessageType.TRAIN else "evaluate"
+        replies = self._start_round(server_round, replies) if phase == "train" else list(replies)
         admitted = {}
         for msg in sorted(replies, key=_client_order):
-            row = self._row(msg, "train", server_round)
             try:
                 admit_key_reply(msg, self.fingerprint)
             except UpdateRejected as reason:
-                self._reject(row, str(reason))
+                self._reject(self._row(msg, phase, server_round), str(reason))
                 continue
             admitted[msg.metadata.src_node_id] = msg
         return admitted
 
-    def aggregate_secure_sum(
-        self, server_round: int, admitted: dict[int, Message], survivors: dict[int, int], total: np.ndarray | None,
-        value_range: float = 1.0, tolerance: float = 0.0,
-    ) -> None:
-        """Secure round, end: fold the unmasked sum of ``survivors`` (node -> bytes sent), declared in
-        ``value_range``, into the rule.
+    def aggregate_secure_sum(self, server_round: int, admitted: dict[int, Message], secure: SecureSum) -> None:
+        """Secure round, end: fold the unmasked sum of the survivors into the rule.
 
-        ``total`` is None when the round was aborted: the global adapter stays as it was. A sum whose
-        total weight is out of bounds (by more than the codec's ``tolerance``) is refused likewise."""
-        refusal = "secure round aborted" if total is None else None
-        if total is not None:
-            weighted_sum, total_weight = read_sum(total, value_range)
+        An aborted sum leaves the global adapter as it was; so does one whose total weight is out of
+        bounds (by more than the codec's tolerance)."""
+        refusal = "secure round aborted" if secure.total is None else None
+        means: dict[str, float] = {}
+        if secure.total is not None:
+            weighted_sum, total_weight, slots = read_sum(secure.total, secure.value_range, self.schema.num_values)
             try:
-                check_secure_total(total_weight, len(survivors), self.privacy, tolerance)
+                check_secure_total(total_weight, len(secure.survivors), self.privacy, secure.tolerance)
             except SecureSumOutOfBounds as reason:
                 log.warning("round %d: %s", server_round, reason)
                 refusal = self._refused_aggregate = str(reason)
             else:
-                self.rule.add_sum(self.schema.unflatten(weighted_sum), total_weight, len(survivors))
-        accepted = [admitted[node].content for node in sorted(survivors)] if refusal is None else []
+                self.rule.add_sum(self.schema.unflatten(weighted_sum), total_weight, len(secure.survivors))
+                means = metric_means(slots, secure.metric_names, total_weight, secure.tolerance)
+        accepted = self._secure_rows(server_round, "train", admitted, secure, refusal)
+        per_client = max(secure.survivors.values(), default=0)
+        noise_share = math.sqrt(len(secure.survivors) / max(len(admitted), 1))  # dropped clients took their shares
+        initial = {_snake(k): v for k, v in means.items() if k.startswith(INITIAL_PREFIX)}
+        self._finish_train(server_round, accepted, per_client, MetricRecord(means), initial, noise_share)
+
+    def aggregate_secure_evaluation(self, server_round: int, admitted: dict[int, Message], secure: SecureSum) -> None:
+        """Secure evaluation, end: the weighted metric means of the survivors, never one client's."""
+        means: dict[str, float] = {}
+        if secure.total is not None:
+            _, total_weight, slots = read_sum(secure.total, secure.value_range, 0)
+            means = metric_means(slots, secure.metric_names, total_weight, secure.tolerance)
+        self._secure_rows(server_round, "evaluate", admitted, secure,
+                          "secure evaluation aborted" if secure.total is None else None)
+        self._finish_evaluation(server_round, MetricRecord(means) if means else None, len(secure.survivors))
+
+    def _secure_rows(
+        self, server_round: int, phase: str, admitted: dict[int, Message], secure: SecureSum, refusal: str | None
+    ) -> list[RecordDict]:
+        """One row per admitted client (no metrics: the server has none of one client's); the survivors' contents."""
         for node, msg in admitted.items():
-            row = self._row(msg, "train", server_round)
-            if node in survivors and refusal is None:
-                self.recorder.write({**row, **self._describe(msg), "accepted": True, "bytes_up": survivors[node],
-                                     "bytes_down": self._bytes_down})
+            row = self._row(msg, phase, server_round)
+            if node in secure.survivors and refusal is None:
+                traffic = {"bytes_up": secure.survivors[node], "bytes_down": self._bytes_down}
+                self.recorder.write({**row, "client": client_name(msg), "accepted": True,
+                                     **(traffic if phase == "train" else {})})
             else:
-                self._reject(row, refusal or "dropped out of the secure round")
-        per_client = max(survivors.values(), default=0)
-        noise_share = math.sqrt(len(survivors) / max(len(admitted), 1))  # dropped clients took their noise shares
-        self._finish_train(server_round, accepted, per_client, noise_share)
+                self._reject(row, refusal or f"dropped out of the secure {'round' if phase == 'train' else phase}")
+        return [admitted[node].content for node in sorted(secure.survivors)] if refusal is None else []
 
     def _start_round(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """Reset the round's counters on the first train replies; returns them as a list."""
@@ -206,9 +229,11 @@ class AdapterStrategy(FedAvg):
         return replies
 
     def _finish_train(
-        self, server_round: int, accepted: list[RecordDict], bytes_up: int, noise_share: float = 1.0
-    ) -> MetricRecord:
-        """Move the global adapter if any update arrived, let the extensions account, and keep the round's summary."""
+        self, server_round: int, accepted: list[RecordDict], bytes_up: int, metrics: MetricRecord,
+        initial: dict[str, float], noise_share: float = 1.0,
+    ) -> None:
+        """Move the global adapter if any update arrived, let the extensions account, and keep the round's
+        summary with the clients' mean ``metrics`` and ``initial`` (round-0) losses."""
         outcome = RoundOutcome(server_round, self.rule, self._replies, accepted, noise_share)
         if self.rule.count:
             for extension in self.extensions:
@@ -222,7 +247,6 @@ class AdapterStrategy(FedAvg):
         else:
             log.warning("round %d: no valid update; the global adapter is unchanged", server_round)
         extension_metrics = {k: v for extension in self.extensions for k, v in extension.round_metrics(outcome).items()}
-        metrics = _mean_metrics(accepted, self.weighted_by_key) or MetricRecord()
         traffic = {
             "clients_sampled": self._num_sampled,
             "clients_replied": len(self._replies),
@@ -243,10 +267,9 @@ class AdapterStrategy(FedAvg):
             "bytes_up_per_client": bytes_up if self.rule.count else 0,
             "bytes_down_per_client": self._bytes_down,
             **{f"train_{_snake(k)}": v for k, v in metrics.items() if not k.startswith(INITIAL_PREFIX)},
-            **_initial_losses([content[METRICS] for content in accepted]),
+            **initial,
             **extension_metrics,
         }
-        return metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         accepted = []
@@ -260,18 +283,25 @@ class AdapterStrategy(FedAvg):
             accepted.append(msg.content)
             self.recorder.write({**row, **self._describe(msg), "accepted": True})
         metrics = _mean_metrics(accepted, self.weighted_by_key)
-        evaluated = {f"eval_{_snake(k)}": v for k, v in (metrics or {}).items()}
-        summary = {"kind": "round", "round": server_round, **self._train_summary, **evaluated}
+        self._finish_evaluation(server_round, metrics, len(accepted))
+        return metrics
+
+    def _finish_evaluation(self, server_round: int, metrics: MetricRecord | None, evaluated: int) -> None:
+        """Write the round's row: its train summary and the mean evaluation ``metrics`` of ``evaluated`` clients."""
+        means = {f"eval_{_snake(k)}": v for k, v in (metrics or {}).items()}
+        summary = {"kind": "round", "round": server_round, **self._train_summary, "clients_evaluated": evaluated,
+                   **means}
         self.recorder.write(summary)
         log.info(
-            "round %d: held-out loss %s, base-domain loss %s, %d clients, %d bytes up per client",
+            "round %d: held-out loss %s, base-domain loss %s, %d clients trained, %d evaluated, "
+            "%d bytes up per client",
             server_round,
             summary.get("eval_heldout_loss", "n/a"),
             summary.get("eval_base_domain_loss", "n/a"),
             summary.get("clients_accepted", 0),
+            evaluated,
             summary.get("bytes_up_per_client", 0),
         )
-        return metrics
 
     def _row(self, msg: Message, phase: str, server_round: int) -> dict[str, Any]:
         return {"kind": "client", "phase": phase, "round": server_round, "node": msg.metadata.src_node_id}

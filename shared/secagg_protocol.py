@@ -1,16 +1,19 @@
 """What both sides of secure aggregation agree on: stages, record names, and the byte layouts.
 
-A secure round (SecAgg+, Bell et al. 2020) runs four exchanges of ``train`` messages; stages
-2-4 carry a ``secagg`` record naming the stage, which the client's secure-aggregation mod
-(``client/secure_aggregation_mod.py``) answers without the train handler:
+A secure round (SecAgg+, Bell et al. 2020) runs four exchanges of ``train`` messages, and the
+round's evaluation four of ``evaluate`` messages; stages 2-4 carry a ``secagg`` record naming the
+stage, which the client's secure-aggregation mod (``client/secure_aggregation_mod.py``) answers
+without the handler:
 
-1. ``train`` — the client trains and keeps its update on the device; it replies
-   with two X25519 public keys (one to encrypt shares, one for pairwise masks).
+1. ``train`` / ``evaluate`` — the client trains (evaluates) and keeps its update and metric values
+   on the device; it replies with two X25519 public keys (one to encrypt shares, one for pairwise
+   masks) and the names of its metrics.
 2. ``secagg_share`` — the server sends each client its neighbours' keys; the
    client Shamir-shares its self-mask seed and mask private key among them and
    replies with the shares, each encrypted for one neighbour.
-3. ``secagg_mask`` — the server routes the encrypted shares; the client
-   replies with its fixed-point update plus its self mask plus pairwise masks.
+3. ``secagg_mask`` — the server routes the encrypted shares and names the metrics every
+   client reported; the client replies with its fixed-point update, weight and those metrics
+   plus its self mask plus pairwise masks.
 4. ``secagg_unmask`` — the server names which neighbours survived and which
    dropped; the client reveals self-mask shares of survivors and mask-key shares
    of the dropped, never both for one node.
@@ -36,6 +39,7 @@ PUBLIC_KEYS = "secagg-public-keys"  # client -> server (stage 1)
 PEERS = "secagg-peers"  # server -> client (stage 2): node id -> point || encryption key || mask key
 SHARES = "secagg-shares"  # stage 2 reply: recipient -> ciphertext; stage 3 message: sender -> ciphertext
 MASKED = "secagg-masked"  # ArrayRecord, stage 3 reply
+METRIC_NAMES = "secagg-metric-names"  # client -> server (stage 1): "names" -> the metrics it can sum
 REVEALED = "secagg-revealed"  # stage 4 reply: "seed/<node>" or "key/<node>" -> share
 ENCRYPTION_KEY = "encryption-key"
 MASK_KEY = "mask-key"
@@ -61,13 +65,14 @@ class StageInfo:
     noise_std: float  # distributed DP: this client's share of the noise, in encoded units
     survivors: tuple[int, ...] = ()  # unmask stage only
     dropped: tuple[int, ...] = ()
+    metrics: tuple[str, ...] = ()  # mask stage: the metric names summed after the weight, in order
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord({
             "run": self.run, "server-round": self.server_round, "stage": self.stage,
             "num-clients": self.num_clients, "threshold": self.threshold, "point": self.point,
             "modulus-bits": self.modulus_bits, "noise-std": self.noise_std,
-            "survivors": list(self.survivors), "dropped": list(self.dropped),
+            "survivors": list(self.survivors), "dropped": list(self.dropped), "metrics": list(self.metrics),
         })
 
     @classmethod
@@ -76,7 +81,8 @@ class StageInfo:
             return cls(str(record["run"]), int(record["server-round"]), str(record["stage"]),
                        int(record["num-clients"]), int(record["threshold"]), int(record["point"]),
                        int(record["modulus-bits"]), float(record["noise-std"]),
-                       tuple(int(n) for n in record["survivors"]), tuple(int(n) for n in record["dropped"]))
+                       tuple(int(n) for n in record["survivors"]), tuple(int(n) for n in record["dropped"]),
+                       tuple(str(name) for name in record["metrics"]))
         except (KeyError, TypeError, ValueError) as error:
             raise SecAggError(f"malformed secure-aggregation stage record: {error}") from None
 
@@ -147,9 +153,15 @@ def update_vector(delta_flat: np.ndarray, weight: float, value_range: float) -> 
     return np.append(delta_flat * (weight / value_range), weight)
 
 
-def read_sum(total: np.ndarray, value_range: float) -> tuple[np.ndarray, float]:
-    """The weighted sum of deltas and the total weight from a decoded secure sum."""
-    return total[:-1] * value_range, float(total[-1])
+def read_sum(total: np.ndarray, value_range: float, num_values: int) -> tuple[np.ndarray, float, np.ndarray]:
+    """The weighted sum of deltas, the total weight, and the sums of the metric slots after it
+    (:mod:`~stamen.shared.secure_metrics`) from a decoded secure sum."""
+    return total[:num_values] * value_range, float(total[num_values]), total[num_values + 1:]
+
+
+def session(run_id: str, message_type: str) -> str:
+    """What a secure sum is bound to: a round's train and evaluate sums use different keys and masks."""
+    return f"{run_id}/{message_type}"
 
 
 def distributed_noise_std(noise_multiplier: float, clip: float, value_range: float, num_clients: int) -> float:

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from stamen.client.anchor_replay import AnchorSetMissingError
 from stamen.client.evaluation import evaluate_loss
@@ -377,14 +377,26 @@ def test_fedprox_keeps_the_trained_adapter_nearer_the_received_one(tmp_path):
     assert 0 < held < 0.8 * free, (held, free)
 
 
-def test_under_secure_aggregation_the_mod_keeps_the_update_on_the_device_and_sends_keys(tmp_path):
-    """The handler's plain update (float32, real example count) never leaves: the mod that every Stamen
-    ClientApp carries swaps it for public keys and an example count of 1, and keeps the weighted
-    update in the node's state for the masked stage."""
+def test_under_secure_aggregation_the_mod_keeps_the_update_and_metric_values_on_the_device_and_sends_keys(tmp_path):
+    """The handler's plain update (float32, real example count) and metric values never leave: the mod that
+    every Stamen ClientApp carries swaps them for public keys, metric names and an example count of 1, and
+    keeps the weighted update and metric slots in the node's state for the masked stage; a server that asks
+    to sum a metric this client did not report (it could be alone in that sum) is refused."""
+    import dataclasses
+
     from flwr.clientapp import ClientApp
 
     from stamen.client.secure_aggregation import INPUT, STATE
-    from stamen.shared.secagg_protocol import PUBLIC_KEYS
+    from stamen.client.secure_aggregation_mod import KEPT_METRICS
+    from stamen.shared.secagg_protocol import (
+        MASK_STAGE,
+        METRIC_NAMES,
+        PUBLIC_KEYS,
+        SECAGG,
+        SHARES,
+        SecAggError,
+        StageInfo,
+    )
     from stamen.simulations.client_app import SIMULATED_CLIENT
 
     config = TINY.replace(**{"secure-aggregation": True})
@@ -393,8 +405,22 @@ def test_under_secure_aggregation_the_mod_keeps_the_update_on_the_device_and_sen
     reply = client_app(_message(MessageType.TRAIN, config, fingerprint, initial), context)
     assert not reply.has_error(), reply.error
     assert ARRAYS not in reply.content and PUBLIC_KEYS in reply.content
-    assert reply.content[METRICS][NUM_EXAMPLES] == 1
+    assert dict(reply.content[METRICS]) == {NUM_EXAMPLES: 1}
+    names = reply.content[METRIC_NAMES]["names"]
+    assert {"train-loss", "train-steps", "train-flat-steps"} <= set(names)
     assert STATE in context.state and context.state[INPUT]['vector'].numpy().size == schema.num_values + 1
+    assert set(context.state[KEPT_METRICS]) == set(names)
+
+    info = StageInfo(f"{config.run_id}/{MessageType.TRAIN}", 1, MASK_STAGE, 3, 2, 1, 32, 0.0)
+    lying = dataclasses.replace(info, metrics=("train-loss", "not-reported"))
+    asking = Message(RecordDict({SECAGG: lying.to_record(), SHARES: ConfigRecord()}), dst_node_id=7,
+                     message_type=MessageType.TRAIN)
+    with pytest.raises(SecAggError, match="did not report once each: \\['not-reported'\\]"):
+        client_app(asking, context)
+
+    evaluated = client_app(_message(MessageType.EVALUATE, config, fingerprint, initial), _context(tmp_path / "eval"))
+    assert dict(evaluated.content[METRICS]) == {NUM_EXAMPLES: 1} and PUBLIC_KEYS in evaluated.content
+    assert "heldout-loss" in evaluated.content[METRIC_NAMES]["names"]
 
     bare = ClientApp()  # the handler alone, without the mod: what the mod receives
     bare.train()(SIMULATED_CLIENT.train)

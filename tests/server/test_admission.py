@@ -6,7 +6,7 @@ from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, Re
 
 from stamen.server.admission import UpdateRejected, admit_key_reply, admit_reply, admit_update, client_name
 from stamen.shared.protocol import ARRAYS, CLIENT_INFO, METRICS, client_reply
-from stamen.shared.secagg_protocol import ENCRYPTION_KEY, MASK_KEY, PUBLIC_KEYS
+from stamen.shared.secagg_protocol import ENCRYPTION_KEY, MASK_KEY, METRIC_NAMES, PUBLIC_KEYS
 from stamen.shared.wire import AdapterSchema, encode_adapter
 
 FP = "sha256:" + "ab" * 32
@@ -104,7 +104,7 @@ def test_a_client_without_a_name_is_named_by_a_question_mark():
     (None, False),
 ])
 def test_a_secure_round_reply_must_carry_two_32_byte_public_keys(keys, admitted):
-    reply = _reply(delta=None)
+    reply = _reply(delta=None, **{METRIC_NAMES: ConfigRecord({"names": ["train-loss"]})})
     if keys is not None:
         reply.content[PUBLIC_KEYS] = ConfigRecord(keys)
     if admitted:
@@ -114,6 +114,17 @@ def test_a_secure_round_reply_must_carry_two_32_byte_public_keys(keys, admitted)
             admit_key_reply(reply, FP)
     with pytest.raises(UpdateRejected, match="base model mismatch"):
         admit_key_reply(_reply(delta=None, fingerprint="sha256:" + "cd" * 32), FP)
+
+
+@pytest.mark.parametrize("names", [None, "train-loss", ["x"] * 65, ["a" * 201], [b"train-loss"]])
+def test_a_secure_round_reply_must_name_at_most_64_short_metrics(names):
+    reply = _reply(delta=None, **{PUBLIC_KEYS: ConfigRecord({ENCRYPTION_KEY: b"e" * 32, MASK_KEY: b"m" * 32})})
+    if names is not None:
+        reply.content[METRIC_NAMES] = ConfigRecord({"names": names})
+    with pytest.raises(UpdateRejected, match="a list of at most 64 metric names of at most 200 characters"):
+        admit_key_reply(reply, FP)
+    reply.content[METRIC_NAMES] = ConfigRecord({"names": ["x"] * 64})
+    admit_key_reply(reply, FP)
 
 
 def test_a_reply_with_records_nobody_asked_for_is_refused():

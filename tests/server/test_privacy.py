@@ -35,7 +35,7 @@ def test_the_decoded_secure_sum_carries_the_noise_the_accountant_records(clip, m
     deltas[1][0] = 3 * clip  # one coordinate carries the whole clipped norm: the range must hold C plus noise
     vectors = {node: secure_input(delta, 10, config) for node, delta in deltas.items()}
     std = distributed_noise_std(multiplier, clip, value_range, clients)
-    noisy_sum, weight = read_sum(secure_sum(vectors, noise_std=std).total, value_range)
+    noisy_sum, weight, _ = read_sum(secure_sum(vectors, noise_std=std).total, value_range, length)
     clipped_sum = sum(clip_l2({"d": delta}, clip)["d"] for delta in deltas.values())
     assert weight == pytest.approx(clients)  # every client weighs 1 under DP
     assert (noisy_sum - clipped_sum).std() == pytest.approx(multiplier * clip, rel=0.05)  # z * C
@@ -137,7 +137,7 @@ def test_secure_input_weighs_by_examples_up_to_the_cap_and_scales_into_the_value
     np.testing.assert_allclose(secure_input(delta, 50, config), [0.5 * 0.25 / 2.0, -1.0 * 0.25 / 2.0, 0.25])
     np.testing.assert_allclose(secure_input(delta, 500, config), [0.5 / 2.0, -1.0 / 2.0, 1.0])
     np.testing.assert_allclose(secure_input(delta, 5, config)[-1], 0.1)  # below the floor: weighs as 20
-    total, weight = read_sum(secure_input(delta, 50, config) + secure_input(delta, 500, config), 2.0)
+    total, weight, _ = read_sum(secure_input(delta, 50, config) + secure_input(delta, 500, config), 2.0, 2)
     assert weight == pytest.approx(1.25)
     np.testing.assert_allclose(total, delta * 1.25)
 

@@ -51,7 +51,7 @@ def test_secure_weighted_sum_equals_the_plain_one_within_the_quantisation_bound(
     weights = {node: data.draw(st.floats(0.01, 1.0)) for node in deltas}
     vectors = {node: update_vector(schema.flatten(deltas[node]), weights[node], 1.0) for node in deltas}
     result = secure_sum(vectors, settings=SecAggSettings(modulus_bits=bits))
-    weighted_sum, total_weight = read_sum(result.total, 1.0)
+    weighted_sum, total_weight, _ = read_sum(result.total, 1.0, schema.num_values)
     bound = result.server.codec.sum_error_bound
     secure = schema.unflatten(weighted_sum)  # float32 tensors, as the rule receives them
     for name in schema.shapes:
@@ -207,9 +207,10 @@ def test_share_plaintexts_and_peer_entries_round_trip_their_fields():
 def test_the_update_vector_is_the_weighted_delta_over_the_value_range_then_the_weight():
     vector = update_vector(np.array([1.0, -0.5]), 0.25, 0.5)
     np.testing.assert_allclose(vector, [0.5, -0.25, 0.25])
-    total, weight = read_sum(vector, 0.5)
+    total, weight, metric_slots = read_sum(np.append(vector, 0.125), 0.5, 2)
     np.testing.assert_allclose(total, [0.25, -0.125])  # weight * delta
     assert weight == 0.25
+    np.testing.assert_allclose(metric_slots, [0.125])  # what follows the weight: the summed metrics
 
 
 @pytest.mark.parametrize("clip, summands, bits, message", [

@@ -13,14 +13,25 @@ from safetensors.numpy import load_file
 
 from stamen.server.federation import run_federation
 from stamen.shared.config import RunConfig
+from stamen.shared.protocol import NUM_EXAMPLES
 from stamen.shared.run_folder import RunFolder
-from stamen.shared.secagg_protocol import MASK_STAGE, MASKED, MASKED_VECTOR, REVEALED, SECAGG, UNMASK_STAGE, StageInfo
+from stamen.shared.secagg_protocol import (
+    MASK_STAGE,
+    MASKED,
+    MASKED_VECTOR,
+    METRIC_NAMES,
+    REVEALED,
+    SECAGG,
+    UNMASK_STAGE,
+    StageInfo,
+)
 from stamen.simulations.client_app import simulated_client_app
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
-def _run(tmp_path: Path, name: str, overrides: dict, drop: set[int] = frozenset(), rounds: int = 1) -> Path:
+def _run(tmp_path: Path, name: str, overrides: dict, drop: set[int] = frozenset(), rounds: int = 1,
+         mods: tuple = ()) -> Path:
     """Three tiny-model clients; partitions in ``drop`` go offline when asked for their masked input."""
 
     def offline_at_masking(msg: Message, context: Context, call_next):
@@ -33,7 +44,7 @@ def _run(tmp_path: Path, name: str, overrides: dict, drop: set[int] = frozenset(
         "base-model": "tiny", "quantisation": "none", "wire-dtype": "float32", "num-server-rounds": rounds,
         "run-dir": str(tmp_path), "run-id": name, "fraction-evaluate": 0.0, **overrides,
     })
-    return run_federation(InProcessGrid(simulated_client_app([offline_at_masking]), 3), config)
+    return run_federation(InProcessGrid(simulated_client_app([*mods, offline_at_masking]), 3), config)
 
 
 def _rows(run_dir: Path, kind: str) -> list[dict]:
@@ -58,6 +69,36 @@ def test_secure_fedavg_matches_plain_fedavg_and_survives_a_dropout_but_not_two(t
     assert _rows(two_down, "round")[0]["clients_accepted"] == 0
     unchanged = load_file(two_down / "global_adapter.safetensors")
     assert all(np.abs(v).max() == 0 for k, v in unchanged.items() if "lora_B" in k)  # LoRA B starts at zero
+
+
+def test_the_server_learns_the_rounds_metric_means_and_not_one_clients_metric_value(tmp_path):
+    """Train and evaluation metrics are summed inside the masked vectors: what leaves a device names its
+    metrics but carries none of their values, and the round's means equal plain FedAvg's (weights in
+    proportion to example counts: secagg-min-weight 1)."""
+    sent: list = []
+
+    def wire(msg: Message, context: Context, call_next):  # outside the secure mod: what leaves the device
+        reply = call_next(msg, context)
+        sent.append(reply.content)
+        return reply
+
+    overrides = {"fraction-evaluate": 1.0, "secagg-min-weight": 1.0}
+    plain = _rows(_run(tmp_path, "plain", overrides), "round")[0]
+    sent.clear()
+    secure_run = _run(tmp_path, "secure", {**overrides, "secure-aggregation": True}, mods=(wire,))
+    secure = _rows(secure_run, "round")[0]
+    for key in ("train_train_loss", "train_train_steps", "train_train_tokens", "eval_heldout_loss",
+                "eval_base_domain_loss", "eval_personal_gain", "eval_forgetting"):
+        assert secure[key] == pytest.approx(plain[key], rel=1e-3, abs=1e-5), key
+    assert secure["clients_evaluated"] == 3 and "initial_heldout_loss" in secure
+    assert len(sent) == 2 * 4 * 3  # train and evaluate: four stages, three clients
+    for content in sent:
+        assert all(dict(record) == {NUM_EXAMPLES: 1} for record in content.metric_records.values())
+        assert set(content.array_records) <= {MASKED}
+    named = [set(content[METRIC_NAMES]["names"]) for content in sent if METRIC_NAMES in content]
+    assert len(named) == 6 and {"train-loss", "heldout-loss"} <= set.union(*named)
+    for row in _rows(secure_run, "client"):
+        assert row["accepted"] and not {"train_loss", "heldout_loss", "num_examples"} & set(row)
 
 
 @pytest.mark.parametrize("mode", ["distributed", "central"])
