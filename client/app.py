@@ -8,6 +8,7 @@ set up -> before-training hooks -> ``train_adapter`` -> after-training hooks -> 
 
 from __future__ import annotations
 
+import os
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from stamen.shared.protocol import NUM_EXAMPLES, client_reply
 from stamen.shared.training import train_adapter
 from stamen.shared.wire import encode_adapter
 
+from .device_worker import WORKER_ADDRESS, forwarding_app
 from .drift_correction import FedProx, Scaffold
 from .error_feedback import ErrorFeedback
 from .forgetting import forgetting_metrics
@@ -149,4 +151,5 @@ def client_app_with(mods: list[Mod], train_handler: Callable[[Message, Context],
     return client_app
 
 
-app = client_app_with([])
+# in a deployed device's SuperNode every message goes to the device's worker, which keeps the base loaded
+app = forwarding_app() if WORKER_ADDRESS in os.environ else client_app_with([])

@@ -36,6 +36,10 @@ def client_join(
         Path | None, typer.Option(help="The operator's public key (operator.pub): run only runs it signed.",
                                   exists=True, dir_okay=False)
     ] = None,
+    wait_for_server: Annotated[
+        float, typer.Option(min=0, help="Leave once the server has not answered for this many seconds (the run "
+                            "ended); a server that restarts within it is joined again.")
+    ] = 600.0,
     secagg_min_threshold: Annotated[
         float, typer.Option(min=0.5, max=0.99, help="Least share of its holders a secure round must need to rebuild "
                             "this device's secrets; the device refuses a server asking for fewer.")
@@ -44,15 +48,13 @@ def client_join(
     """Join a Stamen server as a SuperNode with TLS and this device's key; train on local data that never leaves."""
     from stamen.client.deployment import DeviceSetup, stay_joined, supernode_command
     from stamen.client.resource_guard import ResourceGuards
-    from stamen.shared.device_data import DeviceDataError
+    from stamen.shared.process_guard import guard
 
     configure_logging(False)
     guards = ResourceGuards(max_local_steps, max_round_seconds, max_memory_mb)
     device = DeviceSetup(server, ca, key, data, state_dir, name or data.stem, guards, base, secagg_min_threshold,
                          operator_key)
-    try:
-        supernode_command(device)  # reads the data once: a bad file is reported before joining
-    except DeviceDataError as error:
-        raise typer.BadParameter(str(error)) from error
+    supernode_command(device)  # reads the data once: a bad file is reported (DeviceDataError) before joining
+    guard(state_dir.resolve())  # the SuperNode and what it starts stop with this command, SIGKILL included
     console.print(f"[bold]Device {device.name}[/] joining {server}; data {data}, state in {state_dir}. Ctrl-C leaves.")
-    stay_joined(device)
+    stay_joined(device, wait_for_server)

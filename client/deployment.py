@@ -1,6 +1,7 @@
 """A device joining a Stamen deployment: Flower's SuperNode with TLS, the device's key, and its data.
 
-The SuperNode runs Stamen's ClientApp for every message; the node config tells the
+The SuperNode runs Stamen's ClientApp for every message, which hands it to the device's
+:mod:`worker <stamen.client.device_worker>` (the base stays loaded); the node config tells the
 app where the device's private data and personal state are, and which limits the
 device sets (see :mod:`stamen.client.resource_guard`).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +20,9 @@ from pathlib import Path
 from stamen.shared.atomic import atomic_write_text
 from stamen.shared.device_data import read_examples
 from stamen.shared.flower_tools import flower_environment, flower_tool, free_port
+from stamen.shared.process_guard import stop_tree
 
+from .device_worker import start_worker, worker_environment
 from .resource_guard import ResourceGuards
 from .secure_aggregation import DEFAULT_MIN_THRESHOLD
 from .secure_aggregation_mod import MIN_THRESHOLD_KEY
@@ -63,10 +67,14 @@ def supernode_command(device: DeviceSetup, port: int | None = None) -> list[str]
     ]
 
 
-def join(device: DeviceSetup, port: int | None = None) -> subprocess.Popen:
-    """Start this device's SuperNode; its output goes to this process's."""
+def join(device: DeviceSetup, port: int | None = None, worker_port: int | None = None) -> subprocess.Popen:
+    """Start this device's SuperNode (its ClientApp forwarding to the worker on ``worker_port``, when given);
+    its output goes to this process's."""
     device.state_dir.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(supernode_command(device, port), env=guarded_environment(device.state_dir))
+    environment = guarded_environment(device.state_dir)
+    if worker_port is not None:
+        environment = worker_environment(environment, device.state_dir, worker_port)
+    return subprocess.Popen(supernode_command(device, port), env=environment)
 
 
 def guarded_environment(state_dir: Path) -> dict[str, str]:
@@ -77,25 +85,62 @@ def guarded_environment(state_dir: Path) -> dict[str, str]:
     shim = shims / "flwr-clientapp"
     atomic_write_text(shim, f'#!/bin/sh\nexec "{sys.executable}" -m stamen.client.trust "$@"\n')
     shim.chmod(0o755)
-    environment = flower_environment()
+    environment = flower_environment(FLWR_HOME=str((state_dir / "flwr-home").resolve()))  # apps stay in the state dir
     environment["PATH"] = f"{shims}{os.pathsep}{environment['PATH']}"
     return environment
 
 
-def stay_joined(device: DeviceSetup, retry_seconds: float = 5.0) -> None:
-    """Run this device's SuperNode until interrupted, starting it again whenever it exits: Flower's SuperNode
-    gives up when the server is down for long or restarts before re-registering the device."""
-    port = free_port()
-    while True:
-        process = join(device, port)
+def stay_joined(device: DeviceSetup, wait_for_server: float = 600.0, poll_seconds: float = 5.0) -> None:
+    """Run this device's worker (the base loaded once) and SuperNode until interrupted, joining again whenever
+    the SuperNode exits (Flower's gives up when the server is down for long or restarts before
+    re-registering the device); leave once the server has not answered for ``wait_for_server`` s."""
+    device.state_dir.mkdir(parents=True, exist_ok=True)
+    port, worker_port = free_port(), free_port()
+    worker = start_worker(device.state_dir, worker_port, flower_environment())
+    server = ServerWatch(device.server, wait_for_server)
+    process = None
+    try:
+        while not server.gone():
+            if worker.poll() is not None:
+                log.warning("the device worker exited with code %s; starting it again", worker.returncode)
+                worker = start_worker(device.state_dir, worker_port, flower_environment())
+            if process is None or process.poll() is not None:
+                if process is not None:
+                    log.info("the SuperNode exited with code %s; joining again", process.returncode)
+                process = join(device, port, worker_port) if server.answers() else None
+            time.sleep(poll_seconds)
+        log.info("the server at %s has not answered for %.0f s (the run ended?): leaving", device.server,
+                 wait_for_server)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM/SIGHUP (see stamen.shared.process_guard)
+        pass
+    finally:
+        for started in (process, worker):
+            if started is not None:
+                stop_tree(started.pid)
+                started.wait()
+
+
+class ServerWatch:
+    """Whether the server still answers, and whether it has been silent for longer than ``patience`` seconds."""
+
+    def __init__(self, address: str, patience: float) -> None:
+        host, port = address.rsplit(":", 1)
+        self.address, self.patience = (host, int(port)), patience
+        self.silent_since: float | None = None
+
+    def answers(self) -> bool:
         try:
-            code = process.wait()
-        except KeyboardInterrupt:
-            process.terminate()
-            process.wait()
-            return
-        log.warning("the SuperNode exited with code %s; joining %s again in %.0f s", code, device.server, retry_seconds)
-        time.sleep(retry_seconds)
+            with socket.create_connection(self.address, timeout=2.0):
+                self.silent_since = None
+                return True
+        except OSError:
+            if self.silent_since is None:
+                log.info("the server at %s:%s does not answer; waiting up to %.0f s", *self.address, self.patience)
+                self.silent_since = time.monotonic()
+            return False
+
+    def gone(self) -> bool:
+        return not self.answers() and time.monotonic() - self.silent_since > self.patience
 
 
 def _toml(value: object) -> str:

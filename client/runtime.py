@@ -7,6 +7,8 @@ keeps it for as long as the run's base, quantisation and adapter stay the same.
 from __future__ import annotations
 
 import gc
+import logging
+import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -21,6 +23,8 @@ from stamen.shared.wire import AdapterSchema
 
 from .base_domain import base_generated_examples
 from .lora_corrections import LayerCorrections
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,7 +67,11 @@ def client_runtime(config: RunConfig, rank: int | None = None, device: str | Non
         base.model = _current[1].model.unload()  # the frozen base without the old adapter
     _current = None
     gc.collect()
-    base = base or load_base(config.base_model, config.quantisation, device)
+    if base is None:
+        started = time.perf_counter()
+        base = load_base(config.base_model, config.quantisation, device)
+        log.info("loaded base %s (%s) in %.1f s", config.base_model, base.quantisation.mode,
+                 time.perf_counter() - started)
     model = attach_adapter(base.model, spec, config.seed)
     initial = {k: v.numpy() for k, v in adapter_state(model).items()}
     schema = AdapterSchema.from_state(shared_state(initial, spec), config.wire_dtype)

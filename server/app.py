@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Sequence
 
 from flwr.app import Context
@@ -41,8 +43,28 @@ def main(grid: Grid, context: Context) -> None:
     run_federation(grid, config, resume=config.resume)
 
 
+class WaitingLinesThinned(logging.Filter):
+    """Flower logs "Waiting for nodes to connect" every second while a round waits for devices; pass it
+    when the count changes or every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 30.0) -> None:
+        super().__init__()
+        self.interval, self.last, self.last_args = interval, -math.inf, None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Waiting for nodes to connect"):
+            return True
+        now = time.monotonic()
+        if record.args == self.last_args and now - self.last < self.interval:
+            return False
+        self.last, self.last_args = now, record.args
+        return True
+
+
 def _log_through_flower() -> None:
-    """Send Stamen's round log lines through Flower's handlers, which ``flwr run --stream`` shows."""
+    """Send Stamen's round log lines through Flower's handlers, which ``flwr run --stream`` shows, and thin
+    Flower's waiting lines."""
+    logging.getLogger("flwr").addFilter(WaitingLinesThinned())
     stamen_logger = logging.getLogger("stamen")
     stamen_logger.setLevel(logging.INFO)
     for handler in logging.getLogger("flwr").handlers:

@@ -67,14 +67,18 @@ def server_start(
     and registers keys) listens on 127.0.0.1."""
     from stamen.server import deployment as deploy
     from stamen.server.anchor_distribution import pin_anchor
+    from stamen.server.checkpoint import load_checkpoint
     from stamen.shared.dev_certs import DevCertificates
     from stamen.shared.flower_tools import free_port
+    from stamen.shared.process_guard import guard
     from stamen.shared.run_signature import sign_run
 
     configure_logging(False)
+    guard(work_dir.resolve())  # what this command starts stops with it, SIGKILL included
     found = DevCertificates(certs)
     if resume is not None:
         config = deploy.resumed_config(resume)
+        load_checkpoint(resume)  # a corrupt checkpoint is reported before any process starts
     else:
         config = new_run_config(preset, set_, rounds)
         config = config.replace(**{"run-dir": str(Path(config.run_dir).resolve())})

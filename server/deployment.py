@@ -21,7 +21,9 @@ from pathlib import Path
 from stamen.shared.atomic import atomic_write_text
 from stamen.shared.config import RunConfig
 from stamen.shared.flower_tools import flower_environment, flower_tool
+from stamen.shared.process_guard import stop_tree
 from stamen.shared.run_folder import RunFolder
+from stamen.shared.user_errors import UserError
 
 from .fleet_gateway import FleetGateway
 
@@ -30,7 +32,7 @@ CONNECTION = "stamen"  # the SuperLink connection's name in Flower's CLI configu
 LOOPBACK = "127.0.0.1"
 
 
-class DeploymentError(RuntimeError):
+class DeploymentError(UserError, RuntimeError):
     """A Flower process or CLI call failed; the message carries its output."""
 
 
@@ -166,14 +168,9 @@ def resumed_config(run_dir: Path) -> RunConfig:
 
 
 def stop(process: subprocess.Popen) -> None:
-    """Stop a Flower process (its SuperExec follows its parent out)."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """Stop a Flower process and everything it started (its SuperExec and ServerApp run in sessions of their own)."""
+    stop_tree(process.pid)
+    process.wait()
 
 
 def _tail(path: Path, lines: int = 30) -> str:

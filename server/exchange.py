@@ -9,27 +9,47 @@ and a long one costs a handful of polls.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 
 from flwr.app import Message
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 
+log = logging.getLogger(__name__)
 FIRST_POLL_S = 0.005
 MAX_POLL_S = 0.1
 
 
 def send_and_collect(grid: Grid, messages: Iterable[Message], timeout: float) -> list[Message]:
-    """Push ``messages``; return the replies that arrive within ``timeout`` seconds."""
+    """Push ``messages``; return the replies that arrive within ``timeout`` seconds.
+
+    A node that went away gets no reply in the list (it counts as without reply, not as a client
+    that answered with an error): the SuperLink's stand-in error for it is logged under the node's id.
+    """
+    messages = list(messages)
     waiting = set(grid.push_messages(messages))
+    node_of = {message.metadata.message_id: message.metadata.dst_node_id for message in messages}  # ids set by push
     deadline = time.monotonic() + timeout
     replies: list[Message] = []
     pause = FIRST_POLL_S
     while waiting and time.monotonic() < deadline:
         arrived = list(grid.pull_messages(waiting))
-        replies += arrived
         waiting -= {reply.metadata.reply_to_message_id for reply in arrived}
+        for reply in arrived:
+            if _lost(reply):
+                log.warning("node %s did not reply: %s", node_of.get(reply.metadata.reply_to_message_id, "?"),
+                            reply.error.reason)
+            else:
+                replies.append(reply)
         if waiting:
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(2 * pause, MAX_POLL_S)
     return replies
+
+
+def _lost(reply: Message) -> bool:
+    """The SuperLink's error for a node that stopped answering, not the node's own reply."""
+    return (reply.has_error() and reply.metadata.src_node_id == SUPERLINK_NODE_ID
+            and reply.error.code in (ErrorCode.NODE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE))

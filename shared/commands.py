@@ -12,13 +12,31 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from .config import RunConfig, parse_override
+from .config import ConfigError, RunConfig, parse_override
 
 console = Console()
 
 
+class LibraryWarningsOnce(logging.Filter):
+    """Each warning a library logs (by logger and message template) passes once: bitsandbytes warns on every
+    8-bit matmul, a thousand times a round, with nothing new after the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(("stamen", "flwr")):
+            return True
+        key = (record.name, str(record.msg))
+        first = key not in self.seen
+        self.seen.add(key)
+        return first
+
+
 def configure_logging(verbose: bool) -> None:
     handler = RichHandler(console=console, show_path=False, markup=False)
+    handler.addFilter(LibraryWarningsOnce())
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
     logging.getLogger("stamen").setLevel(logging.INFO)
     import flwr.common  # noqa: F401  -- installs Flower's own console handler, tuned below
@@ -27,14 +45,22 @@ def configure_logging(verbose: bool) -> None:
     flwr_logger.propagate = False
     for flwr_handler in flwr_logger.handlers:
         flwr_handler.setLevel(logging.INFO if verbose else logging.WARNING)
-    for noisy in ("transformers", "httpx", "huggingface_hub", "bitsandbytes"):
+    for noisy in ("transformers", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def read_toml(path: Path) -> dict:
+    """A TOML file the user wrote; a syntax error names the file and the line."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}; fix that line and run again") from None
 
 
 def load_config(preset: Path | None, overrides: list[str]) -> RunConfig:
     values: dict = {}
     if preset is not None:
-        values.update(tomllib.loads(preset.read_text()))
+        values.update(read_toml(preset))
     for item in overrides:
         key, value = parse_override(item)
         values[key] = value

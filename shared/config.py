@@ -16,6 +16,7 @@ from typing import Any
 
 from .lora_modes import LORA_MODES, LoraMode
 from .noise_range import MAX_VALUES, noise_value_range
+from .user_errors import UserError
 
 QUANTISATION_MODES = ("auto", "nf4", "int8", "none")
 WIRE_DTYPES = ("float16", "float32", "int8")  # int8: 8-bit blockwise, sent up with error feedback
@@ -26,7 +27,7 @@ PARTITIONS = ("natural", "iid", "dirichlet", "quantity", "stream")
 REPLAY_SOURCES = ("buffer", "anchor", "self", "ewc")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration key or value is wrong; the message names which."""
 
 

@@ -62,9 +62,11 @@ def load_topics(language: str = "english") -> dict[str, tuple[Example, ...]]:
     topics = {}
     for path in sorted(corpus_folder(language).glob("*.yml")):
         conversations = yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations") or []
-        pairs = [
-            (str(turns[i]).strip(), str(turns[i + 1]).strip()) for turns in conversations for i in range(len(turns) - 1)
-        ]
+        # a dialogue is a list of turns; a bare string is a mis-indented entry (trivia.yml has one) whose
+        # characters would otherwise become one-letter turns
+        dialogues = [turns for turns in conversations if isinstance(turns, list)]
+        pairs = [(str(turns[i]).strip(), str(turns[i + 1]).strip())
+                 for turns in dialogues for i in range(len(turns) - 1)]
         # Some topics repeat dialogues verbatim; a duplicate would leak train data into held-out.
         unique = dict.fromkeys((p, r) for p, r in pairs if p and r)
         examples = [Example(prompt=prompt, response=response) for prompt, response in unique]

@@ -8,27 +8,27 @@ text), a ``.jsonl`` file of ``{"prompt", "response"}`` or ``{"text"}`` rows, or 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 from .examples import Example
+from .user_errors import UserError
 
 
-class DeviceDataError(ValueError):
+class DeviceDataError(UserError, ValueError):
     """The device's data cannot be read; the message names the file and the problem."""
 
 
 def read_examples(path: Path) -> list[Example]:
     if path.is_dir():
         examples = [Example(paragraph.strip()) for file in sorted(path.glob("*.txt"))
-                    for paragraph in file.read_text(encoding="utf-8").split("\n\n") if paragraph.strip()]
+                    for paragraph in _text(file).split("\n\n") if paragraph.strip()]
     elif path.suffix == ".jsonl":
         examples = [as_example(row, f"{path}:{number}") for number, row in _json_lines(path)]
     elif path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            examples = [
-                as_example(row, f"{path}:{number}") for number, row in enumerate(csv.DictReader(handle), start=2)
-            ]
+        rows = csv.DictReader(io.StringIO(_text(path), newline=""))  # quoted fields may hold newlines
+        examples = [as_example(row, f"{path}:{number}") for number, row in enumerate(rows, start=2)]
     else:
         raise DeviceDataError(f"{path}: expected a folder of .txt files, a .jsonl or a .csv file")
     if not examples:
@@ -37,12 +37,23 @@ def read_examples(path: Path) -> list[Example]:
 
 
 def _json_lines(path: Path):
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(_text(path).splitlines(), start=1):
         if line.strip():
             try:
                 yield number, json.loads(line)
             except json.JSONDecodeError as error:
                 raise DeviceDataError(f"{path}:{number} is not JSON: {error.msg}") from None
+
+
+def _text(path: Path) -> str:
+    """A data file as UTF-8 text; the error names the file and where, never its bytes (they are private)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DeviceDataError(f"{path} is not UTF-8 text (byte {error.start} cannot be decoded): convert it, "
+                              f"or move it out of the data folder") from None
+    except OSError as error:
+        raise DeviceDataError(f"{path} cannot be read: {error.strerror}") from None
 
 
 def as_example(row: object, where: str = "example") -> Example:

@@ -7,10 +7,10 @@ interrupted comparison resumes where it stopped.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from stamen.shared.commands import read_toml
 from stamen.shared.run_folder import RunFolder
 
 from .report import compare_runs
@@ -26,7 +26,7 @@ class Campaign:
 
     @classmethod
     def from_toml(cls, path: Path) -> Campaign:
-        data = tomllib.loads(path.read_text())
+        data = read_toml(path)
         runs = data.get("runs", {})
         if not runs:
             raise ValueError(f"{path}: no [runs.<name>] tables to compare")

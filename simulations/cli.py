@@ -1,21 +1,45 @@
-"""The ``stamen`` command line: each room's commands, assembled under one root."""
+"""The ``stamen`` command line: each room's commands, assembled under one root.
+
+A :class:`~stamen.shared.user_errors.UserError` ends a command with its one-line message (``--debug``
+adds the traceback); a traceback never lists local variables, which on a device may hold private data.
+"""
 
 from __future__ import annotations
+
+import sys
+from typing import Annotated
 
 import typer
 
 from stamen.client.commands import client_commands
 from stamen.server.commands import export, server_commands
-from stamen.shared.commands import certs, info
+from stamen.shared.commands import certs, console, info
+from stamen.shared.user_errors import UserError
 from stamen.simulations.commands import compare, example_data, report, simulate, sweep
 
-app = typer.Typer(help="Stamen: federated personalisation of quantised language models.", no_args_is_help=True)
+USER_ERROR_EXIT = 2  # as a usage error
+app = typer.Typer(help="Stamen: federated personalisation of quantised language models.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
 for command in (simulate, report, compare, info, export, sweep, certs):
     app.command()(command)
 app.command("example-data")(example_data)
 app.add_typer(server_commands, name="server")
 app.add_typer(client_commands, name="client")
+_debug = False
+
+
+@app.callback()
+def root(debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error too.")] = False) -> None:
+    """Stamen: federated personalisation of quantised language models."""
+    global _debug
+    _debug = debug
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except UserError as error:
+        if _debug:
+            raise
+        console.print(f"[red]error:[/] {error}", markup=True, highlight=False, soft_wrap=True)
+        sys.exit(USER_ERROR_EXIT)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +30,9 @@ def simulate(
     verbose: Annotated[bool, typer.Option(help="Show Flower's own INFO logs.")] = False,
 ) -> None:
     """Run a simulated federation on this machine and write runs/<id>/."""
+    from stamen.server.checkpoint import load_checkpoint
     from stamen.server.round_table import summary_table
+    from stamen.shared.process_guard import exit_at_once_on_signals, guard
     from stamen.simulations.engine import Resources, prepare_base
     from stamen.simulations.engine import simulate as run
     from stamen.simulations.progress import RunMonitor
@@ -35,19 +40,24 @@ def simulate(
     configure_logging(verbose)
     if resume is not None:
         config, clients, resources = _resumable(resume)
+        load_checkpoint(resume)  # a corrupt checkpoint is reported now, not after starting Ray
     else:
         config = new_simulation_config(preset, set_, clients, rounds)
         resources = Resources(cpus_per_client, gpus_per_client)
     folder = RunFolder.of(config)
-    _remember_simulation(folder, config, clients, resources)
     verb = "Resuming" if resume else "Stamen simulation"
     console.print(f"[bold]{verb}[/] {clients} clients x {config.num_rounds} rounds on base "
                   f"[cyan]{config.base_model}[/] ({config.aggregation}) -> {folder.path}")
-    choice = prepare_base(config)
+    choice = prepare_base(config)  # a bad base is reported before anything is written
     console.print(f"Quantisation: {choice.reason}")
+    _remember_simulation(folder, config, clients, resources)
+    guard(folder.path)  # Ray and what it starts stop with this command
     sampled = max(config.min_clients, int(clients * config.fraction_train))  # as Flower's FedAvg samples
-    with RunMonitor(folder, config.num_rounds, sampled, console) as monitor:
-        run(config, clients, resources, resume=resume is not None)
+    new_run = resume is None
+    with exit_at_once_on_signals(lambda: _remove_unless_a_round_completed(folder, new_run)), \
+            _removed_unless_a_round_completed(folder, new_run), \
+            RunMonitor(folder, config.num_rounds, sampled, console) as monitor:
+        run(config, clients, resources, resume=not new_run)
     meta = folder.record()
     console.print(summary_table(monitor.rounds, meta["base_stored_bytes"]))
     console.print(
@@ -125,6 +135,24 @@ def _remember_simulation(folder: RunFolder, config: RunConfig, clients: int, res
 
     record = {"config": config.to_flat(), "clients": clients, "resources": asdict(resources)}
     atomic_write_text(folder.simulation, json.dumps(record, indent=2))
+
+
+@contextlib.contextmanager
+def _removed_unless_a_round_completed(folder: RunFolder, new_run: bool) -> Iterator[None]:
+    """A new run that fails before its first round leaves no folder behind (a resumed one stays)."""
+    try:
+        yield
+    except BaseException:
+        _remove_unless_a_round_completed(folder, new_run)
+        raise
+
+
+def _remove_unless_a_round_completed(folder: RunFolder, new_run: bool) -> None:
+    if new_run and not folder.checkpoint.is_file():
+        console.print(f"No round completed: {folder.path} removed.")
+        shutil.rmtree(folder.path, ignore_errors=True)
+    else:
+        console.print(f"Stopped; continue with: stamen simulate --resume {folder.path}")
 
 
 def _resumable(run_dir: Path):

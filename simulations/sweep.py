@@ -11,12 +11,12 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stamen.shared.atomic import atomic_write_text
+from stamen.shared.commands import read_toml
 from stamen.shared.run_folder import RunFolder
 
 from .report import format_cell, pyplot
@@ -41,7 +41,7 @@ class SweepSpec:
 
     @classmethod
     def from_toml(cls, path: Path) -> SweepSpec:
-        data = tomllib.loads(path.read_text())
+        data = read_toml(path)
         sweep = data.get("sweep", {})
         try:
             return cls(tuple(sweep["rules"]), tuple(sweep["attacks"]), tuple(float(f) for f in sweep["fractions"]),

@@ -58,8 +58,9 @@ def test_device_data_formats_and_their_errors(tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes/a.txt").write_text("first paragraph\n\nsecond paragraph\n")
     assert [e.response for e in read_examples(tmp_path / "notes")] == ["first paragraph", "second paragraph"]
-    (tmp_path / "rows.csv").write_text("prompt,response\nhi,hello there\n")
-    assert read_examples(tmp_path / "rows.csv")[0].prompt == "hi"
+    (tmp_path / "rows.csv").write_text('prompt,response\nhi,hello there\nbye,"see you\nsoon"\n')
+    assert [(e.prompt, e.response) for e in read_examples(tmp_path / "rows.csv")] == [
+        ("hi", "hello there"), ("bye", "see you\nsoon")]  # a quoted field keeps its newline
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"prompt": "no answer"}\n')
     with pytest.raises(DeviceDataError, match=r"bad.jsonl:2"):
         read_examples(tmp_path / "bad.jsonl")

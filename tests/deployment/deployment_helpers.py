@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from stamen.shared.flower_tools import flower_environment, free_port
+from stamen.shared.process_guard import alive
 
 STAMEN = str(Path(sys.executable).parent / "stamen")
 
@@ -35,9 +38,9 @@ class Processes:
         self.started[name] = process
         return process
 
-    def server(self, name: str, port: int, *args: str) -> subprocess.Popen:
+    def server(self, name: str, port: int, *args: str, work_dir: str = "") -> subprocess.Popen:
         return self.start(name, "server", "start", "--certs", "certs", "--port", str(port),
-                          "--work-dir", f"work-{name}", *args)
+                          "--work-dir", work_dir or f"work-{name}", *args)
 
     def device(self, name: str, port: int, data: Path, *args: str, operator: str = "certs") -> subprocess.Popen:
         """A device that trusts the operator key in ``operator``/operator.pub (the server signs with certs/)."""
@@ -49,12 +52,23 @@ class Processes:
         """A short ``stamen`` command, as a user types it in the deployment folder."""
         subprocess.run([STAMEN, *args], cwd=self.folder, env=flower_environment(), check=True, capture_output=True)
 
-    def kill(self, name: str) -> None:
-        """SIGKILL the whole process group: the CLI, Flower's process and the app it runs."""
+    def kill(self, name: str, number: signal.Signals = signal.SIGKILL) -> None:
+        """Send ``number`` to the ``stamen`` command alone, as a user's ``kill`` would, and check that every
+        process it started (Flower's, in sessions of their own too) is gone soon after."""
         process = self.started.pop(name)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        try:
+            started = psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            started = []
+        try:
+            process.send_signal(number)
+            process.wait(timeout=60)
+            wait_for(lambda: not any(map(alive, started)), 30,
+                     f"{[p.name() for p in started if alive(p)]} started by {name} to stop")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # whatever a failure left in its group
+            process.wait()
 
     def log(self, name: str) -> str:
         return (self.folder / f"{name}.log").read_text(errors="replace")

@@ -72,11 +72,15 @@ def test_readme_sequence_with_tls_and_auth_refuses_strangers_plaintext_and_anoth
                                                          "--port", str(free_port())])
     assert code != 0 and "could not establish a connection" in output
 
-    site.device("device-1", port, data[0])
+    site.device("device-1", port, data[0], "--wait-for-server", "5")
     site.device("device-2", port, data[1])
     site.device("device-3", port, data[2], "--base", str(other_tiny_folder))  # this device's base differs
     wait_for(lambda: site.started["server"].poll() is not None, 420, "the run to finish")
     assert site.started["server"].returncode == 0, site.log("server")[-3000:]
+    # once the run has ended and the server is gone, a device leaves by itself; Flower's app stays in its state dir
+    wait_for(lambda: site.started["device-1"].poll() is not None, 120, "device-1 to leave after the run")
+    assert site.started["device-1"].returncode == 0 and "(the run ended?): leaving" in site.log("device-1")
+    assert list((tmp_path / "state-device-1/flwr-home").rglob("pyproject.toml"))
 
     superlink_log = (tmp_path / "work-server/superlink.log").read_text()
     assert "No SuperNode found with the given public key" in superlink_log
@@ -100,15 +104,19 @@ def test_a_killed_device_and_a_killed_server_do_not_stop_a_secure_federation(sit
     wait_for(lambda: "Receiving: train message" in site.log("device-3"), 180, "device-3 to be sampled in round 1")
     run_dir = _run_dir(runs)
 
-    site.kill("device-3")  # dies in round 1, which must still complete with the other two
+    site.kill("device-3", signal.SIGTERM)  # leaves in round 1, which must still complete with the other two
     wait_for(lambda: (run_dir / "rounds/round-1.safetensors").is_file(), 300, "round 1 to complete")
     round_one = next(r for r in _rows(run_dir) if r["kind"] == "round")
     assert round_one["clients_accepted"] == 2
+    # a device that went away did not reply (it is not a rejected reply), logged under its own node id
+    assert (round_one["clients_without_reply"], round_one["clients_rejected"]) == (1, 0)
+    assert "did not reply: Error: Node Unavailable" in site.log("server")
+    assert "from node 1:" not in site.log("server")  # not the SuperLink's id, as Flower's stand-in error has
 
-    site.kill("server")  # SIGKILL the server side after round 1
+    site.kill("server")  # SIGKILL `stamen server start` alone after round 1: its SuperLink goes with it
     saved = hashlib.sha256((run_dir / "rounds/round-1.safetensors").read_bytes()).hexdigest()
     site.device("device-3", port, data[2])  # the device comes back
-    site.server("server-again", port, "--resume", str(run_dir))
+    site.server("server-again", port, "--resume", str(run_dir), work_dir="work-server")  # the README's command
     wait_for(lambda: site.started["server-again"].poll() is not None, 480, "the resumed run to finish")
     assert site.started["server-again"].returncode == 0, site.log("server-again")[-3000:]
 
@@ -117,7 +125,10 @@ def test_a_killed_device_and_a_killed_server_do_not_stop_a_secure_federation(sit
     assert hashlib.sha256((run_dir / "rounds/round-1.safetensors").read_bytes()).hexdigest() == saved
     assert "Resuming" in site.log("server-again") and "after round 1" in site.log("server-again")
     assert rounds[1]["clients_accepted"] == 3  # the returning device is admitted again
-    assert "secure sum of 3 of 3 clients" in site.log("server-again")  # secure aggregation across real nodes
+    assert "secure train sum of 3 of 3 clients" in site.log("server-again")  # secure aggregation across real nodes
+    device_log = site.log("device-1")  # joined for the whole run, through the server's kill and resume
+    assert device_log.count("loaded base") == 1, device_log[-3000:]  # one load for every message, both rounds
+    assert "round 2 train:" in device_log and "bytes up" in device_log  # the device's own line per message
 
 
 def test_an_outsider_reaches_only_the_fleet_api_and_a_device_runs_only_what_its_operator_signed(site, tmp_path):

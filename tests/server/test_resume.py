@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from safetensors.numpy import load_file
 
 from stamen.server.checkpoint import load_checkpoint
+from stamen.shared.process_guard import alive
 from stamen.shared.run_folder import RunFolder
 
 STAMEN = str(Path(sys.executable).parent / "stamen")
@@ -21,11 +23,12 @@ ROUNDS = 2
 # enough local steps that a round lasts seconds, so the kill lands inside round 2
 COMMON = ("base-model=tiny", "quantisation=none", "learning-rate=0.005", "seed=3", "local-steps=40")
 SETTINGS = {
-    # server optimiser state, the device's personal B (fedsa) and its 8-bit wire residual
+    # server optimiser state, the device's personal B (fedsa) and its 8-bit wire residual; stopped by SIGKILL
     "fedadam-fedsa-int8": ("aggregation=fedadam", "lora-aggregation=fedsa", "wire-dtype=int8"),
-    # the masked sum, and Ditto's personal adapter trained beside the global one
+    # the masked sum, and Ditto's personal adapter trained beside the global one; stopped by SIGTERM
     "secure-ditto": ("secure-aggregation=true", "personalisation=ditto"),
 }
+STOPPED_BY = {"fedadam-fedsa-int8": signal.SIGKILL, "secure-ditto": signal.SIGTERM}
 
 
 def _args(run_dir: Path, run_id: str, settings: tuple[str, ...]) -> list[str]:
@@ -41,8 +44,9 @@ def _device_state(run: Path, server_round: int) -> dict[str, dict[str, np.ndarra
             for path in sorted((run / "clients").glob(f"*/*-r{server_round:06d}.safetensors"))}
 
 
-def _kill_inside_round_2(run: Path, process: subprocess.Popen) -> None:
-    """SIGKILL the whole run once round 1 is checkpointed and a device has saved round-2 state."""
+def _kill_inside_round_2(run: Path, process: subprocess.Popen, number: signal.Signals) -> None:
+    """Send ``number`` to ``stamen simulate`` alone once round 1 is checkpointed and a device has saved round-2
+    state; everything it started (Ray's processes) must stop with it."""
     deadline = time.time() + 240
     while time.time() < deadline:
         state = load_checkpoint(run) if RunFolder(run).checkpoint.is_file() else None
@@ -52,12 +56,19 @@ def _kill_inside_round_2(run: Path, process: subprocess.Popen) -> None:
     else:
         os.killpg(process.pid, signal.SIGKILL)
         raise AssertionError("round 2 never began on a device")
-    os.killpg(process.pid, signal.SIGKILL)  # the driver, Ray and its workers
-    process.wait()
+    started = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(number)
+    process.wait(timeout=60)
+    deadline = time.time() + 30
+    while any(map(alive, started)) and time.time() < deadline:
+        time.sleep(0.5)
+    left = [p.name() for p in started if alive(p)]
+    os.killpg(process.pid, signal.SIGKILL)  # a safety net for the assertion below
+    assert not left, f"{left} outlived stamen simulate after {number.name}"
 
 
 @pytest.mark.parametrize("name", SETTINGS)
-def test_resume_after_a_kill_mid_round_equals_an_uninterrupted_run(name, tmp_path):
+def test_resume_after_a_kill_mid_round_equals_an_uninterrupted_run_and_nothing_outlives_the_kill(name, tmp_path):
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     settings = SETTINGS[name]
     subprocess.run(_args(tmp_path, "full", settings), check=True, env=env, capture_output=True, timeout=400)
@@ -65,7 +76,7 @@ def test_resume_after_a_kill_mid_round_equals_an_uninterrupted_run(name, tmp_pat
     killed = tmp_path / "killed"
     process = subprocess.Popen(_args(tmp_path, "killed", settings), env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _kill_inside_round_2(killed, process)
+    _kill_inside_round_2(killed, process, STOPPED_BY[name])
     # the kill landed mid-round: a device had trained round 2, the server had not finished it
     assert load_checkpoint(killed).round == 1
     assert _device_state(killed, 2) and not RunFolder(killed).finished()

@@ -130,3 +130,17 @@ def test_central_dp_noises_the_released_adapter_by_z_c_over_n(tmp_path):
     clipped_value = clip / np.sqrt(moved.size)  # every uniform delta, whatever its size, clipped to norm C
     assert moved.mean() == pytest.approx(clipped_value, abs=4 * multiplier * clip / clients / np.sqrt(moved.size))
     assert moved.std() == pytest.approx(multiplier * clip / clients, rel=0.03)
+
+
+def test_flowers_waiting_line_passes_when_the_count_changes_not_every_second():
+    from stamen.server.app import WaitingLinesThinned
+
+    thinned = WaitingLinesThinned(interval=30.0)
+    waiting = "Waiting for nodes to connect: %d connected (minimum required: %d)."
+
+    def passes(*args: int, message: str = waiting) -> bool:
+        return thinned.filter(logging.LogRecord("flwr", logging.INFO, "", 0, message, args, None))
+
+    assert [passes(1, 3) for _ in range(5)] == [True, False, False, False, False]
+    assert passes(2, 3) and not passes(2, 3)  # a new device connected: said once
+    assert passes(message="round 1: sampled 3") and passes(message="round 1: sampled 3")  # other lines untouched

@@ -11,6 +11,20 @@ def test_topics_load_as_prompt_response_pairs():
     assert all(e.prompt and e.response for examples in topics.values() for e in examples)
 
 
+def test_every_example_is_two_whole_turns_of_a_dialogue_in_its_topic_file():
+    """Every turn comes whole from a dialogue of its source file: a string entry that is not a list of turns
+    (trivia.yml has one) once became 53 one-character examples."""
+    import yaml
+
+    from stamen.shared.corpus import corpus_folder
+
+    for topic, examples in load_topics().items():
+        source = yaml.safe_load((corpus_folder() / f"{topic}.yml").read_text(encoding="utf-8"))["conversations"]
+        turns = {str(turn).strip() for dialogue in source if isinstance(dialogue, list) for turn in dialogue}
+        assert all(e.prompt in turns and e.response in turns for e in examples), topic
+    assert not any(len(e.prompt) == 1 for e in load_topics()["trivia"])
+
+
 def test_every_client_has_enough_data_and_disjoint_heldout():
     split = natural_split(8)
     assert len(split.clients) == 8

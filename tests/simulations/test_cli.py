@@ -1,20 +1,22 @@
-"""`stamen info` and the shipped presets, as a user meets them."""
+"""`stamen info`, the shipped presets and the errors a user can make, as a user meets them."""
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from inprocess_grid import InProcessGrid
+from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
 from stamen.server.federation import run_federation
 from stamen.shared.fingerprint import base_fingerprint
 from stamen.shared.run_folder import RunFolder
 from stamen.simulations.campaign import Campaign
-from stamen.simulations.cli import app
+from stamen.simulations.cli import app, main
 from stamen.simulations.client_app import app as client_app
 from stamen.simulations.commands import new_simulation_config
 from stamen.simulations.sweep import SweepSpec
@@ -91,3 +93,44 @@ def test_every_run_of_every_shipped_preset_completes_a_round_on_the_tiny_base(pr
         assert round_row["clients_accepted"] >= clients - attackers, (preset.name, keys)
         assert np.isfinite(round_row["eval_heldout_loss"]), (preset.name, keys)
         assert (run_dir / "global_adapter.safetensors").is_file()
+
+
+def _stamen(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """Run the ``stamen`` entry point as a shell would; its exit code and everything it printed."""
+    monkeypatch.setattr("sys.argv", ["stamen", *args])
+    with pytest.raises(SystemExit) as ended:
+        main()
+    captured = capsys.readouterr()
+    return ended.value.code, captured.out + captured.err
+
+
+def test_user_errors_are_one_line_naming_the_file_or_key_with_no_traceback_and_leave_nothing_behind(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out = _stamen(monkeypatch, capsys, "simulate", "--set", "base-model=/nonexistent", "--rounds", "1")
+    assert code == 2 and "error: base-model '/nonexistent' is neither a transformers folder" in out
+    assert "Traceback" not in out and not list(tmp_path.glob("runs/*"))  # no run folder left behind
+
+    (tmp_path / "bad.toml").write_text("num-server-rounds = 2\nlocal-steps = = 3\n")
+    code, out = _stamen(monkeypatch, capsys, "simulate", "--preset", "bad.toml")
+    assert code == 2 and "bad.toml is not valid TOML" in out and "line 2" in out and "Traceback" not in out
+
+    run = tmp_path / "runs" / "broken"
+    (run / "rounds").mkdir(parents=True)
+    (run / "simulation.json").write_text(json.dumps({"config": {"base-model": "tiny"}, "clients": 2,
+                                                     "resources": {"cpus_per_client": 1, "gpus_per_client": 0.0}}))
+    code, out = _stamen(monkeypatch, capsys, "export", str(run))
+    assert code == 2 and "has no completed round yet" in out and "Traceback" not in out
+    save_file({"global/lora_A": np.zeros((2, 2), np.float32)}, run / "rounds" / "round-1.safetensors")
+    (run / "checkpoint.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"truncated")
+    code, out = _stamen(monkeypatch, capsys, "simulate", "--resume", str(run))
+    assert code == 2 and "checkpoint.safetensors cannot be read" in out and "--round 1" in out
+    assert "Traceback" not in out
+
+    private = tmp_path / "data"
+    private.mkdir()
+    (private / "notes.txt").write_bytes(b"\xff\xfeSECRET-BYTES\x00\x81")
+    code, out = _stamen(monkeypatch, capsys, "client", "join", "--server", "127.0.0.1:1", "--data", str(private),
+                        "--key", "bad.toml", "--ca", "bad.toml", "--state-dir", str(tmp_path / "device"))
+    assert code == 2 and "notes.txt is not UTF-8 text" in out.replace("\n", "")
+    assert "SECRET" not in out and "Traceback" not in out

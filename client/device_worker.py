@@ -1,0 +1,126 @@
+"""A device keeps its base loaded between messages: one worker process per ``stamen client join``.
+
+Flower's SuperNode runs every message in a fresh ``flwr-clientapp`` process, so a device that ran the
+ClientApp there would load and quantise its base again for each train and evaluate message. Instead
+``stamen client join`` starts this worker beside the SuperNode; in the SuperNode's environment
+(``WORKER_ADDRESS`` set), Stamen's ClientApp is :func:`forwarding_app`, which hands each message and
+its context to the worker over loopback (authenticated with a key only this device's state folder
+holds) and returns the worker's reply and context. The worker runs the real ClientApp, whose
+runtime keeps the base loaded for the whole session, and logs one line per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Client, Listener
+from pathlib import Path
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from stamen.shared.atomic import atomic_write_bytes
+from stamen.shared.protocol import CONFIG, METRICS, SERVER_ROUND
+
+log = logging.getLogger("stamen.client.device_worker")  # also when run as __main__
+WORKER_ADDRESS = "STAMEN_DEVICE_WORKER"  # environment of the SuperNode: the worker's host:port
+WORKER_KEY = "STAMEN_DEVICE_WORKER_KEY"  # ... and the file holding the key that authenticates to it
+CONNECT_SECONDS = 120.0  # how long a message waits for a worker that is (re)starting
+
+
+class WorkerFailed(RuntimeError):
+    """The worker raised while handling a message; the message names the error."""
+
+
+def start_worker(state_dir: Path, port: int, environment: dict[str, str]) -> subprocess.Popen:
+    """The device's worker on 127.0.0.1:``port``, with a fresh key in ``state_dir`` (owner-only)."""
+    key_path = state_dir / "worker.key"
+    atomic_write_bytes(key_path, secrets.token_bytes(32))
+    key_path.chmod(0o600)
+    worker_environment = {k: v for k, v in environment.items() if k not in (WORKER_ADDRESS, WORKER_KEY)}
+    return subprocess.Popen([sys.executable, "-m", __name__, str(port), str(key_path)], env=worker_environment)
+
+
+def worker_environment(environment: dict[str, str], state_dir: Path, port: int) -> dict[str, str]:
+    """The SuperNode's environment, pointing Stamen's ClientApp at the worker."""
+    return {**environment, WORKER_ADDRESS: f"127.0.0.1:{port}", WORKER_KEY: str(state_dir / "worker.key")}
+
+
+def serve(port: int, key_path: Path) -> None:
+    """Answer messages one at a time, for as long as the device stays joined."""
+    from stamen.shared.commands import configure_logging
+
+    from .app import client_app_with
+
+    configure_logging(False)  # one line per message; a library's repeated warning once
+    app = client_app_with([])
+    with Listener(("127.0.0.1", port), authkey=key_path.read_bytes()) as listener:
+        log.info("device worker ready on 127.0.0.1:%d", port)
+        while True:
+            with listener.accept() as connection:
+                message, context = connection.recv()
+                started = time.perf_counter()
+                try:
+                    reply = app(message, context)
+                except Exception as error:  # the ClientApp process reports it to the server as the task's error
+                    log.exception("%s message of round %s failed", message.metadata.message_type, _round(message))
+                    connection.send(("error", f"{type(error).__name__}: {error}"))
+                    continue
+                connection.send(("reply", (reply, context)))
+                log.info(_describe(message, reply, time.perf_counter() - started))
+
+
+def forwarding_app() -> ClientApp:
+    """Stamen's ClientApp as the SuperNode runs it: every train and evaluate message goes to this device's worker."""
+    app = ClientApp()
+    app.train()(_forward)
+    app.evaluate()(_forward)
+    return app
+
+
+def _forward(msg: Message, context: Context) -> Message:
+    address, key = os.environ[WORKER_ADDRESS], Path(os.environ[WORKER_KEY]).read_bytes()
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + CONNECT_SECONDS
+    while True:
+        try:
+            connection = Client((host, int(port)), authkey=key)
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise WorkerFailed(f"no device worker answers on {address}") from None
+            time.sleep(0.5)
+    with connection:
+        connection.send((msg, context))
+        kind, answer = connection.recv()
+    if kind == "error":
+        raise WorkerFailed(answer)
+    reply, worked_context = answer
+    context.state = worked_context.state  # secure aggregation keeps its secrets there between stages
+    return reply
+
+
+def _round(message: Message) -> object:
+    config = message.content.config_records.get(CONFIG)
+    return config.get(SERVER_ROUND, "?") if config is not None else "?"
+
+
+def _describe(message: Message, reply: Message, seconds: float) -> str:
+    """One line per message: what it was, what the device reported, what it sent and how long it took."""
+    if reply.has_error():
+        return f"round {_round(message)} {message.metadata.message_type}: error {reply.error.reason}"
+    metrics = reply.content.metric_records.get(METRICS)
+    shown = {key: metrics[key] for key in ("train-steps", "train-loss", "heldout-loss") if metrics and key in metrics}
+    numbers = ", ".join(f"{key} {value:.4g}" for key, value in shown.items())
+    return (f"round {_round(message)} {message.metadata.message_type}: {numbers + ', ' if numbers else ''}"
+            f"{sum(record.count_bytes() for record in reply.content.values()):,} bytes up, {seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for `stamen client join`, which stops the worker
+    serve(int(sys.argv[1]), Path(sys.argv[2]))
