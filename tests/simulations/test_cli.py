@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tomllib
 from pathlib import Path
 
@@ -134,3 +135,17 @@ def test_user_errors_are_one_line_naming_the_file_or_key_with_no_traceback_and_l
                         "--key", "bad.toml", "--ca", "bad.toml", "--state-dir", str(tmp_path / "device"))
     assert code == 2 and "notes.txt is not UTF-8 text" in out.replace("\n", "")
     assert "SECRET" not in out and "Traceback" not in out
+
+
+def test_a_library_warning_repeated_on_every_call_is_logged_once_and_stamens_lines_are_not_thinned():
+    from stamen.shared.commands import LibraryWarningsOnce
+
+    once = LibraryWarningsOnce()
+
+    def passes(name: str, message: str, *args: object) -> bool:
+        return once.filter(logging.LogRecord(name, logging.WARNING, "", 0, message, args, None))
+
+    cast = "MatMul8bitLt: inputs will be cast from %s to float16 during quantization"
+    assert [passes("bitsandbytes.autograd._functions", cast, "torch.float32") for _ in range(3)] == [True, False, False]
+    assert passes("bitsandbytes.autograd._functions", "another warning")
+    assert all(passes("stamen.server.strategy", "round %d: ...", 1) for _ in range(3))
