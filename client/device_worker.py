@@ -18,13 +18,13 @@ import signal
 import subprocess
 import sys
 import time
-from multiprocessing.connection import Client, Listener
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from stamen.shared.atomic import atomic_write_bytes
 from stamen.shared.protocol import CONFIG, METRICS, SERVER_ROUND
 
 log = logging.getLogger("stamen.client.device_worker")  # also when run as __main__
@@ -40,8 +40,10 @@ class WorkerFailed(RuntimeError):
 def start_worker(state_dir: Path, port: int, environment: dict[str, str]) -> subprocess.Popen:
     """The device's worker on 127.0.0.1:``port``, with a fresh key in ``state_dir`` (owner-only)."""
     key_path = state_dir / "worker.key"
-    atomic_write_bytes(key_path, secrets.token_bytes(32))
-    key_path.chmod(0o600)
+    key_path.unlink(missing_ok=True)
+    descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # owner-only from the first byte
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(secrets.token_bytes(32))
     worker_environment = {k: v for k, v in environment.items() if k not in (WORKER_ADDRESS, WORKER_KEY)}
     return subprocess.Popen([sys.executable, "-m", __name__, str(port), str(key_path)], env=worker_environment)
 
@@ -62,17 +64,25 @@ def serve(port: int, key_path: Path) -> None:
     with Listener(("127.0.0.1", port), authkey=key_path.read_bytes()) as listener:
         log.info("device worker ready on 127.0.0.1:%d", port)
         while True:
-            with listener.accept() as connection:
-                message, context = connection.recv()
-                started = time.perf_counter()
-                try:
-                    reply = app(message, context)
-                except Exception as error:  # the ClientApp process reports it to the server as the task's error
-                    log.exception("%s message of round %s failed", message.metadata.message_type, _round(message))
-                    connection.send(("error", f"{type(error).__name__}: {error}"))
-                    continue
-                connection.send(("reply", (reply, context)))
-                log.info(_describe(message, reply, time.perf_counter() - started))
+            try:
+                with listener.accept() as connection:
+                    _answer(app, connection)
+            except (AuthenticationError, EOFError, OSError) as error:  # a stranger, or a message process that died
+                log.warning("a connection to the device worker failed: %s", error)
+
+
+def _answer(app: ClientApp, connection: Connection) -> None:
+    """Run one message through the ClientApp; send back its reply and context, or the error it raised."""
+    message, context = connection.recv()
+    started = time.perf_counter()
+    try:
+        reply = app(message, context)
+    except Exception as error:  # the message's process reports it to the server as the task's error
+        log.exception("%s message of round %s failed", message.metadata.message_type, _round(message))
+        connection.send(("error", f"{type(error).__name__}: {error}"))
+        return
+    connection.send(("reply", (reply, context)))
+    log.info(_describe(message, reply, time.perf_counter() - started))
 
 
 def forwarding_app() -> ClientApp:

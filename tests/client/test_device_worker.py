@@ -1,0 +1,63 @@
+"""A deployed device's messages go to one worker process that keeps the base loaded (client/device_worker.py)."""
+
+from __future__ import annotations
+
+import json
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+
+from stamen.client.device_worker import WORKER_ADDRESS, WORKER_KEY, forwarding_app, start_worker
+from stamen.client.secure_aggregation import STATE
+from stamen.shared.adapters import adapter_state, attach_adapter, shared_state
+from stamen.shared.base_model import load_base
+from stamen.shared.config import RunConfig
+from stamen.shared.flower_tools import flower_environment, free_port
+from stamen.shared.process_guard import stop_tree
+from stamen.shared.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, SERVER_ROUND, round_config
+from stamen.shared.secagg_protocol import METRIC_NAMES, PUBLIC_KEYS
+from stamen.shared.wire import encode_adapter
+
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
+DEVICE_CONFIG = RunConfig().replace(**{"base-model": "tiny", "quantisation": "none", "local-steps": 2,
+                                 "secure-aggregation": True})
+
+
+def _message(kind: str, fingerprint: str, adapter: dict) -> Message:
+    instruction: ConfigRecord = round_config(DEVICE_CONFIG, fingerprint)
+    instruction[SERVER_ROUND] = 1
+    return Message(RecordDict({ARRAYS: encode_adapter(adapter, "float16"), CONFIG: instruction}), dst_node_id=7,
+                   message_type=kind)
+
+
+def test_messages_reach_the_devices_worker_their_state_comes_back_and_a_stranger_is_refused(tmp_path, monkeypatch):
+    data = tmp_path / "device.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"question {i}?", "response": f"answer number {i}."}) + "\n"
+                            for i in range(40)))
+    node = {"data-path": str(data), "state-dir": str(tmp_path / "state"), "client-name": "worker-test"}
+    base = load_base("tiny", quantisation="none")
+    initial = {k: v.numpy() for k, v in shared_state(adapter_state(attach_adapter(base.model, DEVICE_CONFIG.adapter,
+                                                                                    DEVICE_CONFIG.seed)),
+                                                      DEVICE_CONFIG.adapter).items()}
+    port = free_port()
+    worker = start_worker(tmp_path, port, flower_environment())
+    try:
+        monkeypatch.setenv(WORKER_ADDRESS, f"127.0.0.1:{port}")
+        monkeypatch.setenv(WORKER_KEY, str(tmp_path / "worker.key"))
+        app = forwarding_app()
+        context = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+        trained = app(_message(MessageType.TRAIN, base.fingerprint, initial), context)
+        assert PUBLIC_KEYS in trained.content and dict(trained.content[METRICS]) == {NUM_EXAMPLES: 1}
+        assert STATE in context.state  # the secure round's secrets came back for the next stage's process
+        assert (tmp_path / "worker.key").stat().st_mode & 0o077 == 0  # the key is the owner's alone
+
+        with pytest.raises(AuthenticationError):
+            Client(("127.0.0.1", port), authkey=b"not this device's key" * 2)
+        evaluated = app(_message(MessageType.EVALUATE, base.fingerprint, initial),
+                        Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={}))
+        assert "heldout-loss" in evaluated.content[METRIC_NAMES]["names"]  # the worker served on after the stranger
+    finally:
+        stop_tree(worker.pid)
+        worker.wait()
