@@ -29,13 +29,16 @@ class EncodedExample:
 
 
 def encode_example(tokenizer, example: Example, max_len: int) -> EncodedExample:
-    """Token ids and labels; prompt tokens are masked out of the loss."""
+    """Token ids and labels; prompt tokens are masked out of the loss. A prompt too long for ``max_len`` loses
+    its start, so the example still scores part of its response (a batch of none gives a NaN loss)."""
     response_ids = [*tokenizer(example.response, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
     if example.prompt is None:
         ids = response_ids
         labels = list(ids)
     else:
         prompt_ids = tokenizer(format_prompt(tokenizer, example.prompt), add_special_tokens=False).input_ids
+        if len(prompt_ids) >= max_len:  # no response token would fit: keep the prompt's end and some response
+            prompt_ids = prompt_ids[len(prompt_ids) - (max_len - min(len(response_ids), max_len // 2)):]
         ids = prompt_ids + response_ids
         labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids
     return EncodedExample(ids[:max_len], labels[:max_len])

@@ -66,6 +66,18 @@ def test_prompt_tokens_are_not_scored(tiny_folder):
     assert encoded.labels[: len(encoded.labels) - len(scored)] == [IGNORE_INDEX] * (len(encoded.labels) - len(scored))
 
 
+def test_a_prompt_longer_than_the_sequence_keeps_its_end_and_part_of_the_response(tiny_folder):
+    """Truncating at the end used to cut the whole response of a long prompt: a batch of such examples scored no
+    token, and its NaN loss got the client's reply refused."""
+    base = load_base("tiny", quantisation="none", device="cpu")
+    long = Example(prompt="tell me " * 60 + "the end", response="a short answer")
+    encoded = encode_example(base.tokenizer, long, max_len=48)
+    scored = [t for t, label in zip(encoded.input_ids, encoded.labels, strict=True) if label != IGNORE_INDEX]
+    assert len(encoded.input_ids) == 48 and base.tokenizer.decode(scored).startswith("a short answer")
+    short = encode_example(base.tokenizer, EXAMPLES[0], max_len=256)
+    assert short == encode_example(base.tokenizer, EXAMPLES[0], max_len=len(short.input_ids))  # fits: unchanged
+
+
 def test_training_is_reproducible_under_a_seed():
     def run():
         base = load_base("tiny", quantisation="none", device="cpu")
