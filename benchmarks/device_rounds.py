@@ -2,12 +2,12 @@
 
 ``stamen server start`` and two ``stamen client join`` processes (TLS, device keys, operator
 signature) run ``--rounds`` rounds with evaluation on the given base. From the devices' logs: how
-many train/evaluate messages each received and how many times it loaded its base (transformers'
-"Loading weights" bar, printed by every load in any Stamen version); from the run: wall seconds
-per round. ``--stamen`` points at another installation's ``stamen`` to measure an older version
+many train/evaluate messages each received and how many of them loaded a base (transformers'
+"Loading weights" bar appears in the message's stretch of the log, in any Stamen version); from the
+run: wall seconds per round. ``--stamen`` points at another installation's ``stamen`` to measure an older version
 the same way.
 
-    python benchmarks/device_rounds.py [--base smollm2-135m] [--rounds 3] [--stamen PATH] [--label NAME]
+    python benchmarks/device_rounds.py [--base smollm2-135m] [--rounds 3] [--stamen PATH] [--label NAME] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -57,10 +57,11 @@ def measure(stamen: str, base: str, rounds: int, folder: Path) -> dict:
     if code != 0:
         raise SystemExit(f"the server exited with {code}; see {folder / 'server.log'}")
     logs = [(folder / f"{name}.log").read_text(errors="replace") for name in DEVICES]
-    messages = sum(len(re.findall(r"Receiving: (train|evaluate) message", log)) for log in logs)
-    loads = sum(log.count("Loading weights: 100%") for log in logs)
-    return {"rounds": rounds, "device messages": messages, "base loads": loads,
-            "loads per device round": round(loads / (len(DEVICES) * rounds), 2),
+    # each message's stretch of a device log, from its "Receiving" line to the next: did it load a base?
+    stretches = [part for log in logs for part in re.split(r"Receiving: (?:train|evaluate) message", log)[1:]]
+    loading = sum("Loading weights" in part for part in stretches)
+    return {"rounds": rounds, "device messages": len(stretches), "messages that loaded the base": loading,
+            "loads per device round": round(loading / (len(DEVICES) * rounds), 2),
             "seconds per round": round(seconds / rounds, 1)}
 
 
@@ -78,9 +79,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--stamen", default=str(Path(sys.executable).parent / "stamen"))
     parser.add_argument("--label", default="this version")
+    parser.add_argument("--keep", type=Path, help="Run in this folder and keep its logs (default: a temporary one).")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder:
-        row = {"version": args.label, **measure(args.stamen, args.base, args.rounds, Path(folder))}
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.keep or Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        row = {"version": args.label, **measure(args.stamen, args.base, args.rounds, folder)}
     print_table([row])
     write_results(f"device_rounds-{re.sub(r'[^a-z0-9]+', '-', args.label.lower())}", [row], base=args.base)
 
