@@ -100,14 +100,14 @@ def stay_joined(device: DeviceSetup, wait_for_server: float = 600.0, poll_second
     server = ServerWatch(device.server, wait_for_server)
     process = None
     try:
-        while not server.gone():
+        while (answering := server.answers()) or not server.gone():
             if worker.poll() is not None:
                 log.warning("the device worker exited with code %s; starting it again", worker.returncode)
                 worker = start_worker(device.state_dir, worker_port, flower_environment())
             if process is None or process.poll() is not None:
                 if process is not None:
                     log.info("the SuperNode exited with code %s; joining again", process.returncode)
-                process = join(device, port, worker_port) if server.answers() else None
+                process = join(device, port, worker_port) if answering else None
             time.sleep(poll_seconds)
         log.info("the server at %s has not answered for %.0f s (the run ended?): leaving", device.server,
                  wait_for_server)
@@ -121,7 +121,8 @@ def stay_joined(device: DeviceSetup, wait_for_server: float = 600.0, poll_second
 
 
 class ServerWatch:
-    """Whether the server still answers, and whether it has been silent for longer than ``patience`` seconds."""
+    """Whether the server answers (one probe per :meth:`answers`), and whether it has been silent for longer than
+    ``patience`` seconds since."""
 
     def __init__(self, address: str, patience: float) -> None:
         host, port = address.rsplit(":", 1)
@@ -140,7 +141,8 @@ class ServerWatch:
             return False
 
     def gone(self) -> bool:
-        return not self.answers() and time.monotonic() - self.silent_since > self.patience
+        """Silent for longer than ``patience`` at the last :meth:`answers`."""
+        return self.silent_since is not None and time.monotonic() - self.silent_since > self.patience
 
 
 def _toml(value: object) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from stamen.shared.protocol import CONFIG, METRICS, SERVER_ROUND
+from .device_log import describe
 
 log = logging.getLogger("stamen.client.device_worker")  # also when run as __main__
 WORKER_ADDRESS = "STAMEN_DEVICE_WORKER"  # environment of the SuperNode: the worker's host:port
@@ -57,7 +57,7 @@ def serve(port: int, key_path: Path) -> None:
     """Answer messages one at a time, for as long as the device stays joined."""
     from stamen.shared.commands import configure_logging
 
-    from .app import client_app_with
+    from .handlers import client_app_with
 
     configure_logging(False)  # one line per message; a library's repeated warning once
     app = client_app_with([])
@@ -78,11 +78,11 @@ def _answer(app: ClientApp, connection: Connection) -> None:
     try:
         reply = app(message, context)
     except Exception as error:  # the message's process reports it to the server as the task's error
-        log.exception("%s message of round %s failed", message.metadata.message_type, _round(message))
+        log.exception("%s message failed", message.metadata.message_type)
         connection.send(("error", f"{type(error).__name__}: {error}"))
         return
     connection.send(("reply", (reply, context)))
-    log.info(_describe(message, reply, time.perf_counter() - started))
+    log.info(describe(message, reply, time.perf_counter() - started))
 
 
 def forwarding_app() -> ClientApp:
@@ -113,22 +113,6 @@ def _forward(msg: Message, context: Context) -> Message:
     reply, worked_context = answer
     context.state = worked_context.state  # secure aggregation keeps its secrets there between stages
     return reply
-
-
-def _round(message: Message) -> object:
-    config = message.content.config_records.get(CONFIG)
-    return config.get(SERVER_ROUND, "?") if config is not None else "?"
-
-
-def _describe(message: Message, reply: Message, seconds: float) -> str:
-    """One line per message: what it was, what the device reported, what it sent and how long it took."""
-    if reply.has_error():
-        return f"round {_round(message)} {message.metadata.message_type}: error {reply.error.reason}"
-    metrics = reply.content.metric_records.get(METRICS)
-    shown = {key: metrics[key] for key in ("train-steps", "train-loss", "heldout-loss") if metrics and key in metrics}
-    numbers = ", ".join(f"{key} {value:.4g}" for key, value in shown.items())
-    return (f"round {_round(message)} {message.metadata.message_type}: {numbers + ', ' if numbers else ''}"
-            f"{sum(record.count_bytes() for record in reply.content.values()):,} bytes up, {seconds:.1f} s")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ the update nor one metric value leaves the device in the clear, whatever the han
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
@@ -33,7 +35,10 @@ from stamen.shared.secagg_protocol import (
 )
 from stamen.shared.secure_metrics import metric_slots
 
+from .device_log import metric_summary
 from .secure_aggregation import DEFAULT_MIN_THRESHOLD, SecAggClient, secure_input
+
+log = logging.getLogger(__name__)
 
 MIN_THRESHOLD_KEY = "secagg-min-threshold"  # node config: the device's own least share threshold
 SUMMED_DTYPE = "float32"  # the plain update the handler hands this mod: exact, never sent
@@ -70,6 +75,8 @@ def _keys_instead_of_values(
     flat = np.concatenate(parts) if parts else np.zeros(0)
     vector = secure_input(flat, int(metrics[NUM_EXAMPLES]), instruction.config)
     values = {name: float(value) for name, value in metrics.items() if name != NUM_EXAMPLES}
+    log.info("round %d %s: %s (kept on this device for the secure sum)", instruction.server_round, message_type,
+             metric_summary(values) or f"{len(values)} metrics")
     context.state[KEPT_METRICS] = MetricRecord(metric_slots(values, float(vector[-1])))
     client = _client(context)
     reply = RecordDict({name: record for name, record in content.items() if name not in (ARRAYS, METRICS)})
@@ -97,8 +104,10 @@ def _kept_slots(context: Context, names: tuple[str, ...]) -> np.ndarray:
     server would learn a sum this client's value is missing from, or was alone in)."""
     kept = context.state.metric_records.get(KEPT_METRICS, MetricRecord())
     unknown = [name for name in names if name not in kept]
-    if unknown or len(set(names)) != len(names):
-        raise SecAggError(f"the server asks to sum metrics this client did not report once each: {unknown[:5]}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if unknown or repeated:
+        raise SecAggError(f"the server asks to sum metrics this client did not report once each: "
+                          f"unreported {unknown[:5]}, repeated {repeated[:5]}")
     del context.state[KEPT_METRICS]
     return np.array([float(kept[name]) for name in names], dtype=np.float64)
 

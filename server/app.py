@@ -63,11 +63,14 @@ class WaitingLinesThinned(logging.Filter):
 
 def _log_through_flower() -> None:
     """Send Stamen's round log lines through Flower's handlers, which ``flwr run --stream`` shows, and thin
-    Flower's waiting lines."""
-    logging.getLogger("flwr").addFilter(WaitingLinesThinned())
+    Flower's waiting lines. Flower's lines stop at Flower's handlers: a library that configures the root logger
+    on import (Opacus does) would print each of them a second time."""
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.addFilter(WaitingLinesThinned())
+    flwr_logger.propagate = False
     stamen_logger = logging.getLogger("stamen")
     stamen_logger.setLevel(logging.INFO)
-    for handler in logging.getLogger("flwr").handlers:
+    for handler in flwr_logger.handlers:
         if handler not in stamen_logger.handlers:
             stamen_logger.addHandler(handler)
     stamen_logger.propagate = False

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from stamen.shared.commands import configure_logging, console, load_config
+from stamen.shared.commands import configure_logging, console, ended_cleanly_when_stopped, load_config
 from stamen.shared.config import ConfigError, RunConfig
 from stamen.shared.run_folder import RunFolder
 
 from .round_table import summary_table
+
+if TYPE_CHECKING:
+    from .deployment import ServerDeployment
 
 server_commands = typer.Typer(help="The server side of a deployment on real devices.", no_args_is_help=True)
 
@@ -91,14 +94,25 @@ def server_start(
         work_dir.resolve(),
         superlink_port or free_port(),
     )
+    folder = RunFolder.of(config)
+    with ended_cleanly_when_stopped(folder, new_run=resume is None):  # runs after the processes below stopped
+        _serve(setup, found.node_public_keys(), config, folder, keep_running)
+
+
+def _serve(
+    setup: ServerDeployment, node_keys: list[Path], config: RunConfig, folder: RunFolder, keep_running: bool
+) -> None:
+    """The SuperLink and the devices' gateway for one run; both stop when it ends, fails or is stopped."""
+    from stamen.server import deployment as deploy
+
     superlink, gateway = deploy.start_superlink(setup), None
     try:
         gateway = deploy.start_gateway(setup)
         deploy.write_connection(setup)
-        deploy.register_nodes(setup, found.node_public_keys())
+        deploy.register_nodes(setup, node_keys)
         console.print(f"[bold]Stamen server[/] on {setup.reachable_address}: waiting for {config.min_clients} devices, "
-                      f"then {config.num_rounds} rounds -> {RunFolder.of(config).path}")
-        folder = RunFolder(deploy.run_federation_on(setup, config))
+                      f"then {config.num_rounds} rounds -> {folder.path}")
+        deploy.run_federation_on(setup, config)
         console.print(summary_table(folder.summary_record()["rounds"], folder.record()["base_stored_bytes"]))
         if keep_running:
             console.print(f"SuperLink still up on {setup.superlink_address}; FLWR_HOME={setup.flower_home} "

@@ -3,8 +3,11 @@ command line, ``stamen info`` (a base as a client loads it) and ``stamen certs``
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from .config import ConfigError, RunConfig, parse_override
+from .run_folder import RunFolder
 
 console = Console()
 
@@ -47,6 +51,27 @@ def configure_logging(verbose: bool) -> None:
         flwr_handler.setLevel(logging.INFO if verbose else logging.WARNING)
     for noisy in ("transformers", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def end_stopped_run(folder: RunFolder, new_run: bool) -> None:
+    """A new run stopped before its first round leaves no folder behind; any other says how to continue."""
+    if folder.finished():
+        return
+    if new_run and not folder.checkpoint.is_file():
+        console.print(f"No round completed: {folder.path} removed.")
+        shutil.rmtree(folder.path, ignore_errors=True)
+    else:
+        console.print(f"Stopped; continue with the same command and --resume {folder.path}")
+
+
+@contextlib.contextmanager
+def ended_cleanly_when_stopped(folder: RunFolder, new_run: bool) -> Iterator[None]:
+    """:func:`end_stopped_run` when the run raises or is stopped (SIGINT/SIGTERM arrive as exceptions)."""
+    try:
+        yield
+    except BaseException:
+        end_stopped_run(folder, new_run)
+        raise
 
 
 def read_toml(path: Path) -> dict:

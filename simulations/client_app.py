@@ -15,8 +15,8 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
-from stamen.client.app import TRAINING_HOOKS, StamenClient, client_app_with
 from stamen.client.error_feedback import ErrorFeedback
+from stamen.client.handlers import TRAINING_HOOKS, StamenClient, client_app_with
 from stamen.client.hooks import TrainingHook, TrainingRound
 from stamen.client.local_data import MAX_HELDOUT, LocalData, device_source
 from stamen.client.round_setup import RoundSetup
@@ -83,7 +83,7 @@ def simulated_client_app(
     mods: list[Mod], train_handler: Callable[[Message, Context], Message] | None = None
 ) -> ClientApp:
     """The simulation's ClientApp with Flower ``mods`` around every handler (``train_handler``: see
-    :func:`stamen.client.app.client_app_with`)."""
+    :func:`stamen.client.handlers.client_app_with`)."""
     return client_app_with(mods, train_handler, SIMULATED_CLIENT)
 
 

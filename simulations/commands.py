@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from stamen.server.commands import new_run_config
-from stamen.shared.commands import configure_logging, console
+from stamen.shared.commands import configure_logging, console, end_stopped_run, ended_cleanly_when_stopped
 from stamen.shared.config import RunConfig
 from stamen.shared.run_folder import RunFolder
 from stamen.simulations.report import compare_runs, write_report
@@ -54,8 +51,8 @@ def simulate(
     guard(folder.path)  # Ray and what it starts stop with this command
     sampled = max(config.min_clients, int(clients * config.fraction_train))  # as Flower's FedAvg samples
     new_run = resume is None
-    with exit_at_once_on_signals(lambda: _remove_unless_a_round_completed(folder, new_run)), \
-            _removed_unless_a_round_completed(folder, new_run), \
+    with exit_at_once_on_signals(lambda: end_stopped_run(folder, new_run)), \
+            ended_cleanly_when_stopped(folder, new_run), \
             RunMonitor(folder, config.num_rounds, sampled, console) as monitor:
         run(config, clients, resources, resume=not new_run)
     meta = folder.record()
@@ -135,24 +132,6 @@ def _remember_simulation(folder: RunFolder, config: RunConfig, clients: int, res
 
     record = {"config": config.to_flat(), "clients": clients, "resources": asdict(resources)}
     atomic_write_text(folder.simulation, json.dumps(record, indent=2))
-
-
-@contextlib.contextmanager
-def _removed_unless_a_round_completed(folder: RunFolder, new_run: bool) -> Iterator[None]:
-    """A new run that fails before its first round leaves no folder behind (a resumed one stays)."""
-    try:
-        yield
-    except BaseException:
-        _remove_unless_a_round_completed(folder, new_run)
-        raise
-
-
-def _remove_unless_a_round_completed(folder: RunFolder, new_run: bool) -> None:
-    if new_run and not folder.checkpoint.is_file():
-        console.print(f"No round completed: {folder.path} removed.")
-        shutil.rmtree(folder.path, ignore_errors=True)
-    else:
-        console.print(f"Stopped; continue with: stamen simulate --resume {folder.path}")
 
 
 def _resumable(run_dir: Path):

@@ -415,8 +415,12 @@ def test_under_secure_aggregation_the_mod_keeps_the_update_and_metric_values_on_
     lying = dataclasses.replace(info, metrics=("train-loss", "not-reported"))
     asking = Message(RecordDict({SECAGG: lying.to_record(), SHARES: ConfigRecord()}), dst_node_id=7,
                      message_type=MessageType.TRAIN)
-    with pytest.raises(SecAggError, match="did not report once each: \\['not-reported'\\]"):
+    with pytest.raises(SecAggError, match="unreported \\['not-reported'\\], repeated \\[\\]"):
         client_app(asking, context)
+    twice = dataclasses.replace(info, metrics=("train-loss", "train-loss"))  # its value counted twice in the sum
+    with pytest.raises(SecAggError, match="unreported \\[\\], repeated \\['train-loss'\\]"):
+        client_app(Message(RecordDict({SECAGG: twice.to_record(), SHARES: ConfigRecord()}), dst_node_id=7,
+                           message_type=MessageType.TRAIN), context)
 
     evaluated = client_app(_message(MessageType.EVALUATE, config, fingerprint, initial), _context(tmp_path / "eval"))
     assert dict(evaluated.content[METRICS]) == {NUM_EXAMPLES: 1} and PUBLIC_KEYS in evaluated.content

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client
 
 import pytest
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 
+from stamen.client.device_log import describe
 from stamen.client.device_worker import WORKER_ADDRESS, WORKER_KEY, forwarding_app, start_worker
 from stamen.client.secure_aggregation import STATE
 from stamen.shared.adapters import adapter_state, attach_adapter, shared_state
@@ -17,7 +20,7 @@ from stamen.shared.config import RunConfig
 from stamen.shared.flower_tools import flower_environment, free_port
 from stamen.shared.process_guard import stop_tree
 from stamen.shared.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, SERVER_ROUND, round_config
-from stamen.shared.secagg_protocol import METRIC_NAMES, PUBLIC_KEYS
+from stamen.shared.secagg_protocol import MASK_STAGE, METRIC_NAMES, PUBLIC_KEYS, SECAGG, StageInfo
 from stamen.shared.wire import encode_adapter
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
@@ -61,3 +64,25 @@ def test_messages_reach_the_devices_worker_their_state_comes_back_and_a_stranger
     finally:
         stop_tree(worker.pid)
         worker.wait()
+
+
+def test_a_devices_per_message_process_imports_no_torch():
+    """Flower starts a process per message on a device; it only forwards to the worker, so it must start fast."""
+    program = "import sys, stamen.client.app; assert 'torch' not in sys.modules"
+    environment = {**flower_environment(), WORKER_ADDRESS: "127.0.0.1:1", WORKER_KEY: "/nonexistent"}
+    result = subprocess.run([sys.executable, "-c", program], env=environment, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_device_line_names_the_round_and_secure_stage_and_shows_steps_and_loss():
+    instruction: ConfigRecord = round_config(DEVICE_CONFIG, "f" * 64)
+    instruction[SERVER_ROUND] = 3
+    train = Message(RecordDict({CONFIG: instruction}), dst_node_id=7, message_type=MessageType.TRAIN)
+    reply = Message(RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 5, "train-steps": 4, "train-loss": 2.5})}),
+                    reply_to=train)
+    assert describe(train, reply, 1.25).startswith("round 3 train: train-steps 4, train-loss 2.5, ")
+    assert describe(train, reply, 1.25).endswith(" bytes up, 1.2 s")
+    stage = StageInfo("run", 3, MASK_STAGE, num_clients=3, threshold=2, point=1, modulus_bits=32, noise_std=0.0)
+    masked = Message(RecordDict({SECAGG: stage.to_record()}), dst_node_id=7, message_type=MessageType.TRAIN)
+    assert describe(masked, Message(RecordDict(), reply_to=masked), 0.5).startswith(f"round 3 train {MASK_STAGE}: ")

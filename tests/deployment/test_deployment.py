@@ -8,6 +8,7 @@ import os
 import signal
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -81,6 +82,7 @@ def test_readme_sequence_with_tls_and_auth_refuses_strangers_plaintext_and_anoth
     wait_for(lambda: site.started["device-1"].poll() is not None, 120, "device-1 to leave after the run")
     assert site.started["device-1"].returncode == 0 and "(the run ended?): leaving" in site.log("device-1")
     assert list((tmp_path / "state-device-1/flwr-home").rglob("pyproject.toml"))
+    site.kill("device-2")  # SIGKILL to a device still waiting: its SuperNode and worker go with it
 
     superlink_log = (tmp_path / "work-server/superlink.log").read_text()
     assert "No SuperNode found with the given public key" in superlink_log
@@ -128,7 +130,9 @@ def test_a_killed_device_and_a_killed_server_do_not_stop_a_secure_federation(sit
     assert "secure train sum of 3 of 3 clients" in site.log("server-again")  # secure aggregation across real nodes
     device_log = site.log("device-1")  # joined for the whole run, through the server's kill and resume
     assert device_log.count("loaded base") == 1, device_log[-3000:]  # one load for every message, both rounds
-    assert "round 2 train:" in device_log and "bytes up" in device_log  # the device's own line per message
+    # the device's own lines: its numbers, kept on the device under secure aggregation, then each stage's bytes
+    assert "round 2 train: train-steps" in device_log and "kept on this device for the secure sum" in device_log
+    assert "round 2 train secagg_mask:" in device_log and "round ?" not in device_log
 
 
 def test_an_outsider_reaches_only_the_fleet_api_and_a_device_runs_only_what_its_operator_signed(site, tmp_path):
@@ -164,13 +168,23 @@ def test_an_outsider_reaches_only_the_fleet_api_and_a_device_runs_only_what_its_
     assert listening and all(address.ip == "127.0.0.1" for address in listening)
     assert "Public key" not in (tmp_path / "work-server/superlink.log").read_text()  # nothing reached registration
 
+    # SIGTERM (a service manager's stop) ends the waiting server and all it started within seconds, and the run
+    # that never completed a round leaves no folder; the same command then starts again in the same work dir
+    stopping = time.monotonic()
+    site.kill("server", signal.SIGTERM)
+    assert time.monotonic() - stopping < 15 and "No round completed" in site.log("server")
+    assert not runs.exists() or not list(runs.iterdir())
+    site.server("server-again", port, "--host", "0.0.0.0", *tiny_run_args(runs, rounds=1, min_clients=3),
+                work_dir="work-server")
+    wait_for(lambda: "registered device key device-3" in site.log("server-again"), 90, "the server to start again")
+
     (tmp_path / "other-operator").mkdir()
     write_operator_keys(tmp_path / "other-operator")
     for number in (1, 2, 3):
         site.device(f"device-{number}", port, tmp_path / f"device-{number}.jsonl",
                     operator="other-operator" if number == 3 else "certs")
-    wait_for(lambda: site.started["server"].poll() is not None, 420, "the run to finish")
-    assert site.started["server"].returncode == 0, site.log("server")[-3000:]
+    wait_for(lambda: site.started["server-again"].poll() is not None, 420, "the run to finish")
+    assert site.started["server-again"].returncode == 0, site.log("server-again")[-3000:]
     refused = [r for r in _rows(_run_dir(runs)) if r["kind"] == "client" and not r["accepted"]]
     assert len(refused) == 1 and "not signed by this device's operator key" in refused[0]["reason"]
     assert "refusing the app bundle" in refused[0]["reason"]  # refused by the shim, before the bundle installed

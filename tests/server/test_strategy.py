@@ -1,6 +1,8 @@
 """Server-side aggregation on real Flower messages: weighted deltas, and rejection of bad replies."""
 
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -144,3 +146,22 @@ def test_flowers_waiting_line_passes_when_the_count_changes_not_every_second():
     assert [passes(1, 3) for _ in range(5)] == [True, False, False, False, False]
     assert passes(2, 3) and not passes(2, 3)  # a new device connected: said once
     assert passes(message="round 1: sampled 3") and passes(message="round 1: sampled 3")  # other lines untouched
+
+
+def test_a_serverapp_prints_each_flower_line_once_though_a_library_configured_the_root_logger():
+    """Opacus calls ``logging.basicConfig`` on import; the streamed ServerApp log showed every Flower line twice."""
+    program = """
+import logging
+import subprocess
+import sys
+import stamen.server.privacy, opacus.utils.module_utils  # the root handler a library installs on import
+from stamen.server.app import _log_through_flower
+_log_through_flower()
+logging.getLogger("flwr").info("configure_train: Sampled 3 nodes (out of 3)")
+logging.getLogger("stamen.server.strategy").info("round 1: 3 sampled")
+"""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert output.count("configure_train: Sampled 3 nodes") == 1, output
+    assert output.count("round 1: 3 sampled") == 1, output

@@ -1,0 +1,32 @@
+"""What a deployed device prints about each message it answers: one line a person can follow rounds by."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from flwr.app import Message
+
+from stamen.shared.protocol import CONFIG, METRICS, SERVER_ROUND
+from stamen.shared.secagg_protocol import SECAGG
+
+SHOWN = ("train-steps", "train-loss", "heldout-loss", "personal-heldout-loss")
+
+
+def metric_summary(metrics: Mapping[str, float]) -> str:
+    """The few numbers a person watches: steps and losses."""
+    return ", ".join(f"{key} {metrics[key]:.4g}" for key in SHOWN if key in metrics)
+
+
+def describe(message: Message, reply: Message, seconds: float) -> str:
+    """Round, message (and secure-aggregation stage), the device's numbers, bytes sent and seconds."""
+    stage = message.content.config_records.get(SECAGG)
+    config = message.content.config_records.get(CONFIG)
+    source = stage if stage is not None else config  # both name the round under SERVER_ROUND
+    server_round = source.get(SERVER_ROUND, "?") if source is not None else "?"
+    what = f"round {server_round} {message.metadata.message_type}" + (f" {stage['stage']}" if stage else "")
+    if reply.has_error():
+        return f"{what}: error {reply.error.reason}"
+    metrics = reply.content.metric_records.get(METRICS)
+    numbers = metric_summary(metrics) if metrics else ""
+    sent = sum(record.count_bytes() for record in reply.content.values())
+    return f"{what}: {numbers + ', ' if numbers else ''}{sent:,} bytes up, {seconds:.1f} s"

@@ -1,0 +1,149 @@
+"""The Stamen ClientApp's handlers: receive the global adapter, train locally, send back only the delta.
+
+Each reply carries the adapter delta (trained - received) in the run's wire dtype,
+numeric metrics, and this client's base fingerprint, so the server can refuse
+updates made on a different base. A train round reads as a pipeline:
+set up -> before-training hooks -> ``train_adapter`` -> after-training hooks -> reply.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Sequence
+
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
+
+from stamen.shared.adapters import adapter_state
+from stamen.shared.protocol import NUM_EXAMPLES, client_reply
+from stamen.shared.training import train_adapter
+from stamen.shared.wire import encode_adapter
+
+from .drift_correction import FedProx, Scaffold
+from .error_feedback import ErrorFeedback
+from .forgetting import forgetting_metrics
+from .hooks import EvaluationProbe, TrainingHook, TrainingRound
+from .kept_optimizer import KeptOptimizerState
+from .local_data import DataSource, device_source
+from .personalisation import Ditto, load_personal
+from .probes import RoundZeroBaseline, base_alone_loss, general_examples, loss_on
+from .replay import Replay
+from .resource_guard import ResourceGuardHook
+from .round_setup import prepare
+from .secure_aggregation_mod import SUMMED_DTYPE, secure_aggregation_mod
+from .state_store import PERSONAL
+from .trust import operator_signature_mod
+from .update import personal_part, shared_delta
+
+TRAINING_HOOKS: tuple[type[TrainingHook], ...] = (
+    ResourceGuardHook, RoundZeroBaseline, FedProx, Scaffold, Replay, KeptOptimizerState, Ditto, ErrorFeedback,
+)
+"""A device's hooks, in the order they run; error feedback stays last (it rounds the delta as sent)."""
+
+
+class StamenClient:
+    """The train and evaluate handlers, with where the data comes from and which hooks run."""
+
+    def __init__(self, data_source: DataSource = device_source,
+                 training_hooks: Sequence[type[TrainingHook]] = TRAINING_HOOKS,
+                 evaluation_probes: Sequence[EvaluationProbe] = ()) -> None:
+        self.data_source = data_source
+        self.training_hooks = tuple(training_hooks)
+        self.evaluation_probes = tuple(evaluation_probes)
+
+    def train(self, msg: Message, context: Context) -> Message:
+        """Train the received global adapter on local data; reply with the delta."""
+        setup = prepare(msg, context, self.data_source, training_round=True)
+        training_round = TrainingRound.begin(msg, context, setup)
+        hooks = [hook for hook in (cls.start(training_round) for cls in self.training_hooks) if hook is not None]
+        for hook in hooks:
+            hook.before_training(training_round)
+        _train(training_round)
+        for hook in hooks:
+            hook.after_training(training_round)
+        return Message(_train_reply(training_round), reply_to=msg)
+
+    def evaluate(self, msg: Message, context: Context) -> Message:
+        """Held-out and base-domain loss of the global adapter and of this client's personal model."""
+        started = time.perf_counter()
+        setup = prepare(msg, context, self.data_source, training_round=False)
+        runtime, data, config = setup.runtime, setup.data, setup.config
+        training = config.training
+        general = general_examples(runtime, data)
+        heldout = loss_on(runtime, data.heldout, training)
+        general_loss = loss_on(runtime, general, training)
+        probed = {name: value for probe in self.evaluation_probes for name, value in probe(setup, context).items()}
+        seed = zlib.crc32(f"{config.seed}/{data.name}/personal".encode())
+        has_personal = load_personal(runtime.model, runtime.base.tokenizer, setup.store, setup.server_round,
+                                     list(data.train), config, seed)  # a finetune trains on this round's data
+        personal = loss_on(runtime, data.heldout, training) if has_personal else heldout
+        personal_general = loss_on(runtime, general, training) if has_personal else general_loss
+        stage_losses = {j: loss_on(runtime, examples, training).loss for j, examples in enumerate(data.stages)}
+        forgetting = forgetting_metrics(setup.store, setup.server_round, personal_general.loss,
+                                        lambda: base_alone_loss(runtime, general, training), data.stage,
+                                        stage_losses if data.stage is not None else None)
+        metrics = {
+            NUM_EXAMPLES: len(data.heldout),
+            "heldout-loss": heldout.loss,
+            "heldout-ppl": heldout.perplexity,
+            "personal-heldout-loss": personal.loss,
+            "personal-gain": heldout.loss - personal.loss,
+            "base-domain-loss": general_loss.loss,
+            **({"personal-base-domain-loss": personal_general.loss} if has_personal else {}),
+            **forgetting,
+            **probed,
+            "eval-seconds": time.perf_counter() - started,
+        }
+        return Message(client_reply(metrics, runtime.base.fingerprint, data.name), reply_to=msg)
+
+
+def _train(training_round: TrainingRound) -> None:
+    """The local steps, and the update they make: the shared part's delta; the personal part stays here."""
+    setup, config = training_round.setup, training_round.config
+    runtime = setup.runtime
+    training_round.result = train_adapter(
+        runtime.model, runtime.base.tokenizer, list(training_round.examples), config.training, training_round.seed,
+        tuple(training_round.corrections), training_round.replay_examples, config.replay.ratio,
+        training_round.optimizer_state)
+    training_round.trained = {k: v.numpy() for k, v in adapter_state(runtime.model).items()}
+    training_round.delta = shared_delta(training_round.trained, setup.global_adapter)
+    personal = personal_part(training_round.trained, setup.global_adapter)
+    if personal:
+        setup.store.save(PERSONAL, setup.server_round, personal)
+
+
+def _train_reply(training_round: TrainingRound) -> RecordDict:
+    setup, config, result = training_round.setup, training_round.config, training_round.result
+    metrics = {
+        NUM_EXAMPLES: len(setup.data.train),
+        "examples-seen": result.examples_seen,
+        "train-loss": result.loss,
+        "train-steps": result.steps,
+        "train-flat-steps": result.flat_steps,  # always sent: a secure sum carries only metrics all clients name
+        "train-tokens": result.tokens,
+        "train-seconds": result.seconds,
+        **training_round.metrics,
+    }
+    schema, delta = setup.server_schema(), setup.at_server_rank(training_round.delta)
+    wire = SUMMED_DTYPE if config.privacy.secure_aggregation else schema.wire_dtype  # the secure mod sums it exactly
+    update = encode_adapter({name: delta[name] for name in schema.shapes}, wire)
+    reply = client_reply(metrics, setup.runtime.base.fingerprint, setup.data.name, update)
+    for name, arrays in training_round.uploads.items():
+        reply[name] = setup.to_wire(arrays)
+    return reply
+
+
+def client_app_with(mods: list[Mod], train_handler: Callable[[Message, Context], Message] | None = None,
+                    client: StamenClient | None = None) -> ClientApp:
+    """Stamen's ClientApp with Flower ``mods`` wrapped around every handler (Flower's extension point),
+    outside the secure-aggregation mod every Stamen ClientApp carries.
+
+    ``client`` sets the data source and hooks (a simulation's); ``train_handler`` answers ordinary
+    train messages instead of it (benchmarks swap in synthetic updates)."""
+    client = client or StamenClient()
+    client_app = ClientApp(mods=[operator_signature_mod, *mods, secure_aggregation_mod])
+    client_app.train()(train_handler or client.train)
+    client_app.evaluate()(client.evaluate)
+    return client_app
