@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from stamen.shared.adapters import base_alone
+from stamen.shared.adapters import base_alone as base_alone_context
 from stamen.shared.examples import format_prompt
 
 
@@ -20,9 +22,11 @@ def generate_answer(model: torch.nn.Module, tokenizer, prompt: str, max_new_toke
 
 
 @torch.no_grad()
-def base_answers(model: torch.nn.Module, tokenizer, prompts: list[str], max_new_tokens: int, **sampling) -> list[str]:
-    """Continuations of ``prompts`` by the base with every adapter disabled, in one left-padded batch;
-    ``sampling`` goes to ``generate`` (greedy unless it says ``do_sample=True``)."""
+def answers(model: torch.nn.Module, tokenizer, prompts: list[str], max_new_tokens: int, base_alone: bool = False,
+            **sampling) -> list[str]:
+    """Answers to ``prompts`` in one left-padded batch, by the model as it stands or (``base_alone``) by the
+    frozen base with every adapter disabled; ``sampling`` goes to ``generate`` (greedy unless it says
+    ``do_sample=True``)."""
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
     batch = tokenizer([format_prompt(tokenizer, p) for p in prompts], return_tensors="pt", padding=True,
@@ -30,7 +34,12 @@ def base_answers(model: torch.nn.Module, tokenizer, prompts: list[str], max_new_
     tokenizer.padding_side = "right"
     was_training = model.training
     model.eval()
-    with base_alone(model):
+    with base_alone_context(model) if base_alone else contextlib.nullcontext():
         output = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
     model.train(was_training)
     return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def base_answers(model: torch.nn.Module, tokenizer, prompts: list[str], max_new_tokens: int, **sampling) -> list[str]:
+    """Continuations of ``prompts`` by the frozen base with every adapter disabled."""
+    return answers(model, tokenizer, prompts, max_new_tokens, base_alone=True, **sampling)

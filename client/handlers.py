@@ -23,12 +23,12 @@ from stamen.shared.wire import encode_adapter
 
 from .drift_correction import FedProx, Scaffold
 from .error_feedback import ErrorFeedback
-from .forgetting import forgetting_metrics
+from .forgetting import NEUTRAL, forgetting_metrics
 from .hooks import EvaluationProbe, TrainingHook, TrainingRound
 from .kept_optimizer import KeptOptimizerState
 from .local_data import DataSource, device_source
 from .personalisation import Ditto, load_personal
-from .probes import RoundZeroBaseline, base_alone_loss, general_examples, loss_on
+from .probes import RoundZeroBaseline, base_alone_losses, loss_on, model_probes
 from .replay import Replay
 from .resource_guard import ResourceGuardHook
 from .round_setup import prepare
@@ -66,23 +66,22 @@ class StamenClient:
         return Message(_train_reply(training_round), reply_to=msg)
 
     def evaluate(self, msg: Message, context: Context) -> Message:
-        """Held-out and base-domain loss of the global adapter and of this client's personal model."""
+        """Held-out loss of the global adapter and of this client's personal model; forgetting of the model the
+        client uses (general-text loss, knowledge retention)."""
         started = time.perf_counter()
         setup = prepare(msg, context, self.data_source, training_round=False)
         runtime, data, config = setup.runtime, setup.data, setup.config
         training = config.training
-        general = general_examples(runtime, data)
         heldout = loss_on(runtime, data.heldout, training)
-        general_loss = loss_on(runtime, general, training)
         probed = {name: value for probe in self.evaluation_probes for name, value in probe(setup, context).items()}
         seed = zlib.crc32(f"{config.seed}/{data.name}/personal".encode())
         has_personal = load_personal(runtime.model, runtime.base.tokenizer, setup.store, setup.server_round,
                                      list(data.train), config, seed)  # a finetune trains on this round's data
         personal = loss_on(runtime, data.heldout, training) if has_personal else heldout
-        personal_general = loss_on(runtime, general, training) if has_personal else general_loss
+        probed_model = model_probes(runtime, training)  # from here on: the model the client uses
         stage_losses = {j: loss_on(runtime, examples, training).loss for j, examples in enumerate(data.stages)}
-        forgetting = forgetting_metrics(setup.store, setup.server_round, personal_general.loss,
-                                        lambda: base_alone_loss(runtime, general, training), data.stage,
+        forgetting = forgetting_metrics(setup.store, setup.server_round, {NEUTRAL: probed_model["general-text-loss"]},
+                                        lambda: base_alone_losses(runtime, training), data.stage,
                                         stage_losses if data.stage is not None else None)
         metrics = {
             NUM_EXAMPLES: len(data.heldout),
@@ -90,8 +89,7 @@ class StamenClient:
             "heldout-ppl": heldout.perplexity,
             "personal-heldout-loss": personal.loss,
             "personal-gain": heldout.loss - personal.loss,
-            "base-domain-loss": general_loss.loss,
-            **({"personal-base-domain-loss": personal_general.loss} if has_personal else {}),
+            **probed_model,
             **forgetting,
             **probed,
             "eval-seconds": time.perf_counter() - started,

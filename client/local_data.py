@@ -15,7 +15,6 @@ from pathlib import Path
 from flwr.app import Context
 
 from stamen.shared.config import RunConfig
-from stamen.shared.corpus import natural_split
 from stamen.shared.device_data import read_examples
 from stamen.shared.examples import Example
 
@@ -27,7 +26,6 @@ class LocalData:
     name: str
     train: tuple[Example, ...]  # what this round trains on
     heldout: tuple[Example, ...]
-    base_domain: tuple[Example, ...]  # general-domain texts no client trains on
     stage: int | None = None  # a data stream's stage this round trains, if the data arrives in stages
     stages: tuple[tuple[Example, ...], ...] = ()  # up to MAX_HELDOUT examples of every stage so far
 
@@ -42,13 +40,12 @@ def device_source(context: Context, config: RunConfig, server_round: int) -> Loc
     if "data-path" not in node:
         raise ValueError("this node has no local data: give a device 'data-path' in its node config")
     path = Path(str(node["data-path"])).expanduser()
-    base_domain = natural_split(1, config.seed).base_domain
-    return device_data(path, str(node.get("client-name", path.stem)), config.seed, base_domain)
+    return device_data(path, str(node.get("client-name", path.stem)), config.seed)
 
 
-def device_data(path: Path, name: str, seed: int, base_domain: tuple[Example, ...]) -> LocalData:
+def device_data(path: Path, name: str, seed: int) -> LocalData:
     """A device's examples, a fifth of them (at most 16) held out, chosen by the run's seed."""
     examples = read_examples(path)
     random.Random(seed).shuffle(examples)
     held = min(MAX_HELDOUT, len(examples) // 5)
-    return LocalData(name, tuple(examples[held:]), tuple(examples[:held]), base_domain)
+    return LocalData(name, tuple(examples[held:]), tuple(examples[:held]))

@@ -1,15 +1,22 @@
-"""The losses a client measures: its held-out data, the general (base-domain) probe, the base alone."""
+"""What a client measures: the loss on its held-out data, the forgetting probes of the model it uses and of
+the base alone."""
 
 from __future__ import annotations
 
-from stamen.shared.adapters import base_alone
+import hashlib
+import json
+from collections.abc import Callable
+
+from stamen.shared.adapters import adapter_state, base_alone
+from stamen.shared.atomic import atomic_write_text
+from stamen.shared.cache import cache_dir
 from stamen.shared.config import TrainingSpec
-from stamen.shared.examples import Example
 from stamen.shared.protocol import HELDOUT_EXAMPLES
 
 from .evaluation import EvalResult, evaluate_loss
+from .forgetting import NEUTRAL
 from .hooks import TrainingHook, TrainingRound
-from .local_data import LocalData
+from .neutral_probes import general_text, probe_version, retention
 from .runtime import ClientRuntime
 
 
@@ -20,15 +27,42 @@ def loss_on(runtime: ClientRuntime, examples, training: TrainingSpec) -> EvalRes
     )
 
 
-def general_examples(runtime: ClientRuntime, data: LocalData) -> list[Example]:
-    """The forgetting probe: the general-domain set and what the base itself answers to general prompts."""
-    return [*data.base_domain, *runtime.base_generated()]
+def base_alone_losses(runtime: ClientRuntime, training: TrainingSpec) -> dict[str, float]:
+    """The loss probes for the frozen base with every adapter disabled: what the base could do (round 0). The same
+    for every client and run on this base: measured once per base, probe and length, then read from the cache."""
+    def measure() -> dict[str, float]:
+        with base_alone(runtime.model):
+            return {NEUTRAL: loss_on(runtime, general_text(), training).loss}
+
+    return _cached("base-alone", [runtime.base.fingerprint, runtime.base.quantisation.mode, training.max_seq_len],
+                   measure)
 
 
-def base_alone_loss(runtime: ClientRuntime, examples: list[Example], training: TrainingSpec) -> float:
-    """Loss of the frozen base with every adapter disabled: what the base could do (round 0)."""
-    with base_alone(runtime.model):
-        return loss_on(runtime, examples, training).loss
+def model_probes(runtime: ClientRuntime, training: TrainingSpec) -> dict[str, float]:
+    """``general-text-loss`` and ``retention`` of the model as it stands (adapters on). Clients holding the same
+    adapter (every client of a global-model run, every client before round 1) get the same numbers: measured
+    once per adapter, then read from the cache."""
+    def measure() -> dict[str, float]:
+        kept = retention(runtime.model, runtime.base.tokenizer, runtime.known_facts())
+        return {"general-text-loss": loss_on(runtime, general_text(), training).loss,
+                **({"retention": kept} if kept is not None else {})}
+
+    adapter = hashlib.sha256()
+    for name, tensor in sorted(adapter_state(runtime.model).items()):
+        adapter.update(name.encode() + tensor.float().numpy().tobytes())
+    return _cached("model", [runtime.base.fingerprint, runtime.base.quantisation.mode, training.max_seq_len,
+                             adapter.hexdigest()], measure)
+
+
+def _cached(kind: str, key: list, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """``measure()``, or what it returned before for the same ``key`` and probe files (a JSON file per key)."""
+    digest = hashlib.sha256(json.dumps([*key, probe_version()]).encode()).hexdigest()[:24]
+    cache_file = cache_dir("probes") / f"{kind}-{digest}.json"
+    if cache_file.is_file():
+        return json.loads(cache_file.read_text())
+    values = measure()
+    atomic_write_text(cache_file, json.dumps(values))
+    return values
 
 
 class RoundZeroBaseline(TrainingHook):
@@ -46,5 +80,5 @@ class RoundZeroBaseline(TrainingHook):
         training_round.metrics.update({
             HELDOUT_EXAMPLES: len(data.heldout),
             "initial-heldout-loss": loss_on(runtime, data.heldout, training).loss,
-            "initial-base-domain-loss": loss_on(runtime, general_examples(runtime, data), training).loss,
+            "initial-general-text-loss": model_probes(runtime, training)["general-text-loss"],
         })

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -17,12 +17,11 @@ import torch
 from stamen.shared.adapters import adapter_state, attach_adapter, shared_state
 from stamen.shared.base_model import LoadedBase, load_base
 from stamen.shared.config import RunConfig
-from stamen.shared.examples import Example
 from stamen.shared.lora_layers import lora_layers
 from stamen.shared.wire import AdapterSchema
 
-from .base_domain import base_generated_examples
 from .lora_corrections import LayerCorrections
+from .neutral_probes import Fact, known_facts
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +35,14 @@ class ClientRuntime:
     schema: AdapterSchema  # the shared part of the adapter: what travels
     initial: dict[str, np.ndarray]  # the seeded initial adapter, whole (personal parts start here)
     corrections: LayerCorrections | None  # exact-LoRA corrections, when the run uses them
-    _generated: list[Example] = field(default_factory=list)
+    _known: list[Fact] | None = None
 
-    def base_generated(self) -> list[Example]:
-        """Texts the frozen base wrote itself (cached on disk after the first call)."""
-        if not self._generated:
-            self._generated = base_generated_examples(
-                self.model, self.base.tokenizer, self.base.fingerprint, self.base.quantisation.mode
-            )
-        return self._generated
+    def known_facts(self) -> list[Fact]:
+        """The probe questions the frozen base answers correctly (cached on disk after the first call)."""
+        if self._known is None:
+            self._known = known_facts(self.model, self.base.tokenizer, self.base.fingerprint,
+                                      self.base.quantisation.mode)
+        return self._known
 
 
 _current: tuple[tuple, ClientRuntime] | None = None

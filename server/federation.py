@@ -169,8 +169,11 @@ def train_round(
 def evaluation_round(
     grid: Grid, strategy: AdapterStrategy, instruction: ConfigRecord, config: RunConfig, server_round: int
 ) -> None:
-    """The round's evaluation: clients' metrics into the strategy, in the clear or as a secure sum."""
-    if config.privacy.secure_aggregation:
+    """The round's evaluation: clients' metrics into the strategy, in the clear or as a secure sum (none in a
+    round ``evaluate-every`` skips)."""
+    if not config.evaluates(server_round):
+        strategy.skip_evaluation(server_round)
+    elif config.privacy.secure_aggregation:
         run_secure_evaluation(grid, strategy, instruction, config, server_round)
     else:
         evaluate = strategy.configure_evaluate(server_round, strategy.global_record(), instruction, grid)

@@ -286,6 +286,10 @@ class AdapterStrategy(FedAvg):
         self._finish_evaluation(server_round, metrics, len(accepted))
         return metrics
 
+    def skip_evaluation(self, server_round: int) -> None:
+        """A round without evaluation (``evaluate-every``) still writes its row."""
+        self._finish_evaluation(server_round, None, 0)
+
     def _finish_evaluation(self, server_round: int, metrics: MetricRecord | None, evaluated: int) -> None:
         """Write the round's row: its train summary and the mean evaluation ``metrics`` of ``evaluated`` clients."""
         means = {f"eval_{_snake(k)}": v for k, v in (metrics or {}).items()}
@@ -293,11 +297,12 @@ class AdapterStrategy(FedAvg):
                    **means}
         self.recorder.write(summary)
         log.info(
-            "round %d: held-out loss %s, base-domain loss %s, %d clients trained, %d evaluated, "
+            "round %d: held-out loss %s, general-text loss %s, retention %s, %d clients trained, %d evaluated, "
             "%d bytes up per client",
             server_round,
-            summary.get("eval_heldout_loss", "n/a"),
-            summary.get("eval_base_domain_loss", "n/a"),
+            _shown(summary.get("eval_heldout_loss"), ".4f"),
+            _shown(summary.get("eval_general_text_loss"), ".4f"),
+            _shown(summary.get("eval_retention"), ".0%"),
             summary.get("clients_accepted", 0),
             evaluated,
             summary.get("bytes_up_per_client", 0),
@@ -346,3 +351,7 @@ def _initial_losses(metrics: list[MetricRecord]) -> dict[str, float]:
         _snake(k): sum(float(m[HELDOUT_EXAMPLES]) * float(m[k]) for m in reporting if k in m) / total
         for k in sorted(keys)
     }
+
+
+def _shown(value: float | None, form: str) -> str:
+    return "n/a" if value is None else format(value, form)

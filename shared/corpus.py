@@ -5,8 +5,8 @@ Sizes are very uneven, so topics under ``min_examples`` are merged into groups,
 and when more clients are asked for than English groups exist, the corpus's
 other languages add clients (then, if still short, the largest groups are halved). Topics in
 ``BASE_DOMAIN_TOPICS`` and every group no client gets
-form the general "base-domain" set used to measure forgetting; disjoint samples of what is
-left are the server's FLTrust root set and the anchor-replay set.
+form the general "base-domain" set that no client trains on and no replay source draws from; disjoint
+samples of what is left are the server's FLTrust root set and the anchor-replay set.
 """
 
 from __future__ import annotations

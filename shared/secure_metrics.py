@@ -19,7 +19,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 BOUNDS_BY_SUFFIX = (("-loss", 50.0), ("-gain", 50.0), ("-ppl", 1e5), ("-seconds", 1e5), ("-steps", 1e5),
-                    ("forgetting", 50.0))
+                    ("forgetting", 50.0), ("-transfer", 50.0), ("retention", 1.0), ("-rate", 1.0))
 """The largest magnitude of a metric by how its name ends (first match); losses of a causal LM stay
 below ln(vocabulary) << 50, and a perplexity beyond 1e5 is a broken model whichever value it has."""
 DEFAULT_BOUND = 1e7  # counts: steps, tokens, examples

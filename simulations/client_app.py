@@ -34,11 +34,11 @@ def partition_source(context: Context, config: RunConfig, server_round: int) -> 
     split = split_corpus(int(node["num-partitions"]), config.seed, config.partition, config.partition_alpha)
     mine = split.clients[int(node["partition-id"])]
     if config.partition != "stream" or server_round == 0:
-        return LocalData(mine.name, mine.train, mine.heldout, split.base_domain)
+        return LocalData(mine.name, mine.train, mine.heldout)
     stage = stream_stage(server_round, config.num_rounds, config.stream_stages)
     stages = tuple(stage_examples(mine.train, j, config.stream_stages)[:MAX_HELDOUT] for j in range(stage + 1))
     train = stage_examples(mine.train, stage, config.stream_stages)
-    return LocalData(mine.name, train, mine.heldout, split.base_domain, stage, stages)
+    return LocalData(mine.name, train, mine.heldout, stage, stages)
 
 
 class AttackHook(TrainingHook):

@@ -12,7 +12,7 @@ from stamen.server.commands import new_run_config
 from stamen.shared.commands import configure_logging, console, end_stopped_run, ended_cleanly_when_stopped
 from stamen.shared.config import RunConfig
 from stamen.shared.run_folder import RunFolder
-from stamen.simulations.report import compare_runs, write_report
+from stamen.simulations.report import write_report
 
 
 def simulate(
@@ -87,24 +87,37 @@ def compare(
     baseline: Annotated[
         str | None,
         typer.Option(
-            help="Run (folder name) the others are measured against: forgetting "
+            help="Run (folder name) the others are measured against, seed by seed: forgetting "
             "cut, gain kept, extra client time. A preset names it in [compare]."
         ),
     ] = None,
+    seeds: Annotated[
+        int | None, typer.Option(min=1, help="Seeds per run of a preset (overrides its [compare] seeds).")
+    ] = None,
+    target: Annotated[
+        float | None, typer.Option(help="Personal held-out loss whose cost (rounds, bytes, client seconds) to report.")
+    ] = None,
 ) -> None:
-    """Overlay several runs' held-out loss in one plot and one Markdown table (running a preset's runs first)."""
+    """Runs side by side: each number a mean over seeds with its 95% interval, in one plot and one Markdown table
+    (a preset's runs are run first). A folder holding seed-*/ run folders counts as one run over those seeds."""
+    import dataclasses
+
     from stamen.server.run_record import new_run_id
+    from stamen.simulations.comparison import compare_runs, seed_folders
 
     if len(runs) == 1 and runs[0].suffix == ".toml":
         from stamen.simulations.campaign import Campaign, run_campaign
 
         campaign = Campaign.from_toml(runs[0])
+        campaign = dataclasses.replace(campaign, seeds=seeds or campaign.seeds,
+                                       target=campaign.target if target is None else target)
         folder = out or Path("runs") / f"compare-{runs[0].stem}"
-        console.print(f"[bold]Compare[/] {len(campaign.runs)} runs ({', '.join(campaign.runs)}), {campaign.clients} "
-                      f"clients x {campaign.rounds} rounds -> {folder}")
+        console.print(f"[bold]Compare[/] {len(campaign.runs)} runs ({', '.join(campaign.runs)}) x {campaign.seeds} "
+                      f"seeds, {campaign.clients} clients x {campaign.rounds} rounds -> {folder}")
         table = run_campaign(campaign, folder)
     else:
-        table = compare_runs(runs, out or Path("runs") / f"compare-{new_run_id()}", baseline)
+        named = {run.name: seed_folders(run) for run in runs}
+        table = compare_runs(named, out or Path("runs") / f"compare-{new_run_id()}", baseline, target)
     console.print(table.read_text())
     console.print(f"Plot and table: {table.parent}")
 
@@ -158,15 +171,20 @@ def sweep(
         Path | None, typer.Option(help="Folder for the cells' runs and results (default: runs/sweep-<name>).")
     ] = None,
     parallel: Annotated[int, typer.Option(help="Cells run at once (each a whole simulation).")] = 1,
+    seeds: Annotated[int | None, typer.Option(min=1, help="Seeds per cell (overrides [sweep] seeds).")] = None,
 ) -> None:
-    """Run rules x attacks x malicious fractions with the same seeds; skip finished cells; write a table and
-    heat maps."""
+    """Run rules x attacks x malicious fractions for each seed; skip finished runs; write a table of means with 95%
+    intervals (the harm of each attack paired by seed with its rule's clean run) and heat maps."""
+    import dataclasses
+
     from stamen.simulations.sweep import SweepSpec, run_sweep
 
     spec = SweepSpec.from_toml(grid)
+    spec = dataclasses.replace(spec, seeds=seeds or spec.seeds)
     folder = out or Path("runs") / f"sweep-{grid.stem}"
     console.print(f"[bold]Sweep[/] {len(spec.cells())} cells ({len(spec.rules)} rules x {len(spec.attacks)} attacks x "
-                  f"fractions {list(spec.fractions)}), {spec.clients} clients x {spec.rounds} rounds -> {folder}")
+                  f"fractions {list(spec.fractions)}) x {spec.seeds} seeds, {spec.clients} clients x {spec.rounds} "
+                  f"rounds -> {folder}")
     run_sweep(spec, folder, parallel)
     console.print((folder / "sweep.md").read_text())
     console.print(f"Heat maps: {folder}/heatmap-*.png  Table: {folder / 'sweep.md'}")

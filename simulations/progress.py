@@ -29,8 +29,10 @@ def round_line(row: dict, num_rounds: int, previous_loss: float | None) -> str:
     parts = [f"round {row['round']}/{num_rounds}"]
     if previous_loss is not None and after is not None:
         parts.append(f"held-out loss {previous_loss:.4f} -> {after:.4f}")
-    if "eval_base_domain_loss" in row:
-        parts.append(f"base-domain loss {row['eval_base_domain_loss']:.4f}")
+    if "eval_general_text_loss" in row:
+        parts.append(f"general-text loss {row['eval_general_text_loss']:.4f}")
+    if "eval_retention" in row:
+        parts.append(f"retention {row['eval_retention']:.0%}")
     parts.append(f"{row.get('clients_accepted', 0)} clients")
     parts.append(f"{row.get('bytes_up_per_client', 0) / 1e6:.3f} MB up/client")
     if "dp_epsilon" in row:

@@ -1,4 +1,4 @@
-"""What a person opens after a run: PNG plots and a Markdown report, and several runs side by side.
+"""What a person opens after a run: PNG plots and a Markdown report (several runs side by side: comparison.py).
 
 Everything is read back from the run folder (``metrics.jsonl``, ``summary.json``,
 ``config.json``), so a report can be rebuilt for any finished or interrupted run.
@@ -6,7 +6,6 @@ Everything is read back from the run folder (``metrics.jsonl``, ``summary.json``
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,9 +59,9 @@ class RunRecord:
                 after[row["client"]] = row.get("personal_heldout_loss", row["heldout_loss"])
         return {client: before[client] - after[client] for client in sorted(before.keys() & after.keys())}
 
-    def mean_forgetting(self) -> float | None:
-        """Forgetting averaged over the evaluated rounds: steadier than the last round's alone."""
-        values = [r["eval_forgetting"] for r in self.rounds if "eval_forgetting" in r]
+    def mean_of(self, key: str) -> float | None:
+        """``key`` averaged over the evaluated rounds: steadier than the last round's alone."""
+        values = [r[key] for r in self.rounds if key in r]
         return sum(values) / len(values) if values else None
 
     def client_seconds(self) -> float | None:
@@ -71,8 +70,35 @@ class RunRecord:
                  if r.get("phase") == "train" and r.get("accepted")]
         return sum(spent) / len(spent) if spent else None
 
-    def summary_row(self) -> dict:
-        """The numbers a comparison table shows for this run."""
+    def personal_key(self) -> str:
+        """The loss of the model each client uses: its personal model's where the run has one."""
+        return "eval_personal_heldout_loss" if any("eval_personal_heldout_loss" in r for r in self.rounds) \
+            else "eval_heldout_loss"
+
+    def cumulative_cost(self) -> list[tuple[int, float, float]]:
+        """(round, bytes moved up and down by all clients, all clients' training seconds), summed from the
+        start of the run to the end of each round."""
+        costs, moved, spent = [], 0.0, 0.0
+        for row in self.rounds:
+            moved += row.get("bytes_in", 0) + row.get("bytes_out", 0)
+            spent += sum(r.get("train_seconds", 0.0) + r.get("replay_seconds", 0.0) for r in self.clients
+                         if r.get("phase") == "train" and r.get("round") == row["round"])
+            costs.append((row["round"], moved, spent))
+        return costs
+
+    def cost_to_target(self, target: float) -> dict:
+        """Rounds, bytes and client seconds until the loss of the model each client uses first reached
+        ``target``."""
+        key = self.personal_key()
+        for row, (server_round, moved, spent) in zip(self.rounds, self.cumulative_cost(), strict=True):
+            if row.get(key) is not None and row[key] <= target:
+                return {"reached_target": 1, "rounds_to_target": server_round, "bytes_to_target": moved,
+                        "client_seconds_to_target": spent}
+        return {"reached_target": 0, "rounds_to_target": None, "bytes_to_target": None,
+                "client_seconds_to_target": None}
+
+    def summary_row(self, target: float | None = None) -> dict:
+        """The numbers a comparison table shows for this run (with ``target``: its cost to reach it)."""
         curve, last = self.curve(), self.rounds[-1] if self.rounds else {}
         gains = list(self.client_gains().values())
         return {
@@ -81,14 +107,17 @@ class RunRecord:
             "heldout_start": curve[0][1] if curve else None,
             "heldout_end": curve[-1][1] if curve else None,
             "personal_end": last.get("eval_personal_heldout_loss"),
-            "base_domain_end": last.get("eval_base_domain_loss"),
+            "general_text_end": last.get("eval_general_text_loss"),
+            "retention_end": last.get("eval_retention"),
+            "retention_mean": self.mean_of("eval_retention"),
             "mean_client_gain": sum(gains) / len(gains) if gains else None,
             "forgetting_end": last.get("eval_forgetting"),
-            "forgetting_mean": self.mean_forgetting(),
+            "forgetting_mean": self.mean_of("eval_forgetting"),
             **({"backward_transfer_end": last["eval_backward_transfer"]} if "eval_backward_transfer" in last else {}),
             "client_seconds": self.client_seconds(),
             "bytes_up_per_client": last.get("bytes_up_per_client"),
             "seconds": self.seconds,
+            **(self.cost_to_target(target) if target is not None else {}),
         }
 
 
@@ -99,11 +128,12 @@ def write_report(folder: Path) -> Path:
     figure, axis = plt.subplots(figsize=(6, 4))
     _plot_curve(axis, run.curve(), "global model, held-out (clients' own data)")
     _plot_curve(axis, run.curve("eval_personal_heldout_loss"), "personal model, held-out")
-    _plot_curve(axis, run.curve("eval_base_domain_loss", "initial_base_domain_loss"), "base-domain (forgetting probe)")
+    _plot_curve(axis, run.curve("eval_general_text_loss", "initial_general_text_loss"),
+                "general text (forgetting probe)")
     axis.set(xlabel="round", ylabel="loss", title=f"{run.name}: loss per round")
     if axis.lines:  # a run without evaluation has no curves
         axis.legend()
-    _save(figure, folder / "loss.png")
+    save_figure(figure, folder / "loss.png")
 
     gains = run.client_gains()
     figure, axis = plt.subplots(figsize=(6, 4))
@@ -111,7 +141,7 @@ def write_report(folder: Path) -> Path:
     axis.axvline(0.0, color="black", linewidth=0.8)
     axis.set(xlabel="held-out loss before - after (higher is better)", ylabel="clients",
              title="per-client personalisation gain")
-    _save(figure, folder / "gains.png")
+    save_figure(figure, folder / "gains.png")
 
     figure, axis = plt.subplots(figsize=(6, 4))
     rounds = [r["round"] for r in run.rounds]
@@ -121,82 +151,10 @@ def write_report(folder: Path) -> Path:
     )
     axis.set(xlabel="round", ylabel="bytes", title="traffic per round")
     axis.legend()
-    _save(figure, folder / "bytes.png")
+    save_figure(figure, folder / "bytes.png")
 
     atomic_write_text(folder / "report.md", _report_markdown(run, gains))
     return folder / "report.md"
-
-
-def compare_runs(folders: list[Path], out: Path, baseline: str | None = None) -> Path:
-    """Plots of every run's held-out loss per round and of personal gain against forgetting, and one
-    Markdown table; with a ``baseline`` run, each run's forgetting cut, gain kept and extra client time
-    against it. Returns the table's file."""
-    runs = [RunRecord.read(folder) for folder in folders]
-    out.mkdir(parents=True, exist_ok=True)
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for run in runs:
-        _plot_curve(axis, run.curve("eval_personal_heldout_loss") or run.curve(), run.name)
-    axis.set(xlabel="round", ylabel="mean held-out loss of the model each client uses", title="runs compared")
-    if axis.lines:
-        axis.legend(fontsize="small")
-    _save(figure, out / "compare.png")
-    rows = [run.summary_row() for run in runs]
-    if baseline:
-        rows = against_baseline(rows, baseline)
-    _plot_gain_vs_forgetting(rows, out / "gain_vs_forgetting.png")
-    table = markdown_table(rows)
-    best = min((r for r in rows if r["personal_end"] is not None), key=lambda r: r["personal_end"], default=None)
-    verdict = (
-        f"\nLowest final held-out loss (personal model): **{best['run']}** ({best['personal_end']:.4f}).\n"
-        if best
-        else ""
-    )
-    atomic_write_text(out / "compare.md", f"# Runs compared\n\n![held-out loss](compare.png)\n\n"
-                                          f"![personal gain vs forgetting](gain_vs_forgetting.png)\n\n{table}{verdict}")
-    atomic_write_text(out / "compare.json", json.dumps(rows, indent=2))
-    return out / "compare.md"
-
-
-def against_baseline(rows: list[dict], baseline: str) -> list[dict]:
-    """Each row with ``forgetting_cut`` (share of the baseline's forgetting, averaged over rounds,
-    removed), ``gain_kept`` (share of its mean client gain kept) and ``extra_client_time``
-    (relative), all in percent."""
-    base = next((row for row in rows if row["run"] == baseline), None)
-    if base is None:
-        raise ValueError(f"baseline run {baseline!r} is not among the runs compared")
-
-    def percent(numerator: float | None, denominator: float | None) -> float | None:
-        return None if numerator is None or not denominator else round(100.0 * numerator / denominator, 1)
-
-    return [
-        {
-            **row,
-            "forgetting_cut": percent(_minus(base["forgetting_mean"], row["forgetting_mean"]), base["forgetting_mean"]),
-            "gain_kept": percent(row["mean_client_gain"], base["mean_client_gain"]),
-            "extra_client_time": percent(_minus(row["client_seconds"], base["client_seconds"]), base["client_seconds"]),
-        }
-        for row in rows
-    ]
-
-
-def _minus(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
-
-
-def _plot_gain_vs_forgetting(rows: list[dict], path: Path) -> None:
-    """One point per run: mean personal gain (up is better) against forgetting averaged over rounds (left is better)."""
-    plt = pyplot()
-    figure, axis = plt.subplots(figsize=(6, 4.5))
-    for row in rows:
-        if row["mean_client_gain"] is not None and row["forgetting_mean"] is not None:
-            axis.scatter(row["forgetting_mean"], row["mean_client_gain"])
-            axis.annotate(row["run"], (row["forgetting_mean"], row["mean_client_gain"]), textcoords="offset points",
-                          xytext=(4, 4), fontsize="small")
-    axis.axvline(0.0, color="black", linewidth=0.8)
-    axis.set(xlabel="forgetting: base-domain loss - base alone, mean over rounds (lower is better)",
-             ylabel="mean personal gain (higher is better)", title="personal gain vs forgetting")
-    _save(figure, path)
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -210,7 +168,8 @@ def _report_markdown(run: RunRecord, gains: dict[str, float]) -> str:
     summary = run.summary_row()
     rounds = [{"round": r["round"], "clients": r.get("clients_accepted"), "held-out loss": r.get("eval_heldout_loss"),
                "personal held-out loss": r.get("eval_personal_heldout_loss"),
-               "base-domain loss": r.get("eval_base_domain_loss"), "forgetting": r.get("eval_forgetting"),
+               "general-text loss": r.get("eval_general_text_loss"), "forgetting": r.get("eval_forgetting"),
+               "retention": r.get("eval_retention"),
                "bytes up/client": r.get("bytes_up_per_client"),
                "rejected": r.get("clients_rejected"), **({"dp epsilon": r["dp_epsilon"]} if "dp_epsilon" in r else {})}
               for r in run.rounds]
@@ -223,7 +182,9 @@ def _report_markdown(run: RunRecord, gains: dict[str, float]) -> str:
         f"Held-out loss {format_cell(summary['heldout_start'])} -> {format_cell(summary['heldout_end'])}; "
         f"{improved} of {len(gains)} clients' personal models improved on their own held-out data.", "",
         "![loss per round](loss.png)", "", markdown_table(rounds) if rounds else "No round finished.", "",
-        "Forgetting: base-domain loss of the model each client uses minus the base's own (lower is better).", "",
+        "Forgetting: general-text loss (human prose no client or replay source touches) of the model each client "
+        "uses minus the base's own (lower is better); retention: share of the probe questions the base answered "
+        "that the model each client uses still answers.", "",
         "![per-client gain](gains.png)", "", "![traffic per round](bytes.png)", "",
     ])
 
@@ -246,7 +207,7 @@ def pyplot():
     return plt
 
 
-def _save(figure, path: Path) -> None:
+def save_figure(figure, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     figure.clear()

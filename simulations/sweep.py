@@ -1,8 +1,9 @@
-"""A grid of runs, rules x attacks x malicious fractions, judged side by side.
+"""A grid of runs, rules x attacks x malicious fractions, judged side by side over seeds.
 
-Each cell is one ``stamen simulate`` run in the sweep's folder with the same seed and
-settings; a cell whose run already finished is skipped, so a sweep resumes where it
-stopped. The results are one Markdown table and one heat map per metric.
+Each cell is one ``stamen simulate`` run per seed (``<out>/<cell>/seed-<n>/``) with the same settings; seed
+``k`` gives every cell the same partitions, sampled clients and adapter init, so an attacked cell is compared
+with its rule's clean cell seed by seed (``harm``). A run that already finished is skipped, so a sweep resumes
+where it stopped. The results are one Markdown table (means ± 95% intervals) and one heat map per metric.
 """
 
 from __future__ import annotations
@@ -11,20 +12,24 @@ import json
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stamen.shared.atomic import atomic_write_text
-from stamen.shared.commands import read_toml
+from stamen.shared.commands import console, read_toml
+from stamen.shared.config import ConfigError
 from stamen.shared.run_folder import RunFolder
 
-from .report import format_cell, pyplot
+from .intervals import Interval, difference_text, paired
+from .report import pyplot
 
 METRICS = {  # column -> what a reader should know about it
     "honest_heldout_loss": "clean held-out loss of honest clients, last round (lower is better)",
+    "harm": "honest held-out loss minus the same rule's clean run, paired by seed (above 0: the attack hurt)",
     "attack_success_rate": "share of trigger prompts answered with the backdoor target (lower is better)",
-    "malicious_admitted": "malicious updates admitted over all rounds / sent",
+    "malicious_admitted": "share of malicious updates admitted, over all rounds and seeds (admitted/sent)",
 }
 
 
@@ -38,19 +43,27 @@ class SweepSpec:
     rule_options: dict[str, str] = field(default_factory=dict)  # rule -> aggregation-options
     attack_options: dict[str, str] = field(default_factory=dict)  # attack -> attack-options
     config: dict[str, object] = field(default_factory=dict)  # flat keys for every cell
+    seeds: int = 1
 
     @classmethod
     def from_toml(cls, path: Path) -> SweepSpec:
         data = read_toml(path)
         sweep = data.get("sweep", {})
         try:
-            return cls(tuple(sweep["rules"]), tuple(sweep["attacks"]), tuple(float(f) for f in sweep["fractions"]),
+            spec = cls(tuple(sweep["rules"]), tuple(sweep["attacks"]), tuple(float(f) for f in sweep["fractions"]),
                        int(sweep.get("clients", 10)), int(sweep.get("rounds", 2)), dict(data.get("rule-options", {})),
-                       dict(data.get("attack-options", {})), dict(data.get("config", {})))
+                       dict(data.get("attack-options", {})), dict(data.get("config", {})), int(sweep.get("seeds", 1)))
         except KeyError as missing:
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: [sweep] needs 'rules', 'attacks' and 'fractions' ({missing} is missing)"
             ) from None
+        if spec.seeds < 1:
+            raise ConfigError(f"{path}: [sweep] seeds must be at least 1, not {spec.seeds}")
+        return spec
+
+    def seed_values(self) -> list[int]:
+        first = int(self.config.get("seed", 0))
+        return [first + k for k in range(self.seeds)]
 
     def cell_settings(self, rule: str, attack: str, fraction: float) -> dict[str, object]:
         """The flat config keys one cell's run is started with."""
@@ -72,14 +85,26 @@ def cell_id(rule: str, attack: str, fraction: float) -> str:
 
 
 def run_sweep(spec: SweepSpec, folder: Path, parallel: int = 1) -> list[dict]:
-    """Run every unfinished cell (``parallel`` at a time), then summarise all of them."""
+    """Run every unfinished cell and seed (``parallel`` at a time), then summarise all of them."""
     folder.mkdir(parents=True, exist_ok=True)
-    todo = [cell for cell in spec.cells() if not RunFolder(folder / cell_id(*cell)).finished()]
+    runs = [(cell, seed) for cell in spec.cells() for seed in spec.seed_values()]
+    todo = [(cell, seed) for cell, seed in runs if not RunFolder(_run_dir(folder, cell, seed)).finished()]
+    done = iter(range(1, len(todo) + 1))
+
+    def run(cell: tuple[str, str, float], seed: int) -> str | None:
+        started = time.perf_counter()
+        _run_dir(folder, cell, seed).parent.mkdir(exist_ok=True)
+        failure = simulate_in_subprocess({**spec.cell_settings(*cell), "seed": seed}, spec.clients, spec.rounds,
+                                         folder / cell_id(*cell), f"seed-{seed}")
+        console.print(f"[{next(done)}/{len(todo)}] {cell_id(*cell)} seed {seed}: {time.perf_counter() - started:.0f} s")
+        return failure
+
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        for failure in pool.map(lambda cell: _run_cell(spec, folder, *cell), todo):
+        for failure in pool.map(lambda item: run(*item), todo):
             if failure:
                 raise RuntimeError(failure)
-    rows = [summarise_cell(folder / cell_id(*cell), *cell) for cell in spec.cells()]
+    rows = summarise_cells(
+        {cell: [summarise_run(_run_dir(folder, cell, seed)) for seed in spec.seed_values()] for cell in spec.cells()})
     atomic_write_text(folder / "sweep.json", json.dumps(rows, indent=2))
     atomic_write_text(folder / "sweep.md", markdown_table(rows))
     for metric in METRICS:
@@ -87,9 +112,8 @@ def run_sweep(spec: SweepSpec, folder: Path, parallel: int = 1) -> list[dict]:
     return rows
 
 
-def _run_cell(spec: SweepSpec, folder: Path, rule: str, attack: str, fraction: float) -> str | None:
-    return simulate_in_subprocess(spec.cell_settings(rule, attack, fraction), spec.clients, spec.rounds, folder,
-                                  cell_id(rule, attack, fraction))
+def _run_dir(folder: Path, cell: tuple[str, str, float], seed: int) -> Path:
+    return folder / cell_id(*cell) / f"seed-{seed}"
 
 
 def simulate_in_subprocess(settings: dict, clients: int, rounds: int, folder: Path, run_id: str) -> str | None:
@@ -111,36 +135,77 @@ def simulate_in_subprocess(settings: dict, clients: int, rounds: int, folder: Pa
     return None if code == 0 else f"run {run_id} failed (exit {code}); see {log}"
 
 
-def summarise_cell(run_dir: Path, rule: str, attack: str, fraction: float) -> dict:
+def summarise_run(run_dir: Path) -> dict:
+    """One seed of one cell: honest clients' last-round held-out loss and backdoor success, malicious counts."""
     rows = RunFolder(run_dir).rows()
     rounds = [r for r in rows if r["kind"] == "round"]
     last = rounds[-1]["round"]
     honest = [r for r in rows if r["kind"] == "client" and r["phase"] == "evaluate" and r["round"] == last
               and r.get("accepted") and not r.get("malicious")]
-    sent = sum(r.get("malicious_replied", 0) for r in rounds)
-    admitted = sum(r.get("malicious_admitted", 0) for r in rounds)
     success = [r["attack_success_rate"] for r in honest if "attack_success_rate" in r]
     return {
-        "rule": rule, "attack": attack, "fraction": fraction,
+        "seed": int(run_dir.name.removeprefix("seed-")),
         "honest_heldout_loss": _mean([r["heldout_loss"] for r in honest]),
         "attack_success_rate": _mean(success),
-        "malicious_admitted": f"{admitted}/{sent}" if sent else "",
+        "malicious_sent": sum(r.get("malicious_replied", 0) for r in rounds),
+        "malicious_admitted": sum(r.get("malicious_admitted", 0) for r in rounds),
     }
 
 
+def summarise_cells(cells: dict[tuple[str, str, float], list[dict]]) -> list[dict]:
+    """Per cell: means ± 95% intervals over seeds, and the harm against its rule's clean cell, paired by seed."""
+    rows = []
+    for (rule, attack, fraction), seeds in cells.items():
+        clean = cells.get((rule, "none", 0.0))
+        losses = [s["honest_heldout_loss"] for s in seeds]
+        harm = None
+        if clean is not None and fraction > 0 and None not in losses:
+            harm = paired(losses, [s["honest_heldout_loss"] for s in clean]).to_json()
+        sent, admitted = sum(s["malicious_sent"] for s in seeds), sum(s["malicious_admitted"] for s in seeds)
+        rows.append({
+            "rule": rule, "attack": attack, "fraction": fraction, "seeds": len(seeds),
+            "honest_heldout_loss": _interval([v for v in losses if v is not None]),
+            "harm": harm,
+            "attack_success_rate": _interval([s["attack_success_rate"] for s in seeds
+                                              if s["attack_success_rate"] is not None]),
+            "malicious_admitted": {"admitted": admitted, "sent": sent} if sent else None,
+            "per_seed": seeds,
+        })
+    return rows
+
+
+def _interval(values: list[float]) -> dict | None:
+    return Interval.of(values).to_json() if values else None
+
+
 def markdown_table(rows: list[dict]) -> str:
-    columns = ["rule", "attack", "fraction", *METRICS]
+    columns = ["rule", "attack", "fraction", "seeds", *METRICS]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append(
-            "| " + " | ".join(f"{row[c]:g}" if c == "fraction" else format_cell(row[c]) for c in columns) + " |"
-        )
+    lines += ["| " + " | ".join(_cell(row, column) for column in columns) + " |" for row in rows]
     notes = [f"- `{name}`: {meaning}" for name, meaning in METRICS.items()]
-    return "\n".join([*lines, "", *notes]) + "\n"
+    seeds = sorted({row["seeds"] for row in rows})
+    return "\n".join([*lines, "", f"Means over {'/'.join(map(str, seeds))} seeds ± 95% interval (Student t); "
+                                   "(n.s.): the interval contains 0.", *notes]) + "\n"
+
+
+def _cell(row: dict, column: str) -> str:
+    value = row[column]
+    if column == "fraction":
+        return f"{value:g}"
+    if value is None:
+        return ""
+    if column == "malicious_admitted":
+        return f"{value['admitted']}/{value['sent']}"
+    if column == "harm":
+        return difference_text(Interval(value["mean"], value["ci95"], value["n"]))
+    if isinstance(value, dict):
+        return Interval(value["mean"], value["ci95"], value["n"]).text()
+    return str(value)
 
 
 def heat_map(rows: list[dict], metric: str, path: Path) -> None:
-    """Rules down, attack@fraction across; admitted counts are shown as the admitted share."""
+    """Rules down, attack@fraction across, each cell its mean over seeds ± 95% interval; admitted counts are shown
+    as the admitted share."""
     import numpy as np
 
     plt = pyplot()
@@ -148,8 +213,12 @@ def heat_map(rows: list[dict], metric: str, path: Path) -> None:
     rules = list(dict.fromkeys(r["rule"] for r in rows))
     columns = list(dict.fromkeys(f"{r['attack']}@{r['fraction']:g}" for r in rows))
     grid = np.full((len(rules), len(columns)), np.nan)
+    widths: dict[tuple[int, int], float] = {}
     for row in rows:
-        grid[rules.index(row["rule"]), columns.index(f"{row['attack']}@{row['fraction']:g}")] = _number(row[metric])
+        at = (rules.index(row["rule"]), columns.index(f"{row['attack']}@{row['fraction']:g}"))
+        grid[at] = _number(row[metric])
+        if isinstance(row[metric], dict) and row[metric].get("ci95") is not None:
+            widths[at] = row[metric]["ci95"]
     figure, axes = plt.subplots(figsize=(1.2 * len(columns) + 2.5, 0.6 * len(rules) + 1.8))
     image = axes.imshow(grid, cmap="viridis_r", aspect="auto")
     axes.set_xticks(range(len(columns)), columns, rotation=40, ha="right")
@@ -157,7 +226,8 @@ def heat_map(rows: list[dict], metric: str, path: Path) -> None:
     for (i, j), value in np.ndenumerate(grid):
         if not np.isnan(value):
             dark = image.norm(value) > 0.5  # viridis_r: high values are dark
-            axes.text(j, i, f"{value:.4g}", ha="center", va="center", color="white" if dark else "black", fontsize=8)
+            text = f"{value:.3g}" + (f"\n±{widths[i, j]:.2g}" if (i, j) in widths else "")
+            axes.text(j, i, text, ha="center", va="center", color="white" if dark else "black", fontsize=8)
     figure.colorbar(image, ax=axes, label=metric)
     axes.set_title(METRICS[metric], fontsize=9)
     figure.tight_layout()
@@ -165,13 +235,13 @@ def heat_map(rows: list[dict], metric: str, path: Path) -> None:
     plt.close(figure)
 
 
-def _number(value: object) -> float:
-    if isinstance(value, str):
-        if "/" not in value:
-            return float("nan")
-        admitted, sent = value.split("/")
-        return int(admitted) / int(sent)
-    return float("nan") if value is None else float(value)
+def _number(value: dict | None) -> float:
+    """A heat map's number: an interval's mean, or the admitted share."""
+    if value is None:
+        return float("nan")
+    if "sent" in value:
+        return value["admitted"] / value["sent"]
+    return float(value["mean"])
 
 
 def _mean(values: list[float]) -> float | None:

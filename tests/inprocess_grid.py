@@ -68,3 +68,18 @@ class InProcessGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
+
+
+def simulate_in_this_process(settings: dict, clients: int, rounds: int, folder, run_id: str) -> str | None:
+    """What ``stamen simulate`` runs for a campaign or sweep (``simulate_in_subprocess``'s contract), through
+    :class:`InProcessGrid`: the same config, round loop, attack tally and report, without Ray."""
+    from stamen.server.federation import run_federation
+    from stamen.simulations.attack_tally import AttackTally
+    from stamen.simulations.client_app import app
+    from stamen.simulations.commands import new_simulation_config
+    from stamen.simulations.report import write_report
+
+    overrides = [f"{key}={value}" for key, value in {**settings, "run-dir": folder, "run-id": run_id}.items()]
+    config = new_simulation_config(None, overrides, clients, rounds)
+    write_report(run_federation(InProcessGrid(app, clients), config, extensions=[AttackTally()]))
+    return None

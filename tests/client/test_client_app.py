@@ -9,11 +9,12 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from stamen.client.anchor_replay import AnchorSetMissingError
 from stamen.client.evaluation import evaluate_loss
+from stamen.client.neutral_probes import general_text
 from stamen.client.runtime import client_runtime
 from stamen.client.self_replay import SEED_PROMPTS
 from stamen.client.state_store import ClientStateStore, client_folder
 from stamen.server.anchor_distribution import AnchorDistribution
-from stamen.shared.adapters import adapter_state, attach_adapter, load_adapter_state, shared_state
+from stamen.shared.adapters import adapter_state, attach_adapter, base_alone, load_adapter_state, shared_state
 from stamen.shared.anchor_set import ANCHOR, AnchorMismatchError, anchor_record, encode_anchor
 from stamen.shared.base_model import load_base
 from stamen.shared.config import RunConfig
@@ -105,11 +106,16 @@ def test_evaluate_reply_carries_the_received_adapters_losses_and_no_arrays(tmp_p
     training = TINY.training
     heldout = evaluate_loss(runtime.model, runtime.base.tokenizer, list(data.heldout), training.max_seq_len,
                             training.eval_batch_size)
-    general = evaluate_loss(runtime.model, runtime.base.tokenizer, [*data.base_domain, *runtime.base_generated()],
-                            training.max_seq_len, training.eval_batch_size)
+    prose = evaluate_loss(runtime.model, runtime.base.tokenizer, list(general_text()), training.max_seq_len,
+                          training.eval_batch_size)
     assert metrics["heldout-loss"] == pytest.approx(heldout.loss, rel=1e-6)
     assert metrics["num-examples"] == len(data.heldout)
-    assert metrics["base-domain-loss"] == pytest.approx(general.loss, rel=1e-6)
+    assert metrics["general-text-loss"] == pytest.approx(prose.loss, rel=1e-6)
+    with base_alone(runtime.model):  # forgetting: against the frozen base on the same human prose
+        alone = evaluate_loss(runtime.model, runtime.base.tokenizer, list(general_text()), training.max_seq_len,
+                              training.eval_batch_size)
+    assert metrics["forgetting"] == pytest.approx(prose.loss - alone.loss, rel=1e-5)
+    assert "retention" not in metrics  # the random tiny base answers none of the probe questions
     assert metrics["personal-heldout-loss"] == metrics["heldout-loss"]  # personalisation global: the same model
 
 

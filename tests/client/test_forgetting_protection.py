@@ -10,36 +10,41 @@ from stamen.client.state_store import ClientStateStore
 from stamen.shared.adapters import adapter_parameters, adapter_state, load_adapter_state
 from stamen.shared.config import RunConfig
 from stamen.shared.training import train_adapter
+from stamen.simulations.comparison import against_baseline
 from stamen.simulations.partitions import split_corpus
-from stamen.simulations.report import against_baseline
 
 
-def test_forgetting_is_measured_against_the_base_and_the_best_earlier_round(tmp_path):
+def test_forgetting_is_measured_on_general_text_against_the_base_and_the_best_earlier_round(tmp_path):
     store = ClientStateStore(tmp_path)
     calls = []
 
     def base_alone():
         calls.append(1)
-        return 2.0
+        return {"general-text": 2.0, "base-domain": 1.0}
 
-    assert forgetting_metrics(store, 1, 2.5, base_alone) == {"forgetting": 0.5, "forgetting-vs-best": 0.5}
-    assert forgetting_metrics(store, 2, 1.8, base_alone) == {"forgetting": pytest.approx(-0.2),
-                                                             "forgetting-vs-best": pytest.approx(-0.2)}
-    assert forgetting_metrics(store, 3, 2.1, base_alone) == {"forgetting": pytest.approx(0.1),
-                                                             "forgetting-vs-best": pytest.approx(0.3)}
+    def losses(general: float) -> dict[str, float]:
+        return {"general-text": general, "base-domain": 1.5}
+
+    assert forgetting_metrics(store, 1, losses(2.5), base_alone) == {
+        "forgetting": 0.5, "forgetting-vs-best": 0.5, "base-domain-forgetting": 0.5}
+    second = forgetting_metrics(store, 2, losses(1.8), base_alone)
+    assert (second["forgetting"], second["forgetting-vs-best"]) == (pytest.approx(-0.2), pytest.approx(-0.2))
+    third = forgetting_metrics(store, 3, losses(2.1), base_alone)
+    assert (third["forgetting"], third["forgetting-vs-best"]) == (pytest.approx(0.1), pytest.approx(0.3))
     assert len(calls) == 1  # the base alone is evaluated once per client
     # a replayed round (resume) starts from the history as it stood before that round
-    assert forgetting_metrics(store, 3, 2.1, base_alone)["forgetting-vs-best"] == pytest.approx(0.3)
+    assert forgetting_metrics(store, 3, losses(2.1), base_alone)["forgetting-vs-best"] == pytest.approx(0.3)
 
 
 def test_backward_transfer_compares_each_finished_stage_with_its_loss_when_it_ended(tmp_path):
     store = ClientStateStore(tmp_path)
-    alone = lambda: 1.0  # noqa: E731
-    assert "backward-transfer" not in forgetting_metrics(store, 1, 1.0, alone, stage=0, stage_losses={0: 3.0})
-    forgetting_metrics(store, 2, 1.0, alone, stage=0, stage_losses={0: 2.0})  # stage 0 ends at loss 2.0
-    third = forgetting_metrics(store, 3, 1.0, alone, stage=1, stage_losses={0: 2.5, 1: 1.5})
+    alone = lambda: {"general-text": 1.0}  # noqa: E731
+    same = {"general-text": 1.0}
+    assert "backward-transfer" not in forgetting_metrics(store, 1, same, alone, stage=0, stage_losses={0: 3.0})
+    forgetting_metrics(store, 2, same, alone, stage=0, stage_losses={0: 2.0})  # stage 0 ends at loss 2.0
+    third = forgetting_metrics(store, 3, same, alone, stage=1, stage_losses={0: 2.5, 1: 1.5})
     assert third["backward-transfer"] == pytest.approx(2.0 - 2.5)  # stage 0 was partly forgotten
-    fourth = forgetting_metrics(store, 4, 1.0, alone, stage=2, stage_losses={0: 2.2, 1: 1.9, 2: 1.0})
+    fourth = forgetting_metrics(store, 4, same, alone, stage=2, stage_losses={0: 2.2, 1: 1.9, 2: 1.0})
     assert fourth["backward-transfer"] == pytest.approx(((2.0 - 2.2) + (1.5 - 1.9)) / 2)
 
 
@@ -66,15 +71,23 @@ def test_ewc_holds_the_parameters_the_replayed_examples_depend_on(tiny_folder):
     assert moved[50.0] < 0.5 * moved[0.0]
 
 
-def test_runs_are_measured_against_a_baseline_run():
-    rows = [
-        {"run": "none", "forgetting_mean": 0.8, "mean_client_gain": 2.0, "client_seconds": 10.0},
-        {"run": "anchor", "forgetting_mean": 0.2, "mean_client_gain": 1.9, "client_seconds": 10.5},
-        {"run": "broken", "forgetting_mean": None, "mean_client_gain": None, "client_seconds": None},
-    ]
-    none, anchor, broken = against_baseline(rows, "none")
-    assert (none["forgetting_cut"], none["gain_kept"], none["extra_client_time"]) == (0.0, 100.0, 0.0)
-    assert (anchor["forgetting_cut"], anchor["gain_kept"], anchor["extra_client_time"]) == (75.0, 95.0, 5.0)
-    assert broken["forgetting_cut"] is None and broken["gain_kept"] is None
-    with pytest.raises(ValueError, match="baseline run 'ewc'"):
-        against_baseline(rows, "ewc")
+def test_runs_are_measured_against_a_baseline_run_seed_by_seed():
+    def seed(forgetting, gain, seconds, personal=3.0):
+        return {"forgetting_mean": forgetting, "mean_client_gain": gain, "client_seconds": seconds,
+                "personal_end": personal}
+
+    none = [seed(0.8, 2.0, 10.0), seed(0.4, 1.0, 20.0)]
+    anchor = [seed(0.2, 1.9, 10.5, 2.9), seed(0.2, 1.0, 20.0, 2.7)]
+    compared = against_baseline(anchor, none)
+    assert compared["forgetting_cut"] == {"mean": 62.5, "ci95": pytest.approx(12.706 * 12.5, rel=1e-3), "n": 2}
+    assert (compared["gain_kept"]["mean"], compared["extra_client_time"]["mean"]) == (97.5, 2.5)
+    assert compared["personal_end_change"]["mean"] == pytest.approx(-0.2)
+    itself = against_baseline(none, none)
+    assert (itself["forgetting_cut"]["mean"], itself["gain_kept"]["mean"]) == (0.0, 100.0)
+    broken = against_baseline([seed(None, None, None, None)] * 2, none)
+    assert broken == {"personal_end_change": None, "forgetting_cut": None, "gain_kept": None,
+                      "extra_client_time": None}
+    no_forgetting = [seed(-0.1, 2.0, 10.0), seed(0.0, 1.0, 20.0)]  # the baseline forgot nothing: no cut to report
+    assert against_baseline(anchor, no_forgetting)["forgetting_cut"] is None
+    with pytest.raises(ValueError, match="2 seeds vs 1"):
+        against_baseline(anchor, none[:1])

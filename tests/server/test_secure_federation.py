@@ -88,7 +88,7 @@ def test_the_server_learns_the_rounds_metric_means_and_not_one_clients_metric_va
     secure_run = _run(tmp_path, "secure", {**overrides, "secure-aggregation": True}, mods=(wire,))
     secure = _rows(secure_run, "round")[0]
     for key in ("train_train_loss", "train_train_steps", "train_train_tokens", "eval_heldout_loss",
-                "eval_base_domain_loss", "eval_personal_gain", "eval_forgetting"):
+                "eval_general_text_loss", "eval_personal_gain", "eval_forgetting"):
         assert secure[key] == pytest.approx(plain[key], rel=1e-3, abs=1e-5), key
     assert secure["clients_evaluated"] == 3 and "initial_heldout_loss" in secure
     assert len(sent) == 2 * 4 * 3  # train and evaluate: four stages, three clients

@@ -1,19 +1,27 @@
-"""`stamen compare PRESET.toml`: named runs, run once each, overlaid in one plot and one table."""
+"""`stamen compare PRESET.toml`: named runs, each over seeds, compared with 95% intervals and paired differences."""
 
 import json
+import statistics
 
 import pytest
+from inprocess_grid import simulate_in_this_process
+from scipy import stats
 from typer.testing import CliRunner
 
 from stamen.shared.run_folder import RunFolder
 from stamen.simulations.campaign import Campaign
 from stamen.simulations.cli import app
+from stamen.simulations.sweep import simulate_in_subprocess
+
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 PRESET = """
 [compare]
 clients = 2
 rounds = 2
 baseline = "global"
+seeds = 2
+target = 100.0
 
 [config]
 base-model = "tiny"
@@ -35,45 +43,96 @@ stream-stages = 2
 """
 
 
-def test_a_preset_runs_each_named_run_once_and_compares_them(tmp_path):
+@pytest.fixture
+def runs_in_this_process(monkeypatch):
+    """Each run of a campaign through the server's round loop and the ClientApp in this process (the
+    subprocess that `stamen compare` starts per run has its own test below)."""
+    monkeypatch.setattr("stamen.simulations.campaign.simulate_in_subprocess", simulate_in_this_process)
+
+
+def _half_width(values: list[float]) -> float:
+    return stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+
+
+def test_a_preset_runs_each_run_for_each_seed_once_and_compares_them_with_intervals(tmp_path, runs_in_this_process):
     preset = tmp_path / "preset.toml"
     preset.write_text(PRESET)
-    assert Campaign.from_toml(preset).runs["finetune"] == {
-        "base-model": "tiny", "quantisation": "none", "learning-rate": 0.01, "personalisation": "finetune",
-        "personal-steps": 6}
+    campaign = Campaign.from_toml(preset)
+    assert campaign.runs["finetune"] == {"base-model": "tiny", "quantisation": "none", "learning-rate": 0.01,
+                                         "personalisation": "finetune", "personal-steps": 6}
+    assert (campaign.seeds, campaign.seed_values("global"), campaign.target) == (2, [0, 1], 100.0)
     out = tmp_path / "compare"
     result = CliRunner().invoke(app, ["compare", str(preset), "--out", str(out)])
     assert result.exit_code == 0, result.output
     rows = {row["run"]: row for row in json.loads((out / "compare.json").read_text())}
     assert set(rows) == {"global", "finetune", "replay"}
-    assert rows["global"]["personal_end"] == rows["global"]["heldout_end"]  # its personal model is the global one
-    assert rows["finetune"]["personal_end"] < rows["finetune"]["heldout_end"]
-    assert "| finetune |" in (out / "compare.md").read_text() and (out / "compare.png").stat().st_size > 1000
-    assert (out / "global" / "report.md").is_file()
+    assert all(row["seeds"] == 2 and [s["run"] for s in row["per_seed"]] == ["seed-0", "seed-1"]
+               for row in rows.values())
 
-    # measured against the baseline run, and plotted as personal gain vs forgetting
-    assert (rows["global"]["forgetting_cut"], rows["global"]["gain_kept"]) == (0.0, 100.0)
-    base = rows["global"]
-    for name in ("finetune", "replay"):  # the other runs, each against the baseline's own columns
-        row = rows[name]
-        assert row["forgetting_cut"] == pytest.approx(
-            100 * (base["forgetting_mean"] - row["forgetting_mean"]) / base["forgetting_mean"], abs=0.051)
-        assert row["gain_kept"] == pytest.approx(100 * row["mean_client_gain"] / base["mean_client_gain"], abs=0.051)
-        assert row["extra_client_time"] == pytest.approx(
-            100 * (row["client_seconds"] - base["client_seconds"]) / base["client_seconds"], abs=0.051)
-    assert rows["replay"]["extra_client_time"] > 0  # four replay sources cost the clients time
-    assert all(isinstance(rows[name]["forgetting_end"], float) and isinstance(rows[name]["forgetting_mean"], float)
-               for name in rows)
-    assert rows["replay"]["client_seconds"] > 0 and "backward_transfer_end" in rows["replay"]
+    # every cell is the mean over seeds with its Student-t 95% half-width
+    for row in rows.values():
+        values = [seed["personal_end"] for seed in row["per_seed"]]
+        assert values[0] != values[1]  # the seed changes adapter init, data order and partitions
+        assert row["personal_end"]["mean"] == pytest.approx(statistics.fmean(values))
+        assert row["personal_end"]["ci95"] == pytest.approx(_half_width(values))
+    glob, finetune = rows["global"], rows["finetune"]
+    assert all(s["personal_end"] == s["heldout_end"] for s in glob["per_seed"])  # its personal model is the global
+    assert all(s["personal_end"] < s["heldout_end"] for s in finetune["per_seed"])
+
+    # against the baseline, seed by seed
+    assert glob["forgetting_cut"] is None or glob["forgetting_cut"]["mean"] == 0.0
+    assert glob["gain_kept"]["mean"] == 100.0 and glob["gain_kept"]["ci95"] == 0.0
+    for name in ("finetune", "replay"):
+        pairs = list(zip(rows[name]["per_seed"], glob["per_seed"], strict=True))
+        changes = [run["personal_end"] - base["personal_end"] for run, base in pairs]
+        assert rows[name]["personal_end_change"]["mean"] == pytest.approx(statistics.fmean(changes))
+        assert rows[name]["personal_end_change"]["ci95"] == pytest.approx(_half_width(changes))
+        kept = [100 * run["mean_client_gain"] / base["mean_client_gain"] for run, base in pairs]
+        assert rows[name]["gain_kept"]["mean"] == pytest.approx(statistics.fmean(kept))
+        extra = [100 * (run["client_seconds"] - base["client_seconds"]) / base["client_seconds"] for run, base in pairs]
+        assert rows[name]["extra_client_time"]["mean"] == pytest.approx(statistics.fmean(extra))
+    assert all(seed["reached_target"] == 1 and seed["rounds_to_target"] == 1 and seed["bytes_to_target"] > 0
+               for row in rows.values() for seed in row["per_seed"])  # any loss is below 100 after round 1
+
+    table = (out / "compare.md").read_text()
+    assert "| global (baseline) | 2 |" in table and " ± " in table and "1.0 ± 0.0 (2/2 seeds)" in table
+    assert ("nothing to cut" in table) == (glob["forgetting_mean"]["mean"] <= 0)
+    assert (out / "compare.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "gain_vs_forgetting.png").read_bytes().startswith(b"\x89PNG")
-    replay_rows = RunFolder(out / "replay").rows()
-    trained = [r for r in replay_rows if r.get("phase") == "train"]
+    assert (out / "cost_to_target.png").read_bytes().startswith(b"\x89PNG") and "(cost_to_target.png)" in table
+    assert (out / "global" / "seed-1" / "report.md").is_file()
+    trained = [r for r in RunFolder(out / "replay" / "seed-0").rows() if r.get("phase") == "train"]
     assert len(trained) == 4 and all(r["accepted"] and r["replay_examples"] > 0 for r in trained)
-    # every node got the anchor set with its first instruction only, and kept it
-    assert sorted(p.parent.name for p in (out / "replay").rglob("anchor-set-r*.json")) == sorted(
-        {r["client"] for r in trained})
-    assert not list((out / "replay").rglob("anchor-set-r000002.json"))
 
-    finished = {p: p.stat().st_mtime for p in out.glob("*/summary.json")}
-    again = CliRunner().invoke(app, ["compare", str(preset), "--out", str(out)])
-    assert again.exit_code == 0 and {p: p.stat().st_mtime for p in out.glob("*/summary.json")} == finished
+    finished = {p: p.stat().st_mtime for p in out.glob("*/*/summary.json")}
+    again = CliRunner().invoke(app, ["compare", str(preset), "--out", str(out), "--seeds", "3"])
+    assert again.exit_code == 0, again.output  # only the third seed of each run is new
+    assert {p: p.stat().st_mtime for p in out.glob("*/*/summary.json") if p in finished} == finished
+    assert sorted(p.parent.name for p in out.glob("global/*/summary.json")) == ["seed-0", "seed-1", "seed-2"]
+    assert all(row["seeds"] == 3 for row in json.loads((out / "compare.json").read_text()))
+
+
+def test_compare_reads_existing_run_folders_and_seed_folders(tmp_path, runs_in_this_process):
+    def run(seed: int, folder, run_id: str) -> None:
+        simulate_in_this_process({"base-model": "tiny", "quantisation": "none", "seed": seed}, 2, 1, folder, run_id)
+
+    run(0, tmp_path, "plain")  # a run folder of its own
+    for seed in (0, 1):
+        run(seed, tmp_path / "seeded", f"seed-{seed}")  # a folder of seed-<n> runs, as a campaign writes them
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "plain"), str(tmp_path / "seeded"), "--out",
+                                      str(tmp_path / "out"), "--baseline", "seeded"])
+    assert result.exit_code != 0 and "1 seeds vs 2" in str(result.exception)  # paired needs the same seeds
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "plain"), str(tmp_path / "seeded"), "--out",
+                                      str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    rows = {row["run"]: row for row in json.loads((tmp_path / "out" / "compare.json").read_text())}
+    assert (rows["plain"]["seeds"], rows["seeded"]["seeds"]) == (1, 2)
+    assert rows["plain"]["heldout_end"]["ci95"] is None  # one seed: a mean without an interval
+
+
+def test_a_campaign_run_is_a_stamen_simulate_process_that_reports_its_failure(tmp_path):
+    assert simulate_in_subprocess({"base-model": "tiny", "quantisation": "none", "local-steps": 2}, 2, 1, tmp_path,
+                                  "ok") is None
+    assert RunFolder(tmp_path / "ok").finished() and (tmp_path / "ok" / "report.md").is_file()
+    failure = simulate_in_subprocess({"base-model": "tiny", "no-such-key": 1}, 2, 1, tmp_path, "bad")
+    assert failure is not None and "run bad failed" in failure and "no-such-key" in (tmp_path / "bad.log").read_text()

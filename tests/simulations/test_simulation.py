@@ -64,8 +64,9 @@ def test_two_round_federation_of_three_clients_lowers_heldout_loss(tmp_path):
     compared = CliRunner().invoke(app, ["compare", str(run_dir), "--out", str(tmp_path / "compare")])
     assert compared.exit_code == 0, compared.output
     table = json.loads((tmp_path / "compare" / "compare.json").read_text())
-    assert table[0]["run"] == run_dir.name and table[0]["heldout_end"] == rounds[-1]["eval_heldout_loss"]
-    assert table[0]["mean_client_gain"] > 0 and (tmp_path / "compare" / "compare.png").is_file()
+    assert table[0]["run"] == run_dir.name and table[0]["seeds"] == 1
+    assert table[0]["heldout_end"] == {"mean": rounds[-1]["eval_heldout_loss"], "ci95": None, "n": 1}
+    assert table[0]["mean_client_gain"]["mean"] > 0 and (tmp_path / "compare" / "compare.png").is_file()
 
 
 def test_int8_updates_with_error_feedback_are_accepted_and_leave_their_residuals_on_the_device(tmp_path):

@@ -1,11 +1,16 @@
-"""`stamen sweep`: a small grid of real simulations, resumable, judged in one table and heat maps."""
+"""`stamen sweep`: a small grid over seeds, resumable, judged in one table with intervals and heat maps."""
 
 import json
+import statistics
 
+import pytest
+from inprocess_grid import simulate_in_this_process
 from typer.testing import CliRunner
 
 from stamen.simulations.cli import app
 from stamen.simulations.sweep import SweepSpec
+
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 GRID = """
 [sweep]
@@ -14,6 +19,7 @@ attacks = ["sign-flip"]
 fractions = [0.0, 0.34]
 clients = 3
 rounds = 1
+seeds = 2
 
 [rule-options]
 krum = "f=1"
@@ -24,31 +30,44 @@ sign-flip = "scale=5"
 [config]
 base-model = "tiny"
 quantisation = "none"
+seed = 7
 """
 
 
-def test_a_sweep_runs_each_cell_once_and_writes_table_and_heat_maps(tmp_path):
+def test_a_sweep_runs_each_cell_for_each_seed_once_and_writes_table_and_heat_maps(tmp_path, monkeypatch):
+    monkeypatch.setattr("stamen.simulations.sweep.simulate_in_subprocess", simulate_in_this_process)
     grid = tmp_path / "grid.toml"
     grid.write_text(GRID)
-    assert SweepSpec.from_toml(grid).cells() == [("fedavg", "none", 0.0), ("fedavg", "sign-flip", 0.34),
-                                                 ("krum", "none", 0.0), ("krum", "sign-flip", 0.34)]
+    spec = SweepSpec.from_toml(grid)
+    assert spec.cells() == [("fedavg", "none", 0.0), ("fedavg", "sign-flip", 0.34),
+                            ("krum", "none", 0.0), ("krum", "sign-flip", 0.34)]
+    assert spec.seed_values() == [7, 8]
     out = tmp_path / "sweep"
     result = CliRunner().invoke(app, ["sweep", str(grid), "--out", str(out)])
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "sweep.json").read_text())
     by_cell = {(r["rule"], r["attack"]): r for r in rows}
-    assert by_cell[("fedavg", "sign-flip")]["malicious_admitted"] == "1/1"  # a mean admits the attacker
-    assert by_cell[("krum", "sign-flip")]["malicious_admitted"] == "0/1"  # Krum keeps an honest update
-    assert all(r["honest_heldout_loss"] > 0 for r in rows)
-    # the same honest clients, seeds and data in every cell: only the rule differs, and a mean that admits a
-    # 5x sign flip moves the global adapter against them, where Krum keeps an honest update
-    assert (
-        by_cell[("fedavg", "sign-flip")]["honest_heldout_loss"] > by_cell[("krum", "sign-flip")]["honest_heldout_loss"]
-    )
-    assert "| krum | sign-flip | 0.34 |" in (out / "sweep.md").read_text()
-    for metric in ("honest_heldout_loss", "attack_success_rate", "malicious_admitted"):
+    assert all(r["seeds"] == 2 and [s["seed"] for s in r["per_seed"]] == [7, 8] for r in rows)
+    fedavg, krum = by_cell[("fedavg", "sign-flip")], by_cell[("krum", "sign-flip")]
+    assert fedavg["malicious_admitted"] == {"admitted": 2, "sent": 2}  # a mean admits the attacker, every seed
+    assert krum["malicious_admitted"] == {"admitted": 0, "sent": 2}  # Krum keeps an honest update
+    assert all(r["honest_heldout_loss"]["mean"] > 0 for r in rows)
+
+    # harm: each attacked cell against its rule's clean cell, seed by seed (same partitions and sampled clients)
+    clean = by_cell[("fedavg", "none")]
+    harms = [a["honest_heldout_loss"] - c["honest_heldout_loss"]
+             for a, c in zip(fedavg["per_seed"], clean["per_seed"], strict=True)]
+    assert fedavg["harm"]["mean"] == pytest.approx(statistics.fmean(harms)) and fedavg["harm"]["n"] == 2
+    assert clean["harm"] is None
+    # a mean that admits a 5x sign flip moves the global adapter against the honest clients; Krum does not
+    assert all(h > 0 for h in harms) and fedavg["harm"]["mean"] > krum["harm"]["mean"]
+
+    table = (out / "sweep.md").read_text()
+    assert "| krum | sign-flip | 0.34 | 2 |" in table and " ± " in table and "Means over 2 seeds" in table
+    for metric in ("honest_heldout_loss", "harm", "attack_success_rate", "malicious_admitted"):
         assert (out / f"heatmap-{metric}.png").stat().st_size > 1000
 
-    finished = {p: p.stat().st_mtime for p in out.glob("*/summary.json")}
+    finished = {p: p.stat().st_mtime for p in out.glob("*/*/summary.json")}
+    assert len(finished) == 8
     again = CliRunner().invoke(app, ["sweep", str(grid), "--out", str(out)])  # resumes: nothing left to run
-    assert again.exit_code == 0 and {p: p.stat().st_mtime for p in out.glob("*/summary.json")} == finished
+    assert again.exit_code == 0 and {p: p.stat().st_mtime for p in out.glob("*/*/summary.json")} == finished

@@ -1,0 +1,108 @@
+"""Forgetting probes that neither the base nor any replay source wrote.
+
+- **Knowledge retention**: 138 short general-knowledge questions written for Stamen, each with its
+  accepted answers (``probe_data/knowledge.jsonl``). The probe keeps the questions the frozen base answers
+  correctly (greedy, normalised match), once per base and quantisation (cached); ``retention`` is the share
+  of those (at most 40) the model a client uses still answers correctly.
+- **General-text loss**: loss on 40 human-written paragraphs of general prose (``probe_data/general_text.txt``)
+  that no client trains on and no replay source draws from.
+
+A probe the base wrote itself would favour a replay source that trains on the base's own answers (``self``
+replay); these do not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from stamen.shared.atomic import atomic_write_text
+from stamen.shared.cache import cache_dir
+from stamen.shared.examples import Example
+from stamen.shared.fingerprint import short
+
+from .generation import answers
+
+log = logging.getLogger(__name__)
+ANSWER_TOKENS = 12  # short canonical answers: the first sentence decides ("The capital of France is Paris.")
+RETENTION_SIZE = 40  # known facts asked each evaluation (the first in file order): generation is the probe's cost
+
+
+@dataclass(frozen=True)
+class Fact:
+    question: str
+    answers: tuple[str, ...]  # accepted variants; any one in the reply counts
+
+
+@cache
+def facts() -> tuple[Fact, ...]:
+    text = resources.files("stamen.client").joinpath("probe_data/knowledge.jsonl").read_text(encoding="utf-8")
+    return tuple(Fact(row["question"], tuple(row["answers"])) for row in map(json.loads, text.splitlines()) if row)
+
+
+@cache
+def general_text() -> tuple[Example, ...]:
+    """The general-text probe: plain texts, every token scored."""
+    text = resources.files("stamen.client").joinpath("probe_data/general_text.txt").read_text(encoding="utf-8")
+    return tuple(Example(response=paragraph.strip()) for paragraph in text.split("\n\n") if paragraph.strip())
+
+
+def normalise(text: str) -> list[str]:
+    """Lower case, accents and punctuation removed, articles dropped, digits kept: the words to match."""
+    plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    words = re.sub(r"[^a-z0-9 ]+", " ", plain.replace("-", " ")).split()
+    return [word for word in words if word not in ("a", "an", "the")]
+
+
+def answered(reply: str, accepted: tuple[str, ...]) -> bool:
+    """Whether any accepted answer appears, as whole words, in the reply."""
+    words = normalise(reply)
+    for answer in accepted:
+        wanted = normalise(answer)
+        if wanted and any(words[i:i + len(wanted)] == wanted for i in range(len(words) - len(wanted) + 1)):
+            return True
+    return False
+
+
+def correct(model, tokenizer, asked: list[Fact], base_alone: bool = False) -> list[bool]:
+    """Which of ``asked`` the model answers correctly (greedy, one left-padded batch)."""
+    if not asked:
+        return []
+    replies = answers(model, tokenizer, [fact.question for fact in asked], ANSWER_TOKENS, base_alone=base_alone)
+    return [answered(reply, fact.answers) for reply, fact in zip(replies, asked, strict=True)]
+
+
+def probe_version() -> str:
+    """A digest of the probe files and settings: cached probe results are valid for this version only."""
+    digest = hashlib.sha256(f"{ANSWER_TOKENS}/{RETENTION_SIZE}".encode())
+    for name in ("knowledge.jsonl", "general_text.txt"):
+        digest.update(resources.files("stamen.client").joinpath(f"probe_data/{name}").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def known_facts(model, tokenizer, fingerprint: str, quantisation: str) -> list[Fact]:
+    """The facts the frozen base answers correctly (at most :data:`RETENTION_SIZE`, in file order): asked once per
+    base and quantisation, then read from the cache."""
+    cache_file = cache_dir("probes") / f"known-facts-{short(fingerprint)}-{quantisation}-{probe_version()}.json"
+    every = facts()
+    if cache_file.is_file():
+        return [every[i] for i in json.loads(cache_file.read_text())]
+    answered_by_base = correct(model, tokenizer, list(every), base_alone=True)
+    known = [i for i, ok in enumerate(answered_by_base) if ok][:RETENTION_SIZE]
+    atomic_write_text(cache_file, json.dumps(known))
+    log.info("the base answers %d of %d probe questions correctly; retention is measured on %d of them",
+             sum(answered_by_base), len(every), len(known))
+    return [every[i] for i in known]
+
+
+def retention(model, tokenizer, known: list[Fact]) -> float | None:
+    """Share of the base's known facts the model (adapters on) still answers; None when the base knows none."""
+    if not known:
+        return None
+    return sum(correct(model, tokenizer, known)) / len(known)

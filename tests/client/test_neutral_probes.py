@@ -1,0 +1,105 @@
+"""The neutral forgetting probes: hand-written facts the base knows, human prose no one trains on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from inprocess_grid import simulate_in_this_process
+
+from stamen.client import neutral_probes
+from stamen.client import probes as probes_module
+from stamen.client.neutral_probes import answered, facts, general_text, known_facts, retention
+from stamen.client.probes import base_alone_losses, model_probes
+from stamen.client.runtime import client_runtime
+from stamen.client.self_replay import SEED_PROMPTS
+from stamen.shared.adapters import adapter_state, attach_adapter, load_adapter_state
+from stamen.shared.base_model import load_base
+from stamen.shared.config import RunConfig
+from stamen.shared.corpus import load_topics
+from stamen.shared.examples import Example, collate, encode_example
+from stamen.shared.run_folder import RunFolder
+from stamen.shared.training import train_adapter
+
+
+def test_a_reply_is_correct_when_an_accepted_answer_appears_in_it_as_whole_words():
+    assert answered("The capital of France is Paris.", ("Paris",))
+    assert not answered("Parisian cafes are lovely.", ("Paris",))
+    assert answered("A week has 7 days.", ("seven", "7")) and answered("Seven days.", ("seven", "7"))
+    assert answered("There are twenty-four hours in a day", ("twenty four",))
+    assert answered("ZÜRICH, of course!", ("Zurich",)) and answered("It is the Sun.", ("the Sun",))
+    assert not answered("", ("Paris",)) and not answered("I know nothing.", ("no",))
+
+
+def test_the_probes_are_large_and_come_from_no_training_data_no_replay_source_and_not_from_the_base():
+    questions = [fact.question for fact in facts()]
+    assert len(questions) >= 100 and len(set(questions)) == len(questions) and all(f.answers for f in facts())
+    paragraphs = [example.response for example in general_text()]
+    assert len(paragraphs) >= 30 and all(example.prompt is None for example in general_text())
+    corpus = " ".join(text for examples in load_topics().values() for e in examples
+                      for text in (e.prompt or "", e.response))
+    for paragraph in paragraphs:  # not one sentence of the prose is in the corpus clients and replay draw from
+        assert not any(sentence.strip() and sentence.strip() in corpus for sentence in paragraph.split(". "))
+    assert not set(questions) & set(SEED_PROMPTS)  # self replay never trains on the base's answers to them
+
+
+def _teach(model, tokenizer, examples: list[Example], steps: int = 120) -> None:
+    """Full fine-tuning of the base itself, so a tiny random model knows some facts as a pretrained one would."""
+    batch = collate([encode_example(tokenizer, e, 48) for e in examples], tokenizer.pad_token_id)
+    weights = list(model.parameters())
+    for weight in weights:
+        weight.requires_grad_(True)
+    optimiser = torch.optim.Adam(weights, lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        optimiser.zero_grad()
+        model(**batch).loss.backward()
+        optimiser.step()
+    for weight in weights:
+        weight.requires_grad_(False)  # frozen again, as a loaded base is
+
+
+def test_retention_is_the_share_of_the_facts_the_base_knew_that_the_adapted_model_still_answers(monkeypatch):
+    base = load_base("tiny", quantisation="none")
+    tokenizer = base.tokenizer
+    taught = [fact for fact in facts() if fact.question in ("What is the capital of France?",
+                                                           "How many days are there in a week?",
+                                                           "What colour is grass?", "What do bees make?")]
+    _teach(base.model, tokenizer, [Example(fact.answers[0], fact.question) for fact in taught])
+    config = RunConfig().replace(**{"local-steps": 40, "learning-rate": 0.05})
+    model = attach_adapter(base.model, config.adapter, seed=0)
+    known = known_facts(model, tokenizer, "f" * 64, "taught")  # asked of the base alone, adapters disabled
+    # the base answers what it was taught (and a few look-alikes: "seven" for the continents too), of all 138
+    assert set(taught) <= set(known) and len(known) <= 10
+    monkeypatch.setattr(neutral_probes, "answers", None)  # the second time comes from the cache: nothing asked
+    assert known_facts(model, tokenizer, "f" * 64, "taught") == known
+    monkeypatch.undo()
+
+    assert retention(model, tokenizer, known) == 1.0  # the initial adapter is the identity
+    contradicting = [Example("Lyon", taught[0].question), Example("nine", taught[1].question)]
+    train_adapter(model, tokenizer, contradicting * 4, config.training, seed=0)
+    assert retention(model, tokenizer, known) <= 1 - 2 / len(known)  # personalising overwrote what the base knew
+    assert retention(model, tokenizer, []) is None  # a base that knows none of the facts measures nothing
+
+
+def test_probe_results_are_measured_once_per_base_and_once_per_adapter(monkeypatch):
+    config = RunConfig().replace(**{"base-model": "tiny", "quantisation": "none"})
+    runtime = client_runtime(config)
+    alone, initial = base_alone_losses(runtime, config.training), model_probes(runtime, config.training)
+    assert initial["general-text-loss"] == pytest.approx(alone["general-text"])  # the initial adapter: identity
+    monkeypatch.setattr(probes_module, "loss_on", None)  # every client after the first reads the cache
+    assert base_alone_losses(runtime, config.training) == alone
+    assert model_probes(runtime, config.training) == initial  # another client holding the same global adapter
+    monkeypatch.undo()
+    state = adapter_state(runtime.model)
+    load_adapter_state(runtime.model, {k: v.numpy() + 0.01 for k, v in state.items()}, partial=True)
+    assert model_probes(runtime, config.training)["general-text-loss"] != initial["general-text-loss"]  # measured
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_evaluate_every_skips_evaluation_but_not_the_last_round(tmp_path):
+    simulate_in_this_process({"base-model": "tiny", "quantisation": "none", "local-steps": 2, "evaluate-every": 2},
+                             2, 3, tmp_path, "run")
+    rows = RunFolder(tmp_path / "run").rows()
+    rounds = [r for r in rows if r["kind"] == "round"]
+    assert [("eval_heldout_loss" in r, r["clients_evaluated"]) for r in rounds] == [(False, 0), (True, 2), (True, 2)]
+    assert sorted({r["round"] for r in rows if r.get("phase") == "evaluate"}) == [2, 3]
