@@ -47,9 +47,10 @@ def model_probes(runtime: ClientRuntime, training: TrainingSpec) -> dict[str, fl
         return {"general-text-loss": loss_on(runtime, general_text(), training).loss,
                 **({"retention": kept} if kept is not None else {})}
 
-    adapter = hashlib.sha256()
-    for name, tensor in sorted(adapter_state(runtime.model).items()):
-        adapter.update(name.encode() + tensor.float().numpy().tobytes())
+    adapter = hashlib.sha256()  # everything that shapes the model's outputs beyond the base: adapter, corrections
+    corrections = runtime.corrections.buffers if runtime.corrections else {}
+    for name, tensor in [*sorted(adapter_state(runtime.model).items()), *sorted(corrections.items())]:
+        adapter.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
     return _cached("model", [runtime.base.fingerprint, runtime.base.quantisation.mode, training.max_seq_len,
                              adapter.hexdigest()], measure)
 
@@ -80,5 +81,6 @@ class RoundZeroBaseline(TrainingHook):
         training_round.metrics.update({
             HELDOUT_EXAMPLES: len(data.heldout),
             "initial-heldout-loss": loss_on(runtime, data.heldout, training).loss,
-            "initial-general-text-loss": model_probes(runtime, training)["general-text-loss"],
+            # every PEFT adapter starts as the identity: round 0 on the probe is the base's own (cached per base)
+            "initial-general-text-loss": base_alone_losses(runtime, training)[NEUTRAL],
         })

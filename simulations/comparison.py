@@ -120,7 +120,7 @@ def table(rows: list[dict], baseline: str | None) -> str:
     cells = []
     for row in rows:
         cell = {"run": row["run"] + (" (baseline)" if row["run"] == baseline else ""), "seeds": row["seeds"]}
-        cell |= {header: "" if row.get(key) is None else _interval(row[key]).text(digits)
+        cell |= {header: "" if row.get(key) is None else Interval.from_json(row[key]).text(digits)
                  for key, (header, digits) in shown.items()}
         if row.get("reached_target"):  # how many seeds reached the target at all
             header = SHOWN["rounds_to_target"][0]
@@ -136,15 +136,11 @@ def _difference(key: str, value: dict | None, digits: int) -> str:
     """Percentages against 0 (forgetting cut, extra time) or 100 (gain kept); a loss change against 0."""
     if value is None:
         return ""
-    interval = _interval(value)
+    interval = Interval.from_json(value)
     if key == "gain_kept":  # significant when the kept share differs from all of it
         shifted = Interval(interval.mean - 100.0, interval.half_width, interval.n)
         return interval.text(digits) + ("" if shifted.significant() else " (n.s.)")
     return difference_text(interval, digits)
-
-
-def _interval(value: dict) -> Interval:
-    return Interval(value["mean"], value["ci95"], value["n"])
 
 
 def _baseline_note(rows: list[dict], baseline: str | None) -> list[str]:
@@ -153,9 +149,9 @@ def _baseline_note(rows: list[dict], baseline: str | None) -> list[str]:
     forgetting = base.get("forgetting_mean") if base else None
     if forgetting is None or forgetting["mean"] > 0:
         return []
-    return ["", f"The baseline did not forget (forgetting {_interval(forgetting).text()} <= 0): there is nothing to "
-                "cut, so no forgetting cut is reported. Use a scenario whose baseline forgets before comparing "
-                "protections."]
+    shown = Interval.from_json(forgetting).text()
+    return ["", f"The baseline did not forget (forgetting {shown} <= 0): there is nothing to cut, so no forgetting "
+                "cut is reported. Use a scenario whose baseline forgets before comparing protections."]
 
 
 def _target_note(target: float | None) -> list[str]:

@@ -53,6 +53,10 @@ class Interval:
     def to_json(self) -> dict:
         return {"mean": self.mean, "ci95": self.half_width, "n": self.n}
 
+    @classmethod
+    def from_json(cls, value: dict) -> Interval:
+        return cls(value["mean"], value["ci95"], value["n"])
+
 
 def paired(values: Sequence[float], baseline: Sequence[float]) -> Interval:
     """The interval of ``values[i] - baseline[i]`` over seeds i."""

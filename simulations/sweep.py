@@ -197,9 +197,9 @@ def _cell(row: dict, column: str) -> str:
     if column == "malicious_admitted":
         return f"{value['admitted']}/{value['sent']}"
     if column == "harm":
-        return difference_text(Interval(value["mean"], value["ci95"], value["n"]))
+        return difference_text(Interval.from_json(value))
     if isinstance(value, dict):
-        return Interval(value["mean"], value["ci95"], value["n"]).text()
+        return Interval.from_json(value).text()
     return str(value)
 
 
