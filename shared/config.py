@@ -23,7 +23,7 @@ WIRE_DTYPES = ("float16", "float32", "int8")  # int8: 8-bit blockwise, sent up w
 LR_SCHEDULES = ("constant", "linear", "cosine")
 DP_MODES = ("none", "central", "distributed")
 PERSONALISATIONS = ("global", "ditto", "finetune")
-PARTITIONS = ("natural", "iid", "dirichlet", "quantity", "stream")
+PARTITIONS = ("natural", "iid", "dirichlet", "quantity", "stream", "topic-shift")
 REPLAY_SOURCES = ("buffer", "anchor", "self", "ewc")
 
 

@@ -31,9 +31,10 @@ def partition_source(context: Context, config: RunConfig, server_round: int) -> 
     node = context.node_config
     if "partition-id" not in node or "num-partitions" not in node:
         return device_source(context, config, server_round)
-    split = split_corpus(int(node["num-partitions"]), config.seed, config.partition, config.partition_alpha)
+    split = split_corpus(int(node["num-partitions"]), config.seed, config.partition, config.partition_alpha,
+                         config.stream_stages)
     mine = split.clients[int(node["partition-id"])]
-    if config.partition != "stream" or server_round == 0:
+    if config.partition not in ("stream", "topic-shift") or server_round == 0:
         return LocalData(mine.name, mine.train, mine.heldout)
     stage = stream_stage(server_round, config.num_rounds, config.stream_stages)
     stages = tuple(stage_examples(mine.train, j, config.stream_stages)[:MAX_HELDOUT] for j in range(stage + 1))

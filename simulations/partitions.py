@@ -10,7 +10,10 @@ differ only in who holds what:
   from Dirichlet(alpha): small alpha, each topic lands on few clients; large alpha, near IID;
 - ``quantity``: IID contents, client sizes drawn from Dirichlet(alpha);
 - ``stream``: the natural split, each client's training data revealed in
-  ``stream-stages`` stages over the rounds, one stage at a time (continual learning).
+  ``stream-stages`` stages over the rounds, one stage at a time (continual learning);
+- ``topic-shift``: a stream whose stages are different topics (client i's stage k is topic group
+  i + k x clients of the natural split, every stage the same size), so a later stage can erase an
+  earlier one: the scenario in which replay has something to protect.
 """
 
 from __future__ import annotations
@@ -30,12 +33,16 @@ HELDOUT_FRACTION, MAX_HELDOUT = 0.2, 16
 
 
 @lru_cache(maxsize=16)
-def split_corpus(num_clients: int, seed: int = 0, partition: str = "natural", alpha: float = 0.5) -> CorpusSplit:
+def split_corpus(
+    num_clients: int, seed: int = 0, partition: str = "natural", alpha: float = 0.5, stages: int = 3
+) -> CorpusSplit:
     """The clients' data under ``partition`` (deterministic: every process computes the same split)."""
     if partition not in PARTITIONS:
         raise ValueError(f"partition {partition!r} must be one of {PARTITIONS}")
     if partition in ("natural", "stream"):
         return natural_split(num_clients, seed)
+    if partition == "topic-shift":
+        return _topic_shift(num_clients, seed, stages)
     # the redistributing schemes deal the topics of up to as many clients as the natural split can have
     natural = natural_split(min(num_clients, natural_capacity()), seed)
     if alpha <= 0:
@@ -50,6 +57,21 @@ def split_corpus(num_clients: int, seed: int = 0, partition: str = "natural", al
         shares = _dirichlet_by_topic(topics, alpha, rng)
     clients = tuple(_client(f"{partition}-{i}", share, random.Random(f"{seed}/{i}")) for i, share in enumerate(shares))
     return CorpusSplit(clients, natural.base_domain, natural.root, natural.anchor)
+
+
+def _topic_shift(num_clients: int, seed: int, stages: int) -> CorpusSplit:
+    """Client i trains on topic groups i, i + n, i + 2n, ... one per stage, each cut to the smallest's size;
+    its held-out examples come from every one of its topics."""
+    natural = natural_split(num_clients * stages, seed)
+    clients = []
+    for i in range(num_clients):
+        topics = [natural.clients[i + k * num_clients] for k in range(stages)]
+        size = min(len(topic.train) for topic in topics)
+        per_topic = max(1, MAX_HELDOUT // stages)
+        clients.append(ClientDataset(
+            f"shift-{i}", tuple(e for topic in topics for e in topic.train[:size]),
+            tuple(e for topic in topics for e in topic.heldout[:per_topic])))
+    return CorpusSplit(tuple(clients), natural.base_domain, natural.root, natural.anchor)
 
 
 def stream_stage(server_round: int, num_rounds: int, stages: int) -> int:

@@ -4,8 +4,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from inprocess_grid import simulate_in_this_process
 
 from stamen.shared.corpus import natural_capacity, natural_split
+from stamen.shared.run_folder import RunFolder
 from stamen.simulations.partitions import split_corpus, stage_examples, stream_stage
 
 CLIENTS = 10
@@ -58,6 +60,22 @@ def test_stream_reveals_each_clients_data_in_disjoint_stages_over_the_rounds():
     assert sum(parts, ()) == train and all(parts) and not set(parts[0]) & set(parts[1])
 
 
+def test_topic_shift_gives_each_client_another_topic_in_every_stage():
+    clients, stages = 4, 3
+    natural = natural_split(clients * stages, 0).clients
+    split = split_corpus(clients, 0, "topic-shift", stages=stages)
+    seen: set = set()
+    for i, client in enumerate(split.clients):
+        parts = [stage_examples(client.train, k, stages) for k in range(stages)]
+        assert len({len(part) for part in parts}) == 1 and sum(parts, ()) == client.train  # equal stages
+        for k, part in enumerate(parts):  # stage k is exactly topic group i + k x clients, nothing else
+            assert set(part) <= set(natural[i + k * clients].train)
+        held = {k for k in range(stages) for e in client.heldout if e in natural[i + k * clients].heldout}
+        assert held == set(range(stages))  # held out from every one of its topics
+        assert not seen & set(client.train + client.heldout)  # no example is two clients'
+        seen |= set(client.train + client.heldout)
+
+
 def test_a_bad_alpha_is_refused_with_its_name():
     with pytest.raises(ValueError, match="partition-alpha"):
         split_corpus(CLIENTS, 0, "dirichlet", 0.0)
@@ -70,3 +88,13 @@ def test_redistributing_partitions_serve_more_clients_than_there_are_topics():
     assert all(len(client.train) >= 3 and client.heldout for client in split.clients)
     with pytest.raises(ValueError, match=f"at most {topics} clients"):
         split_corpus(topics + 21, seed=0, partition="natural")
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_a_topic_shift_run_trains_one_topic_per_stage_and_measures_backward_transfer(tmp_path):
+    simulate_in_this_process({"base-model": "tiny", "quantisation": "none", "local-steps": 2,
+                              "partition": "topic-shift", "stream-stages": 3}, 2, 3, tmp_path, "shift")
+    rows = RunFolder(tmp_path / "shift").rows()
+    evaluated = [r for r in rows if r.get("phase") == "evaluate"]
+    assert {r["client"] for r in evaluated} == {"shift-0", "shift-1"}
+    assert [r["round"] for r in evaluated if "backward_transfer" in r] == [2, 2, 3, 3]  # stage 0 ended in round 1
