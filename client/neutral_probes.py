@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from stamen.shared.atomic import atomic_write_text
-from stamen.shared.cache import cache_dir
+from stamen.shared.cache import cache_dir, cached_json
 from stamen.shared.examples import Example
 from stamen.shared.fingerprint import short
 
@@ -89,16 +88,17 @@ def probe_version() -> str:
 def known_facts(model, tokenizer, fingerprint: str, quantisation: str) -> list[Fact]:
     """The facts the frozen base answers correctly (at most :data:`RETENTION_SIZE`, in file order): asked once per
     base and quantisation, then read from the cache."""
-    cache_file = cache_dir("probes") / f"known-facts-{short(fingerprint)}-{quantisation}-{probe_version()}.json"
     every = facts()
-    if cache_file.is_file():
-        return [every[i] for i in json.loads(cache_file.read_text())]
-    answered_by_base = correct(model, tokenizer, list(every), base_alone=True)
-    known = [i for i, ok in enumerate(answered_by_base) if ok][:RETENTION_SIZE]
-    atomic_write_text(cache_file, json.dumps(known))
-    log.info("the base answers %d of %d probe questions correctly; retention is measured on %d of them",
-             sum(answered_by_base), len(every), len(known))
-    return [every[i] for i in known]
+
+    def ask() -> list[int]:
+        answered_by_base = correct(model, tokenizer, list(every), base_alone=True)
+        known = [i for i, ok in enumerate(answered_by_base) if ok][:RETENTION_SIZE]
+        log.info("the base answers %d of %d probe questions correctly; retention is measured on %d of them",
+                 sum(answered_by_base), len(every), len(known))
+        return known
+
+    cache_file = cache_dir("probes") / f"known-facts-{short(fingerprint)}-{quantisation}-{probe_version()}.json"
+    return [every[i] for i in cached_json(cache_file, ask)]
 
 
 def retention(model, tokenizer, known: list[Fact]) -> float | None:

@@ -8,8 +8,7 @@ import json
 from collections.abc import Callable
 
 from stamen.shared.adapters import adapter_state, base_alone
-from stamen.shared.atomic import atomic_write_text
-from stamen.shared.cache import cache_dir
+from stamen.shared.cache import cache_dir, cached_json
 from stamen.shared.config import TrainingSpec
 from stamen.shared.protocol import HELDOUT_EXAMPLES
 
@@ -58,12 +57,7 @@ def model_probes(runtime: ClientRuntime, training: TrainingSpec) -> dict[str, fl
 def _cached(kind: str, key: list, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
     """``measure()``, or what it returned before for the same ``key`` and probe files (a JSON file per key)."""
     digest = hashlib.sha256(json.dumps([*key, probe_version()]).encode()).hexdigest()[:24]
-    cache_file = cache_dir("probes") / f"{kind}-{digest}.json"
-    if cache_file.is_file():
-        return json.loads(cache_file.read_text())
-    values = measure()
-    atomic_write_text(cache_file, json.dumps(values))
-    return values
+    return cached_json(cache_dir("probes") / f"{kind}-{digest}.json", measure)
 
 
 class RoundZeroBaseline(TrainingHook):

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from .atomic import atomic_write_text
 
 
 def cache_dir(*parts: str) -> Path:
@@ -12,3 +19,14 @@ def cache_dir(*parts: str) -> Path:
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def cached_json(path: Path, compute: Callable[[], Any]) -> Any:
+    """The JSON in ``path``, or ``compute()`` written there first. Processes asking for the same file take turns
+    (a lock beside it): the first computes, the others wait and read, instead of all computing at once."""
+    with FileLock(f"{path}.lock"):
+        if path.is_file():
+            return json.loads(path.read_text())
+        value = compute()
+        atomic_write_text(path, json.dumps(value))
+        return value
