@@ -1,4 +1,4 @@
-"""Answers from the model: greedy with its adapter (apps, attack metrics), or from the frozen base alone."""
+"""Answers from the model: greedy with its adapter (apps, attack metrics, retention), or from the frozen base alone."""
 
 from __future__ import annotations
 
@@ -38,8 +38,3 @@ def answers(model: torch.nn.Module, tokenizer, prompts: list[str], max_new_token
         output = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
     model.train(was_training)
     return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
-def base_answers(model: torch.nn.Module, tokenizer, prompts: list[str], max_new_tokens: int, **sampling) -> list[str]:
-    """Continuations of ``prompts`` by the frozen base with every adapter disabled."""
-    return answers(model, tokenizer, prompts, max_new_tokens, base_alone=True, **sampling)

@@ -77,6 +77,7 @@ def correct(model, tokenizer, asked: list[Fact], base_alone: bool = False) -> li
     return [answered(reply, fact.answers) for reply, fact in zip(replies, asked, strict=True)]
 
 
+@cache
 def probe_version() -> str:
     """A digest of the probe files and settings: cached probe results are valid for this version only."""
     digest = hashlib.sha256(f"{ANSWER_TOKENS}/{RETENTION_SIZE}".encode())

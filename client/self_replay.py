@@ -15,7 +15,7 @@ import torch
 
 from stamen.shared.examples import Example
 
-from .generation import base_answers
+from .generation import answers as model_answers
 from .replay_sources import ReplayInputs, ReplaySource, register
 from .state_store import ClientStateStore
 
@@ -52,7 +52,8 @@ def self_replay_examples(
     prompts = random.Random(seed).choices(SEED_PROMPTS, k=size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        answers = base_answers(model, tokenizer, prompts, MAX_NEW_TOKENS, do_sample=True, temperature=0.8, top_p=0.95)
+        answers = model_answers(model, tokenizer, prompts, MAX_NEW_TOKENS, base_alone=True, do_sample=True,
+                                temperature=0.8, top_p=0.95)
     examples = [Example(answer.strip() or ".", prompt) for prompt, answer in zip(prompts, answers, strict=False)]
     store.save_document(SELF_REPLAY, server_round, {"written": server_round,
                                                    "examples": [[e.prompt, e.response] for e in examples]})
