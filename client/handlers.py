@@ -31,7 +31,7 @@ from .personalisation import Ditto, load_personal
 from .probes import RoundZeroBaseline, base_alone_losses, loss_on, model_probes
 from .replay import Replay
 from .resource_guard import ResourceGuardHook
-from .round_setup import prepare
+from .round_setup import RoundSetup, prepare
 from .secure_aggregation_mod import SUMMED_DTYPE, secure_aggregation_mod
 from .state_store import PERSONAL
 from .trust import operator_signature_mod
@@ -78,23 +78,30 @@ class StamenClient:
         has_personal = load_personal(runtime.model, runtime.base.tokenizer, setup.store, setup.server_round,
                                      list(data.train), config, seed)  # a finetune trains on this round's data
         personal = loss_on(runtime, data.heldout, training) if has_personal else heldout
-        probed_model = model_probes(runtime, training)  # from here on: the model the client uses
-        stage_losses = {j: loss_on(runtime, examples, training).loss for j, examples in enumerate(data.stages)}
-        forgetting = forgetting_metrics(setup.store, setup.server_round, {NEUTRAL: probed_model["general-text-loss"]},
-                                        lambda: base_alone_losses(runtime, training), data.stage,
-                                        stage_losses if data.stage is not None else None)
+        forgetting = _forgetting(setup) if config.forgetting_probes else {}  # of the model the client uses
         metrics = {
             NUM_EXAMPLES: len(data.heldout),
             "heldout-loss": heldout.loss,
             "heldout-ppl": heldout.perplexity,
             "personal-heldout-loss": personal.loss,
             "personal-gain": heldout.loss - personal.loss,
-            **probed_model,
             **forgetting,
             **probed,
             "eval-seconds": time.perf_counter() - started,
         }
         return Message(client_reply(metrics, runtime.base.fingerprint, data.name), reply_to=msg)
+
+
+def _forgetting(setup: RoundSetup) -> dict[str, float]:
+    """The forgetting probes of the model as it stands (``probes.py``) and the metrics on them (``forgetting.py``):
+    general-text loss, retention, forgetting, and backward transfer on stream data."""
+    runtime, data, training = setup.runtime, setup.data, setup.config.training
+    probed_model = model_probes(runtime, training)
+    stage_losses = {j: loss_on(runtime, examples, training).loss for j, examples in enumerate(data.stages)}
+    forgetting = forgetting_metrics(setup.store, setup.server_round, {NEUTRAL: probed_model["general-text-loss"]},
+                                    lambda: base_alone_losses(runtime, training), data.stage,
+                                    stage_losses if data.stage is not None else None)
+    return {**probed_model, **forgetting}
 
 
 def _train(training_round: TrainingRound) -> None:

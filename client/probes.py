@@ -72,9 +72,8 @@ class RoundZeroBaseline(TrainingHook):
     def before_training(self, training_round: TrainingRound) -> None:
         runtime, data = training_round.setup.runtime, training_round.setup.data
         training = training_round.config.training
-        training_round.metrics.update({
-            HELDOUT_EXAMPLES: len(data.heldout),
-            "initial-heldout-loss": loss_on(runtime, data.heldout, training).loss,
+        training_round.metrics.update({HELDOUT_EXAMPLES: len(data.heldout),
+                                       "initial-heldout-loss": loss_on(runtime, data.heldout, training).loss})
+        if training_round.config.forgetting_probes:
             # every PEFT adapter starts as the identity: round 0 on the probe is the base's own (cached per base)
-            "initial-general-text-loss": base_alone_losses(runtime, training)[NEUTRAL],
-        })
+            training_round.metrics["initial-general-text-loss"] = base_alone_losses(runtime, training)[NEUTRAL]

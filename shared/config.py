@@ -186,6 +186,7 @@ class RunConfig:
     fraction_train: float = _key("fraction-train", 1.0)
     fraction_evaluate: float = _key("fraction-evaluate", 1.0)
     evaluate_every: int = _key("evaluate-every", 1)  # evaluate every n-th round, and always the last
+    forgetting_probes: bool = _key("forgetting-probes", True)  # off: evaluation measures held-out data only
     min_clients: int = _key("min-clients", 2)
     round_timeout: float = _key("round-timeout", 3600.0)
     seed: int = _key("seed", 0)

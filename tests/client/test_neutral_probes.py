@@ -103,3 +103,12 @@ def test_evaluate_every_skips_evaluation_but_not_the_last_round(tmp_path):
     rounds = [r for r in rows if r["kind"] == "round"]
     assert [("eval_heldout_loss" in r, r["clients_evaluated"]) for r in rounds] == [(False, 0), (True, 2), (True, 2)]
     assert sorted({r["round"] for r in rows if r.get("phase") == "evaluate"}) == [2, 3]
+
+
+@pytest.mark.usefixtures("flower_task_identity")
+def test_a_run_without_forgetting_probes_measures_held_out_data_only(tmp_path):
+    simulate_in_this_process({"base-model": "tiny", "quantisation": "none", "local-steps": 2,
+                              "forgetting-probes": False}, 2, 1, tmp_path, "run")
+    evaluated = [r for r in RunFolder(tmp_path / "run").rows() if r["kind"] == "round"][-1]
+    assert "eval_heldout_loss" in evaluated
+    assert not [key for key in evaluated if "general_text" in key or "retention" in key or "forgetting" in key]
