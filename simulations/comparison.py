@@ -22,6 +22,7 @@ SHOWN = {  # column -> (header, decimals): the table a person reads (compare.jso
     "heldout_end": ("global held-out loss (end)", 4),
     "mean_client_gain": ("client gain", 4),
     "retention_end": ("retention (end)", 3),
+    "retention_mean": ("retention (mean over rounds)", 3),
     "forgetting_mean": ("forgetting (mean over rounds)", 4),
     "client_seconds": ("client s/round", 2),
     "rounds_to_target": ("rounds to target", 1),
@@ -29,6 +30,7 @@ SHOWN = {  # column -> (header, decimals): the table a person reads (compare.jso
 AGAINST_BASELINE = {  # column -> (header, decimals)
     "personal_end_change": ("personal held-out vs baseline", 4),
     "forgetting_cut": ("forgetting cut %", 1),
+    "retention_loss_cut": ("retention loss cut %", 1),
     "gain_kept": ("gain kept %", 1),
     "extra_client_time": ("extra client time %", 1),
 }
@@ -105,6 +107,9 @@ def against_baseline(rows: list[dict], base: list[dict]) -> dict:
         # a baseline that did not forget (<= 0) has nothing to cut: no value rather than a meaningless ratio
         "forgetting_cut": percent(lambda r, b: ratio(minus(b["forgetting_mean"], r["forgetting_mean"]),
                                                      b["forgetting_mean"])),
+        # of the probe questions the baseline stopped answering, the share this run still answers
+        "retention_loss_cut": percent(lambda r, b: ratio(minus(r["retention_mean"], b["retention_mean"]),
+                                                         minus(1.0, b["retention_mean"]))),
         "gain_kept": percent(lambda r, b: ratio(r["mean_client_gain"], b["mean_client_gain"])),
         "extra_client_time": percent(lambda r, b: ratio(minus(r["client_seconds"], b["client_seconds"]),
                                                         b["client_seconds"])),
@@ -144,14 +149,25 @@ def _difference(key: str, value: dict | None, digits: int) -> str:
 
 
 def _baseline_note(rows: list[dict], baseline: str | None) -> list[str]:
-    """A comparison of forgetting protection means something only where the baseline forgot."""
+    """A comparison of forgetting protection means something only where the baseline forgot: each measure says
+    whether it did."""
     base = next((row for row in rows if row["run"] == baseline), None)
-    forgetting = base.get("forgetting_mean") if base else None
-    if forgetting is None or forgetting["mean"] > 0:
+    if base is None:
         return []
-    shown = Interval.from_json(forgetting).text()
-    return ["", f"The baseline did not forget (forgetting {shown} <= 0): there is nothing to cut, so no forgetting "
-                "cut is reported. Use a scenario whose baseline forgets before comparing protections."]
+    notes = []
+    forgetting, retention = base.get("forgetting_mean"), base.get("retention_mean")
+    if forgetting is not None:
+        shown = Interval.from_json(forgetting).text()
+        notes.append(f"The baseline's general-text loss rose by {shown} over the base's own (forgetting cut "
+                     "reported)." if forgetting["mean"] > 0 else
+                     f"The baseline did not forget on general text (forgetting {shown} <= 0): there is nothing "
+                     "to cut, so no forgetting cut is reported.")
+    if retention is not None:
+        shown = Interval.from_json(retention).text()
+        notes.append(f"The baseline kept {shown} of the probe questions the base answers (mean over rounds; "
+                     "retention loss cut reported)." if retention["mean"] < 1 else
+                     "The baseline kept every probe question the base answers: no retention loss cut.")
+    return ["", *notes] if notes else []
 
 
 def _target_note(target: float | None) -> list[str]:
