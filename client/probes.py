@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 
 from stamen.shared.adapters import adapter_state, base_alone
-from stamen.shared.cache import cache_dir, cached_json
+from stamen.shared.cache import cache_dir, cached_json, keep_newest
 from stamen.shared.config import TrainingSpec
 from stamen.shared.protocol import HELDOUT_EXAMPLES
 
@@ -17,6 +17,8 @@ from .forgetting import NEUTRAL
 from .hooks import TrainingHook, TrainingRound
 from .neutral_probes import general_text, probe_version, retention
 from .runtime import ClientRuntime
+
+MODEL_PROBES_KEPT = 256  # cached probe results of adapters: one file each, the newest kept
 
 
 def loss_on(runtime: ClientRuntime, examples, training: TrainingSpec) -> EvalResult:
@@ -50,8 +52,10 @@ def model_probes(runtime: ClientRuntime, training: TrainingSpec) -> dict[str, fl
     corrections = runtime.corrections.buffers if runtime.corrections else {}
     for name, tensor in [*sorted(adapter_state(runtime.model).items()), *sorted(corrections.items())]:
         adapter.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
-    return _cached("model", [runtime.base.fingerprint, runtime.base.quantisation.mode, training.max_seq_len,
-                             adapter.hexdigest()], measure)
+    probed = _cached("model", [runtime.base.fingerprint, runtime.base.quantisation.mode, training.max_seq_len,
+                               adapter.hexdigest()], measure)
+    keep_newest(cache_dir("probes"), "model-*.json", MODEL_PROBES_KEPT)
+    return probed
 
 
 def _cached(kind: str, key: list, measure: Callable[[], dict[str, float]]) -> dict[str, float]:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from .atomic import atomic_write_text
 
@@ -30,3 +30,20 @@ def cached_json(path: Path, compute: Callable[[], Any]) -> Any:
         value = compute()
         atomic_write_text(path, json.dumps(value))
         return value
+
+
+def keep_newest(folder: Path, pattern: str, count: int) -> list[Path]:
+    """Delete all but the ``count`` newest cached files matching ``pattern`` in ``folder`` (a cache keyed by
+    something that keeps changing, such as an adapter's hash, would otherwise grow without end); a file another
+    process holds is left for a later call. Returns the files deleted."""
+    files = sorted(folder.glob(pattern), key=lambda path: path.stat().st_mtime, reverse=True)
+    deleted = []
+    for path in files[count:]:
+        try:
+            with FileLock(f"{path}.lock", timeout=0):
+                path.unlink(missing_ok=True)
+                Path(f"{path}.lock").unlink(missing_ok=True)
+        except Timeout:
+            continue
+        deleted.append(path)
+    return deleted

@@ -24,11 +24,13 @@ SHOWN = {  # column -> (header, decimals): the table a person reads (compare.jso
     "retention_end": ("retention (end)", 3),
     "retention_mean": ("retention (mean over rounds)", 3),
     "forgetting_mean": ("forgetting (mean over rounds)", 4),
+    "backward_transfer_end": ("backward transfer (end)", 4),
     "client_seconds": ("client s/round", 2),
     "rounds_to_target": ("rounds to target", 1),
 }
 AGAINST_BASELINE = {  # column -> (header, decimals)
     "personal_end_change": ("personal held-out vs baseline", 4),
+    "backward_transfer_change": ("backward transfer vs baseline", 4),
     "forgetting_cut": ("forgetting cut %", 1),
     "retention_loss_cut": ("retention loss cut %", 1),
     "gain_kept": ("gain kept %", 1),
@@ -100,10 +102,14 @@ def against_baseline(rows: list[dict], base: list[dict]) -> dict:
 
     if len(rows) != len(base):
         raise ValueError(f"a run is compared seed by seed with its baseline: {len(rows)} seeds vs {len(base)}")
-    personal = [(r["personal_end"], b["personal_end"]) for r, b in zip(rows, base, strict=True)
-                if r["personal_end"] is not None and b["personal_end"] is not None]
+    def change(key: str) -> dict | None:
+        pairs = [(r[key], b[key]) for r, b in zip(rows, base, strict=True)
+                 if r.get(key) is not None and b.get(key) is not None]
+        return paired(*zip(*pairs, strict=True)).to_json() if pairs else None
+
     return {
-        "personal_end_change": paired(*zip(*personal, strict=True)).to_json() if personal else None,
+        "personal_end_change": change("personal_end"),
+        "backward_transfer_change": change("backward_transfer_end"),  # above 0: older stages kept better
         # a baseline that did not forget (<= 0) has nothing to cut: no value rather than a meaningless ratio
         "forgetting_cut": percent(lambda r, b: ratio(minus(b["forgetting_mean"], r["forgetting_mean"]),
                                                      b["forgetting_mean"])),

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from pathlib import Path
 
-from stamen.shared.cache import cached_json
+from filelock import FileLock
+
+from stamen.shared.cache import cached_json, keep_newest
 
 
 def _ask(path: str, log: str) -> None:
@@ -30,3 +33,17 @@ def test_processes_asking_at_once_compute_a_cached_file_once(tmp_path):
     assert [asker.exitcode for asker in askers] == [0, 0, 0]
     assert log.read_text() == "computed\n" and path.is_file()
     assert cached_json(path, lambda: {"loss": 9.9}) == {"loss": 1.5}  # later callers read the file
+
+
+def test_a_cache_keyed_by_changing_content_keeps_only_its_newest_files(tmp_path):
+    for i in range(5):
+        cached_json(tmp_path / f"model-{i}.json", lambda i=i: {"loss": i})
+        os.utime(tmp_path / f"model-{i}.json", (1000 + i, 1000 + i))
+    cached_json(tmp_path / "base-alone.json", lambda: {"loss": 0.0})
+    with FileLock(tmp_path / "model-0.json.lock"):  # another process is reading the oldest: it stays for now
+        deleted = keep_newest(tmp_path, "model-*.json", 2)
+    assert sorted(path.name for path in deleted) == ["model-1.json", "model-2.json"]
+    assert sorted(path.name for path in tmp_path.glob("*.json")) == [
+        "base-alone.json", "model-0.json", "model-3.json", "model-4.json"]
+    assert not (tmp_path / "model-1.json.lock").exists()
+    assert [path.name for path in keep_newest(tmp_path, "model-*.json", 2)] == ["model-0.json"]
