@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -22,12 +23,12 @@ from stamen.shared.commands import console, read_toml
 from stamen.shared.config import ConfigError
 from stamen.shared.run_folder import RunFolder
 
-from .intervals import Interval, difference_text, paired
+from .intervals import Interval, difference_text
 from .report import pyplot
 
 METRICS = {  # column -> what a reader should know about it
     "honest_heldout_loss": "clean held-out loss of honest clients, last round (lower is better)",
-    "harm": "honest held-out loss minus the same rule's clean run, paired by seed (above 0: the attack hurt)",
+    "harm": "honest clients' held-out loss minus theirs in the same rule's clean run, paired by seed (above 0: hurt)",
     "attack_success_rate": "share of trigger prompts answered with the backdoor target (lower is better)",
     "malicious_admitted": "share of malicious updates admitted, over all rounds and seeds (admitted/sent)",
 }
@@ -146,6 +147,7 @@ def summarise_run(run_dir: Path) -> dict:
     return {
         "seed": int(run_dir.name.removeprefix("seed-")),
         "honest_heldout_loss": _mean([r["heldout_loss"] for r in honest]),
+        "heldout_by_client": {r["client"]: r["heldout_loss"] for r in honest},
         "attack_success_rate": _mean(success),
         "malicious_sent": sum(r.get("malicious_replied", 0) for r in rounds),
         "malicious_admitted": sum(r.get("malicious_admitted", 0) for r in rounds),
@@ -160,7 +162,7 @@ def summarise_cells(cells: dict[tuple[str, str, float], list[dict]]) -> list[dic
         losses = [s["honest_heldout_loss"] for s in seeds]
         harm = None
         if clean is not None and fraction > 0 and None not in losses:
-            harm = paired(losses, [s["honest_heldout_loss"] for s in clean]).to_json()
+            harm = _interval([_harm(attacked, unattacked) for attacked, unattacked in zip(seeds, clean, strict=True)])
         sent, admitted = sum(s["malicious_sent"] for s in seeds), sum(s["malicious_admitted"] for s in seeds)
         rows.append({
             "rule": rule, "attack": attack, "fraction": fraction, "seeds": len(seeds),
@@ -172,6 +174,13 @@ def summarise_cells(cells: dict[tuple[str, str, float], list[dict]]) -> list[dic
             "per_seed": seeds,
         })
     return rows
+
+
+def _harm(attacked: dict, clean: dict) -> float:
+    """How much worse the attacked run's honest clients ended than the same clients in the clean run of the same
+    seed (the clean run's other clients are the attacked run's attackers, so they are left out)."""
+    honest = attacked["heldout_by_client"]
+    return statistics.fmean(loss - clean["heldout_by_client"][client] for client, loss in honest.items())
 
 
 def _interval(values: list[float]) -> dict | None:

@@ -53,10 +53,13 @@ def test_a_sweep_runs_each_cell_for_each_seed_once_and_writes_table_and_heat_map
     assert krum["malicious_admitted"] == {"admitted": 0, "sent": 2}  # Krum keeps an honest update
     assert all(r["honest_heldout_loss"]["mean"] > 0 for r in rows)
 
-    # harm: each attacked cell against its rule's clean cell, seed by seed (same partitions and sampled clients)
+    # harm: each attacked cell against its rule's clean cell, seed by seed (same partitions and sampled clients),
+    # over the same clients: the clean run's loss of the client that is the attacker elsewhere is left out
     clean = by_cell[("fedavg", "none")]
-    harms = [a["honest_heldout_loss"] - c["honest_heldout_loss"]
+    harms = [statistics.fmean(loss - c["heldout_by_client"][client] for client, loss in a["heldout_by_client"].items())
              for a, c in zip(fedavg["per_seed"], clean["per_seed"], strict=True)]
+    assert all(len(a["heldout_by_client"]) == 2 and len(c["heldout_by_client"]) == 3
+               for a, c in zip(fedavg["per_seed"], clean["per_seed"], strict=True))
     assert fedavg["harm"]["mean"] == pytest.approx(statistics.fmean(harms)) and fedavg["harm"]["n"] == 2
     assert clean["harm"] is None
     # a mean that admits a 5x sign flip moves the global adapter against the honest clients; Krum does not
