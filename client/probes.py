@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from pathlib import Path
 
 from stamen.shared.adapters import adapter_state, base_alone
-from stamen.shared.cache import cache_dir, cached_json, keep_newest
+from stamen.shared.cache import cache_dir, cached_json, cached_json_parts, keep_newest
 from stamen.shared.config import TrainingSpec
 from stamen.shared.protocol import HELDOUT_EXAMPLES
 
@@ -18,7 +18,7 @@ from .hooks import TrainingHook, TrainingRound
 from .neutral_probes import general_text, probe_version, retention
 from .runtime import ClientRuntime
 
-MODEL_PROBES_KEPT = 256  # cached probe results of adapters: one file each, the newest kept
+MODEL_PROBES_KEPT = 512  # cached probe results of adapters: two files each, the newest kept
 
 
 def loss_on(runtime: ClientRuntime, examples, training: TrainingSpec) -> EvalResult:
@@ -35,33 +35,37 @@ def base_alone_losses(runtime: ClientRuntime, training: TrainingSpec) -> dict[st
         with base_alone(runtime.model):
             return {NEUTRAL: loss_on(runtime, general_text(), training).loss}
 
-    return _cached("base-alone", [runtime.base.fingerprint, runtime.base.quantisation.mode, training.max_seq_len],
-                   measure)
+    return cached_json(_cache_file("base-alone", [runtime.base.fingerprint, runtime.base.quantisation.mode,
+                                                  training.max_seq_len]), measure)
 
 
 def model_probes(runtime: ClientRuntime, training: TrainingSpec) -> dict[str, float]:
     """``general-text-loss`` and ``retention`` of the model as it stands (adapters on). Clients holding the same
-    adapter (every client of a global-model run, every client before round 1) get the same numbers: measured
-    once per adapter, then read from the cache."""
-    def measure() -> dict[str, float]:
+    adapter (every client of a global-model run, every client before round 1) get the same numbers: each probe
+    is measured once per adapter, by whichever client asks first while another measures the other one, then read
+    from the cache."""
+    def general_text_loss() -> dict[str, float]:
+        return {"general-text-loss": loss_on(runtime, general_text(), training).loss}
+
+    def retained() -> dict[str, float]:
         kept = retention(runtime.model, runtime.base.tokenizer, runtime.known_facts())
-        return {"general-text-loss": loss_on(runtime, general_text(), training).loss,
-                **({"retention": kept} if kept is not None else {})}
+        return {"retention": kept} if kept is not None else {}
 
     adapter = hashlib.sha256()  # everything that shapes the model's outputs beyond the base: adapter, corrections
     corrections = runtime.corrections.buffers if runtime.corrections else {}
     for name, tensor in [*sorted(adapter_state(runtime.model).items()), *sorted(corrections.items())]:
         adapter.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
-    probed = _cached("model", [runtime.base.fingerprint, runtime.base.quantisation.mode, training.max_seq_len,
-                               adapter.hexdigest()], measure)
+    key = [runtime.base.fingerprint, runtime.base.quantisation.mode, training.max_seq_len, adapter.hexdigest()]
+    probed = cached_json_parts({_cache_file("model-retention", key): retained,
+                                _cache_file("model-general-text", key): general_text_loss})
     keep_newest(cache_dir("probes"), "model-*.json", MODEL_PROBES_KEPT)
-    return probed
+    return {name: value for part in probed.values() for name, value in part.items()}
 
 
-def _cached(kind: str, key: list, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
-    """``measure()``, or what it returned before for the same ``key`` and probe files (a JSON file per key)."""
+def _cache_file(kind: str, key: list) -> Path:
+    """The file a probe result for ``key`` and these probe files is cached in."""
     digest = hashlib.sha256(json.dumps([*key, probe_version()]).encode()).hexdigest()[:24]
-    return cached_json(cache_dir("probes") / f"{kind}-{digest}.json", measure)
+    return cache_dir("probes") / f"{kind}-{digest}.json"
 
 
 class RoundZeroBaseline(TrainingHook):
