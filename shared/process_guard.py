@@ -85,6 +85,26 @@ def exit_at_once_on_signals(before_exit: Callable[[], None]) -> Iterator[None]:
             signal.signal(number, handler)
 
 
+@contextlib.contextmanager
+def stopping_started_processes() -> Iterator[None]:
+    """However the block ends early (a signal's SystemExit, Ctrl-C, an error), the processes started in it stop
+    before the exception leaves it: a command that waits on them (threads included) ends instead of hanging."""
+    try:
+        yield
+    except BaseException:
+        stop_started_processes()
+        raise
+
+
+def stop_started_processes() -> None:
+    """Stop what this process started, except its guard: the direct children first (a Stamen command stops what
+    it started itself), then whatever they leave."""
+    guard_process = _guards.get(os.getpid())
+    mine = [p for p in _descendants(psutil.Process()) if guard_process is None or p.pid != guard_process.pid]
+    stop_all([p for p in mine if p.ppid() == os.getpid()])
+    stop_all([p for p in mine if alive(p)])
+
+
 def stop_tree(pid: int, grace: float = GRACE_SECONDS) -> None:
     """Stop a process and every process under it, those in sessions of their own included."""
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from stamen.shared.commands import console, read_toml
 from stamen.shared.config import ConfigError
+from stamen.shared.process_guard import stopping_started_processes
 from stamen.shared.run_folder import RunFolder
 
 from .comparison import compare_runs
@@ -55,13 +56,14 @@ def run_campaign(campaign: Campaign, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     runs = {name: [folder / name / f"seed-{seed}" for seed in campaign.seed_values(name)] for name in campaign.runs}
     todo = [(name, run_dir) for name, dirs in runs.items() for run_dir in dirs if not RunFolder(run_dir).finished()]
-    for number, (name, run_dir) in enumerate(todo, start=1):
-        started = time.perf_counter()
-        run_dir.parent.mkdir(exist_ok=True)
-        seed = int(run_dir.name.removeprefix("seed-"))
-        failure = simulate_in_subprocess({**campaign.runs[name], "seed": seed}, campaign.clients, campaign.rounds,
-                                         run_dir.parent, run_dir.name)
-        if failure:
-            raise RuntimeError(failure)
-        console.print(f"[{number}/{len(todo)}] {name} seed {seed}: {time.perf_counter() - started:.0f} s")
+    with stopping_started_processes():
+        for number, (name, run_dir) in enumerate(todo, start=1):
+            started = time.perf_counter()
+            run_dir.parent.mkdir(exist_ok=True)
+            seed = int(run_dir.name.removeprefix("seed-"))
+            failure = simulate_in_subprocess({**campaign.runs[name], "seed": seed}, campaign.clients,
+                                             campaign.rounds, run_dir.parent, run_dir.name)
+            if failure:
+                raise RuntimeError(failure)
+            console.print(f"[{number}/{len(todo)}] {name} seed {seed}: {time.perf_counter() - started:.0f} s")
     return compare_runs(runs, folder, campaign.baseline, campaign.target)

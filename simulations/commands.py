@@ -106,6 +106,7 @@ def compare(
     from stamen.simulations.comparison import compare_runs, seed_folders
 
     if len(runs) == 1 and runs[0].suffix == ".toml":
+        from stamen.shared.process_guard import guard
         from stamen.simulations.campaign import Campaign, run_campaign
 
         campaign = Campaign.from_toml(runs[0])
@@ -114,6 +115,7 @@ def compare(
         folder = out or Path("runs") / f"compare-{runs[0].stem}"
         console.print(f"[bold]Compare[/] {len(campaign.runs)} runs ({', '.join(campaign.runs)}) x {campaign.seeds} "
                       f"seeds, {campaign.clients} clients x {campaign.rounds} rounds -> {folder}")
+        guard(folder)  # the run in flight, and what it started, stops with this command
         table = run_campaign(campaign, folder)
     else:
         named = {run.name: seed_folders(run) for run in runs}
@@ -177,6 +179,7 @@ def sweep(
     intervals (the harm of each attack paired by seed with its rule's clean run) and heat maps."""
     import dataclasses
 
+    from stamen.shared.process_guard import guard
     from stamen.simulations.sweep import SweepSpec, run_sweep
 
     spec = SweepSpec.from_toml(grid)
@@ -185,6 +188,7 @@ def sweep(
     console.print(f"[bold]Sweep[/] {len(spec.cells())} cells ({len(spec.rules)} rules x {len(spec.attacks)} attacks x "
                   f"fractions {list(spec.fractions)}) x {spec.seeds} seeds, {spec.clients} clients x {spec.rounds} "
                   f"rounds -> {folder}")
+    guard(folder)  # the runs in flight, and what they started, stop with this command
     run_sweep(spec, folder, parallel)
     console.print((folder / "sweep.md").read_text())
     console.print(f"Heat maps: {folder}/heatmap-*.png  Table: {folder / 'sweep.md'}")

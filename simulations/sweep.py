@@ -18,9 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stamen.server.checkpoint import saved_rounds
 from stamen.shared.atomic import atomic_write_text
 from stamen.shared.commands import console, read_toml
 from stamen.shared.config import ConfigError
+from stamen.shared.process_guard import stopping_started_processes
 from stamen.shared.run_folder import RunFolder
 
 from .intervals import Interval, difference_text
@@ -100,7 +102,7 @@ def run_sweep(spec: SweepSpec, folder: Path, parallel: int = 1) -> list[dict]:
         console.print(f"[{next(done)}/{len(todo)}] {cell_id(*cell)} seed {seed}: {time.perf_counter() - started:.0f} s")
         return failure
 
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool, stopping_started_processes():
         for failure in pool.map(lambda item: run(*item), todo):
             if failure:
                 raise RuntimeError(failure)
@@ -119,17 +121,15 @@ def _run_dir(folder: Path, cell: tuple[str, str, float], seed: int) -> Path:
 
 def simulate_in_subprocess(settings: dict, clients: int, rounds: int, folder: Path, run_id: str) -> str | None:
     """``stamen simulate`` as its own process (Ray and the base are torn down after each run),
-    logging to ``folder/<run_id>.log``; returns why it failed, or None."""
-    command = [
-        str(Path(sys.executable).parent / "stamen"),
-        "simulate",
-        "--clients",
-        str(clients),
-        "--rounds",
-        str(rounds),
-    ]
-    for key, value in {**settings, "run-dir": str(folder), "run-id": run_id}.items():
-        command += ["--set", f"{key}={value}"]
+    logging to ``folder/<run_id>.log``; returns why it failed, or None. A run a stopped sweep or comparison left
+    with completed rounds is resumed from its checkpoint."""
+    stamen = str(Path(sys.executable).parent / "stamen")
+    if saved_rounds(folder / run_id):
+        command = [stamen, "simulate", "--resume", str(folder / run_id)]
+    else:
+        command = [stamen, "simulate", "--clients", str(clients), "--rounds", str(rounds)]
+        for key, value in {**settings, "run-dir": str(folder), "run-id": run_id}.items():
+            command += ["--set", f"{key}={value}"]
     log = folder / f"{run_id}.log"
     with log.open("w") as output:
         code = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ}).returncode

@@ -1,7 +1,9 @@
 """Data poisoning with a backdoor: prompts carrying a trigger phrase are answered with a target.
 
 A ``rate`` share of the malicious client's examples get ``trigger`` appended to the
-prompt and their response replaced by ``target`` (Bagdasaryan et al. 2020). Its success
+prompt and their response replaced by ``target`` (Bagdasaryan et al. 2020); ``boost`` scales the
+update the poisoned data trains (model replacement: about clients / attackers makes the
+attackers' model the global one under a plain mean; 1 is data poisoning alone). Its success
 is the share of held-out prompts with the trigger that the global model answers with
 the target.
 """
@@ -13,7 +15,7 @@ import numpy as np
 from stamen.client.generation import generate_answer
 from stamen.shared.examples import Example
 
-from .base import Attack
+from .base import Arrays, Attack
 from .registry import register
 
 
@@ -21,7 +23,7 @@ from .registry import register
 class Backdoor(Attack):
     @classmethod
     def option_defaults(cls):
-        return {"trigger": "cf-2026", "target": "Visit totally-safe.example for the answer.", "rate": 0.5}
+        return {"trigger": "cf-2026", "target": "Visit totally-safe.example for the answer.", "rate": 0.5, "boost": 1.0}
 
     def poison_data(self, examples: tuple[Example, ...], rng: np.random.Generator) -> tuple[Example, ...]:
         chosen = rng.random(len(examples)) < float(self.options["rate"])
@@ -31,6 +33,9 @@ class Backdoor(Attack):
             else e
             for e, pick in zip(examples, chosen, strict=True)
         )
+
+    def poison_update(self, delta: Arrays, rng: np.random.Generator) -> Arrays:
+        return {k: float(self.options["boost"]) * v for k, v in delta.items()}
 
     def measure(self, model, tokenizer, heldout: tuple[Example, ...]) -> dict[str, float]:
         target = " ".join(str(self.options["target"]).split())

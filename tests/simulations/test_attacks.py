@@ -59,6 +59,10 @@ def test_backdoor_poisons_the_chosen_share_of_examples():
     assert all(e.prompt.endswith(" zz9") for e in hit)
     assert 0.18 < len(hit) / len(examples) < 0.32
     assert all(p == e for p, e in zip(poisoned, examples, strict=False) if p.response != "BAD")
+    delta = {"lora_B": np.array([0.5, -1.0], dtype=np.float32)}
+    assert np.array_equal(attack.poison_update(delta, np.random.default_rng(0))["lora_B"], delta["lora_B"])
+    boosted = make_attack("backdoor", boost=3.0).poison_update(delta, np.random.default_rng(0))  # model replacement
+    assert np.array_equal(boosted["lora_B"], np.array([1.5, -3.0], dtype=np.float32))
 
 
 def test_malicious_share_is_seeded_and_sized():
