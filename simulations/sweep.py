@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from stamen.server.checkpoint import saved_rounds
 from stamen.shared.atomic import atomic_write_text
 from stamen.shared.commands import console, read_toml
 from stamen.shared.config import ConfigError
-from stamen.shared.process_guard import stopping_started_processes
+from stamen.shared.process_guard import stop_tree, stopping_started_processes
 from stamen.shared.run_folder import RunFolder
 
 from .intervals import Interval, difference_text
@@ -123,16 +124,22 @@ def simulate_in_subprocess(settings: dict, clients: int, rounds: int, folder: Pa
     """``stamen simulate`` as its own process (Ray and the base are torn down after each run),
     logging to ``folder/<run_id>.log``; returns why it failed, or None. A run a stopped sweep or comparison left
     with completed rounds is resumed from its checkpoint."""
-    stamen = str(Path(sys.executable).parent / "stamen")
-    if saved_rounds(folder / run_id):
-        command = [stamen, "simulate", "--resume", str(folder / run_id)]
+    stamen, run_dir = str(Path(sys.executable).parent / "stamen"), folder / run_id
+    if saved_rounds(run_dir):
+        command = [stamen, "simulate", "--resume", str(run_dir)]
     else:
+        shutil.rmtree(run_dir, ignore_errors=True)  # what an attempt stopped before its first round left
         command = [stamen, "simulate", "--clients", str(clients), "--rounds", str(rounds)]
         for key, value in {**settings, "run-dir": str(folder), "run-id": run_id}.items():
             command += ["--set", f"{key}={value}"]
     log = folder / f"{run_id}.log"
-    with log.open("w") as output:
-        code = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ}).returncode
+    with log.open("w") as output, subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
+                                                   env={**os.environ}) as run:
+        try:
+            code = run.wait()
+        except BaseException:
+            stop_tree(run.pid)  # SIGTERM first: the run ends cleanly (and resumably), SIGKILL after a grace
+            raise
     return None if code == 0 else f"run {run_id} failed (exit {code}); see {log}"
 
 

@@ -1,16 +1,29 @@
 """`stamen sweep`: a small grid over seeds, resumable, judged in one table with intervals and heat maps."""
 
+import contextlib
 import json
+import os
+import signal
 import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import psutil
 import pytest
 from inprocess_grid import simulate_in_this_process
 from typer.testing import CliRunner
 
+from stamen.server.checkpoint import saved_rounds
+from stamen.shared.flower_tools import flower_environment
+from stamen.shared.process_guard import alive
+from stamen.shared.run_folder import RunFolder
 from stamen.simulations.cli import app
 from stamen.simulations.sweep import SweepSpec
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
+STAMEN = str(Path(sys.executable).parent / "stamen")
 
 GRID = """
 [sweep]
@@ -74,3 +87,38 @@ def test_a_sweep_runs_each_cell_for_each_seed_once_and_writes_table_and_heat_map
     assert len(finished) == 8
     again = CliRunner().invoke(app, ["sweep", str(grid), "--out", str(out)])  # resumes: nothing left to run
     assert again.exit_code == 0 and {p: p.stat().st_mtime for p in out.glob("*/*/summary.json")} == finished
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_a_stopped_sweep_stops_its_runs_and_a_rerun_resumes_them_from_their_checkpoints(tmp_path):
+    grid, out = tmp_path / "grid.toml", tmp_path / "sweep"
+    grid.write_text(GRID.replace('rules = ["fedavg", "krum"]', 'rules = ["fedavg"]').replace(
+        "rounds = 1", "rounds = 8").replace("seeds = 2", "seeds = 1").replace("fractions = [0.0, 0.34]",
+                                                                            "fractions = [0.0]"))
+    run_dir = out / "fedavg__none__0" / "seed-7"
+    with (tmp_path / "sweep.log").open("wb") as log:
+        sweep = subprocess.Popen([STAMEN, "sweep", str(grid), "--out", str(out)], env=flower_environment(),
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: saved_rounds(run_dir), 240, "the sweep's run to complete a round")
+        started = psutil.Process(sweep.pid).children(recursive=True)
+        assert any("simulate" in " ".join(p.cmdline()) for p in started)
+        sweep.send_signal(signal.SIGTERM)
+        sweep.wait(timeout=60)  # it used to exit at once and leave the run (and its Ray) running
+        wait_for(lambda: not any(map(alive, started)), 30, "the stopped sweep's run and its processes to end")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sweep.pid, signal.SIGKILL)
+    stopped_at = saved_rounds(run_dir)[-1]
+    assert 1 <= stopped_at < 8 and not RunFolder(run_dir).finished()
+
+    again = CliRunner().invoke(app, ["sweep", str(grid), "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    rounds = [r["round"] for r in RunFolder(run_dir).rows() if r["kind"] == "round"]
+    assert rounds == list(range(1, 9)) and "Resuming" in (out / "fedavg__none__0" / "seed-7.log").read_text()
