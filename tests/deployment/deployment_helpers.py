@@ -7,10 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
+from waiting import wait_for
 
 from stamen.shared.flower_tools import flower_environment, free_port
 from stamen.shared.process_guard import alive
@@ -76,15 +76,6 @@ class Processes:
     def close(self) -> None:
         for name in list(self.started):
             self.kill(name)
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def tiny_run_args(run_dir: Path, rounds: int, min_clients: int, *extra: str) -> list[str]:

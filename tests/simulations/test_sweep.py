@@ -7,13 +7,13 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 from inprocess_grid import simulate_in_this_process
 from typer.testing import CliRunner
+from waiting import wait_for
 
 from stamen.server.checkpoint import saved_rounds
 from stamen.shared.flower_tools import flower_environment
@@ -87,13 +87,6 @@ def test_a_sweep_runs_each_cell_for_each_seed_once_and_writes_table_and_heat_map
     assert len(finished) == 8
     again = CliRunner().invoke(app, ["sweep", str(grid), "--out", str(out)])  # resumes: nothing left to run
     assert again.exit_code == 0 and {p: p.stat().st_mtime for p in out.glob("*/*/summary.json")} == finished
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(0.5)
 
 
 def test_a_stopped_sweep_stops_its_runs_and_a_rerun_resumes_them_from_their_checkpoints(tmp_path):
