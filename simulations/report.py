@@ -66,9 +66,15 @@ class RunRecord:
 
     def client_seconds(self) -> float | None:
         """Mean seconds a client spent on a training round: training plus keeping and building its replay."""
-        spent = [r.get("train_seconds", 0.0) + r.get("replay_seconds", 0.0) for r in self.clients
-                 if r.get("phase") == "train" and r.get("accepted")]
+        spent = [_training_seconds(r) for r in self.clients if r.get("phase") == "train" and r.get("accepted")]
         return sum(spent) / len(spent) if spent else None
+
+    def compute_split(self) -> tuple[float, float]:
+        """All clients' seconds training (with replay) and evaluating (waiting for a probe another client
+        measures included): what an evaluation schedule (``evaluate-every``) trades against."""
+        training = sum(_training_seconds(r) for r in self.clients if r.get("phase") == "train")
+        evaluating = sum(r.get("eval_seconds", 0.0) for r in self.clients if r.get("phase") == "evaluate")
+        return training, evaluating
 
     def personal_key(self) -> str:
         """The loss of the model each client uses: its personal model's where the run has one."""
@@ -81,7 +87,7 @@ class RunRecord:
         costs, moved, spent = [], 0.0, 0.0
         for row in self.rounds:
             moved += row.get("bytes_in", 0) + row.get("bytes_out", 0)
-            spent += sum(r.get("train_seconds", 0.0) + r.get("replay_seconds", 0.0) for r in self.clients
+            spent += sum(_training_seconds(r) for r in self.clients
                          if r.get("phase") == "train" and r.get("round") == row["round"])
             costs.append((row["round"], moved, spent))
         return costs
@@ -115,6 +121,7 @@ class RunRecord:
             "forgetting_mean": self.mean_of("eval_forgetting"),
             **({"backward_transfer_end": last["eval_backward_transfer"]} if "eval_backward_transfer" in last else {}),
             "client_seconds": self.client_seconds(),
+            "evaluation_share": _share(*self.compute_split()),
             "bytes_up_per_client": last.get("bytes_up_per_client"),
             "seconds": self.seconds,
             **(self.cost_to_target(target) if target is not None else {}),
@@ -177,16 +184,28 @@ def _report_markdown(run: RunRecord, gains: dict[str, float]) -> str:
              "secure-aggregation", "dp")
     settings = ", ".join(f"{k}={run.meta[k]}" for k in shown if k in run.meta)
     improved = sum(gain > 0 for gain in gains.values())
+    training, evaluating = run.compute_split()
     return "\n".join([
         f"# Run {run.name}", "", settings, "",
         f"Held-out loss {format_cell(summary['heldout_start'])} -> {format_cell(summary['heldout_end'])}; "
         f"{improved} of {len(gains)} clients' personal models improved on their own held-out data.", "",
+        f"Client compute: {training:,.1f} s training, {evaluating:,.1f} s evaluating (all clients; "
+        f"{_share(training, evaluating) or 0:.0%} evaluating; `evaluate-every` evaluates less often).", "",
         "![loss per round](loss.png)", "", markdown_table(rounds) if rounds else "No round finished.", "",
         "Forgetting: general-text loss (human prose no client or replay source touches) of the model each client "
         "uses minus the base's own (lower is better); retention: share of the probe questions the base answered "
         "that the model each client uses still answers.", "",
         "![per-client gain](gains.png)", "", "![traffic per round](bytes.png)", "",
     ])
+
+
+def _training_seconds(row: dict) -> float:
+    """A training reply's client seconds: the local steps plus keeping and building its replay."""
+    return row.get("train_seconds", 0.0) + row.get("replay_seconds", 0.0)
+
+
+def _share(training: float, evaluating: float) -> float | None:
+    return evaluating / (training + evaluating) if training + evaluating > 0 else None
 
 
 def _plot_curve(axis, curve: list[tuple[int, float]], label: str) -> None:

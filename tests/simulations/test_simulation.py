@@ -52,6 +52,10 @@ def test_two_round_federation_of_three_clients_lowers_heldout_loss(tmp_path):
 
     report = (run_dir / "report.md").read_text()
     assert f"-> {rounds[-1]['eval_heldout_loss']:.4f}" in report
+    training = sum(r["train_seconds"] for r in uploads)
+    evaluating = sum(r["eval_seconds"] for r in rows if r["kind"] == "client" and r["phase"] == "evaluate")
+    assert evaluating > 0 and (f"{training:,.1f} s training, {evaluating:,.1f} s evaluating (all clients; "
+                               f"{evaluating / (training + evaluating):.0%} evaluating") in report
     for plot in ("loss.png", "gains.png", "bytes.png"):
         assert f"]({plot})" in report and (run_dir / plot).read_bytes().startswith(b"\x89PNG")
     for written in ("report.md", "loss.png", "gains.png", "bytes.png"):
