@@ -17,6 +17,7 @@ from stamen.shared.adapters import adapter_parameters, attach_adapter, load_adap
 from stamen.shared.base_model import LoadedBase, load_base
 from stamen.shared.config import AdapterSpec, TrainingSpec
 from stamen.shared.device_data import as_example
+from stamen.shared.gguf_adapter import write_lora_gguf
 from stamen.shared.training import TrainResult, train_adapter
 
 from .evaluation import evaluate_loss
@@ -82,8 +83,14 @@ class PersonalModel:
         """The personalised model's answer to ``prompt`` (greedy)."""
         return generate_answer(self.model, self.base.tokenizer, prompt, max_new_tokens)
 
-    def export(self, folder: str | Path) -> Path:
-        """A PEFT folder: ``PeftModel.from_pretrained(base, folder)`` or ``PersonalModel.load(adapter=folder)``."""
+    def export(self, folder: str | Path, format: str = "peft") -> Path:
+        """``peft``: a PEFT folder, ``PeftModel.from_pretrained(base, folder)`` or ``PersonalModel.load(adapter=
+        folder)``; ``gguf``: ``folder/adapter.gguf``, a LoRA adapter llama.cpp loads beside the base's GGUF.
+        Returns what it wrote."""
+        if format == "gguf":
+            return write_lora_gguf(self.model, Path(folder) / "adapter.gguf")
+        if format != "peft":
+            raise ValueError(f"unknown export format {format!r}: 'peft' or 'gguf'")
         self.model.peft_config["default"].base_model_name_or_path = str(self.base.folder)
         self.model.save_pretrained(str(folder))
         return Path(folder)

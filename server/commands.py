@@ -131,12 +131,15 @@ def export(
     run: Annotated[Path, typer.Argument(help="A run folder, runs/<id>.", exists=True, file_okay=False)],
     round_: Annotated[int | None, typer.Option("--round", help="Round to export (default: the last).")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: runs/<id>/export-round-N).")] = None,
+    format_: Annotated[str, typer.Option("--format", help="peft: a PEFT folder; gguf: adapter.gguf for llama.cpp.")]
+    = "peft",
 ) -> None:
-    """Write the global adapter as a PEFT folder that PeftModel.from_pretrained(base, folder) loads."""
+    """Write the global adapter as a PEFT folder that PeftModel.from_pretrained(base, folder) loads, or as a GGUF
+    LoRA adapter that llama.cpp loads beside the base's GGUF."""
     from stamen.server.checkpoint import last_round
-    from stamen.server.export import export_peft
+    from stamen.server.export import export_adapter
 
     configure_logging(False)
     chosen = round_ or last_round(run)
-    folder = export_peft(run, out or run / f"export-round-{chosen}", chosen)
-    console.print(f"PEFT adapter of round {chosen} written to {folder}")
+    written = export_adapter(run, out or run / f"export-round-{chosen}", chosen, format_)
+    console.print(f"{'GGUF' if format_ == 'gguf' else 'PEFT'} adapter of round {chosen} written to {written}")

@@ -1,4 +1,5 @@
-"""Turn a run's global adapter into a plain PEFT folder: ``PeftModel.from_pretrained(base, folder)``.
+"""Turn a run's global adapter into a plain PEFT folder (``PeftModel.from_pretrained(base, folder)``) or a GGUF
+adapter file for llama.cpp (``shared/gguf_adapter.py``).
 
 PEFT writes the folder itself (``save_pretrained``), so any PEFT user can load it.
 Exact-LoRA corrections C are folded in: for each layer, s*B*A + C is truncated back
@@ -15,21 +16,34 @@ import torch
 
 from stamen.shared.adapters import adapter_parameters, attach_adapter, load_adapter_state
 from stamen.shared.base_model import load_base
+from stamen.shared.gguf_adapter import GGUFExportError, write_lora_gguf
 from stamen.shared.lora_layers import lora_layers
+from stamen.shared.lora_modes.base import B
 from stamen.shared.run_folder import RunFolder
 
 from .checkpoint import last_round, load_round
 
+EXPORT_FORMATS = ("peft", "gguf")
+GGUF_FILE = "adapter.gguf"
 
-def export_peft(run_dir: Path, out: Path, server_round: int | None = None) -> Path:
-    """Write the global adapter after ``server_round`` (default: the last) as a PEFT folder."""
+
+def export_adapter(run_dir: Path, out: Path, server_round: int | None = None, format: str = "peft") -> Path:
+    """Write the global adapter after ``server_round`` (default: the last) under ``out``: a PEFT folder, or
+    (``gguf``) ``out/adapter.gguf`` for llama.cpp beside the base's GGUF. Returns what it wrote."""
+    if format not in EXPORT_FORMATS:
+        raise GGUFExportError(f"unknown export format {format!r}: one of {EXPORT_FORMATS}")
     config = RunFolder(run_dir).run_config()
+    if format == "gguf" and config.adapter.lora_mode().is_personal(f"layer{B}weight"):
+        raise GGUFExportError(f"under {config.adapter.aggregation} the global adapter holds A only (each device "
+                              "keeps its B): export a device's model with PersonalModel.export(folder, format='gguf')")
     adapter, corrections = load_round(run_dir, server_round or last_round(run_dir))
     base = load_base(config.base_model, quantisation="none", device="cpu")
     model = attach_adapter(base.model, config.adapter, config.seed)
     load_adapter_state(model, adapter, partial=True)
     if corrections:
         fold_corrections(model, corrections, config.adapter.alpha / config.adapter.rank)
+    if format == "gguf":
+        return write_lora_gguf(model, out / GGUF_FILE)
     model.peft_config["default"].base_model_name_or_path = str(base.folder)
     model.save_pretrained(out)
     return out
