@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .adapters import adapter_parameters
+from .atomic import atomic_file
 from .lora_layers import lora_layers
 from .user_errors import UserError
 
@@ -43,13 +44,24 @@ def write_lora_gguf(model: torch.nn.Module, path: Path) -> Path:
     architecture = ARCHITECTURES[config.model_type]
     names = gguf.get_tensor_name_map(architecture, config.num_hidden_layers)
     alpha = float(peft_config.lora_alpha)
-    params = adapter_parameters(model)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[architecture])
-    writer.add_type(gguf.GGUFType.ADAPTER)
-    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    with atomic_file(path) as scratch:
+        writer = gguf.GGUFWriter(str(scratch), gguf.MODEL_ARCH_NAMES[architecture])
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+        for name, tensor in _lora_tensors(model, names, alpha, config):
+            writer.add_tensor(name, tensor)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return path
+
+
+def _lora_tensors(model: torch.nn.Module, names, alpha: float, config) -> list[tuple[str, np.ndarray]]:
+    """``<base tensor>.lora_a`` and ``.lora_b`` of every adapted layer, as llama.cpp applies them."""
+    params, tensors = adapter_parameters(model), []
     for layer in lora_layers(params):
         module_path = layer.module.removeprefix("base_model.model.")
         tensor = names.get_name(f"{module_path}.weight", try_suffixes=(".weight",))
@@ -60,13 +72,9 @@ def write_lora_gguf(model: torch.nn.Module, path: Path) -> Path:
         rank = a.shape[0]
         scaling = model.get_submodule(layer.module).scaling[model.active_adapter]
         b = params[layer.b].detach().float().cpu().numpy() * (scaling * rank / alpha)  # llama.cpp: alpha / rank
-        writer.add_tensor(f"{tensor}.lora_a", np.ascontiguousarray(a))
-        writer.add_tensor(f"{tensor}.lora_b", np.ascontiguousarray(gguf_row_order(b, tensor, config)))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+        tensors += [(f"{tensor}.lora_a", np.ascontiguousarray(a)),
+                    (f"{tensor}.lora_b", np.ascontiguousarray(gguf_row_order(b, tensor, config)))]
+    return tensors
 
 
 def gguf_row_order(rows: np.ndarray, tensor: str, config) -> np.ndarray:
