@@ -114,8 +114,8 @@ def against_baseline(rows: list[dict], base: list[dict]) -> dict:
         "forgetting_cut": percent(lambda r, b: ratio(minus(b["forgetting_mean"], r["forgetting_mean"]),
                                                      b["forgetting_mean"])),
         # of the probe questions the baseline stopped answering, the share this run still answers
-        "retention_loss_cut": percent(lambda r, b: ratio(minus(r["retention_mean"], b["retention_mean"]),
-                                                         minus(1.0, b["retention_mean"]))),
+        "retention_loss_cut": percent(lambda r, b: ratio(minus(r.get("retention_mean"), b.get("retention_mean")),
+                                                         minus(1.0, b.get("retention_mean")))),
         "gain_kept": percent(lambda r, b: ratio(r["mean_client_gain"], b["mean_client_gain"])),
         "extra_client_time": percent(lambda r, b: ratio(minus(r["client_seconds"], b["client_seconds"]),
                                                         b["client_seconds"])),

@@ -72,22 +72,28 @@ def test_ewc_holds_the_parameters_the_replayed_examples_depend_on(tiny_folder):
 
 
 def test_runs_are_measured_against_a_baseline_run_seed_by_seed():
-    def seed(forgetting, gain, seconds, personal=3.0):
+    def seed(forgetting, gain, seconds, personal=3.0, retention=None, transfer=None):
         return {"forgetting_mean": forgetting, "mean_client_gain": gain, "client_seconds": seconds,
-                "personal_end": personal}
+                "personal_end": personal, "retention_mean": retention, "backward_transfer_end": transfer}
 
-    none = [seed(0.8, 2.0, 10.0), seed(0.4, 1.0, 20.0)]
-    anchor = [seed(0.2, 1.9, 10.5, 2.9), seed(0.2, 1.0, 20.0, 2.7)]
+    none = [seed(0.8, 2.0, 10.0, retention=0.6, transfer=-0.3), seed(0.4, 1.0, 20.0, retention=0.5, transfer=-0.3)]
+    anchor = [seed(0.2, 1.9, 10.5, 2.9, retention=0.9, transfer=-0.1),
+              seed(0.2, 1.0, 20.0, 2.7, retention=0.8, transfer=0.0)]
     compared = against_baseline(anchor, none)
     assert compared["forgetting_cut"] == {"mean": 62.5, "ci95": pytest.approx(12.706 * 12.5, rel=1e-3), "n": 2}
     assert (compared["gain_kept"]["mean"], compared["extra_client_time"]["mean"]) == (97.5, 2.5)
     assert compared["personal_end_change"]["mean"] == pytest.approx(-0.2)
+    # of the questions the baseline lost (40%, 50%), the protected run still answers 30/40 and 30/50
+    assert compared["retention_loss_cut"]["mean"] == pytest.approx(67.5)
+    assert compared["backward_transfer_change"]["mean"] == pytest.approx(0.25)  # older stages kept better
     itself = against_baseline(none, none)
     assert (itself["forgetting_cut"]["mean"], itself["gain_kept"]["mean"]) == (0.0, 100.0)
     broken = against_baseline([seed(None, None, None, None)] * 2, none)
-    assert broken == {"personal_end_change": None, "forgetting_cut": None, "gain_kept": None,
-                      "extra_client_time": None}
-    no_forgetting = [seed(-0.1, 2.0, 10.0), seed(0.0, 1.0, 20.0)]  # the baseline forgot nothing: no cut to report
+    assert broken == {"personal_end_change": None, "backward_transfer_change": None, "forgetting_cut": None,
+                      "retention_loss_cut": None, "gain_kept": None, "extra_client_time": None}
+    # a baseline that lost nothing on a measure has no cut on it: improved on general text, kept every question
+    no_forgetting = [seed(-0.1, 2.0, 10.0, retention=1.0), seed(0.0, 1.0, 20.0, retention=1.0)]
     assert against_baseline(anchor, no_forgetting)["forgetting_cut"] is None
+    assert against_baseline(anchor, no_forgetting)["retention_loss_cut"] is None
     with pytest.raises(ValueError, match="2 seeds vs 1"):
         against_baseline(anchor, none[:1])

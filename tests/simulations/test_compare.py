@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 from stamen.shared.run_folder import RunFolder
 from stamen.simulations.campaign import Campaign
 from stamen.simulations.cli import app
-from stamen.simulations.comparison import against_baseline
 from stamen.simulations.sweep import simulate_in_subprocess
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
@@ -137,24 +136,3 @@ def test_a_campaign_run_is_a_stamen_simulate_process_that_reports_its_failure(tm
     assert RunFolder(tmp_path / "ok").finished() and (tmp_path / "ok" / "report.md").is_file()
     failure = simulate_in_subprocess({"base-model": "tiny", "no-such-key": 1}, 2, 1, tmp_path, "bad")
     assert failure is not None and "run bad failed" in failure and "no-such-key" in (tmp_path / "bad.log").read_text()
-
-
-def test_forgetting_is_cut_only_against_a_baseline_that_forgot_on_that_measure():
-    def seed(forgetting, retention, gain=1.0, seconds=10.0, transfer=-0.3):
-        return {"personal_end": 2.0, "forgetting_mean": forgetting, "retention_mean": retention,
-                "mean_client_gain": gain, "client_seconds": seconds, "backward_transfer_end": transfer}
-
-    base = [seed(0.2, 0.6), seed(0.4, 0.5)]
-    protected = [seed(0.05, 0.9, gain=0.8, seconds=12.0, transfer=-0.1),
-                 seed(0.1, 0.8, gain=0.9, seconds=11.0, transfer=0.0)]
-    measured = against_baseline(protected, base)
-    assert measured["backward_transfer_change"]["mean"] == pytest.approx(0.25)  # older stages kept better
-    assert measured["forgetting_cut"]["mean"] == pytest.approx(statistics.fmean([75.0, 75.0]))
-    # of the questions the baseline lost (40%, 50%), the protected run still answers 30/40 and 30/50
-    assert measured["retention_loss_cut"]["mean"] == pytest.approx(statistics.fmean([75.0, 60.0]))
-    assert measured["gain_kept"]["mean"] == pytest.approx(85.0)
-    assert measured["extra_client_time"]["mean"] == pytest.approx(15.0)
-
-    nothing_lost = [seed(-0.1, 1.0), seed(-0.2, 1.0)]  # improved on general text, kept every question
-    assert against_baseline(protected, nothing_lost)["forgetting_cut"] is None
-    assert against_baseline(protected, nothing_lost)["retention_loss_cut"] is None
