@@ -101,7 +101,7 @@ def stop_started_processes() -> None:
     it started itself), then whatever they leave."""
     guard_process = _guards.get(os.getpid())
     mine = [p for p in _descendants(psutil.Process()) if guard_process is None or p.pid != guard_process.pid]
-    stop_all([p for p in mine if p.ppid() == os.getpid()])
+    stop_all([p for p in mine if p.info["ppid"] == os.getpid()])  # the scan's ppid: no call on a process now gone
     stop_all([p for p in mine if alive(p)])
 
 
