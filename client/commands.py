@@ -1,4 +1,4 @@
-"""``stamen client join``: this device joins a deployment as a SuperNode."""
+"""``stamen client join``: this device joins a deployment as a SuperNode. ``stamen chat``: try its model by hand."""
 
 from __future__ import annotations
 
@@ -58,3 +58,40 @@ def client_join(
     guard(state_dir.resolve())  # the SuperNode and what it starts stop with this command, SIGKILL included
     console.print(f"[bold]Device {device.name}[/] joining {server}; data {data}, state in {state_dir}. Ctrl-C leaves.")
     stay_joined(device, wait_for_server)
+
+
+def chat(
+    adapter: Annotated[Path | None, typer.Option(help="GGUF LoRA adapter (stamen export --format gguf), or its "
+                                                 "folder; none: the base alone.")] = None,
+    base: Annotated[str, typer.Option(help="The base as a .gguf file, or smollm2-135m (embedded).")] = "smollm2-135m",
+    prompt: Annotated[str | None, typer.Option(help="Answer this one message and exit (else: a chat on stdin; "
+                                               "an empty line or end of input leaves).")] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Longest reply, in tokens.")] = 128,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (default: all).")] = None,
+) -> None:
+    """Chat with the personalised model through llama.cpp, as an app on the device runs it (greedy, streamed)."""
+    from stamen.client.llama_runtime import LlamaModel
+
+    model = LlamaModel.load(base, adapter, threads)
+    messages: list[dict[str, str]] = []
+    while True:
+        said = prompt if prompt is not None else _next_message()
+        if not said.strip():
+            return
+        messages.append({"role": "user", "content": said})
+        reply = []
+        for piece in model.chat(messages, max_tokens):
+            reply.append(piece)
+            console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+        console.print()
+        messages.append({"role": "assistant", "content": "".join(reply)})
+        if prompt is not None:
+            return
+
+
+def _next_message() -> str:
+    """The user's next line; end of input reads as leaving."""
+    try:
+        return typer.prompt("you", default="", show_default=False, prompt_suffix="> ")
+    except typer.Abort:
+        return ""

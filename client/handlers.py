@@ -68,8 +68,8 @@ class StamenClient:
     def evaluate(self, msg: Message, context: Context) -> Message:
         """Held-out loss of the global adapter and of this client's personal model; forgetting of the model the
         client uses (general-text loss, knowledge retention)."""
-        started = time.perf_counter()
         setup = prepare(msg, context, self.data_source, training_round=False)
+        started = time.perf_counter()  # like train-seconds: the work itself, not reading the message
         runtime, data, config = setup.runtime, setup.data, setup.config
         training = config.training
         heldout = loss_on(runtime, data.heldout, training)
@@ -78,7 +78,7 @@ class StamenClient:
         has_personal = load_personal(runtime.model, runtime.base.tokenizer, setup.store, setup.server_round,
                                      list(data.train), config, seed)  # a finetune trains on this round's data
         personal = loss_on(runtime, data.heldout, training) if has_personal else heldout
-        forgetting = _forgetting(setup) if config.forgetting_probes else {}  # of the model the client uses
+        forgetting = _forgetting(setup) if config.probes(setup.server_round) else {}  # of the model the client uses
         metrics = {
             NUM_EXAMPLES: len(data.heldout),
             "heldout-loss": heldout.loss,

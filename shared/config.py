@@ -187,6 +187,7 @@ class RunConfig:
     fraction_evaluate: float = _key("fraction-evaluate", 1.0)
     evaluate_every: int = _key("evaluate-every", 1)  # evaluate every n-th round, and always the last
     forgetting_probes: bool = _key("forgetting-probes", True)  # off: evaluation measures held-out data only
+    probe_every: int = _key("probe-every", 1)  # the probes on every n-th evaluated round, and always the last
     min_clients: int = _key("min-clients", 2)
     round_timeout: float = _key("round-timeout", 3600.0)
     seed: int = _key("seed", 0)
@@ -203,6 +204,7 @@ class RunConfig:
         _require(0.0 < self.fraction_train <= 1.0, "fraction-train", self.fraction_train, "must be in (0, 1]")
         _require(0.0 <= self.fraction_evaluate <= 1.0, "fraction-evaluate", self.fraction_evaluate, "must be in [0, 1]")
         _require(self.evaluate_every >= 1, "evaluate-every", self.evaluate_every, "must be >= 1")
+        _require(self.probe_every >= 1, "probe-every", self.probe_every, "must be >= 1")
         _require(self.min_clients >= 1, "min-clients", self.min_clients, "must be >= 1")
         _require(self.round_timeout > 0, "round-timeout", self.round_timeout, "must be > 0")
         _require(self.proximal_mu >= 0, "proximal-mu", self.proximal_mu, "must be >= 0")
@@ -236,6 +238,11 @@ class RunConfig:
     def evaluates(self, server_round: int) -> bool:
         """Whether ``server_round`` ends with an evaluation: every ``evaluate-every``-th round and the last."""
         return server_round % self.evaluate_every == 0 or server_round == self.num_rounds
+
+    def probes(self, server_round: int) -> bool:
+        """Whether the evaluation of ``server_round`` runs the forgetting probes (they cost more than held-out
+        data): every ``probe-every``-th round and the last, unless ``forgetting-probes`` is off."""
+        return self.forgetting_probes and (server_round % self.probe_every == 0 or server_round == self.num_rounds)
 
     def secure_value_range(self) -> float:
         """The range every securely summed value is declared to lie in (both sides compute it from the config):

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from stamen.client.commands import client_commands
+from stamen.client.commands import chat, client_commands
 from stamen.server.commands import export, server_commands
 from stamen.shared.commands import certs, console, info
 from stamen.shared.user_errors import UserError
@@ -20,7 +20,7 @@ from stamen.simulations.commands import compare, example_data, report, simulate,
 USER_ERROR_EXIT = 2  # as a usage error
 app = typer.Typer(help="Stamen: federated personalisation of quantised language models.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
-for command in (simulate, report, compare, info, export, sweep, certs):
+for command in (simulate, report, compare, info, export, sweep, certs, chat):
     app.command()(command)
 app.command("example-data")(example_data)
 app.add_typer(server_commands, name="server")

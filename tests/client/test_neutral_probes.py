@@ -106,9 +106,14 @@ def test_evaluate_every_skips_evaluation_but_not_the_last_round(tmp_path):
 
 
 @pytest.mark.usefixtures("flower_task_identity")
-def test_a_run_without_forgetting_probes_measures_held_out_data_only(tmp_path):
-    simulate_in_this_process({"base-model": "tiny", "quantisation": "none", "local-steps": 2,
-                              "forgetting-probes": False}, 2, 1, tmp_path, "run")
-    evaluated = [r for r in RunFolder(tmp_path / "run").rows() if r["kind"] == "round"][-1]
-    assert "eval_heldout_loss" in evaluated
-    assert not [key for key in evaluated if "general_text" in key or "retention" in key or "forgetting" in key]
+@pytest.mark.parametrize(("settings", "rounds", "probed"), [
+    ({"forgetting-probes": False}, 1, [False]),
+    ({"probe-every": 2}, 3, [False, True, True]),  # every 2nd round and the last; held-out data every round
+])
+def test_forgetting_probes_run_on_their_own_schedule_or_not_at_all(tmp_path, settings, rounds, probed):
+    simulate_in_this_process({"base-model": "tiny", "quantisation": "none", "local-steps": 2, **settings},
+                             2, rounds, tmp_path, "run")
+    evaluated = [r for r in RunFolder(tmp_path / "run").rows() if r["kind"] == "round"]
+    assert all("eval_heldout_loss" in r for r in evaluated)
+    probe_keys = ("eval_general_text", "eval_retention", "eval_forgetting")
+    assert [any(key.startswith(probe_keys) for key in r) for r in evaluated] == probed
