@@ -2,7 +2,7 @@
 
 The same prompts, formatted by the base's chat template, and the same number of new tokens (end of text
 suppressed), greedy. Each configuration runs in its own process, so its peak resident memory is its own
-(``ru_maxrss``: the base loaded, the adapter attached, generation run). The adapter is a fresh LoRA (the
+(``VmHWM``, Linux: the base loaded, the adapter attached, generation run). The adapter is a fresh LoRA (the
 default r=8 on q_proj, v_proj) exported as PEFT and GGUF: speed and memory do not depend on its values. The
 table also gives the files a device keeps: the base GGUF and the adapter in each format.
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -73,9 +72,15 @@ def one(runtime: str, adapter: Path, new_tokens: int, threads: int) -> dict:
         row = measure_llama(adapter / "adapter.gguf", new_tokens, threads)
     else:
         row = measure_torch(runtime.removeprefix("torch-"), adapter, new_tokens, threads)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    peak = _peak_resident_bytes()
     return {"runtime": runtime.split("-")[0], **row, "tokens_per_s": round(row["tokens_per_s"], 1),
             "peak_rss_mb": round(peak / 2**20, 1)}
+
+
+def _peak_resident_bytes() -> int:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the parent process)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
 
 
 def export_fresh_adapter(folder: Path) -> dict:
