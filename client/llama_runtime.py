@@ -64,12 +64,15 @@ class LlamaModel:
             raise LlamaRuntimeError(f"llama.cpp could not load base {base!s} with adapter {adapter!s}: {error}") \
                 from error
         if lora and not llm._lora_adapter:  # llama-cpp-python 0.3.36 tests a NULL ctypes pointer with `is None`
+            llm.close()
             raise LlamaRuntimeError(f"llama.cpp could not load base {base!s} with adapter {adapter!s}: not a LoRA "
                                     "adapter for this base (it would have run the base alone)")
         return cls(llm)
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """The next-token logits after each of ``ids`` (one row per position), from a fresh context."""
+        if not self.llm._logits_all:
+            raise ValueError("this model keeps the last position's logits only: load it with scores=True")
         self.llm.reset()
         self.llm.eval(list(ids))
         return np.array(self.llm._scores, dtype=np.float32)  # the logits eval() stored, one row per position

@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from stamen.client.edge import PersonalModel
+from stamen.client.state_store import PERSONAL, ClientStateStore
 from stamen.server.checkpoint import ServerState, save_checkpoint
 from stamen.server.run_record import RunRecorder
 from stamen.shared.adapters import adapter_parameters, adapter_state
@@ -84,6 +85,22 @@ def test_the_row_order_is_the_one_llama_cpp_wrote_the_embedded_base_in():
         block, kind = module.split(".layers.")[1].split(".")[0], module.rsplit(".", 1)[1][0]
         shape = stored[f"blk.{block}.attn_{kind}.weight"].shape  # GGUF: (in, out)
         assert in_features in (None, int(shape[0])) and out_features in (None, int(shape[1]))
+
+
+def test_a_fedsa_device_exports_its_own_b_with_the_global_a(tmp_path):
+    """Under fedsa the server's adapter is A only; the model a device runs is that A with the B it kept."""
+    model = PersonalModel.load("tiny", quantisation="none", spec=AdapterSpec(rank=4, alpha=8.0))
+    _trained_looking(model)
+    global_a = {name: value.numpy() for name, value in adapter_state(model.model).items() if "lora_A" in name}
+    exported = model.export(tmp_path / "global")  # stands for the federation's export
+    kept_b = {name: np.full(value.shape, 0.25, dtype=np.float32)
+              for name, value in adapter_state(model.model).items() if "lora_B" in name}
+    ClientStateStore(tmp_path / "state").save(PERSONAL, 3, kept_b)
+    device = PersonalModel.load("tiny", adapter=exported, personal_state=tmp_path / "state", quantisation="none")
+    _, tensors = _read(device.export(tmp_path / "gguf", format="gguf"))
+    assert all(np.all(value == 0.25) for name, value in tensors.items() if name.endswith("lora_b"))
+    gguf_a = sorted(value.tobytes() for name, value in tensors.items() if name.endswith("lora_a"))
+    assert gguf_a == sorted(value.tobytes() for value in global_a.values())
 
 
 @pytest.mark.parametrize("method", ["dora", "ia3"])
