@@ -15,8 +15,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from stamen.shared.base_source import embedded_gguf_path
+from stamen.shared.base_source import EMBEDDED_BASE, embedded_gguf_path
 from stamen.shared.examples import IGNORE_INDEX, EncodedExample
 from stamen.shared.user_errors import UserError
 
@@ -32,7 +33,7 @@ class LlamaRuntimeError(UserError, RuntimeError):
 
 def base_gguf(base: str | Path) -> Path:
     """The base as llama.cpp reads it: the embedded base's GGUF for its alias, or a ``.gguf`` file."""
-    if str(base) == "smollm2-135m":
+    if str(base) == EMBEDDED_BASE:
         return embedded_gguf_path()
     path = Path(base)
     if path.suffix != ".gguf" or not path.is_file():
@@ -81,13 +82,11 @@ class LlamaModel:
         """Token-weighted mean cross-entropy over the scored tokens, as ``evaluate_loss`` computes it in torch."""
         total, tokens = 0.0, 0
         for example in encoded:
-            logits = self.logits(example.input_ids)[:-1].astype(np.float64)
-            targets = np.array(example.labels[1:])
-            scored = targets != IGNORE_INDEX
-            top = logits.max(axis=1, keepdims=True)
-            log_norm = (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))[:, 0]
-            total += float((log_norm - logits[np.arange(len(targets)), np.where(scored, targets, 0)])[scored].sum())
-            tokens += int(scored.sum())
+            logits = torch.from_numpy(self.logits(example.input_ids)[:-1])
+            targets = torch.tensor(example.labels[1:])
+            total += torch.nn.functional.cross_entropy(logits.double(), targets, ignore_index=IGNORE_INDEX,
+                                                       reduction="sum").item()
+            tokens += int((targets != IGNORE_INDEX).sum())
         if not tokens:
             raise ValueError("no scored token in the examples given")
         return total / tokens
