@@ -111,7 +111,7 @@ def _train(training_round: TrainingRound) -> None:
     training_round.result = train_adapter(
         runtime.model, runtime.base.tokenizer, list(training_round.examples), config.training, training_round.seed,
         tuple(training_round.corrections), training_round.replay_examples, config.replay.ratio,
-        training_round.optimizer_state)
+        training_round.optimizer_state, training_round.distillation)
     training_round.trained = {k: v.numpy() for k, v in adapter_state(runtime.model).items()}
     training_round.delta = shared_delta(training_round.trained, setup.global_adapter)
     personal = personal_part(training_round.trained, setup.global_adapter)

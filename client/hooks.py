@@ -17,6 +17,7 @@ import numpy as np
 from flwr.app import Context, Message
 
 from stamen.shared.config import RunConfig
+from stamen.shared.distillation import Distillation
 from stamen.shared.examples import Example
 from stamen.shared.training import GradientCorrection, TrainResult
 
@@ -34,6 +35,7 @@ class TrainingRound:
     seed: int
     corrections: list[GradientCorrection] = field(default_factory=list)
     replay_examples: list[Example] = field(default_factory=list)
+    distillation: Distillation | None = None  # replayed rows scored by the base's distribution, not their text
     optimizer_state: dict[str, np.ndarray] | None = None
     result: TrainResult | None = None  # set by training
     trained: dict[str, np.ndarray] = field(default_factory=dict)  # the whole adapter after training

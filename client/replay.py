@@ -4,7 +4,8 @@ Sources (``replay``, combinable; each round mixes every chosen source's examples
 into ``replay-ratio`` of every batch) are registered in :mod:`.replay_sources`:
 ``buffer`` (:mod:`.replay_buffer`), ``anchor`` (:mod:`.anchor_replay`), ``self``
 (:mod:`.self_replay`), ``ewc`` (:mod:`.ewc`). They run in the order of
-:data:`~stamen.shared.config.REPLAY_SOURCES`.
+:data:`~stamen.shared.config.REPLAY_SOURCES`. ``replay-loss = distill`` scores the replayed rows by
+the frozen base's next-token distribution instead of their text (:mod:`stamen.shared.distillation`).
 
 Everything stays in the client's state store; nothing here is sent to the server.
 """
@@ -19,6 +20,7 @@ from flwr.app import ConfigRecord
 
 from stamen.shared.anchor_set import ANCHOR
 from stamen.shared.config import REPLAY_SOURCES, RunConfig
+from stamen.shared.distillation import Distillation
 from stamen.shared.examples import Example
 from stamen.shared.training import GradientCorrection
 
@@ -82,9 +84,14 @@ class Replay(TrainingHook):
                                    setup.runtime.base.tokenizer, training_round.msg.content.config_records.get(ANCHOR))
         training_round.corrections.extend(self.replay.corrections)
         training_round.replay_examples.extend(self.replay.examples)
+        spec = setup.config.replay
+        if spec.loss == "distill":
+            training_round.distillation = Distillation(spec.distill_weight, spec.distill_temperature)
 
     def after_training(self, training_round: TrainingRound) -> None:
         setup = training_round.setup
         self.replay.remember(setup.store, setup.server_round, list(setup.data.train))
         training_round.metrics.update({"replay-seconds": self.replay.seconds,
                                        "replay-examples": len(self.replay.examples)})
+        if training_round.result.distill_kl is not None:
+            training_round.metrics["distill-kl"] = training_round.result.distill_kl

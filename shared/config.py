@@ -25,6 +25,7 @@ DP_MODES = ("none", "central", "distributed")
 PERSONALISATIONS = ("global", "ditto", "finetune")
 PARTITIONS = ("natural", "iid", "dirichlet", "quantity", "stream", "topic-shift")
 REPLAY_SOURCES = ("buffer", "anchor", "self", "ewc")
+REPLAY_LOSSES = ("text", "distill")  # how replayed rows are scored (shared/distillation.py)
 
 
 class ConfigError(UserError, ValueError):
@@ -98,6 +99,9 @@ class ReplaySpec:
     self_size: int = _key("replay-self-size", 16)  # pseudo-examples the frozen base writes for self-replay
     self_refresh: int = _key("replay-self-refresh", 5)  # rounds before they are written afresh
     ewc_lambda: float = _key("ewc-lambda", 1.0)  # pull toward the received adapter, per Fisher-weighted parameter
+    loss: str = _key("replay-loss", "text")  # replayed rows: "text" trains on them, "distill" on the base's view
+    distill_weight: float = _key("distill-weight", 1.0)  # of the KL term against the frozen base
+    distill_temperature: float = _key("distill-temperature", 2.0)  # softens both distributions
 
     def __post_init__(self) -> None:
         for source in self.enabled():
@@ -108,6 +112,11 @@ class ReplaySpec:
         _require(self.self_size >= 1, "replay-self-size", self.self_size, "must be >= 1")
         _require(self.self_refresh >= 1, "replay-self-refresh", self.self_refresh, "must be >= 1")
         _require(self.ewc_lambda >= 0, "ewc-lambda", self.ewc_lambda, "must be >= 0")
+        _require(self.loss in REPLAY_LOSSES, "replay-loss", self.loss, f"must be one of {REPLAY_LOSSES}")
+        _require(self.loss != "distill" or bool(set(self.enabled()) - {"ewc"}), "replay-loss", self.loss,
+                 "scores replayed rows: needs a source with examples (buffer, anchor or self)")
+        _require(self.distill_weight > 0, "distill-weight", self.distill_weight, "must be > 0")
+        _require(self.distill_temperature > 0, "distill-temperature", self.distill_temperature, "must be > 0")
 
     def enabled(self) -> tuple[str, ...]:
         return tuple(part.strip() for part in self.sources.split(",") if part.strip() not in ("", "none"))

@@ -18,6 +18,7 @@ from stamen.shared.adapters import adapter_parameters
 from stamen.shared.config import TrainingSpec
 from stamen.shared.quantisation import packed_4bit_layers
 
+from .distillation import Distillation, distilled_loss
 from .examples import Example, collate, encode_example
 from .optimizer_state import export_state, import_state
 
@@ -40,6 +41,7 @@ class TrainResult:
     seconds: float
     optimizer_state: dict[str, np.ndarray] = field(default_factory=dict)  # AdamW's moments after the round
     flat_steps: int = 0  # steps whose gradient reached the adapter as all zeros (a batch already fit, or a zeroed path)
+    distill_kl: float | None = None  # mean KL(base || model) on the replayed rows, under distillation
 
 
 def train_adapter(
@@ -52,12 +54,14 @@ def train_adapter(
     replay: list[Example] = (),
     replay_ratio: float = 0.0,
     optimizer_state: dict[str, np.ndarray] | None = None,
+    distillation: Distillation | None = None,
 ) -> TrainResult:
     """Run ``spec.local_steps`` optimiser steps on the adapter of ``model``.
 
     ``corrections`` adjust the adapter gradients before each step (FedProx, SCAFFOLD).
     ``replay`` examples take ``replay_ratio`` of every batch's slots (forgetting protection).
     ``optimizer_state`` (from an earlier result) continues AdamW's moments instead of starting afresh.
+    ``distillation`` scores the replayed rows by the frozen base's distribution instead of their text.
     """
     from transformers import get_scheduler
 
@@ -83,7 +87,7 @@ def train_adapter(
     scheduler = get_scheduler(spec.lr_schedule, optimizer, spec.warmup_steps, spec.local_steps)
 
     model.train()
-    losses, tokens, cursor, flat_steps = [], 0, 0, 0
+    losses, tokens, cursor, flat_steps, divergences = [], 0, 0, 0, []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # adapter dropout draws from the global generator
         for _ in range(spec.local_steps):
@@ -97,7 +101,12 @@ def train_adapter(
                     picked.append(encoded[order[cursor]])
                     cursor += 1
                 batch = {k: v.to(device) for k, v in collate(picked, tokenizer.pad_token_id).items()}
-                loss = model(**batch).loss / spec.grad_accum
+                if distillation and replay_slots:
+                    loss, divergence = distilled_loss(model, batch, replay_slots, distillation)
+                    divergences.append(divergence)
+                else:
+                    loss = model(**batch).loss
+                loss = loss / spec.grad_accum
                 if not loss.requires_grad:
                     raise NothingTrained(f"no adapter parameter received a gradient in step {len(losses) + 1}: the "
                                          "graph from the loss to the adapter is cut (a non-differentiable layer on "
@@ -123,5 +132,6 @@ def train_adapter(
                     flat_steps, spec.local_steps)
     seen = min(len(encoded), spec.local_steps * spec.grad_accum * spec.batch_size)
     return TrainResult(sum(losses) / len(losses), spec.local_steps, seen, tokens, time.perf_counter() - started,
-                       export_state(optimizer, named), flat_steps)
+                       export_state(optimizer, named), flat_steps,
+                       sum(divergences) / len(divergences) if divergences else None)
 

@@ -307,6 +307,22 @@ def test_anchor_set_travels_once_per_node_is_verified_and_kept_on_the_device(tmp
         client_app(without, _context(tmp_path / "fresh"))
 
 
+def test_distillation_on_the_anchor_set_trains_toward_the_base_and_reports_the_divergence(tmp_path):
+    distribution = AnchorDistribution.load("", seed=0)
+    config = TINY.replace(**{"replay": "anchor", "replay-ratio": 0.5, "local-steps": 3,
+                             "replay-anchor-sha256": distribution.sha256})
+    fingerprint, initial, schema = _server_view(config)
+    deltas = {}
+    for loss in ("text", "distill"):
+        message = distribution.attach([_message(MessageType.TRAIN, config.replace(**{"replay-loss": loss}),
+                                                fingerprint, initial)])[0]
+        reply = client_app(message, _context(tmp_path / loss))
+        deltas[loss] = decode_adapter(reply.content[ARRAYS], schema)
+        assert ("distill-kl" in reply.content[METRICS]) == (loss == "distill")
+    assert reply.content[METRICS]["distill-kl"] > 0  # the adapter moved off the base on the anchor prompts
+    assert any(not np.array_equal(deltas["text"][k], deltas["distill"][k]) for k in deltas["text"])
+
+
 def test_self_replay_writes_pseudo_examples_from_the_base_alone_and_stores_no_local_data(tmp_path):
     config = TINY.replace(**{"replay": "self", "replay-self-size": 4, "replay-self-refresh": 2})
     fingerprint, initial, _ = _server_view(config)

@@ -19,6 +19,8 @@ def test_flat_round_trip_keeps_every_value():
         ("lora-rank", 0, "lora-rank"),
         ("fraction-train", 1.5, "fraction-train"),
         ("local-steps", "many", "local-steps"),
+        ("replay-loss", "kl", "replay-loss"),
+        ("distill-temperature", 0, "distill-temperature"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(key, value, named):
@@ -45,3 +47,9 @@ def test_override_parsing():
     assert parse_override("x=inf") == ("x", "inf")
     with pytest.raises(ConfigError):
         parse_override("no-equals-sign")
+
+
+@pytest.mark.parametrize("sources", ["none", "ewc"])
+def test_distillation_without_replayed_rows_is_refused(sources):
+    with pytest.raises(ConfigError, match=r"replay-loss.*needs a source with examples"):
+        RunConfig().replace(**{"replay": sources, "replay-loss": "distill"})
