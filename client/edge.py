@@ -18,6 +18,7 @@ from stamen.shared.base_model import LoadedBase, load_base
 from stamen.shared.config import AdapterSpec, TrainingSpec
 from stamen.shared.device_data import as_example
 from stamen.shared.gguf_adapter import write_lora_gguf
+from stamen.shared.interpolation import delta_tensors, interpolate_adapter, smallest_alpha_keeping
 from stamen.shared.training import TrainResult, train_adapter
 
 from .evaluation import evaluate_loss
@@ -32,6 +33,7 @@ class PersonalModel:
         self, base: LoadedBase, model: torch.nn.Module, max_seq_len: int = 128, trainable: bool = True
     ) -> None:
         self.base, self.model, self.max_seq_len, self.trainable = base, model, max_seq_len, trainable
+        self._trained: dict[str, torch.Tensor] | None = None  # the adapter as trained, once interpolated
 
     @classmethod
     def load(
@@ -72,7 +74,30 @@ class PersonalModel:
                              "load it with trainable=True to personalise it")
         spec = TrainingSpec(local_steps=steps, learning_rate=learning_rate, batch_size=batch_size,
                             max_seq_len=self.max_seq_len)
-        return train_adapter(self.model, self.base.tokenizer, [as_example(e) for e in examples], spec, seed)
+        result = train_adapter(self.model, self.base.tokenizer, [as_example(e) for e in examples], spec, seed)
+        self._trained = None  # interpolation now starts from this training
+        return result
+
+    def interpolate(self, alpha: float) -> None:
+        """Use base + ``alpha`` x the adapter as personalised (WiSE-FT): 1 is the adapter as trained, 0 the base
+        alone. Each call starts from the trained adapter; :meth:`export` writes the model in use."""
+        if self._trained is None:
+            self._trained = {name: p.detach().clone() for name, p in delta_tensors(self.model).items()}
+        interpolate_adapter(self.model, alpha, self._trained)
+
+    def choose_alpha(self, heldout: Iterable[object], keep_gain: float = 0.9) -> float:
+        """Interpolate to the least alpha that keeps ``keep_gain`` of the adapter's gain on ``heldout`` (this
+        device's own examples, not trained on): the model closest to the base that keeps most of what
+        personalisation bought. Returns alpha."""
+        examples = [as_example(e) for e in heldout]
+
+        def loss_at(alpha: float) -> float:
+            self.interpolate(alpha)
+            return self.score(examples)
+
+        alpha, _ = smallest_alpha_keeping(loss_at, keep_gain)
+        self.interpolate(alpha)
+        return alpha
 
     def score(self, examples: Iterable[object]) -> float:
         """Mean loss per scored token on ``examples`` (lower: the model expects them more)."""

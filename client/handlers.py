@@ -36,6 +36,7 @@ from .secure_aggregation_mod import SUMMED_DTYPE, secure_aggregation_mod
 from .state_store import PERSONAL
 from .trust import operator_signature_mod
 from .update import personal_part, shared_delta
+from .wise import model_in_use
 
 TRAINING_HOOKS: tuple[type[TrainingHook], ...] = (
     ResourceGuardHook, RoundZeroBaseline, FedProx, Scaffold, Replay, KeptOptimizerState, Ditto, ErrorFeedback,
@@ -66,8 +67,8 @@ class StamenClient:
         return Message(_train_reply(training_round), reply_to=msg)
 
     def evaluate(self, msg: Message, context: Context) -> Message:
-        """Held-out loss of the global adapter and of this client's personal model; forgetting of the model the
-        client uses (general-text loss, knowledge retention)."""
+        """Held-out loss of the global adapter and of the model this client uses (its personal model, moved toward
+        the base by ``wise-alpha``); forgetting of that model (general-text loss, knowledge retention)."""
         setup = prepare(msg, context, self.data_source, training_round=False)
         started = time.perf_counter()  # like train-seconds: the work itself, not reading the message
         runtime, data, config = setup.runtime, setup.data, setup.config
@@ -78,6 +79,7 @@ class StamenClient:
         has_personal = load_personal(runtime.model, runtime.base.tokenizer, setup.store, setup.server_round,
                                      list(data.train), config, seed)  # a finetune trains on this round's data
         personal = loss_on(runtime, data.heldout, training) if has_personal else heldout
+        personal, interpolation = model_in_use(runtime, data.heldout, config, personal)
         forgetting = _forgetting(setup) if config.probes(setup.server_round) else {}  # of the model the client uses
         metrics = {
             NUM_EXAMPLES: len(data.heldout),
@@ -85,6 +87,7 @@ class StamenClient:
             "heldout-ppl": heldout.perplexity,
             "personal-heldout-loss": personal.loss,
             "personal-gain": heldout.loss - personal.loss,
+            **interpolation,
             **forgetting,
             **probed,
             "eval-seconds": time.perf_counter() - started,

@@ -133,6 +133,8 @@ def export(
     out: Annotated[Path | None, typer.Option(help="Output folder (default: runs/<id>/export-round-N).")] = None,
     format_: Annotated[str, typer.Option("--format", help="peft: a PEFT folder; gguf: adapter.gguf for llama.cpp.")]
     = "peft",
+    alpha: Annotated[float, typer.Option(help="Write base + alpha x the adapter (WiSE-FT; 1: as trained).",
+                                         min=0.0, max=1.0)] = 1.0,
 ) -> None:
     """Write the global adapter as a PEFT folder that PeftModel.from_pretrained(base, folder) loads, or as a GGUF
     LoRA adapter that llama.cpp loads beside the base's GGUF."""
@@ -141,5 +143,5 @@ def export(
 
     configure_logging(False)
     chosen = round_ or last_round(run)
-    written = export_adapter(run, out or run / f"export-round-{chosen}", chosen, format_)
+    written = export_adapter(run, out or run / f"export-round-{chosen}", chosen, format_, alpha)
     console.print(f"{'GGUF' if format_ == 'gguf' else 'PEFT'} adapter of round {chosen} written to {written}")

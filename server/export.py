@@ -17,6 +17,7 @@ import torch
 from stamen.shared.adapters import adapter_parameters, attach_adapter, load_adapter_state
 from stamen.shared.base_model import load_base
 from stamen.shared.gguf_adapter import GGUFExportError, write_lora_gguf
+from stamen.shared.interpolation import delta_tensors, interpolate_adapter
 from stamen.shared.lora_layers import lora_layers
 from stamen.shared.lora_modes.base import B
 from stamen.shared.run_folder import RunFolder
@@ -27,9 +28,12 @@ EXPORT_FORMATS = ("peft", "gguf")
 GGUF_FILE = "adapter.gguf"
 
 
-def export_adapter(run_dir: Path, out: Path, server_round: int | None = None, format: str = "peft") -> Path:
+def export_adapter(
+    run_dir: Path, out: Path, server_round: int | None = None, format: str = "peft", alpha: float = 1.0
+) -> Path:
     """Write the global adapter after ``server_round`` (default: the last) under ``out``: a PEFT folder, or
-    (``gguf``) ``out/adapter.gguf`` for llama.cpp beside the base's GGUF. Returns what it wrote."""
+    (``gguf``) ``out/adapter.gguf`` for llama.cpp beside the base's GGUF; with ``alpha`` < 1, base + alpha x the
+    adapter (``shared/interpolation.py``). Returns what it wrote."""
     if format not in EXPORT_FORMATS:
         raise GGUFExportError(f"unknown export format {format!r}: one of {EXPORT_FORMATS}")
     config = RunFolder(run_dir).run_config()
@@ -42,6 +46,8 @@ def export_adapter(run_dir: Path, out: Path, server_round: int | None = None, fo
     load_adapter_state(model, adapter, partial=True)
     if corrections:
         fold_corrections(model, corrections, config.adapter.alpha / config.adapter.rank)
+    if alpha != 1.0:
+        interpolate_adapter(model, alpha, {name: p.detach().clone() for name, p in delta_tensors(model).items()})
     if format == "gguf":
         return write_lora_gguf(model, out / GGUF_FILE)
     model.peft_config["default"].base_model_name_or_path = str(base.folder)

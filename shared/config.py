@@ -185,6 +185,8 @@ class RunConfig:
     ditto_lambda: float = _key("ditto-lambda", 0.1)  # pull of Ditto's personal adapter toward the global one
     personal_steps: int = _key("personal-steps", 0)  # ditto / finetune local steps (0: local-steps)
     keep_optimizer_state: bool = _key("keep-optimizer-state", False)  # AdamW's moments carried to the next round
+    wise_alpha: float = _key("wise-alpha", 1.0)  # the model a client uses: base + alpha x its adapter (WiSE-FT)
+    wise_keep_gain: float = _key("wise-keep-gain", 0.0)  # > 0: each client picks the least alpha keeping this gain
     partition: str = _key("partition", "natural")  # how a simulation deals data to clients
     partition_alpha: float = _key("partition-alpha", 0.5)  # Dirichlet concentration (dirichlet, quantity)
     stream_stages: int = _key("stream-stages", 3)  # partition stream: stages a client's data arrives in
@@ -226,6 +228,9 @@ class RunConfig:
                  "whose adapter already has a personal part")
         _require(self.ditto_lambda >= 0, "ditto-lambda", self.ditto_lambda, "must be >= 0")
         _require(self.personal_steps >= 0, "personal-steps", self.personal_steps, "must be >= 0")
+        _require(0.0 <= self.wise_alpha <= 1.0, "wise-alpha", self.wise_alpha, "must be in [0, 1]")
+        _require(0.0 <= self.wise_keep_gain <= 1.0, "wise-keep-gain", self.wise_keep_gain,
+                 "must be in [0, 1] (0: use wise-alpha as given)")
         _require(self.partition in PARTITIONS, "partition", self.partition, f"must be one of {PARTITIONS}")
         _require(self.partition_alpha > 0, "partition-alpha", self.partition_alpha, "must be > 0")
         _require(self.stream_stages >= 1, "stream-stages", self.stream_stages, "must be >= 1")

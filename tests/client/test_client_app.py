@@ -119,6 +119,27 @@ def test_evaluate_reply_carries_the_received_adapters_losses_and_no_arrays(tmp_p
     assert metrics["personal-heldout-loss"] == metrics["heldout-loss"]  # personalisation global: the same model
 
 
+def test_a_client_evaluates_the_interpolated_model_it_uses(tmp_path):
+    """wise-alpha 0 is the base alone (held-out loss and forgetting); wise-keep-gain picks alpha on the client."""
+    fingerprint, initial, _ = _server_view(TINY)
+    received = _moved_away(initial, seed=1, scale=0.2)
+    runtime = client_runtime(TINY)
+    data = partition_source(_context(tmp_path), TINY, 0)
+    with base_alone(runtime.model):
+        base = evaluate_loss(runtime.model, runtime.base.tokenizer, list(data.heldout), TINY.training.max_seq_len,
+                             TINY.training.eval_batch_size).loss
+    replies = {}
+    for name, settings in (("full", {}), ("base", {"wise-alpha": 0.0}), ("chosen", {"wise-keep-gain": 0.5})):
+        config = TINY.replace(**settings)
+        reply = client_app(_message(MessageType.EVALUATE, config, fingerprint, received), _context(tmp_path / name))
+        replies[name] = reply.content[METRICS]
+    assert "wise-alpha" not in replies["full"]
+    assert replies["base"]["wise-alpha"] == 0.0 and replies["base"]["forgetting"] == pytest.approx(0.0, abs=1e-6)
+    assert replies["base"]["personal-heldout-loss"] == pytest.approx(base, rel=1e-6)
+    assert replies["base"]["heldout-loss"] == replies["full"]["heldout-loss"]  # the global model is still reported
+    assert replies["chosen"]["wise-alpha"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
 def test_client_refuses_a_server_on_another_base(tmp_path):
     _, initial, _ = _server_view(TINY)
     with pytest.raises(BaseMismatchError, match="mismatch"):

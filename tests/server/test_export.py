@@ -98,3 +98,14 @@ def test_svd_folding_is_the_best_rank_r_approximation():
     target = 2.0 * b @ a + correction
     singular = np.linalg.svd(target, compute_uv=False)
     assert np.linalg.norm(folded.numpy() - target) ** 2 == pytest.approx((singular[2:] ** 2).sum(), rel=1e-4)
+
+
+def test_export_with_alpha_writes_base_plus_alpha_times_the_adapter(tmp_path, tiny_folder):
+    config, run_dir, state, _ = _run_folder(tmp_path, "naive")
+    result = CliRunner().invoke(app, ["export", str(run_dir), "--alpha", "0.5", "--out", str(tmp_path / "wise")])
+    assert result.exit_code == 0, result.output
+    halved = {k: v * 0.5 if "lora_B" in k else v for k, v in state.items()}
+    torch.testing.assert_close(_peft_logits(tmp_path / "wise", tiny_folder), _stamen_logits(config, halved, {}),
+                               atol=1e-5, rtol=1e-5)
+    refused = CliRunner().invoke(app, ["export", str(run_dir), "--alpha", "1.5"])
+    assert refused.exit_code != 0 and "alpha" in refused.output.lower()

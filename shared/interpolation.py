@@ -1,0 +1,58 @@
+"""Weight-space interpolation between the frozen base and the adapted model (WiSE-FT, Wortsman et al. 2022).
+
+The model a device uses can be base + alpha x what its adapter adds: part of the personal gain for a model
+closer to the base, at no training cost. Exact for LoRA (B is scaled, and B A is linear in B) and for IA3
+(its learnt scales l move to 1 + alpha (l - 1), so W diag(l) interpolates linearly); DoRA (its magnitude is
+renormalised) and other types are refused, not approximated. The scaled tensors are the adapter's own, so a
+PEFT or GGUF export of the model carries alpha with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+
+from .user_errors import UserError
+
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the grid a device chooses from
+SCALED = {"LORA": ("lora_B.", "lora_embedding_B."), "IA3": ("ia3_l.",)}  # tensors that carry the delta, by type
+
+
+class InterpolationError(UserError, ValueError):
+    """The adapter is of a type with no exact interpolation toward the base."""
+
+
+def delta_tensors(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The adapter tensors that carry what it adds to the base (LoRA's B, IA3's scales)."""
+    config = model.peft_config[model.active_adapter]
+    kind = str(getattr(config.peft_type, "value", config.peft_type))
+    if kind not in SCALED or getattr(config, "use_dora", False):
+        raise InterpolationError(f"no exact interpolation toward the base for {'DoRA' if kind == 'LORA' else kind} "
+                                 "adapters (LoRA and IA3 have one): leave wise-alpha at 1")
+    return {name: p for name, p in model.named_parameters() if any(part in name for part in SCALED[kind])}
+
+
+def interpolate_adapter(model: torch.nn.Module, alpha: float, trained: Mapping[str, torch.Tensor]) -> None:
+    """Set ``model``'s adapter to base + ``alpha`` x the adapter ``trained`` (:func:`delta_tensors`' values)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise InterpolationError(f"alpha must be in [0, 1], got {alpha}")
+    config = model.peft_config[model.active_adapter]
+    identity = 1.0 if str(getattr(config.peft_type, "value", config.peft_type)) == "IA3" else 0.0
+    with torch.no_grad():
+        for name, tensor in delta_tensors(model).items():
+            tensor.copy_(identity + alpha * (trained[name].to(tensor) - identity))
+
+
+def smallest_alpha_keeping(loss_at: Callable[[float], float], keep: float) -> tuple[float, dict[float, float]]:
+    """The smallest alpha of :data:`ALPHAS` whose held-out loss keeps ``keep`` of the full adapter's gain over
+    the base (alpha 0); 0 when the adapter does not lower the loss at all. Returns it and the losses measured."""
+    losses = {0.0: loss_at(0.0), 1.0: loss_at(1.0)}
+    gain = losses[0.0] - losses[1.0]
+    if gain <= 0:
+        return 0.0, losses
+    for alpha in ALPHAS[1:-1]:
+        losses[alpha] = loss_at(alpha)
+        if losses[0.0] - losses[alpha] >= keep * gain:
+            return alpha, losses
+    return 1.0, losses
