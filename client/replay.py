@@ -39,6 +39,7 @@ class RoundReplay:
     corrections: tuple[GradientCorrection, ...] = ()
     buffer: ReservoirBuffer | None = None
     seconds: float = 0.0
+    costs: dict[str, float] = field(default_factory=dict)  # one-time costs inside ``seconds`` (a set written once)
 
     def remember(self, store: ClientStateStore, server_round: int, trained_on: list[Example]) -> None:
         """Add this round's training data to the reservoir and save it as of ``server_round``."""
@@ -51,9 +52,10 @@ class RoundReplay:
 
 def round_replay(
     config: RunConfig, store: ClientStateStore, server_round: int, client_name: str, model, tokenizer,
-    anchor: ConfigRecord | None = None,
+    anchor: ConfigRecord | None = None, base_identity: str = "",
 ) -> RoundReplay:
-    """What ``server_round`` replays, built from the state saved before it (``model`` holds the received adapter)."""
+    """What ``server_round`` replays, built from the state saved before it (``model`` holds the received adapter;
+    ``base_identity`` names the base, for what a source caches per base)."""
     started = time.perf_counter()
     chosen = config.replay.enabled()
     sources = [REPLAY_SOURCE_CLASSES[name] for name in REPLAY_SOURCES if name in chosen]
@@ -62,7 +64,8 @@ def round_replay(
         seed = zlib.crc32(f"replay/{client_name}".encode())
         replay.buffer = ReservoirBuffer.load(store, server_round, config.replay.buffer_size,
                                              config.replay.buffer_bytes, seed)
-    inputs = ReplayInputs(config, store, server_round, client_name, model, tokenizer, anchor, replay.buffer)
+    inputs = ReplayInputs(config, store, server_round, client_name, model, tokenizer, anchor, replay.buffer,
+                          base_identity, replay.costs)
     for source in sources:
         examples, corrections = source.replay(inputs)
         replay.examples += examples
@@ -80,8 +83,10 @@ class Replay(TrainingHook):
 
     def before_training(self, training_round: TrainingRound) -> None:
         setup = training_round.setup
+        base = setup.runtime.base
         self.replay = round_replay(setup.config, setup.store, setup.server_round, setup.data.name, setup.runtime.model,
-                                   setup.runtime.base.tokenizer, training_round.msg.content.config_records.get(ANCHOR))
+                                   base.tokenizer, training_round.msg.content.config_records.get(ANCHOR),
+                                   f"{base.fingerprint}/{base.quantisation.mode}")
         training_round.corrections.extend(self.replay.corrections)
         training_round.replay_examples.extend(self.replay.examples)
         spec = setup.config.replay
@@ -92,6 +97,6 @@ class Replay(TrainingHook):
         setup = training_round.setup
         self.replay.remember(setup.store, setup.server_round, list(setup.data.train))
         training_round.metrics.update({"replay-seconds": self.replay.seconds,
-                                       "replay-examples": len(self.replay.examples)})
+                                       "replay-examples": len(self.replay.examples), **self.replay.costs})
         if training_round.result.distill_kl is not None:
             training_round.metrics["distill-kl"] = training_round.result.distill_kl

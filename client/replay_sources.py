@@ -8,7 +8,7 @@ Sources are registered by name, one class each beside the concept it uses (the r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from flwr.app import ConfigRecord
@@ -33,6 +33,8 @@ class ReplayInputs:
     tokenizer: Any
     anchor: ConfigRecord | None  # the anchor set, if this round's instruction carried it
     buffer: Any = None  # the device's reservoir of earlier examples, for sources that use it
+    base_identity: str = ""  # the base's fingerprint and quantisation: what a source may cache its work under
+    costs: dict[str, float] = field(default_factory=dict)  # one-time costs a source paid this round, reported
 
 
 class ReplaySource(Plugin):

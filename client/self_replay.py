@@ -2,24 +2,30 @@
 
 Prompts come from a short seed list (none of them is a forgetting-probe prompt);
 answers are sampled from the base with every adapter disabled, so they show what
-the base could do before any personalisation. A client caches its set in its
-state store and writes it afresh every ``replay-self-refresh`` rounds.
+the base could do before any personalisation. The base never changes, so a device's
+sets are written once per base and kept in Stamen's cache (keyed by the base's
+fingerprint, the device and the draw), across rounds and runs: a new draw every
+``replay-self-refresh`` rounds, sampled in one batch (generate's KV cache).
+The round that writes one reports ``self-replay-writing-seconds``, apart from
+what replay costs every round.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+import time
 import zlib
 
 import torch
 
+from stamen.shared.cache import cache_dir, cached_json
 from stamen.shared.examples import Example
 
 from .generation import answers as model_answers
 from .replay_sources import ReplayInputs, ReplaySource, register
-from .state_store import ClientStateStore
 
-SELF_REPLAY = "self-replay"
 SEED_PROMPTS = (
     "Tell me something interesting about the moon.",
     "How do I make a cup of tea?",
@@ -42,22 +48,28 @@ MAX_NEW_TOKENS = 32
 
 
 def self_replay_examples(
-    model, tokenizer, store: ClientStateStore, server_round: int, client_name: str, size: int, refresh: int
+    model, tokenizer, base_identity: str, server_round: int, client_name: str, size: int, refresh: int,
+    costs: dict[str, float] | None = None,
 ) -> list[Example]:
-    """This round's pseudo-examples: from the cache, or written now when it is ``refresh`` rounds old."""
-    cached = store.load_document(SELF_REPLAY, server_round)
-    if cached and server_round - cached["written"] < refresh:
-        return [Example(response, prompt) for prompt, response in cached["examples"]]
-    seed = zlib.crc32(f"self-replay/{client_name}/{server_round}".encode())
-    prompts = random.Random(seed).choices(SEED_PROMPTS, k=size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        answers = model_answers(model, tokenizer, prompts, MAX_NEW_TOKENS, base_alone=True, do_sample=True,
-                                temperature=0.8, top_p=0.95)
-    examples = [Example(answer.strip() or ".", prompt) for prompt, answer in zip(prompts, answers, strict=False)]
-    store.save_document(SELF_REPLAY, server_round, {"written": server_round,
-                                                   "examples": [[e.prompt, e.response] for e in examples]})
-    return examples
+    """This round's pseudo-examples: draw ``(server_round - 1) // refresh`` of this device on this base, from the
+    cache or written now (its seconds then go to ``costs``)."""
+    draw = (server_round - 1) // refresh
+    key = json.dumps([base_identity, client_name, size, draw, MAX_NEW_TOKENS, SEED_PROMPTS])
+    path = cache_dir("self-replay") / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+    def write() -> list[list[str]]:
+        started = time.perf_counter()
+        seed = zlib.crc32(f"self-replay/{client_name}/{draw}".encode())
+        prompts = random.Random(seed).choices(SEED_PROMPTS, k=size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            answers = model_answers(model, tokenizer, prompts, MAX_NEW_TOKENS, base_alone=True, do_sample=True,
+                                    temperature=0.8, top_p=0.95)
+        if costs is not None:
+            costs["self-replay-writing-seconds"] = time.perf_counter() - started
+        return [[prompt, answer.strip() or "."] for prompt, answer in zip(prompts, answers, strict=True)]
+
+    return [Example(response, prompt) for prompt, response in cached_json(path, write)]
 
 
 @register("self")
@@ -67,5 +79,5 @@ class SelfReplay(ReplaySource):
     @classmethod
     def replay(cls, inputs: ReplayInputs) -> tuple[list[Example], tuple]:
         spec = inputs.config.replay
-        return self_replay_examples(inputs.model, inputs.tokenizer, inputs.store, inputs.server_round,
-                                    inputs.client_name, spec.self_size, spec.self_refresh), ()
+        return self_replay_examples(inputs.model, inputs.tokenizer, inputs.base_identity, inputs.server_round,
+                                    inputs.client_name, spec.self_size, spec.self_refresh, inputs.costs), ()

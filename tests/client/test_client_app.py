@@ -17,6 +17,7 @@ from stamen.server.anchor_distribution import AnchorDistribution
 from stamen.shared.adapters import adapter_state, attach_adapter, base_alone, load_adapter_state, shared_state
 from stamen.shared.anchor_set import ANCHOR, AnchorMismatchError, anchor_record, encode_anchor
 from stamen.shared.base_model import load_base
+from stamen.shared.cache import cache_dir
 from stamen.shared.config import RunConfig
 from stamen.shared.corpus import ANCHOR_SIZE, natural_split
 from stamen.shared.fingerprint import BaseMismatchError
@@ -344,16 +345,22 @@ def test_distillation_on_the_anchor_set_trains_toward_the_base_and_reports_the_d
     assert any(not np.array_equal(deltas["text"][k], deltas["distill"][k]) for k in deltas["text"])
 
 
-def test_self_replay_writes_pseudo_examples_from_the_base_alone_and_stores_no_local_data(tmp_path):
-    config = TINY.replace(**{"replay": "self", "replay-self-size": 4, "replay-self-refresh": 2})
+def test_self_replay_writes_pseudo_examples_from_the_base_alone_once_per_base_and_stores_no_local_data(tmp_path):
+    # a set size no other test uses: the sets are cached per base, device and draw for the whole session
+    config = TINY.replace(**{"replay": "self", "replay-self-size": 3, "replay-self-refresh": 2})
     fingerprint, initial, _ = _server_view(config)
-    context = _context(tmp_path)
+    context = _context(tmp_path / "run-1")
     replies = [client_app(_message(MessageType.TRAIN, config, fingerprint, initial, r), context) for r in (1, 2, 3)]
-    assert [r.content[METRICS]["replay-examples"] for r in replies] == [4, 4, 4]
-    written = sorted(p.name for p in tmp_path.rglob("self-replay-*.json"))
-    assert written == ["self-replay-r000001.json", "self-replay-r000003.json"]  # refreshed every 2 rounds
-    cached = json.loads(next(tmp_path.rglob("self-replay-r000003.json")).read_text())
-    assert {prompt for prompt, _ in cached["examples"]} <= set(SEED_PROMPTS)
+    metrics = [r.content[METRICS] for r in replies]
+    assert [m["replay-examples"] for m in metrics] == [3, 3, 3]
+    # written in round 1, reused in round 2, a new draw in round 3 (refreshed every 2 rounds)
+    assert ["self-replay-writing-seconds" in m for m in metrics] == [True, False, True]
+    assert metrics[0]["self-replay-writing-seconds"] <= metrics[0]["replay-seconds"]
+    again = client_app(_message(MessageType.TRAIN, config, fingerprint, initial, 1), _context(tmp_path / "run-2"))
+    assert "self-replay-writing-seconds" not in again.content[METRICS]  # the same device and base: read back
+    sets = [json.loads(path.read_text()) for path in cache_dir("self-replay").glob("*.json")]
+    written = [examples for examples in sets if len(examples) == 3]
+    assert len(written) == 2 and all({prompt for prompt, _ in examples} <= set(SEED_PROMPTS) for examples in written)
     local = split_corpus(3, 0).clients[0]
     stored = b"".join(path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
     assert not any(e.response.encode() in stored for e in (*local.train, *local.heldout) if len(e.response) > 12)
