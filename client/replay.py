@@ -25,8 +25,9 @@ from stamen.shared.examples import Example
 from stamen.shared.training import GradientCorrection
 
 from . import anchor_replay, ewc, self_replay  # noqa: F401  (registration of their replay sources)
+from .coreset import k_centre_selection
 from .hooks import TrainingHook, TrainingRound
-from .replay_buffer import ReservoirBuffer
+from .replay_buffer import ReplayBuffer
 from .replay_sources import REPLAY_SOURCE_CLASSES, ReplayInputs
 from .state_store import ClientStateStore
 
@@ -37,7 +38,7 @@ class RoundReplay:
 
     examples: list[Example] = field(default_factory=list)
     corrections: tuple[GradientCorrection, ...] = ()
-    buffer: ReservoirBuffer | None = None
+    buffer: ReplayBuffer | None = None
     seconds: float = 0.0
     costs: dict[str, float] = field(default_factory=dict)  # one-time costs inside ``seconds`` (a set written once)
 
@@ -62,8 +63,9 @@ def round_replay(
     replay = RoundReplay()
     if any(source.uses_buffer for source in sources):
         seed = zlib.crc32(f"replay/{client_name}".encode())
-        replay.buffer = ReservoirBuffer.load(store, server_round, config.replay.buffer_size,
-                                             config.replay.buffer_bytes, seed)
+        select = k_centre_selection(model, tokenizer) if config.replay.buffer_selection == "k-centre" else None
+        replay.buffer = ReplayBuffer.load(store, server_round, config.replay.buffer_size, config.replay.buffer_bytes,
+                                          seed, select)
     inputs = ReplayInputs(config, store, server_round, client_name, model, tokenizer, anchor, replay.buffer,
                           base_identity, replay.costs)
     for source in sources:

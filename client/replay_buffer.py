@@ -1,16 +1,18 @@
-"""A reservoir-sampled buffer of the device's own earlier examples, kept across rounds and sessions.
+"""A buffer of the device's own earlier examples, kept across rounds and sessions.
 
-Vitter's Algorithm R keeps a uniform sample of everything the device has trained on, in
-bounded space: the n-th example enters with probability capacity/n and replaces a random
-slot. A byte bound shrinks the capacity (evicting uniformly at random, which keeps the
-sample uniform). The buffer, its count of examples seen and its random state live in the
-client's state store, so a restarted device continues the same sample; none of it is sent.
+By default Vitter's Algorithm R keeps a uniform sample of everything the device has trained
+on, in bounded space: the n-th example enters with probability capacity/n and replaces a
+random slot. ``replay-buffer-selection = k-centre`` keeps instead the core-set that covers
+what was kept and what came in best (:mod:`.coreset`). A byte bound shrinks the capacity
+(evicting uniformly at random). The buffer, its count of examples seen and its random state
+live in the client's state store, so a restarted device continues the same sample; none of
+it is sent.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,14 +31,16 @@ def example_bytes(example: Example) -> int:
 
 
 @dataclass
-class ReservoirBuffer:
-    """A uniform sample of at most ``capacity`` examples and ``max_bytes`` bytes of text."""
+class ReplayBuffer:
+    """At most ``capacity`` examples and ``max_bytes`` bytes of text: a uniform sample, or what ``select``
+    (pool, capacity -> kept) keeps."""
 
     capacity: int
     max_bytes: int
     seed: int = 0
     items: list[Example] = field(default_factory=list)
     seen: int = 0
+    select: Callable[[list[Example], int], list[Example]] | None = None
     _rng: np.random.Generator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -51,6 +55,12 @@ class ReservoirBuffer:
         return sum(example_bytes(e) for e in self.items)
 
     def add(self, examples: Iterable[Example]) -> None:
+        if self.select is not None:
+            arriving = list(examples)
+            self.seen += len(arriving)
+            self.items = self.select([*self.items, *arriving], self.capacity)
+            self._respect_byte_bound()
+            return
         for example in examples:
             self.seen += 1
             if len(self.items) < self.capacity:
@@ -77,16 +87,19 @@ class ReservoirBuffer:
 
     @classmethod
     def load(
-        cls, store: ClientStateStore, before_round: int, capacity: int, max_bytes: int, seed: int
-    ) -> ReservoirBuffer:
+        cls, store: ClientStateStore, before_round: int, capacity: int, max_bytes: int, seed: int,
+        select: Callable[[list[Example], int], list[Example]] | None = None,
+    ) -> ReplayBuffer:
         """The buffer as saved before ``before_round``, or a new one. A smaller configured bound applies at once."""
         document = store.load_document(REPLAY_BUFFER, before_round)
         if document is None:
-            return cls(capacity, max_bytes, seed)
+            return cls(capacity, max_bytes, seed, select=select)
         buffer = cls(min(capacity, document["capacity"]), max_bytes, seed,
-                     [Example(**item) for item in document["items"]], document["seen"])
+                     [Example(**item) for item in document["items"]], document["seen"], select)
         buffer._rng.bit_generator.state = document["rng"]
-        if len(buffer.items) > buffer.capacity:  # keep a uniform subset
+        if len(buffer.items) > buffer.capacity and select is not None:
+            buffer.items = select(buffer.items, buffer.capacity)
+        elif len(buffer.items) > buffer.capacity:  # keep a uniform subset
             keep = sorted(buffer._rng.choice(len(buffer.items), size=buffer.capacity, replace=False))
             buffer.items = [buffer.items[i] for i in keep]
         buffer._respect_byte_bound()

@@ -25,6 +25,7 @@ DP_MODES = ("none", "central", "distributed")
 PERSONALISATIONS = ("global", "ditto", "finetune")
 PARTITIONS = ("natural", "iid", "dirichlet", "quantity", "stream", "topic-shift")
 REPLAY_SOURCES = ("buffer", "anchor", "self", "ewc")
+BUFFER_SELECTIONS = ("reservoir", "k-centre")  # what the replay buffer keeps (client/replay_buffer.py)
 REPLAY_LOSSES = ("text", "distill")  # how replayed rows are scored (shared/distillation.py)
 
 
@@ -94,6 +95,7 @@ class ReplaySpec:
     ratio: float = _key("replay-ratio", 0.25)  # share of every batch taken from replay examples
     buffer_size: int = _key("replay-buffer-size", 256)  # examples the reservoir keeps
     buffer_bytes: int = _key("replay-buffer-bytes", 262144)  # and at most this much text
+    buffer_selection: str = _key("replay-buffer-selection", "reservoir")  # or "k-centre" (client/coreset.py)
     anchor: str = _key("replay-anchor", "")  # the server's anchor file (.jsonl/.csv); "": the embedded one
     anchor_sha256: str = _key("replay-anchor-sha256", "")  # filled in by the server; clients verify the set
     self_size: int = _key("replay-self-size", 16)  # pseudo-examples the frozen base writes for self-replay
@@ -109,6 +111,8 @@ class ReplaySpec:
         _require(0.0 <= self.ratio < 1.0, "replay-ratio", self.ratio, "must be in [0, 1)")
         _require(self.buffer_size >= 1, "replay-buffer-size", self.buffer_size, "must be >= 1")
         _require(self.buffer_bytes >= 1, "replay-buffer-bytes", self.buffer_bytes, "must be >= 1")
+        _require(self.buffer_selection in BUFFER_SELECTIONS, "replay-buffer-selection", self.buffer_selection,
+                 f"must be one of {BUFFER_SELECTIONS}")
         _require(self.self_size >= 1, "replay-self-size", self.self_size, "must be >= 1")
         _require(self.self_refresh >= 1, "replay-self-refresh", self.self_refresh, "must be >= 1")
         _require(self.ewc_lambda >= 0, "ewc-lambda", self.ewc_lambda, "must be >= 0")
