@@ -20,7 +20,8 @@ def new_run_id() -> str:
 
 
 class RunRecorder:
-    """Appends one JSON line per client result and per round to ``metrics.jsonl``."""
+    """Appends one JSON line per client result and per round to ``metrics.jsonl`` (and, with ``tensorboard``,
+    their numbers to TensorBoard event files in ``tensorboard/``)."""
 
     def __init__(self, run_dir: Path, config: RunConfig, meta: dict[str, Any], resume_at: int | None = None) -> None:
         """Start a run folder, or continue one from byte ``resume_at`` of its metrics
@@ -37,6 +38,12 @@ class RunRecorder:
                 handle.truncate(resume_at)
             self.rounds = [row for row in self.folder.rows() if row.get("kind") == "round"]
         self._metrics = path.open("a", encoding="utf-8")
+        self._board = None
+        if config.tensorboard:
+            from .tensorboard_log import TensorBoardLog
+
+            resumed = self.rounds[-1]["round"] if self.rounds else (0 if resume_at is not None else None)
+            self._board = TensorBoardLog(self.folder.path / "tensorboard", resumed)
         self._started = time.perf_counter()
 
     def offset(self) -> int:
@@ -49,6 +56,8 @@ class RunRecorder:
         self._metrics.flush()
         if row.get("kind") == "round":
             self.rounds.append(row)
+        if self._board:
+            self._board.write(row)
 
     def save_adapter(self, adapter: dict[str, np.ndarray]) -> None:
         from safetensors.numpy import save
@@ -57,6 +66,8 @@ class RunRecorder:
 
     def finish(self, summary: dict[str, Any]) -> None:
         self._metrics.close()
+        if self._board:
+            self._board.close()
         seconds = round(time.perf_counter() - self._started, 1)  # this process's share, if resumed
         atomic_write_text(
             self.folder.summary, json.dumps({**summary, "seconds": seconds, "rounds": self.rounds}, indent=2)

@@ -208,6 +208,7 @@ class RunConfig:
     seed: int = _key("seed", 0)
     run_dir: str = _key("run-dir", "runs")
     run_id: str = _key("run-id", "")
+    tensorboard: bool = _key("tensorboard", False)  # metrics also as TensorBoard event files in the run folder
     resume: bool = _key("resume", False)  # continue run-id from its last checkpoint
     operator_signature: str = _key("operator-signature", "")  # the operator's over all other keys (deployments)
 

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
 from stamen.shared.run_folder import RunFolder
@@ -29,7 +31,7 @@ def _simulate(tmp_path, clients, rounds, *overrides):
 
 def test_two_round_federation_of_three_clients_lowers_heldout_loss(tmp_path):
     # nf4: every client evaluates (round-0 baseline) before it trains, the order that once stopped nf4 learning
-    result, run_dir, rows, meta = _simulate(tmp_path, 3, 2, "quantisation=nf4")
+    result, run_dir, rows, meta = _simulate(tmp_path, 3, 2, "quantisation=nf4", "tensorboard=true")
     assert meta["config"]["quantisation"] == "nf4"
 
     rounds = [r for r in rows if r["kind"] == "round"]
@@ -71,6 +73,15 @@ def test_two_round_federation_of_three_clients_lowers_heldout_loss(tmp_path):
     assert table[0]["run"] == run_dir.name and table[0]["seeds"] == 1
     assert table[0]["heldout_end"] == {"mean": rounds[-1]["eval_heldout_loss"], "ci95": None, "n": 1}
     assert table[0]["mean_client_gain"]["mean"] > 0 and (tmp_path / "compare" / "compare.png").is_file()
+
+    # the same numbers as TensorBoard event files, for `tensorboard --logdir runs`
+    board = EventAccumulator(str(run_dir / "tensorboard"))
+    board.Reload()
+    held_out = [(event.step, event.value) for event in board.Scalars("round/eval_heldout_loss")]
+    assert held_out == [(r["round"], pytest.approx(r["eval_heldout_loss"], rel=1e-5)) for r in rounds]
+    client = uploads[0]
+    losses = {event.step: event.value for event in board.Scalars(f"train/train_loss/{client['client']}")}
+    assert losses[client["round"]] == pytest.approx(client["train_loss"], rel=1e-5)
 
 
 def test_int8_updates_with_error_feedback_are_accepted_and_leave_their_residuals_on_the_device(tmp_path):
