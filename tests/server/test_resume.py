@@ -14,6 +14,7 @@ import numpy as np
 import psutil
 import pytest
 from safetensors.numpy import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from stamen.server.checkpoint import load_checkpoint
 from stamen.shared.process_guard import alive
@@ -22,7 +23,7 @@ from stamen.shared.run_folder import RunFolder
 STAMEN = str(Path(sys.executable).parent / "stamen")
 ROUNDS = 2
 # enough local steps that a round lasts seconds, so the kill lands inside round 2
-COMMON = ("base-model=tiny", "quantisation=none", "learning-rate=0.005", "seed=3", "local-steps=40")
+COMMON = ("base-model=tiny", "quantisation=none", "learning-rate=0.005", "seed=3", "local-steps=40", "tensorboard=true")
 SETTINGS = {
     # server optimiser state, the device's personal B (fedsa) and its 8-bit wire residual; stopped by SIGKILL
     "fedadam-fedsa-int8": ("aggregation=fedadam", "lora-aggregation=fedsa", "wire-dtype=int8"),
@@ -104,3 +105,9 @@ def test_resume_after_a_kill_mid_round_equals_an_uninterrupted_run_and_nothing_o
     rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows if r["kind"] == "round"] == list(range(1, ROUNDS + 1))
     assert sum(1 for r in rows if r["kind"] == "client" and r["phase"] == "train") == 3 * ROUNDS
+    # TensorBoard shows each round once: what the killed process logged of round 2 is purged on resume
+    board = EventAccumulator(str(killed / "tensorboard"))
+    board.Reload()
+    assert [event.step for event in board.Scalars("round/eval_heldout_loss")] == list(range(1, ROUNDS + 1))
+    for tag in (t for t in board.Tags()["scalars"] if t.startswith("train/train_loss/")):
+        assert [event.step for event in board.Scalars(tag)] == list(range(1, ROUNDS + 1)), tag
