@@ -53,7 +53,9 @@ def compare_runs(
         rows = [{**row, **against_baseline(per_seed[row["run"]], per_seed[baseline])} for row in rows]
     out.mkdir(parents=True, exist_ok=True)
     _plot_curves(records, out / "compare.png")
-    _plot_gain_vs_forgetting(rows, out / "gain_vs_forgetting.png")
+    forgetting_measured = any(row.get("forgetting_mean") and row.get("mean_client_gain") for row in rows)
+    if forgetting_measured:  # runs without the forgetting probes would leave an empty plot
+        _plot_gain_vs_forgetting(rows, out / "gain_vs_forgetting.png")
     if target is not None:
         _plot_cost_to_target(records, target, out / "cost_to_target.png")
     seeds = sorted({row["seeds"] for row in rows})
@@ -62,7 +64,8 @@ def compare_runs(
         f"Each cell: mean over {'/'.join(map(str, seeds))} seeds ± its 95% interval (Student t); against the "
         f"baseline, differences are paired by seed and marked (n.s.) where their interval contains 0."
         if baseline else f"Each cell: mean over {'/'.join(map(str, seeds))} seeds ± its 95% interval (Student t).",
-        "", "![held-out loss](compare.png)", "", "![personal gain vs forgetting](gain_vs_forgetting.png)", "",
+        "", "![held-out loss](compare.png)", "",
+        *(["![personal gain vs forgetting](gain_vs_forgetting.png)", ""] if forgetting_measured else []),
         table(rows, baseline), *_baseline_note(rows, baseline), *_target_note(target),
     ]
     atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")

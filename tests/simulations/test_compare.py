@@ -114,7 +114,8 @@ def test_a_preset_runs_each_run_for_each_seed_once_and_compares_them_with_interv
 
 def test_compare_reads_existing_run_folders_and_seed_folders(tmp_path, runs_in_this_process):
     def run(seed: int, folder, run_id: str) -> None:
-        simulate_in_this_process({"base-model": "tiny", "quantisation": "none", "seed": seed}, 2, 1, folder, run_id)
+        simulate_in_this_process({"base-model": "tiny", "quantisation": "none", "seed": seed,
+                                  "forgetting-probes": False}, 2, 1, folder, run_id)
 
     run(0, tmp_path, "plain")  # a run folder of its own
     for seed in (0, 1):
@@ -128,6 +129,9 @@ def test_compare_reads_existing_run_folders_and_seed_folders(tmp_path, runs_in_t
     rows = {row["run"]: row for row in json.loads((tmp_path / "out" / "compare.json").read_text())}
     assert (rows["plain"]["seeds"], rows["seeded"]["seeds"]) == (1, 2)
     assert rows["plain"]["heldout_end"]["ci95"] is None  # one seed: a mean without an interval
+    # runs without the forgetting probes: no empty gain-vs-forgetting plot, and the table links none
+    assert not (tmp_path / "out" / "gain_vs_forgetting.png").exists()
+    assert "gain_vs_forgetting" not in (tmp_path / "out" / "compare.md").read_text()
 
 
 def test_a_campaign_run_is_a_stamen_simulate_process_that_reports_its_failure(tmp_path):
