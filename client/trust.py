@@ -2,7 +2,7 @@
 
 Flower's SuperNode installs the app bundle (FAB) the SuperLink hands it and imports the ClientApp
 that bundle names, from the bundle's own files: whoever controls the server could ship code.
-Flower 1.41 checks bundles against ``--trusted-entities`` only for apps from Flower Hub (a bundle
+Flower 1.42 (as 1.41) checks bundles against ``--trusted-entities`` only for apps from Flower Hub (a bundle
 submitted with ``flwr run`` carries no verification, so a SuperNode with trusted entities refuses
 every run). Stamen checks at the same point itself. The SuperNode starts this module as its
 ``flwr-clientapp`` (``client/deployment`` puts a shim first on the SuperNode's PATH), and it refuses,

@@ -1,6 +1,6 @@
 """The devices' only door into a Stamen server: Flower's Fleet API, and nothing else, on the advertised port.
 
-Flower 1.41's SuperLink serves its Fleet, Control and runtime APIs on one HTTPS port. The
+Flower 1.42's SuperLink serves its Fleet, Control and runtime APIs on one HTTPS port. The
 Control API starts runs (whose ServerApp code then runs on the server) and registers device
 keys, and without Flower's account plugin anyone who can reach it may call it: holding the
 public CA certificate is enough. So Stamen's SuperLink listens on loopback only, and this
