@@ -43,7 +43,7 @@ class RoundReplay:
     costs: dict[str, float] = field(default_factory=dict)  # one-time costs inside ``seconds`` (a set written once)
 
     def remember(self, store: ClientStateStore, server_round: int, trained_on: list[Example]) -> None:
-        """Add this round's training data to the reservoir and save it as of ``server_round``."""
+        """Add this round's training data to the buffer and save it as of ``server_round``."""
         started = time.perf_counter()
         if self.buffer:
             self.buffer.add(trained_on)

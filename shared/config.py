@@ -236,6 +236,9 @@ class RunConfig:
         _require(0.0 <= self.wise_alpha <= 1.0, "wise-alpha", self.wise_alpha, "must be in [0, 1]")
         _require(0.0 <= self.wise_keep_gain <= 1.0, "wise-keep-gain", self.wise_keep_gain,
                  "must be in [0, 1] (0: use wise-alpha as given)")
+        _require((self.wise_alpha == 1.0 and self.wise_keep_gain == 0) or self.adapter.method in ("lora", "ia3"),
+                 "adapter", self.adapter.method, "has no exact interpolation toward the base: wise-alpha and "
+                 "wise-keep-gain work with lora and ia3")
         _require(self.partition in PARTITIONS, "partition", self.partition, f"must be one of {PARTITIONS}")
         _require(self.partition_alpha > 0, "partition-alpha", self.partition_alpha, "must be > 0")
         _require(self.stream_stages >= 1, "stream-stages", self.stream_stages, "must be >= 1")

@@ -53,3 +53,9 @@ def test_override_parsing():
 def test_distillation_without_replayed_rows_is_refused(sources):
     with pytest.raises(ConfigError, match=r"replay-loss.*needs a source with examples"):
         RunConfig().replace(**{"replay": sources, "replay-loss": "distill"})
+
+
+def test_interpolation_is_refused_for_adapters_without_an_exact_one():
+    RunConfig().replace(**{"adapter": "ia3", "wise-alpha": 0.5})  # exact for IA3 and LoRA
+    with pytest.raises(ConfigError, match=r"adapter.*no exact interpolation"):
+        RunConfig().replace(**{"adapter": "dora", "wise-keep-gain": 0.9})
