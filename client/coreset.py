@@ -23,7 +23,7 @@ def k_centre(features: np.ndarray, k: int) -> list[int]:
     the first is the one farthest from the mean. All rows when there are no more than ``k``."""
     if len(features) <= k:
         return list(range(len(features)))
-    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    unit = _unit_rows(features)
     centre = unit.mean(axis=0)
     chosen = [int(np.argmin(unit @ centre))]
     nearest = 1.0 - unit @ unit[chosen[0]]  # each row's distance to its nearest chosen row
@@ -62,5 +62,10 @@ def k_centre_selection(model, tokenizer) -> Callable[[list[Example], int], list[
 
 def coverage_radius(features: np.ndarray, kept: Sequence[int]) -> float:
     """The largest cosine distance from any row to its nearest kept row: how well ``kept`` covers them."""
-    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    unit = _unit_rows(features)
     return float((1.0 - unit @ unit[list(kept)].T).min(axis=1).max())
+
+
+def _unit_rows(features: np.ndarray) -> np.ndarray:
+    """Each row scaled to length 1 (cosine distance is then 1 - dot product)."""
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)

@@ -18,7 +18,7 @@ from stamen.shared.base_model import LoadedBase, load_base
 from stamen.shared.config import AdapterSpec, TrainingSpec
 from stamen.shared.device_data import as_example
 from stamen.shared.gguf_adapter import write_lora_gguf
-from stamen.shared.interpolation import delta_tensors, interpolate_adapter, smallest_alpha_keeping
+from stamen.shared.interpolation import interpolate_adapter, smallest_alpha_keeping, trained_deltas
 from stamen.shared.training import TrainResult, train_adapter
 
 from .evaluation import evaluate_loss
@@ -82,7 +82,7 @@ class PersonalModel:
         """Use base + ``alpha`` x the adapter as personalised (WiSE-FT): 1 is the adapter as trained, 0 the base
         alone. Each call starts from the trained adapter; :meth:`export` writes the model in use."""
         if self._trained is None:
-            self._trained = {name: p.detach().clone() for name, p in delta_tensors(self.model).items()}
+            self._trained = trained_deltas(self.model)
         interpolate_adapter(self.model, alpha, self._trained)
 
     def choose_alpha(self, heldout: Iterable[object], keep_gain: float = 0.9) -> float:

@@ -5,7 +5,7 @@ held-out data, reported as ``wise-alpha``). Evaluation then measures this model,
 from __future__ import annotations
 
 from stamen.shared.config import RunConfig
-from stamen.shared.interpolation import delta_tensors, interpolate_adapter, smallest_alpha_keeping
+from stamen.shared.interpolation import interpolate_adapter, smallest_alpha_keeping, trained_deltas
 
 from .evaluation import EvalResult
 from .probes import loss_on
@@ -19,7 +19,7 @@ def model_in_use(
     held-out result and the ``wise-alpha`` metric (none without interpolation)."""
     if config.wise_keep_gain == 0 and config.wise_alpha == 1.0:
         return full, {}
-    trained = {name: tensor.detach().clone() for name, tensor in delta_tensors(runtime.model).items()}
+    trained = trained_deltas(runtime.model)
     corrections = runtime.corrections.buffers if runtime.corrections else {}
     received = {name: buffer.clone() for name, buffer in corrections.items()}  # exact-LoRA's term scales too
     results = {1.0: full}

@@ -17,7 +17,7 @@ import torch
 from stamen.shared.adapters import adapter_parameters, attach_adapter, load_adapter_state
 from stamen.shared.base_model import load_base
 from stamen.shared.gguf_adapter import GGUFExportError, write_lora_gguf
-from stamen.shared.interpolation import delta_tensors, interpolate_adapter
+from stamen.shared.interpolation import interpolate_adapter, trained_deltas
 from stamen.shared.lora_layers import lora_layers
 from stamen.shared.lora_modes.base import B
 from stamen.shared.run_folder import RunFolder
@@ -47,7 +47,7 @@ def export_adapter(
     if corrections:
         fold_corrections(model, corrections, config.adapter.alpha / config.adapter.rank)
     if alpha != 1.0:
-        interpolate_adapter(model, alpha, {name: p.detach().clone() for name, p in delta_tensors(model).items()})
+        interpolate_adapter(model, alpha, trained_deltas(model))
     if format == "gguf":
         return write_lora_gguf(model, out / GGUF_FILE)
     model.peft_config["default"].base_model_name_or_path = str(base.folder)

@@ -54,6 +54,12 @@ def base_alone(model: torch.nn.Module) -> Iterator[None]:
             parameter.requires_grad_(name in trainable)
 
 
+def active_peft_type(model: torch.nn.Module) -> str:
+    """The active adapter's PEFT type name ("LORA", "IA3", ...); DoRA is a LoRA with ``use_dora``."""
+    config = model.peft_config[model.active_adapter]
+    return str(getattr(config.peft_type, "value", config.peft_type))
+
+
 def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A float32 CPU copy of the adapter tensors."""
     return {name: p.detach().to("cpu", torch.float32).clone() for name, p in adapter_parameters(model).items()}

@@ -17,7 +17,7 @@ import gguf
 import numpy as np
 import torch
 
-from .adapters import adapter_parameters
+from .adapters import active_peft_type, adapter_parameters
 from .atomic import atomic_file
 from .lora_layers import lora_layers
 from .user_errors import UserError
@@ -33,7 +33,7 @@ class GGUFExportError(UserError, ValueError):
 def write_lora_gguf(model: torch.nn.Module, path: Path) -> Path:
     """Write ``model``'s active LoRA adapter (a PEFT model) to ``path`` for llama.cpp; returns ``path``."""
     peft_config = model.peft_config[model.active_adapter]
-    kind = str(getattr(peft_config.peft_type, "value", peft_config.peft_type))
+    kind = active_peft_type(model)
     if kind != "LORA" or getattr(peft_config, "use_dora", False):
         raise GGUFExportError(f"llama.cpp loads LoRA adapters only, not {'DoRA' if kind == 'LORA' else kind}: "
                               "export this adapter as a PEFT folder (--format peft)")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from .adapters import active_peft_type
 from .user_errors import UserError
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the grid a device chooses from
@@ -25,20 +26,23 @@ class InterpolationError(UserError, ValueError):
 
 def delta_tensors(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """The adapter tensors that carry what it adds to the base (LoRA's B, IA3's scales)."""
-    config = model.peft_config[model.active_adapter]
-    kind = str(getattr(config.peft_type, "value", config.peft_type))
-    if kind not in SCALED or getattr(config, "use_dora", False):
+    kind = active_peft_type(model)
+    if kind not in SCALED or getattr(model.peft_config[model.active_adapter], "use_dora", False):
         raise InterpolationError(f"no exact interpolation toward the base for {'DoRA' if kind == 'LORA' else kind} "
                                  "adapters (LoRA and IA3 have one): leave wise-alpha at 1")
     return {name: p for name, p in model.named_parameters() if any(part in name for part in SCALED[kind])}
+
+
+def trained_deltas(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of :func:`delta_tensors` as they stand: what :func:`interpolate_adapter` scales from."""
+    return {name: tensor.detach().clone() for name, tensor in delta_tensors(model).items()}
 
 
 def interpolate_adapter(model: torch.nn.Module, alpha: float, trained: Mapping[str, torch.Tensor]) -> None:
     """Set ``model``'s adapter to base + ``alpha`` x the adapter ``trained`` (:func:`delta_tensors`' values)."""
     if not 0.0 <= alpha <= 1.0:
         raise InterpolationError(f"alpha must be in [0, 1], got {alpha}")
-    config = model.peft_config[model.active_adapter]
-    identity = 1.0 if str(getattr(config.peft_type, "value", config.peft_type)) == "IA3" else 0.0
+    identity = 1.0 if active_peft_type(model) == "IA3" else 0.0
     with torch.no_grad():
         for name, tensor in delta_tensors(model).items():
             tensor.copy_(identity + alpha * (trained[name].to(tensor) - identity))
