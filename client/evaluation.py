@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from stamen.shared.adapters import input_logits
 from stamen.shared.examples import IGNORE_INDEX, Example, collate, encode_example
 
 
@@ -32,7 +33,8 @@ def evaluate_loss(model, tokenizer, examples: list[Example], max_len: int, batch
         batch = {
             k: v.to(device) for k, v in collate(encoded[start : start + batch_size], tokenizer.pad_token_id).items()
         }
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logits = input_logits(output.logits, batch["input_ids"])
         targets = batch["labels"][:, 1:]
         losses = torch.nn.functional.cross_entropy(
             logits[:, :-1].float().reshape(-1, logits.size(-1)),

@@ -54,6 +54,11 @@ def base_alone(model: torch.nn.Module) -> Iterator[None]:
             parameter.requires_grad_(name in trainable)
 
 
+def input_logits(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """The logits at the input's own positions: prompt tuning and p-tuning put their virtual tokens' first."""
+    return logits[:, -input_ids.size(1):]
+
+
 def active_peft_type(model: torch.nn.Module) -> str:
     """The active adapter's PEFT type name ("LORA", "IA3", ...); DoRA is a LoRA with ``use_dora``."""
     config = model.peft_config[model.active_adapter]

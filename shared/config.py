@@ -48,6 +48,7 @@ class AdapterSpec:
     dropout: float = _key("lora-dropout", 0.0)
     targets: tuple[str, ...] = _key("lora-targets", ("q_proj", "v_proj"))
     aggregation: str = _key("lora-aggregation", "naive")
+    virtual_tokens: int = _key("virtual-tokens", 16)  # prompt/prefix/p-tuning: learnt tokens put before the input
 
     def __post_init__(self) -> None:
         _require(self.aggregation in LORA_MODES, "lora-aggregation", self.aggregation,
@@ -59,6 +60,7 @@ class AdapterSpec:
         _require(self.alpha > 0, "lora-alpha", self.alpha, "must be > 0")
         _require(0.0 <= self.dropout < 1.0, "lora-dropout", self.dropout, "must be in [0, 1)")
         _require(len(self.targets) > 0, "lora-targets", self.targets, "must name at least one module")
+        _require(self.virtual_tokens >= 1, "virtual-tokens", self.virtual_tokens, "must be >= 1")
 
     def lora_mode(self) -> type[LoraMode]:
         """The class of the ``lora-aggregation`` mode: what travels, and what it combines with."""

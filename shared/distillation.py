@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .adapters import base_alone
+from .adapters import base_alone, input_logits
 from .examples import IGNORE_INDEX
 
 
@@ -44,7 +44,8 @@ def distilled_loss(
     output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=own)
     if not scored.any():
         return output.loss, 0.0
-    divergence = kl_to_teacher(output.logits[:rows, :-1][scored], teacher, distillation.temperature)
+    student = input_logits(output.logits, batch["input_ids"])
+    divergence = kl_to_teacher(student[:rows, :-1][scored], teacher, distillation.temperature)
     return output.loss + distillation.weight * divergence, divergence.item()
 
 

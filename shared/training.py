@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from stamen.shared.adapters import adapter_parameters
+from stamen.shared.adapters import active_peft_type, adapter_parameters
 from stamen.shared.config import TrainingSpec
 from stamen.shared.quantisation import packed_4bit_layers
 
 from .distillation import Distillation, distilled_loss
 from .examples import Example, collate, encode_example
 from .optimizer_state import export_state, import_state
+from .peft_methods import peft_method
 
 MAX_GRAD_NORM = 1.0
 GradientCorrection = Callable[[Mapping[str, torch.nn.Parameter]], None]
@@ -85,12 +86,13 @@ def train_adapter(
     if optimizer_state:
         import_state(optimizer, named, optimizer_state)
     scheduler = get_scheduler(spec.lr_schedule, optimizer, spec.warmup_steps, spec.local_steps)
+    after_step = peft_method(active_peft_type(model).lower()).step_hook(model, spec.local_steps)  # AdaLoRA's budget
 
     model.train()
     losses, tokens, cursor, flat_steps, divergences = [], 0, 0, 0, []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # adapter dropout draws from the global generator
-        for _ in range(spec.local_steps):
+        for step in range(spec.local_steps):
             step_loss = 0.0
             for _ in range(spec.grad_accum):
                 picked = ([replayed[i] for i in torch.randint(len(replayed), (replay_slots,), generator=generator)]
@@ -120,6 +122,8 @@ def train_adapter(
             torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
             optimizer.step()
             scheduler.step()
+            if after_step:
+                after_step(step)
             optimizer.zero_grad(set_to_none=True)
             losses.append(step_loss)
     model.eval()

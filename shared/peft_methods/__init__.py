@@ -7,7 +7,7 @@ modules work without one.
 
 from __future__ import annotations
 
-from . import ia3, lora  # noqa: F401  (registration)
+from . import adalora, ia3, lora  # noqa: F401  (registration)
 from .base import PeftMethod
 from .registry import PEFT_METHODS, peft_method, register
 

@@ -101,3 +101,17 @@ def test_kept_optimizer_state_continues_adamw_where_the_last_round_stopped():
     fresh = train_adapter(model, base.tokenizer, EXAMPLES, spec, seed=1)
     assert {v.item() for k, v in continued.optimizer_state.items() if k.endswith("/step")} == {6.0}
     assert {v.item() for k, v in fresh.optimizer_state.items() if k.endswith("/step")} == {3.0}
+
+
+def test_adalora_reallocates_its_rank_budget_over_a_round_and_keeps_about_half():
+    """AdaLoRA's budget falls from lora-rank to half of it per layer over the round's steps: the singular values
+    of the pruned triplets are 0 in what the client sends (the server averages them with the others')."""
+    base = load_base("tiny", quantisation="none", device="cpu")
+    model = attach_adapter(base.model, AdapterSpec(method="adalora", rank=8), 0)
+    spec = TrainingSpec(local_steps=6, batch_size=4, learning_rate=1e-2, lr_schedule="constant")
+    train_adapter(model, base.tokenizer, EXAMPLES, spec, seed=0)
+    singular_values = [p for name, p in model.named_parameters() if "lora_E" in name]
+    kept = sum(int((e != 0).sum()) for e in singular_values)
+    total = sum(e.numel() for e in singular_values)
+    assert total == 8 * len(singular_values)
+    assert total // 2 <= kept < 0.75 * total, (kept, total)
