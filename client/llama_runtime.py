@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stamen.shared.base_source import EMBEDDED_BASE, embedded_gguf_path
+from stamen.shared.base_source import EMBEDDED_BASE, GEMMA_BASE, packaged_gguf_path
 from stamen.shared.examples import IGNORE_INDEX, EncodedExample
 from stamen.shared.user_errors import UserError
 
@@ -32,13 +32,14 @@ class LlamaRuntimeError(UserError, RuntimeError):
 
 
 def base_gguf(base: str | Path) -> Path:
-    """The base as llama.cpp reads it: the embedded base's GGUF for its alias, or a ``.gguf`` file."""
-    if str(base) == EMBEDDED_BASE:
-        return embedded_gguf_path()
+    """The base as llama.cpp reads it: the packaged base's GGUF for its alias, or a ``.gguf`` file."""
+    packaged = packaged_gguf_path(str(base))
+    if packaged is not None:
+        return packaged
     path = Path(base)
     if path.suffix != ".gguf" or not path.is_file():
         raise LlamaRuntimeError(f"llama.cpp needs the base as a .gguf file: {base!s} is not one "
-                                "(use the alias smollm2-135m for the embedded base)")
+                                f"(use the alias {EMBEDDED_BASE} for the embedded base, or {GEMMA_BASE})")
     return path
 
 

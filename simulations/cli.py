@@ -10,6 +10,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from stamen.client.commands import chat, client_commands
 from stamen.server.commands import export, server_commands
@@ -41,5 +42,5 @@ def main() -> None:
     except UserError as error:
         if _debug:
             raise
-        console.print(f"[red]error:[/] {error}", markup=True, highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(str(error))}", markup=True, highlight=False, soft_wrap=True)
         sys.exit(USER_ERROR_EXIT)

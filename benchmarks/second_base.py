@@ -1,0 +1,97 @@
+"""The whole path on a second base family: Gemma 3 270M (``base-model = "gemma3-270m"``, the ``gemma`` extra).
+
+A short federation on the embedded dialogue data (the base in fp32, the default LoRA on q_proj and v_proj),
+the global adapter exported as PEFT and as GGUF, then the edge snippet: llama.cpp with the base's GGUF and the
+adapter's, its held-out loss set beside PEFT's on the same held-out examples, and one greedy answer. Each
+step's seconds are reported; the first one (dequantising the GGUF once into Stamen's cache) only once per
+machine.
+
+    pip install 'stamen[gemma,llama]'
+    python benchmarks/second_base.py [--clients 2 --rounds 2 --local-steps 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from report import print_table, write_results
+
+
+def federate(run_dir: Path, clients: int, rounds: int, local_steps: int) -> dict:
+    """``stamen simulate`` on the second base, as a user runs it; the run's per-round numbers and seconds."""
+    stamen = Path(sys.executable).parent / "stamen"
+    settings = {"base-model": "gemma3-270m", "quantisation": "none", "local-steps": local_steps,
+                "run-dir": run_dir, "run-id": "gemma"}
+    command = [str(stamen), "simulate", "--clients", str(clients), "--rounds", str(rounds)]
+    for key, value in settings.items():
+        command += ["--set", f"{key}={value}"]
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    summary = json.loads((run_dir / "gemma" / "summary.json").read_text())
+    return {"rounds": summary["rounds"], "seconds": time.perf_counter() - started}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--local-steps", type=int, default=6)
+    args = parser.parse_args()
+
+    from stamen.client.edge import PersonalModel
+    from stamen.client.llama_runtime import LlamaModel
+    from stamen.server.export import export_adapter
+    from stamen.shared.adapters import base_alone
+    from stamen.shared.base_source import GEMMA_BASE, gemma_gguf_path, resolve_base_folder
+    from stamen.shared.examples import encode_example
+    from stamen.simulations.partitions import split_corpus
+
+    started = time.perf_counter()
+    gguf, folder = gemma_gguf_path(), resolve_base_folder(GEMMA_BASE)
+    preparing = time.perf_counter() - started
+    config = json.loads((folder / "config.json").read_text())
+    with tempfile.TemporaryDirectory() as scratch:
+        run = federate(Path(scratch), args.clients, args.rounds, args.local_steps)
+        run_dir = Path(scratch) / "gemma"
+        peft_folder = export_adapter(run_dir, Path(scratch) / "peft")
+        adapter_gguf = export_adapter(run_dir, Path(scratch) / "gguf", format="gguf")
+
+        heldout = [e for client in split_corpus(args.clients).clients for e in client.heldout]
+        model = PersonalModel.load(GEMMA_BASE, adapter=peft_folder, quantisation="none")
+        encoded = [encode_example(model.base.tokenizer, e, model.max_seq_len) for e in heldout]
+        with base_alone(model.model):
+            peft_base = model.score(heldout)
+        peft_adapted = model.score(heldout)
+        llama_base = LlamaModel.load(GEMMA_BASE, scores=True).loss(encoded)
+        edge = LlamaModel.load(GEMMA_BASE, adapter=adapter_gguf, scores=True)
+        llama_adapted = edge.loss(encoded)
+        answer = LlamaModel.load(GEMMA_BASE, adapter=adapter_gguf).answer("What do you like to eat?", 32)
+        sizes = {"base_gguf_bytes": gguf.stat().st_size, "adapter_gguf_bytes": adapter_gguf.stat().st_size,
+                 "adapter_peft_bytes": (peft_folder / "adapter_model.safetensors").stat().st_size}
+
+    first, last = run["rounds"][0], run["rounds"][-1]
+    rows = [
+        {"step": "federation (global adapter)", "heldout_before": round(first["initial_heldout_loss"], 4),
+         "heldout_after": round(last["eval_heldout_loss"], 4), "seconds": round(run["seconds"], 1)},
+        {"step": "PEFT export, torch", "heldout_before": round(peft_base, 4), "heldout_after": round(peft_adapted, 4),
+         "seconds": ""},
+        {"step": "GGUF export, llama.cpp (Q4_K_M base)", "heldout_before": round(llama_base, 4),
+         "heldout_after": round(llama_adapted, 4), "seconds": ""},
+    ]
+    print_table(rows)
+    print(f"architecture {config.get('model_type')}, {config.get('num_hidden_layers')} layers; "
+          f"dequantising the GGUF (first time only) {preparing:.1f} s; answer: {answer!r}")
+    print(", ".join(f"{name} {value:,}" for name, value in sizes.items()))
+    write_results("second_base", rows, base=GEMMA_BASE, model_type=config.get("model_type"),
+                  clients=args.clients, rounds=args.rounds, local_steps=args.local_steps,
+                  preparing_seconds=round(preparing, 1), answer=answer, **sizes)
+
+
+if __name__ == "__main__":
+    main()
