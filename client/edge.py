@@ -23,7 +23,11 @@ from stamen.shared.training import TrainResult, train_adapter
 
 from .evaluation import evaluate_loss
 from .generation import generate_answer
+from .replay_buffer import ReplayBuffer
 from .state_store import PERSONAL, ClientStateStore
+
+REPLAY_RATIO = 0.25  # a quarter of each batch replays earlier examples (simulations/forgetting.toml measured it)
+REPLAY_CAPACITY, REPLAY_BYTES = 256, 262144  # the buffer's bounds, as a federation's client keeps it
 
 
 class PersonalModel:
@@ -34,6 +38,8 @@ class PersonalModel:
     ) -> None:
         self.base, self.model, self.max_seq_len, self.trainable = base, model, max_seq_len, trainable
         self._trained: dict[str, torch.Tensor] | None = None  # the adapter as trained, once interpolated
+        self.replay_buffer = ReplayBuffer(REPLAY_CAPACITY, REPLAY_BYTES)  # what earlier personalise calls taught
+        self.alpha = 1.0  # the share of the adapter in use (interpolate, choose_alpha)
 
     @classmethod
     def load(
@@ -66,16 +72,28 @@ class PersonalModel:
 
     def personalise(
         self, examples: Iterable[object], steps: int = 20, learning_rate: float = 1e-3, batch_size: int = 4,
-        seed: int = 0,
+        seed: int = 0, replay: bool = True, heldout: Iterable[object] | None = None, keep_gain: float | None = 0.9,
     ) -> TrainResult:
-        """Train the adapter on ``examples`` (prompt/response or text mappings, strings, or Examples)."""
+        """Train the adapter on ``examples`` (prompt/response or text mappings, strings, or Examples).
+
+        Forgetting protection is on by default, as ``simulations/forgetting.toml`` chose it: the examples of
+        earlier calls (a bounded sample, in memory) fill a quarter of each batch so that new examples do not
+        erase what older ones taught (``replay=False``: off); and given ``heldout`` examples of the device's
+        own (not trained on), the model moves toward the base to the least alpha that keeps ``keep_gain`` of
+        the adapter's gain on them (:meth:`choose_alpha`, ``self.alpha``; ``keep_gain=None``: off)."""
         if not self.trainable:
             raise ValueError("this model was loaded with trainable=False (inference only): "
                              "load it with trainable=True to personalise it")
         spec = TrainingSpec(local_steps=steps, learning_rate=learning_rate, batch_size=batch_size,
                             max_seq_len=self.max_seq_len)
-        result = train_adapter(self.model, self.base.tokenizer, [as_example(e) for e in examples], spec, seed)
-        self._trained = None  # interpolation now starts from this training
+        new = [as_example(e) for e in examples]
+        earlier = list(self.replay_buffer.items) if replay else []
+        result = train_adapter(self.model, self.base.tokenizer, new, spec, seed, replay=earlier,
+                               replay_ratio=REPLAY_RATIO if earlier else 0.0)
+        self.replay_buffer.add(new)
+        self._trained, self.alpha = None, 1.0  # interpolation now starts from this training
+        if heldout is not None and keep_gain:
+            self.choose_alpha(heldout, keep_gain)
         return result
 
     def interpolate(self, alpha: float) -> None:
@@ -84,6 +102,7 @@ class PersonalModel:
         if self._trained is None:
             self._trained = trained_deltas(self.model)
         interpolate_adapter(self.model, alpha, self._trained)
+        self.alpha = alpha
 
     def choose_alpha(self, heldout: Iterable[object], keep_gain: float = 0.9) -> float:
         """Interpolate to the least alpha that keeps ``keep_gain`` of the adapter's gain on ``heldout`` (this

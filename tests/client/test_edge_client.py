@@ -79,3 +79,38 @@ def test_a_device_declines_rounds_beyond_its_limits(tmp_path):
     assert (tmp_path / PACE_FILE).is_file()
     with pytest.raises(RoundDeclined, match="about 24 s"):
         ResourceGuards(max_round_seconds=10).check(training, tmp_path)
+
+
+def test_personalising_again_replays_what_earlier_calls_taught_unless_switched_off(tiny_folder):
+    """A device personalises on its cat, then on its commute: by default the cat's examples fill a quarter of the
+    second call's batches, so the model still expects them; with replay off the second call erases them."""
+    cat = [{"prompt": f"What is my cat called? ({n})", "response": "Miso, a grey cat."} for n in range(8)]
+    commute = [{"prompt": f"How do I get to work? ({n})", "response": "By the early train."} for n in range(8)]
+    after = {}
+    for replay in (True, False):
+        model = PersonalModel.load("tiny", quantisation="none")
+        model.personalise(cat, steps=10, learning_rate=2e-2, replay=replay)
+        taught = model.score(cat)
+        model.personalise(commute, steps=10, learning_rate=2e-2, replay=replay)
+        after[replay] = model.score(cat) - taught  # how much of what the first call taught was lost
+        assert [e.response for e in model.replay_buffer.items] == [e["response"] for e in cat + commute]
+    assert after[True] < after[False] - 0.05, after
+
+
+def test_personalising_with_heldout_examples_moves_the_model_toward_the_base_keeping_the_asked_gain(tiny_folder):
+    examples = [{"prompt": f"What is my cat called? ({n})", "response": "Miso."} for n in range(8)]
+    model = PersonalModel.load("tiny", quantisation="none")
+    base = model.score(examples)
+    model.personalise(examples, steps=8, learning_rate=1e-2, heldout=examples, keep_gain=0.5)
+    assert model.alpha in (0.25, 0.5, 0.75)
+    assert base - model.score(examples) >= 0.5 * (base - _trained_loss(model, examples)) - 1e-6
+    model.personalise(examples, steps=2, learning_rate=1e-2, heldout=examples, keep_gain=None)
+    assert model.alpha == 1.0  # switched off: the adapter as trained
+
+
+def _trained_loss(model: PersonalModel, examples: list) -> float:
+    alpha = model.alpha
+    model.interpolate(1.0)
+    loss = model.score(examples)
+    model.interpolate(alpha)
+    return loss
