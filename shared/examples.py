@@ -63,4 +63,9 @@ def format_prompt(tokenizer, prompt: str) -> str:
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
         )
+    return plain_prompt(prompt)
+
+
+def plain_prompt(prompt: str) -> str:
+    """A prompt as Stamen formats it for a base without a chat template (Gemma 3's GGUF carries none)."""
     return f"{prompt}\n"

@@ -4,7 +4,7 @@ The file is what llama.cpp's own ``convert_lora_to_gguf.py`` writes: ``general.t
 ``adapter.type = lora``, ``adapter.lora.alpha``, the base's architecture, and per adapted layer
 ``<base tensor>.lora_a`` (rank x in) and ``<base tensor>.lora_b`` (out x rank), named after the base
 GGUF's tensors by gguf's own name map. llama.cpp's converter permutes the rows of a Llama's q and k
-weights (rotary halves interleaved), so the rows of their B are permuted the same way; llama.cpp
+weights (rotary halves interleaved; a Gemma 3's it keeps), so the rows of their B are permuted the same way; llama.cpp
 scales by alpha / rank, so a layer whose PEFT scaling differs (rsLoRA, rank patterns) has it folded
 into B.
 """
@@ -22,7 +22,9 @@ from .atomic import atomic_file
 from .lora_layers import lora_layers
 from .user_errors import UserError
 
-ARCHITECTURES = {"llama": gguf.MODEL_ARCH.LLAMA}  # transformers model_type -> llama.cpp architecture
+# transformers model_type -> llama.cpp architecture
+ARCHITECTURES = {"llama": gguf.MODEL_ARCH.LLAMA, "gemma3_text": gguf.MODEL_ARCH.GEMMA3}
+ROTARY_PERMUTED = {"llama"}  # the architectures whose q and k rows llama.cpp's converter interleaves
 ROTARY_ROWS = {"attn_q": "num_attention_heads", "attn_k": "num_key_value_heads"}  # GGUF tensor -> its heads
 
 
@@ -81,7 +83,7 @@ def gguf_row_order(rows: np.ndarray, tensor: str, config) -> np.ndarray:
     """``rows`` (a weight's, or its B's) in the order the base GGUF stores them: a Llama's q and k rows are
     interleaved per head as llama.cpp's converter interleaves them; every other tensor keeps its order."""
     kind = tensor.split(".")[2] if tensor.startswith("blk.") else ""
-    if kind not in ROTARY_ROWS:
+    if kind not in ROTARY_ROWS or config.model_type not in ROTARY_PERMUTED:
         return rows
     heads = getattr(config, ROTARY_ROWS[kind])
     return rows.reshape(heads, 2, rows.shape[0] // heads // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)

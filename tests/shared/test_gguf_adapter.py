@@ -127,3 +127,15 @@ def test_stamen_export_writes_the_global_adapter_as_gguf_and_refuses_fedsas_a_on
     assert fields["adapter.type"] == "lora" and len(tensors) == 2 * 2 * 2  # layers x (q, v) x (a, b)
     refused = CliRunner().invoke(app, ["export", str(tmp_path / "fedsa"), "--format", "gguf"])
     assert refused.exit_code != 0 and "holds A only" in f"{refused.exception} {refused.output}"
+
+
+def test_only_architectures_whose_converter_interleaves_q_and_k_get_their_rows_permuted():
+    """llama.cpp's converter interleaves a Llama's q/k rows and keeps a Gemma 3's (second base family)."""
+    from types import SimpleNamespace
+
+    rows = np.arange(4 * 8 * 2, dtype=np.float32).reshape(4 * 8, 2)
+    heads = {"num_attention_heads": 4, "num_key_value_heads": 4}
+    llama, gemma = SimpleNamespace(model_type="llama", **heads), SimpleNamespace(model_type="gemma3_text", **heads)
+    assert not np.array_equal(gguf_row_order(rows, "blk.0.attn_q.weight", llama), rows)
+    assert np.array_equal(gguf_row_order(rows, "blk.0.attn_q.weight", gemma), rows)
+    assert np.array_equal(gguf_row_order(rows, "blk.0.attn_v.weight", llama), rows)
