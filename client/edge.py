@@ -15,7 +15,7 @@ import torch
 
 from stamen.shared.adapters import adapter_parameters, attach_adapter, load_adapter_state
 from stamen.shared.base_model import LoadedBase, load_base
-from stamen.shared.config import AdapterSpec, TrainingSpec
+from stamen.shared.config import AdapterSpec, ReplaySpec, TrainingSpec
 from stamen.shared.device_data import as_example
 from stamen.shared.gguf_adapter import write_lora_gguf
 from stamen.shared.interpolation import interpolate_adapter, smallest_alpha_keeping, trained_deltas
@@ -26,8 +26,7 @@ from .generation import generate_answer
 from .replay_buffer import ReplayBuffer
 from .state_store import PERSONAL, ClientStateStore
 
-REPLAY_RATIO = 0.25  # a quarter of each batch replays earlier examples (simulations/forgetting.toml measured it)
-REPLAY_CAPACITY, REPLAY_BYTES = 256, 262144  # the buffer's bounds, as a federation's client keeps it
+REPLAY = ReplaySpec()  # a federation client's defaults: a quarter of each batch, at most 256 examples / 256 KiB
 
 
 class PersonalModel:
@@ -38,7 +37,7 @@ class PersonalModel:
     ) -> None:
         self.base, self.model, self.max_seq_len, self.trainable = base, model, max_seq_len, trainable
         self._trained: dict[str, torch.Tensor] | None = None  # the adapter as trained, once interpolated
-        self.replay_buffer = ReplayBuffer(REPLAY_CAPACITY, REPLAY_BYTES)  # what earlier personalise calls taught
+        self.replay_buffer = ReplayBuffer(REPLAY.buffer_size, REPLAY.buffer_bytes)  # what earlier calls taught
         self.alpha = 1.0  # the share of the adapter in use (interpolate, choose_alpha)
 
     @classmethod
@@ -89,7 +88,7 @@ class PersonalModel:
         new = [as_example(e) for e in examples]
         earlier = list(self.replay_buffer.items) if replay else []
         result = train_adapter(self.model, self.base.tokenizer, new, spec, seed, replay=earlier,
-                               replay_ratio=REPLAY_RATIO if earlier else 0.0)
+                               replay_ratio=REPLAY.ratio if earlier else 0.0)
         self.replay_buffer.add(new)
         self._trained, self.alpha = None, 1.0  # interpolation now starts from this training
         if heldout is not None and keep_gain:

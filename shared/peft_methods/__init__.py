@@ -1,8 +1,8 @@
 """PEFT methods, registered by name and chosen by the ``adapter`` config key.
 
 Adding a method: one module with one subclass of :class:`PeftMethod` decorated with
-``@register("name")``, and one import line below; other PEFT types that take target
-modules work without one.
+``@register("name")``, and one import line below; any other PEFT type is built from the
+options its config accepts (``registry.AnyPeftType``).
 """
 
 from __future__ import annotations
