@@ -3,7 +3,9 @@
 - **Knowledge retention**: 138 short general-knowledge questions written for Stamen, each with its
   accepted answers (``probe_data/knowledge.jsonl``). The probe keeps the questions the frozen base answers
   correctly (greedy, normalised match), once per base and quantisation (cached); ``retention`` is the share
-  of those (at most 40) the model a client uses still answers correctly.
+  of those (the first 40) the model a client uses still answers correctly. The base's next known facts (at
+  most 32) are the *guard* a device may steer by (``wise-keep-retention``): never the measured ones, so a
+  rule that chooses on the guard cannot fit the retention it is judged by.
 - **General-text loss**: loss on 40 human-written paragraphs of general prose (``probe_data/general_text.txt``)
   that no client trains on and no replay source draws from.
 
@@ -31,6 +33,7 @@ from .generation import answers
 log = logging.getLogger(__name__)
 ANSWER_TOKENS = 12  # short canonical answers: the first sentence decides ("The capital of France is Paris.")
 RETENTION_SIZE = 40  # known facts asked each evaluation (the first in file order): generation is the probe's cost
+GUARD_SIZE = 32  # the known facts after those: what a device may choose by, disjoint from what is measured
 
 
 @dataclass(frozen=True)
@@ -86,20 +89,23 @@ def probe_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def known_facts(model, tokenizer, fingerprint: str, quantisation: str) -> list[Fact]:
-    """The facts the frozen base answers correctly (at most :data:`RETENTION_SIZE`, in file order): asked once per
-    base and quantisation, then read from the cache."""
+def known_facts(model, tokenizer, fingerprint: str, quantisation: str) -> tuple[list[Fact], list[Fact]]:
+    """The facts the frozen base answers correctly, in file order: the measured ones (at most
+    :data:`RETENTION_SIZE`) and the guard after them (at most :data:`GUARD_SIZE`). Asked once per base and
+    quantisation, then read from the cache."""
     every = facts()
 
     def ask() -> list[int]:
         answered_by_base = correct(model, tokenizer, list(every), base_alone=True)
-        known = [i for i, ok in enumerate(answered_by_base) if ok][:RETENTION_SIZE]
-        log.info("the base answers %d of %d probe questions correctly; retention is measured on %d of them",
-                 sum(answered_by_base), len(every), len(known))
+        known = [i for i, ok in enumerate(answered_by_base) if ok]
+        log.info("the base answers %d of %d probe questions correctly; retention is measured on %d of them, "
+                 "%d more guard the choice of alpha", len(known), len(every), min(len(known), RETENTION_SIZE),
+                 len(known[RETENTION_SIZE:RETENTION_SIZE + GUARD_SIZE]))
         return known
 
-    cache_file = cache_dir("probes") / f"known-facts-{short(fingerprint)}-{quantisation}-{probe_version()}.json"
-    return [every[i] for i in cached_json(cache_file, ask)]
+    cache_file = cache_dir("probes") / f"base-knows-{short(fingerprint)}-{quantisation}-{probe_version()}.json"
+    known = [every[i] for i in cached_json(cache_file, ask)]
+    return known[:RETENTION_SIZE], known[RETENTION_SIZE:RETENTION_SIZE + GUARD_SIZE]
 
 
 def retention(model, tokenizer, known: list[Fact]) -> float | None:

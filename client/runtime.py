@@ -35,10 +35,18 @@ class ClientRuntime:
     schema: AdapterSchema  # the shared part of the adapter: what travels
     initial: dict[str, np.ndarray]  # the seeded initial adapter, whole (personal parts start here)
     corrections: LayerCorrections | None  # exact-LoRA corrections, when the run uses them
-    _known: list[Fact] | None = None
+    _known: tuple[list[Fact], list[Fact]] | None = None
 
     def known_facts(self) -> list[Fact]:
-        """The probe questions the frozen base answers correctly (cached on disk after the first call)."""
+        """The probe questions the frozen base answers correctly that retention is measured on (cached on disk
+        after the first call)."""
+        return self._base_knows()[0]
+
+    def guard_facts(self) -> list[Fact]:
+        """More questions the frozen base answers correctly, none of them measured: what a client may steer by."""
+        return self._base_knows()[1]
+
+    def _base_knows(self) -> tuple[list[Fact], list[Fact]]:
         if self._known is None:
             self._known = known_facts(self.model, self.base.tokenizer, self.base.fingerprint,
                                       self.base.quantisation.mode)

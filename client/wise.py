@@ -1,28 +1,42 @@
-"""The model a client uses: base + alpha x its adapter (WiSE-FT), alpha fixed by ``wise-alpha`` or, with
-``wise-keep-gain``, the least alpha that keeps that share of the held-out gain (chosen on this client's own
-held-out data, reported as ``wise-alpha``). Evaluation then measures this model, probes included."""
+"""The model a client uses: base + alpha x its adapter (WiSE-FT), alpha fixed by ``wise-alpha`` or chosen on
+this client: with ``wise-keep-gain``, the least alpha that keeps that share of its held-out gain; with
+``wise-keep-retention``, at most the largest alpha at which the model still answers that share of the base's
+guard facts (known facts that are never the measured ones). Reported as ``wise-alpha``; evaluation then
+measures this model, probes included."""
 
 from __future__ import annotations
 
+import logging
+
 from stamen.shared.config import RunConfig
-from stamen.shared.interpolation import interpolate_adapter, smallest_alpha_keeping, trained_deltas
+from stamen.shared.interpolation import (
+    interpolate_adapter,
+    largest_alpha_retaining,
+    smallest_alpha_keeping,
+    trained_deltas,
+)
 
 from .evaluation import EvalResult
+from .neutral_probes import retention
 from .probes import loss_on
 from .runtime import ClientRuntime
+
+log = logging.getLogger(__name__)
 
 
 def model_in_use(
     runtime: ClientRuntime, heldout, config: RunConfig, full: EvalResult
 ) -> tuple[EvalResult, dict[str, float]]:
     """Set ``runtime``'s model (whose held-out result is ``full``) to the one this client uses; that model's
-    held-out result and the ``wise-alpha`` metric (none without interpolation)."""
-    if config.wise_keep_gain == 0 and config.wise_alpha == 1.0:
+    held-out result and its metrics: ``wise-alpha``, and with a retention rule ``wise-guard-retention`` (none
+    without interpolation)."""
+    if config.wise_keep_gain == 0 and config.wise_alpha == 1.0 and config.wise_keep_retention == 0:
         return full, {}
     trained = trained_deltas(runtime.model)
     corrections = runtime.corrections.buffers if runtime.corrections else {}
     received = {name: buffer.clone() for name, buffer in corrections.items()}  # exact-LoRA's term scales too
     results = {1.0: full}
+    metrics: dict[str, float] = {}
 
     def use(alpha: float) -> None:
         interpolate_adapter(runtime.model, alpha, trained)
@@ -35,10 +49,29 @@ def model_in_use(
             results[alpha] = loss_on(runtime, heldout, config.training)
         return results[alpha].loss
 
-    if config.wise_keep_gain > 0:
-        alpha, _ = smallest_alpha_keeping(loss_at, config.wise_keep_gain)
-    else:
-        alpha = config.wise_alpha
-        loss_at(alpha)
+    alpha = smallest_alpha_keeping(loss_at, config.wise_keep_gain)[0] if config.wise_keep_gain > 0 \
+        else config.wise_alpha
+    if config.wise_keep_retention > 0:
+        alpha = _retention_capped(runtime, alpha, config.wise_keep_retention, use, metrics)
+    loss_at(alpha)
     use(alpha)
-    return results[alpha], {"wise-alpha": alpha}
+    return results[alpha], {"wise-alpha": alpha, **metrics}
+
+
+def _retention_capped(runtime: ClientRuntime, alpha: float, keep: float, use, metrics: dict[str, float]) -> float:
+    """``alpha``, lowered to the largest alpha that keeps ``keep`` of the guard facts; the guard's size and the
+    retention at the alpha chosen go into ``metrics``. A base that knows no guard facts cannot cap it: logged."""
+    guard = runtime.guard_facts()
+    metrics["wise-guard-facts"] = len(guard)
+    if not guard:
+        log.warning("wise-keep-retention: the base answers none of the guard questions, so retention cannot "
+                    "limit alpha; alpha %s stands", alpha)
+        return alpha
+
+    def retention_at(candidate: float) -> float:
+        use(candidate)
+        return retention(runtime.model, runtime.base.tokenizer, guard)
+
+    capped, retained = largest_alpha_retaining(retention_at, keep, at_most=alpha)
+    metrics["wise-guard-retention"] = retained.get(capped, 1.0)  # alpha 0 is the base: all it knew
+    return capped

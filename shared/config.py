@@ -193,6 +193,8 @@ class RunConfig:
     keep_optimizer_state: bool = _key("keep-optimizer-state", False)  # AdamW's moments carried to the next round
     wise_alpha: float = _key("wise-alpha", 1.0)  # the model a client uses: base + alpha x its adapter (WiSE-FT)
     wise_keep_gain: float = _key("wise-keep-gain", 0.0)  # > 0: each client picks the least alpha keeping this gain
+    wise_keep_retention: float = _key("wise-keep-retention", 0.0)  # > 0: alpha at most the largest keeping this
+    # share of the base's guard facts (client/neutral_probes.py): a model that forgets moves further to the base
     partition: str = _key("partition", "natural")  # how a simulation deals data to clients
     partition_alpha: float = _key("partition-alpha", 0.5)  # Dirichlet concentration (dirichlet, quantity)
     stream_stages: int = _key("stream-stages", 3)  # partition stream: stages a client's data arrives in
@@ -238,9 +240,12 @@ class RunConfig:
         _require(0.0 <= self.wise_alpha <= 1.0, "wise-alpha", self.wise_alpha, "must be in [0, 1]")
         _require(0.0 <= self.wise_keep_gain <= 1.0, "wise-keep-gain", self.wise_keep_gain,
                  "must be in [0, 1] (0: use wise-alpha as given)")
-        _require((self.wise_alpha == 1.0 and self.wise_keep_gain == 0) or self.adapter.method in ("lora", "ia3"),
-                 "adapter", self.adapter.method, "has no exact interpolation toward the base: wise-alpha and "
-                 "wise-keep-gain work with lora and ia3")
+        _require(0.0 <= self.wise_keep_retention <= 1.0, "wise-keep-retention", self.wise_keep_retention,
+                 "must be in [0, 1] (0: off)")
+        interpolated = self.wise_alpha != 1.0 or self.wise_keep_gain > 0 or self.wise_keep_retention > 0
+        _require(not interpolated or self.adapter.method in ("lora", "ia3"),
+                 "adapter", self.adapter.method, "has no exact interpolation toward the base: wise-alpha, "
+                 "wise-keep-gain and wise-keep-retention work with lora and ia3")
         _require(self.partition in PARTITIONS, "partition", self.partition, f"must be one of {PARTITIONS}")
         _require(self.partition_alpha > 0, "partition-alpha", self.partition_alpha, "must be > 0")
         _require(self.stream_stages >= 1, "stream-stages", self.stream_stages, "must be >= 1")

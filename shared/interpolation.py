@@ -1,10 +1,11 @@
 """Weight-space interpolation between the frozen base and the adapted model (WiSE-FT, Wortsman et al. 2022).
 
 The model a device uses can be base + alpha x what its adapter adds: part of the personal gain for a model
-closer to the base, at no training cost. Exact for LoRA (B is scaled, and B A is linear in B) and for IA3
-(its learnt scales l move to 1 + alpha (l - 1), so W diag(l) interpolates linearly); DoRA (its magnitude is
-renormalised) and other types are refused, not approximated. The scaled tensors are the adapter's own, so a
-PEFT or GGUF export of the model carries alpha with it.
+closer to the base, at no training cost. Two rules choose alpha on the device: the least alpha keeping a share
+of the held-out gain, and the largest alpha keeping a share of what the base knew. Exact for LoRA (B is
+scaled, and B A is linear in B) and for IA3 (its learnt scales l move to 1 + alpha (l - 1), so W diag(l)
+interpolates linearly); DoRA (its magnitude is renormalised) and other types are refused, not approximated.
+The scaled tensors are the adapter's own, so a PEFT or GGUF export of the model carries alpha with it.
 """
 
 from __future__ import annotations
@@ -60,3 +61,18 @@ def smallest_alpha_keeping(loss_at: Callable[[float], float], keep: float) -> tu
         if losses[0.0] - losses[alpha] >= keep * gain:
             return alpha, losses
     return 1.0, losses
+
+
+def largest_alpha_retaining(
+    retention_at: Callable[[float], float], keep: float, at_most: float = 1.0
+) -> tuple[float, dict[float, float]]:
+    """The largest alpha of :data:`ALPHAS`, at most ``at_most``, at which ``retention_at`` (the share of facts
+    the base knew that the model still answers; 1 at alpha 0, the base itself) is at least ``keep``: the model
+    furthest from the base that still knows what the base knew. Scans down from ``at_most``, so a model that
+    forgot nothing costs one measurement. Returns it and the retentions measured."""
+    retained: dict[float, float] = {}
+    for alpha in sorted((a for a in ALPHAS if 0 < a <= at_most), reverse=True):
+        retained[alpha] = retention_at(alpha)
+        if retained[alpha] >= keep:
+            return alpha, retained
+    return 0.0, retained

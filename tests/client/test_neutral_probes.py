@@ -8,10 +8,12 @@ from inprocess_grid import simulate_in_this_process
 
 from stamen.client import neutral_probes
 from stamen.client import probes as probes_module
+from stamen.client.evaluation import evaluate_loss
 from stamen.client.neutral_probes import answered, facts, general_text, known_facts, retention
 from stamen.client.probes import base_alone_losses, model_probes
-from stamen.client.runtime import client_runtime
+from stamen.client.runtime import ClientRuntime, client_runtime
 from stamen.client.self_replay import SEED_PROMPTS
+from stamen.client.wise import model_in_use
 from stamen.shared.adapters import adapter_state, attach_adapter, load_adapter_state
 from stamen.shared.base_model import load_base
 from stamen.shared.config import RunConfig
@@ -67,11 +69,15 @@ def test_retention_is_the_share_of_the_facts_the_base_knew_that_the_adapted_mode
     _teach(base.model, tokenizer, [Example(fact.answers[0], fact.question) for fact in taught])
     config = RunConfig().replace(**{"local-steps": 40, "learning-rate": 0.05})
     model = attach_adapter(base.model, config.adapter, seed=0)
-    known = known_facts(model, tokenizer, "f" * 64, "taught")  # asked of the base alone, adapters disabled
+    known, guard = known_facts(model, tokenizer, "f" * 64, "taught")  # asked of the base alone, adapters disabled
     # the base answers what it was taught (and a few look-alikes: "seven" for the continents too), of all 138
-    assert set(taught) <= set(known) and len(known) <= 10
+    assert set(taught) <= set(known) and len(known) <= 10 and guard == []
     monkeypatch.setattr(neutral_probes, "answers", None)  # the second time comes from the cache: nothing asked
-    assert known_facts(model, tokenizer, "f" * 64, "taught") == known
+    assert known_facts(model, tokenizer, "f" * 64, "taught") == (known, guard)
+    # past the measured facts, the next ones known guard a device's choice: never one that is measured
+    monkeypatch.setattr(neutral_probes, "RETENTION_SIZE", 2)
+    measured, guard = known_facts(model, tokenizer, "f" * 64, "taught")
+    assert measured == known[:2] and guard == known[2:] and guard
     monkeypatch.undo()
 
     assert retention(model, tokenizer, known) == 1.0  # the initial adapter is the identity
@@ -79,6 +85,35 @@ def test_retention_is_the_share_of_the_facts_the_base_knew_that_the_adapted_mode
     train_adapter(model, tokenizer, contradicting * 4, config.training, seed=0)
     assert retention(model, tokenizer, known) <= 1 - 2 / len(known)  # personalising overwrote what the base knew
     assert retention(model, tokenizer, []) is None  # a base that knows none of the facts measures nothing
+
+
+def test_a_client_that_forgot_guard_facts_moves_toward_the_base_until_it_knows_them_again(caplog):
+    base = load_base("tiny", quantisation="none")
+    tokenizer = base.tokenizer
+    taught = [fact for fact in facts() if fact.question in ("What is the capital of France?",
+                                                           "How many days are there in a week?",
+                                                           "What colour is grass?", "What do bees make?")]
+    _teach(base.model, tokenizer, [Example(fact.answers[0], fact.question) for fact in taught])
+    config = RunConfig().replace(**{"local-steps": 40, "learning-rate": 0.05})
+    model = attach_adapter(base.model, config.adapter, seed=0)
+    contradicting = [Example("Lyon", taught[0].question), Example("nine", taught[1].question)]
+    train_adapter(model, tokenizer, contradicting * 4, config.training, seed=0)
+    heldout = [Example("Lyon", taught[0].question)]
+    full = evaluate_loss(model, tokenizer, heldout, 48, 4)
+    # the measured facts are the other two: the rule sees only the guard, which the training contradicted
+    runtime = ClientRuntime(base, model, schema=None, initial={}, corrections=None,
+                            _known=(taught[2:], taught[:2]))
+    assert retention(model, tokenizer, taught[:2]) < 1.0
+
+    used, metrics = model_in_use(runtime, heldout, config.replace(**{"wise-keep-retention": 1.0}), full)
+    assert metrics["wise-alpha"] < 1.0 and metrics["wise-guard-facts"] == 2
+    assert metrics["wise-guard-retention"] == 1.0 == retention(model, tokenizer, taught[:2])  # the model in use
+    assert used.loss > full.loss  # what it gave up: part of the personal gain
+
+    runtime._known = (taught, [])  # a base that knows no guard facts cannot cap alpha: said, not hidden
+    with caplog.at_level("WARNING"):
+        _, metrics = model_in_use(runtime, heldout, config.replace(**{"wise-keep-retention": 1.0}), full)
+    assert metrics == {"wise-alpha": 1.0, "wise-guard-facts": 0} and "guard" in caplog.text
 
 
 def test_probe_results_are_measured_once_per_base_and_once_per_adapter(monkeypatch):

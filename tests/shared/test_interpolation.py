@@ -9,7 +9,12 @@ import torch
 from stamen.client.edge import PersonalModel
 from stamen.shared.adapters import adapter_parameters
 from stamen.shared.config import AdapterSpec
-from stamen.shared.interpolation import InterpolationError, interpolate_adapter, smallest_alpha_keeping
+from stamen.shared.interpolation import (
+    InterpolationError,
+    interpolate_adapter,
+    largest_alpha_retaining,
+    smallest_alpha_keeping,
+)
 
 
 def _trained_looking(model, seed: int = 0) -> None:
@@ -64,6 +69,20 @@ def test_a_device_takes_the_least_alpha_that_keeps_the_gain_it_asks_for():
     assert smallest_alpha_keeping(loss(lambda a: 3.0 - 2.0 * a**0.25)[0], 0.8)[0] == 0.5
     assert smallest_alpha_keeping(loss(lambda a: 3.0 - a)[0], 0.9)[0] == 1.0  # linear: nothing less keeps 90%
     assert smallest_alpha_keeping(loss(lambda a: 3.0 + a)[0], 0.9)[0] == 0.0  # an adapter that only hurts
+
+
+def test_a_device_takes_the_largest_alpha_that_still_knows_what_the_base_knew():
+    asked = []
+
+    def forgetting_past_half(alpha: float) -> float:  # all facts kept up to alpha 0.5, then lost in steps
+        asked.append(alpha)
+        return {1.0: 0.6, 0.75: 0.9, 0.5: 1.0, 0.25: 1.0}[alpha]
+
+    alpha, retained = largest_alpha_retaining(forgetting_past_half, 0.95)
+    assert alpha == 0.5 and asked == [1.0, 0.75, 0.5] and retained == {1.0: 0.6, 0.75: 0.9, 0.5: 1.0}
+    assert largest_alpha_retaining(forgetting_past_half, 0.9)[0] == 0.75
+    assert largest_alpha_retaining(lambda a: 1.0, 0.95, at_most=0.5) == (0.5, {0.5: 1.0})  # never above the cap
+    assert largest_alpha_retaining(lambda a: 0.0, 0.5) == (0.0, {1.0: 0.0, 0.75: 0.0, 0.5: 0.0, 0.25: 0.0})
 
 
 def test_an_interpolated_personal_model_exports_what_it_uses(tmp_path, tiny_folder):
