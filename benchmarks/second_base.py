@@ -50,7 +50,7 @@ def main() -> None:
     from stamen.shared.adapters import base_alone
     from stamen.shared.base_source import GEMMA_BASE, gemma_gguf_path, resolve_base_folder
     from stamen.shared.examples import encode_example
-    from stamen.simulations.partitions import split_corpus
+    from stamen.simulations.partitions import client_datasets
 
     started = time.perf_counter()
     gguf, folder = gemma_gguf_path(), resolve_base_folder(GEMMA_BASE)
@@ -62,7 +62,7 @@ def main() -> None:
         peft_folder = export_adapter(run_dir, Path(scratch) / "peft")
         adapter_gguf = export_adapter(run_dir, Path(scratch) / "gguf", format="gguf")
 
-        heldout = [e for client in split_corpus(args.clients).clients for e in client.heldout]
+        heldout = [e for client in client_datasets(args.clients) for e in client.heldout]
         model = PersonalModel.load(GEMMA_BASE, adapter=peft_folder, quantisation="none")
         encoded = [encode_example(model.base.tokenizer, e, model.max_seq_len) for e in heldout]
         with base_alone(model.model):

@@ -27,7 +27,8 @@ REPLAY_BUFFER = "replay-buffer"
 
 def example_bytes(example: Example) -> int:
     """What an example costs in the stored buffer (its UTF-8 text)."""
-    return len(example.response.encode()) + len((example.prompt or "").encode())
+    return sum(len(text.encode()) for text in (example.response, example.prompt or "",
+                                               *(content for _, content in example.history)))
 
 
 @dataclass
@@ -82,7 +83,7 @@ class ReplayBuffer:
         store.save_document(REPLAY_BUFFER, server_round, {
             "capacity": self.capacity, "max_bytes": self.max_bytes, "seen": self.seen,
             "rng": json.loads(json.dumps(self._rng.bit_generator.state)),
-            "items": [{"response": e.response, "prompt": e.prompt} for e in self.items],
+            "items": [{"response": e.response, "prompt": e.prompt, "history": e.history} for e in self.items],
         })
 
     @classmethod
@@ -95,7 +96,7 @@ class ReplayBuffer:
         if document is None:
             return cls(capacity, max_bytes, seed, select=select)
         buffer = cls(min(capacity, document["capacity"]), max_bytes, seed,
-                     [Example(**item) for item in document["items"]], document["seen"], select)
+                     [_example(item) for item in document["items"]], document["seen"], select)
         buffer._rng.bit_generator.state = document["rng"]
         if len(buffer.items) > buffer.capacity and select is not None:
             buffer.items = select(buffer.items, buffer.capacity)
@@ -115,3 +116,8 @@ class BufferReplay(ReplaySource):
     @classmethod
     def replay(cls, inputs: ReplayInputs) -> tuple[list[Example], tuple]:
         return list(inputs.buffer.items), ()
+
+
+def _example(item: dict) -> Example:
+    """An example as :meth:`ReplayBuffer.save` stored it (JSON turns its history's tuples into lists)."""
+    return Example(item["response"], item["prompt"], tuple(tuple(turn) for turn in item.get("history", ())))

@@ -23,7 +23,8 @@ WIRE_DTYPES = ("float16", "float32", "int8")  # int8: 8-bit blockwise, sent up w
 LR_SCHEDULES = ("constant", "linear", "cosine")
 DP_MODES = ("none", "central", "distributed")
 PERSONALISATIONS = ("global", "ditto", "finetune")
-PARTITIONS = ("natural", "iid", "dirichlet", "quantity", "stream", "topic-shift")
+PARTITIONS = ("natural", "iid", "dirichlet", "pathological", "shard", "quantity", "stream", "topic-shift")
+DATASET_FIELDS = ("prompt", "response", "text", "messages")  # what dataset-columns maps to a dataset's columns
 REPLAY_SOURCES = ("buffer", "anchor", "self", "ewc")
 BUFFER_SELECTIONS = ("reservoir", "k-centre")  # what the replay buffer keeps (client/replay_buffer.py)
 REPLAY_LOSSES = ("text", "distill")  # how replayed rows are scored (shared/distillation.py)
@@ -172,6 +173,42 @@ class PrivacySpec:
 
 
 @dataclass(frozen=True)
+class DataSpec:
+    """What a simulation's clients hold: which dataset, and how it is dealt out (simulations/partitions.py)."""
+
+    dataset: str = _key("dataset", "")  # "": the embedded corpus; else a local Hugging Face datasets source
+    columns: str = _key("dataset-columns", "")  # "prompt=question,response=answer" (or text=, messages=)
+    partition: str = _key("partition", "natural")  # how a simulation deals data to clients
+    partition_by: str = _key("partition-by", "")  # the column natural/dirichlet/pathological/shard read
+    alpha: float = _key("partition-alpha", 0.5)  # Dirichlet concentration (dirichlet, quantity)
+    options: str = _key("partition-options", "")  # more keyword arguments of the flwr-datasets partitioner
+    stream_stages: int = _key("stream-stages", 3)  # partition stream / topic-shift: stages data arrives in
+
+    def __post_init__(self) -> None:
+        _require(self.partition in PARTITIONS, "partition", self.partition, f"must be one of {PARTITIONS}")
+        _require(self.alpha > 0, "partition-alpha", self.alpha, "must be > 0")
+        _require(self.stream_stages >= 1, "stream-stages", self.stream_stages, "must be >= 1")
+        self.partitioner_options()
+        self.column_names()
+
+    def column_names(self) -> dict[str, str]:
+        """``dataset-columns`` ("prompt=question,response=answer") as field -> column, the rest by their names."""
+        columns = dict(zip(DATASET_FIELDS, DATASET_FIELDS, strict=True))
+        for item in filter(None, (part.strip() for part in self.columns.split(","))):
+            name, sep, column = (part.strip() for part in item.partition("="))
+            _require(bool(sep) and name in DATASET_FIELDS and bool(column), "dataset-columns", item,
+                     f"must be field=column with field one of {DATASET_FIELDS}")
+            columns[name] = column
+        return columns
+
+    def partitioner_options(self) -> dict[str, float | str]:
+        """``partition-options`` ("num_classes_per_partition=2") as keyword arguments of the partitioner."""
+        options = _parse_options("partition-options", self.options, numbers_only=False)
+        return {name: int(value) if isinstance(value, float) and value.is_integer() else value
+                for name, value in options.items()}
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a federation run needs; clients receive it from the server."""
 
@@ -195,9 +232,7 @@ class RunConfig:
     wise_keep_gain: float = _key("wise-keep-gain", 0.0)  # > 0: each client picks the least alpha keeping this gain
     wise_keep_retention: float = _key("wise-keep-retention", 0.0)  # > 0: alpha at most the largest keeping this
     # share of the base's guard facts (client/neutral_probes.py): a model that forgets moves further to the base
-    partition: str = _key("partition", "natural")  # how a simulation deals data to clients
-    partition_alpha: float = _key("partition-alpha", 0.5)  # Dirichlet concentration (dirichlet, quantity)
-    stream_stages: int = _key("stream-stages", 3)  # partition stream: stages a client's data arrives in
+    data: DataSpec = field(default_factory=DataSpec)
     attack: str = _key("attack", "none")
     attack_fraction: float = _key("attack-fraction", 0.0)
     attack_options: str = _key("attack-options", "")
@@ -246,9 +281,6 @@ class RunConfig:
         _require(not interpolated or self.adapter.method in ("lora", "ia3"),
                  "adapter", self.adapter.method, "has no exact interpolation toward the base: wise-alpha, "
                  "wise-keep-gain and wise-keep-retention work with lora and ia3")
-        _require(self.partition in PARTITIONS, "partition", self.partition, f"must be one of {PARTITIONS}")
-        _require(self.partition_alpha > 0, "partition-alpha", self.partition_alpha, "must be > 0")
-        _require(self.stream_stages >= 1, "stream-stages", self.stream_stages, "must be >= 1")
         _require(0.0 <= self.attack_fraction <= 1.0, "attack-fraction", self.attack_fraction, "must be in [0, 1]")
         if self.privacy.dp == "distributed" and self.privacy.secagg_value_range > 0:
             needed = self.noise_value_range()

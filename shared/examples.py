@@ -1,8 +1,8 @@
 """Local examples and how they become token batches for a causal LM.
 
 An example is a prompt/response pair (loss on the response only) or a plain
-text (loss on every token). Prompts go through the tokenizer's chat template
-when it has one, so an instruct base sees the format it was trained on.
+text (loss on every token); a chat's earlier turns ride along as its history. Prompts go through the
+tokenizer's chat template when it has one, so an instruct base sees the format it was trained on.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ class Example:
 
     response: str
     prompt: str | None = None
+    history: tuple[tuple[str, str], ...] = ()  # a chat's (role, content) turns before the prompt
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ def encode_example(tokenizer, example: Example, max_len: int) -> EncodedExample:
         ids = response_ids
         labels = list(ids)
     else:
-        prompt_ids = tokenizer(format_prompt(tokenizer, example.prompt), add_special_tokens=False).input_ids
+        prompt_ids = tokenizer(format_prompt(tokenizer, example.prompt, example.history),
+                               add_special_tokens=False).input_ids
         if len(prompt_ids) >= max_len:  # no response token would fit: keep the prompt's end and some response
             prompt_ids = prompt_ids[len(prompt_ids) - (max_len - min(len(response_ids), max_len // 2)):]
         ids = prompt_ids + response_ids
@@ -58,12 +60,13 @@ def collate(batch: list[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
-def format_prompt(tokenizer, prompt: str) -> str:
+def format_prompt(tokenizer, prompt: str, history: tuple[tuple[str, str], ...] = ()) -> str:
+    """``prompt`` as the user's turn after ``history``, ready for the assistant's reply."""
     if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-    return plain_prompt(prompt)
+        turns = [*({"role": role, "content": content} for role, content in history),
+                 {"role": "user", "content": prompt}]
+        return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+    return "".join(plain_prompt(content) for _, content in history) + plain_prompt(prompt)
 
 
 def plain_prompt(prompt: str) -> str:

@@ -1,8 +1,8 @@
-"""The ClientApp a simulation runs: Stamen's, dealt the embedded corpus and with the run's attack installed.
+"""The ClientApp a simulation runs: Stamen's, dealt its partition and with the run's attack installed.
 
 Flower gives each virtual node a ``partition-id`` and ``num-partitions`` in its node
-config; the node's data is that partition of the embedded corpus (a node with a
-``data-path`` reads its own file as a device does). Attacks exist only here: the
+config; the node's data is that partition of the run's dataset, the embedded corpus by default (a node with
+a ``data-path`` reads its own file as a device does). Attacks exist only here: the
 production ClientApp (``stamen.client.app``) has none.
 """
 
@@ -23,22 +23,21 @@ from stamen.client.round_setup import RoundSetup
 from stamen.shared.config import RunConfig
 
 from .attacks import Attack, attack_for, make_attack
-from .partitions import split_corpus, stage_examples, stream_stage
+from .partitions import client_datasets, stage_examples, stream_stage
 
 
 def partition_source(context: Context, config: RunConfig, server_round: int) -> LocalData:
-    """A virtual node's partition of the embedded corpus in ``server_round`` (a stream: its stage so far)."""
+    """A virtual node's partition of the run's dataset in ``server_round`` (a stream: its stage so far)."""
     node = context.node_config
     if "partition-id" not in node or "num-partitions" not in node:
         return device_source(context, config, server_round)
-    split = split_corpus(int(node["num-partitions"]), config.seed, config.partition, config.partition_alpha,
-                         config.stream_stages)
-    mine = split.clients[int(node["partition-id"])]
-    if config.partition not in ("stream", "topic-shift") or server_round == 0:
+    data = config.data
+    mine = client_datasets(int(node["num-partitions"]), config.seed, data)[int(node["partition-id"])]
+    if data.partition not in ("stream", "topic-shift") or server_round == 0:
         return LocalData(mine.name, mine.train, mine.heldout)
-    stage = stream_stage(server_round, config.num_rounds, config.stream_stages)
-    stages = tuple(stage_examples(mine.train, j, config.stream_stages)[:MAX_HELDOUT] for j in range(stage + 1))
-    train = stage_examples(mine.train, stage, config.stream_stages)
+    stage = stream_stage(server_round, config.num_rounds, data.stream_stages)
+    stages = tuple(stage_examples(mine.train, j, data.stream_stages)[:MAX_HELDOUT] for j in range(stage + 1))
+    train = stage_examples(mine.train, stage, data.stream_stages)
     return LocalData(mine.name, train, mine.heldout, stage, stages)
 
 

@@ -1,77 +1,143 @@
-"""How a simulation deals the embedded corpus out to its clients.
+"""How a simulation deals its dataset out to clients: Flower Datasets' partitioners, and Stamen's stages on top.
 
-The natural split (one topic group per client, see ``corpus``) defines the topics;
-the other schemes redistribute the same examples, so runs with different schemes
-differ only in who holds what:
+The dataset is the embedded corpus (its topic groups in the ``topic`` column) or ``dataset = PATH``
+(:mod:`.dataset_source`). ``partition-by`` names the column the label- and id-based schemes read (the
+embedded corpus: ``topic``):
 
-- ``natural``: one topic per client (the most non-IID);
-- ``iid``: every client a uniform random share of all topics;
-- ``dirichlet``: each topic's examples spread over clients with proportions drawn
-  from Dirichlet(alpha): small alpha, each topic lands on few clients; large alpha, near IID;
-- ``quantity``: IID contents, client sizes drawn from Dirichlet(alpha);
-- ``stream``: the natural split, each client's training data revealed in
-  ``stream-stages`` stages over the rounds, one stage at a time (continual learning);
-- ``topic-shift``: a stream whose stages are different topics (client i's stage k is topic group
-  i + k x clients of the natural split, every stage the same size), so a later stage can erase an
-  earlier one: the scenario in which replay has something to protect.
+- ``natural``: ``NaturalIdPartitioner``, one client per distinct value in order of first appearance (the
+  embedded corpus: one topic group per client, the most non-IID);
+- ``iid``: ``IidPartitioner`` on the shuffled rows;
+- ``dirichlet``: ``DirichletPartitioner``, each value's rows spread over clients in Dirichlet(``partition-alpha``)
+  proportions (Hsu et al. 2019): small alpha, each value lands on few clients; large alpha, near IID;
+- ``pathological``: ``PathologicalPartitioner``, each client holds ``num_classes_per_partition`` values (2);
+- ``shard``: ``ShardPartitioner``, each client ``num_shards_per_partition`` sorted shards (2);
+- ``quantity``: IID contents, client sizes drawn from Dirichlet(``partition-alpha``), dealt by ``SizePartitioner``.
+
+``partition-options`` passes any other keyword argument of the partitioner. What flwr-datasets lacks:
+
+- ``stream``: the natural split, each client's training data revealed in ``stream-stages`` stages over the
+  rounds, one stage at a time (continual learning);
+- ``topic-shift``: a stream whose stages are different natural groups (client i's stage k is group
+  i + k x clients, every stage the same size), so a later stage can erase an earlier one: the scenario in which
+  replay has something to protect.
+
+Every client's held-out examples are a seeded sample of its partition (a fifth, at most 16).
 """
 
 from __future__ import annotations
 
 import math
 import random
+import warnings
 from functools import lru_cache
 
+import datasets
 import numpy as np
+from flwr_datasets import partitioner as flwr_partitioners
 
-from stamen.shared.config import PARTITIONS
-from stamen.shared.corpus import ClientDataset, CorpusSplit, natural_capacity, natural_split
+from stamen.shared.config import DataSpec
+from stamen.shared.corpus import ClientDataset, natural_capacity
 from stamen.shared.examples import Example
+
+from .dataset_source import EMBEDDED_GROUP, DatasetError, embedded_dataset, load_rows, to_examples
 
 MIN_EXAMPLES = 4  # a client needs something to train on and something to hold out
 HELDOUT_FRACTION, MAX_HELDOUT = 0.2, 16
+EMBEDDED = DataSpec()  # the embedded corpus, dealt naturally
+DEFAULT_OPTIONS = {"pathological": {"num_classes_per_partition": 2}, "shard": {"num_shards_per_partition": 2}}
 
 
 @lru_cache(maxsize=16)
-def split_corpus(
-    num_clients: int, seed: int = 0, partition: str = "natural", alpha: float = 0.5, stages: int = 3
-) -> CorpusSplit:
-    """The clients' data under ``partition`` (deterministic: every process computes the same split)."""
-    if partition not in PARTITIONS:
-        raise ValueError(f"partition {partition!r} must be one of {PARTITIONS}")
-    if partition in ("natural", "stream"):
-        return natural_split(num_clients, seed)
-    if partition == "topic-shift":
-        return _topic_shift(num_clients, seed, stages)
-    # the redistributing schemes deal the topics of up to as many clients as the natural split can have
-    natural = natural_split(min(num_clients, natural_capacity()), seed)
-    if alpha <= 0:
-        raise ValueError(f"partition-alpha must be > 0, not {alpha}")
-    topics = [client.train + client.heldout for client in natural.clients]
-    rng = np.random.default_rng(seed)
-    if partition == "iid":
-        shares = _deal(_pooled(topics, rng), np.full(num_clients, 1.0 / num_clients))
-    elif partition == "quantity":
-        shares = _deal(_pooled(topics, rng), _proportions(rng, alpha, num_clients, sum(map(len, topics))))
-    else:
-        shares = _dirichlet_by_topic(topics, alpha, rng)
-    clients = tuple(_client(f"{partition}-{i}", share, random.Random(f"{seed}/{i}")) for i, share in enumerate(shares))
-    return CorpusSplit(clients, natural.base_domain, natural.root, natural.anchor)
+def client_datasets(num_clients: int, seed: int = 0, data: DataSpec = EMBEDDED) -> tuple[ClientDataset, ...]:
+    """The clients' data under ``data`` (deterministic: every process computes the same split)."""
+    if data.partition == "topic-shift":
+        return _topic_shift(num_clients, seed, data)
+    rows, by = _rows(num_clients, seed, data)
+    parts = _partitions(rows, num_clients, seed, data, by)
+    columns = data.column_names()
+    clients = tuple(_client(name, to_examples(part, columns), random.Random(f"{seed}/{name}"))
+                    for name, part in parts)
+    for client in clients:
+        if len(client.train) + len(client.heldout) < MIN_EXAMPLES:
+            raise DatasetError(f"partition {data.partition} gave client {client.name} "
+                               f"{len(client.train) + len(client.heldout)} examples, fewer than {MIN_EXAMPLES}: "
+                               "use fewer clients or another partition")
+    return clients
 
 
-def _topic_shift(num_clients: int, seed: int, stages: int) -> CorpusSplit:
-    """Client i trains on topic groups i, i + n, i + 2n, ... one per stage, each cut to the smallest's size;
-    its held-out examples come from every one of its topics."""
-    natural = natural_split(num_clients * stages, seed)
+def _rows(num_clients: int, seed: int, data: DataSpec) -> tuple[datasets.Dataset, str]:
+    """The dataset to partition and the column its id- and label-based schemes read."""
+    if data.dataset:
+        return load_rows(data.dataset), data.partition_by
+    if data.partition in ("natural", "stream"):
+        return embedded_dataset(num_clients, seed), EMBEDDED_GROUP
+    # the redistributing schemes deal the topic groups of up to as many clients as the natural split can have
+    return embedded_dataset(min(num_clients, natural_capacity()), seed), data.partition_by or EMBEDDED_GROUP
+
+
+def _partitions(
+    rows: datasets.Dataset, num_clients: int, seed: int, data: DataSpec, by: str
+) -> list[tuple[str, datasets.Dataset]]:
+    """(client name, rows) for every client, by the flwr-datasets partitioner ``data.partition`` names."""
+    scheme = "natural" if data.partition == "stream" else data.partition
+    if scheme != "iid" and scheme != "quantity" and by not in rows.column_names:
+        raise DatasetError(f"partition {data.partition} splits by a column: set partition-by to one of "
+                           f"{rows.column_names}" if not by else
+                           f"partition-by = {by!r} is not a column of the dataset ({rows.column_names})")
+    if scheme == "natural":
+        return _natural(rows, num_clients, by)
+    shuffled = rows.shuffle(seed=seed)
+    options = {**DEFAULT_OPTIONS.get(scheme, {}), **data.partitioner_options()}
+    try:
+        if scheme == "iid":
+            partitioner = flwr_partitioners.IidPartitioner(num_clients, **options)
+        elif scheme == "quantity":
+            sizes = _sizes(np.random.default_rng(seed), data.alpha, num_clients, len(rows))
+            partitioner = flwr_partitioners.SizePartitioner(sizes, **options)
+        elif scheme == "dirichlet":
+            partitioner = flwr_partitioners.DirichletPartitioner(
+                num_clients, by, data.alpha, **{"min_partition_size": MIN_EXAMPLES, "seed": seed, **options})
+        elif scheme == "pathological":
+            partitioner = flwr_partitioners.PathologicalPartitioner(num_clients, by, **{"seed": seed, **options})
+        else:
+            partitioner = flwr_partitioners.ShardPartitioner(num_clients, by, **{"seed": seed, **options})
+        partitioner.dataset = shuffled
+        with warnings.catch_warnings():  # Dirichlet's redraws below the minimum size warn; its last one raises
+            warnings.simplefilter("ignore", UserWarning)
+            return [(f"{data.partition}-{i}", partitioner.load_partition(i)) for i in range(num_clients)]
+    except (TypeError, ValueError) as error:
+        raise DatasetError(f"partition {data.partition} ({num_clients} clients, partition-alpha {data.alpha}, "
+                           f"partition-options {options}) failed in flwr-datasets: {error}") from None
+
+
+def _natural(rows: datasets.Dataset, num_clients: int, by: str) -> list[tuple[str, datasets.Dataset]]:
+    """One client per distinct value of ``by``, in the order the values first appear in the dataset (the
+    embedded corpus: the natural split's, largest English topic group first)."""
+    partitioner = flwr_partitioners.NaturalIdPartitioner(partition_by=by)
+    partitioner.dataset = rows
+    if partitioner.num_partitions != num_clients:
+        raise DatasetError(f"partition natural gives one client per distinct {by!r}: the dataset has "
+                           f"{partitioner.num_partitions}, the simulation asks for {num_clients} clients")
+    first_row = {value: row for row, value in reversed(list(enumerate(rows[by])))}
+    ids = sorted(range(num_clients), key=lambda i: first_row[partitioner.partition_id_to_natural_id[i]])
+    return [(str(partitioner.partition_id_to_natural_id[i]), partitioner.load_partition(i)) for i in ids]
+
+
+def _topic_shift(num_clients: int, seed: int, data: DataSpec) -> tuple[ClientDataset, ...]:
+    """Client i trains on natural groups i, i + n, i + 2n, ... one per stage, each cut to the smallest's size;
+    its held-out examples come from every one of its groups."""
+    stages = data.stream_stages
+    groups = client_datasets(num_clients * stages, seed, DataSpec(
+        dataset=data.dataset, columns=data.columns, partition="natural", partition_by=data.partition_by))
     clients = []
     for i in range(num_clients):
-        topics = [natural.clients[i + k * num_clients] for k in range(stages)]
-        size = min(len(topic.train) for topic in topics)
-        per_topic = max(1, MAX_HELDOUT // stages)
+        mine = [groups[i + k * num_clients] for k in range(stages)]
+        size = min(len(group.train) for group in mine)
+        per_group = max(1, MAX_HELDOUT // stages)
         clients.append(ClientDataset(
-            f"shift-{i}", tuple(e for topic in topics for e in topic.train[:size]),
-            tuple(e for topic in topics for e in topic.heldout[:per_topic])))
-    return CorpusSplit(tuple(clients), natural.base_domain, natural.root, natural.anchor)
+            f"shift-{i}", tuple(e for group in mine for e in group.train[:size]),
+            tuple(e for group in mine for e in group.heldout[:per_group])))
+    return tuple(clients)
 
 
 def stream_stage(server_round: int, num_rounds: int, stages: int) -> int:
@@ -85,40 +151,14 @@ def stage_examples(train: tuple[Example, ...], stage: int, stages: int) -> tuple
     return train[stage * size:(stage + 1) * size]
 
 
-def _pooled(topics: list[tuple[Example, ...]], rng: np.random.Generator) -> list[Example]:
-    pool = [example for topic in topics for example in topic]
-    return [pool[i] for i in rng.permutation(len(pool))]
-
-
-def _proportions(rng: np.random.Generator, alpha: float, num_clients: int, total: int) -> np.ndarray:
-    """Dirichlet(alpha) client shares with every client above the minimum size."""
+def _sizes(rng: np.random.Generator, alpha: float, num_clients: int, total: int) -> list[int]:
+    """Dirichlet(alpha) client sizes, every client above the minimum size, summing to ``total``."""
     floor = MIN_EXAMPLES / total
     if floor * num_clients > 1:
-        raise ValueError(f"{total} examples cannot give {num_clients} clients {MIN_EXAMPLES} each")
-    return floor + (1 - floor * num_clients) * rng.dirichlet(np.full(num_clients, alpha))
-
-
-def _deal(pool: list[Example], proportions: np.ndarray) -> list[list[Example]]:
-    cuts = np.round(np.cumsum(proportions)[:-1] * len(pool)).astype(int)
-    return [list(part) for part in np.split(np.array(pool, dtype=object), cuts)]
-
-
-def _dirichlet_by_topic(
-    topics: list[tuple[Example, ...]], alpha: float, rng: np.random.Generator
-) -> list[list[Example]]:
-    """Label-skew partition (Hsu et al. 2019) with topics as labels; redrawn until every client has enough."""
-    num_clients = len(topics)
-    for _ in range(100):
-        shares: list[list[Example]] = [[] for _ in range(num_clients)]
-        for topic in topics:
-            order = rng.permutation(len(topic))
-            cuts = np.round(np.cumsum(rng.dirichlet(np.full(num_clients, alpha)))[:-1] * len(topic)).astype(int)
-            for client, part in enumerate(np.split(order, cuts)):
-                shares[client] += [topic[i] for i in part]
-        if min(map(len, shares)) >= MIN_EXAMPLES:
-            return shares
-    raise ValueError(f"Dirichlet({alpha}) left a client with fewer than {MIN_EXAMPLES} examples in 100 draws; "
-                     "raise partition-alpha or use fewer clients")
+        raise DatasetError(f"{total} examples cannot give {num_clients} clients {MIN_EXAMPLES} each")
+    proportions = floor + (1 - floor * num_clients) * rng.dirichlet(np.full(num_clients, alpha))
+    cuts = np.round(np.cumsum(proportions) * total).astype(int)
+    return np.diff(cuts, prepend=0).tolist()
 
 
 def _client(name: str, examples: list[Example], rng: random.Random) -> ClientDataset:

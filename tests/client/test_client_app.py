@@ -37,7 +37,7 @@ from stamen.shared.protocol import (
 from stamen.shared.wire import AdapterSchema, decode_adapter, encode_adapter
 from stamen.simulations.client_app import app as client_app
 from stamen.simulations.client_app import partition_source
-from stamen.simulations.partitions import split_corpus
+from stamen.simulations.partitions import client_datasets
 
 TINY = RunConfig().replace(**{"base-model": "tiny", "quantisation": "none", "local-steps": 2, "seed": 0})
 
@@ -361,7 +361,7 @@ def test_self_replay_writes_pseudo_examples_from_the_base_alone_once_per_base_an
     sets = [json.loads(path.read_text()) for path in cache_dir("self-replay").glob("*.json")]
     written = [examples for examples in sets if len(examples) == 3]
     assert len(written) == 2 and all({prompt for prompt, _ in examples} <= set(SEED_PROMPTS) for examples in written)
-    local = split_corpus(3, 0).clients[0]
+    local = client_datasets(3, 0)[0]
     stored = b"".join(path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
     assert not any(e.response.encode() in stored for e in (*local.train, *local.heldout) if len(e.response) > 12)
 

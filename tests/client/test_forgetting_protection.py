@@ -14,7 +14,7 @@ from stamen.shared.distillation import Distillation, kl_to_teacher
 from stamen.shared.examples import IGNORE_INDEX, collate, encode_example
 from stamen.shared.training import train_adapter
 from stamen.simulations.comparison import against_baseline
-from stamen.simulations.partitions import split_corpus
+from stamen.simulations.partitions import client_datasets
 
 
 def test_forgetting_is_measured_on_general_text_against_the_base_and_the_best_earlier_round(tmp_path):
@@ -56,7 +56,7 @@ def test_ewc_holds_the_parameters_the_replayed_examples_depend_on(tiny_folder):
                                     "local-steps": 6, "seed": 0})
     runtime = client_runtime(config)
     model, tokenizer, spec = runtime.model, runtime.base.tokenizer, config.training
-    old, new = split_corpus(2, 0).clients
+    old, new = client_datasets(2, 0)
     fisher = fisher_diagonal(model, tokenizer, list(old.train), spec.max_seq_len, spec.batch_size)
     assert set(fisher) == set(adapter_parameters(model))
     values = torch.cat([f.flatten() for f in fisher.values()])
@@ -110,7 +110,7 @@ def test_distillation_holds_the_models_view_of_replayed_prompts_to_the_bases_and
                                     "local-steps": 8, "seed": 0})
     runtime = client_runtime(config)
     model, tokenizer, spec = runtime.model, runtime.base.tokenizer, config.training
-    old, new = split_corpus(2, 0).clients
+    old, new = client_datasets(2, 0)
     replayed = list(old.train)[:8]
     batch = collate([encode_example(tokenizer, e, spec.max_seq_len) for e in replayed], tokenizer.pad_token_id)
     scored = batch["labels"][:, 1:] != IGNORE_INDEX
