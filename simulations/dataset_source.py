@@ -16,12 +16,18 @@ from functools import lru_cache
 from pathlib import Path
 
 import datasets
+import pandas
 
 from stamen.shared.config import ConfigError
 from stamen.shared.corpus import natural_split
 from stamen.shared.examples import Example
 
-FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+READERS = {  # text stays text: no column is guessed to be numbers or dates
+    ".jsonl": lambda path: pandas.read_json(path, lines=True, dtype=False, convert_dates=False),
+    ".json": lambda path: pandas.read_json(path, dtype=False, convert_dates=False),
+    ".csv": lambda path: pandas.read_csv(path, dtype=str, keep_default_na=False),
+    ".parquet": pandas.read_parquet,
+}
 EMBEDDED_GROUP = "topic"  # the embedded dataset's natural id: a client's topic group
 
 
@@ -31,9 +37,9 @@ class DatasetError(ConfigError):
 
 @lru_cache(maxsize=4)
 def load_rows(path: str) -> datasets.Dataset:
-    """The dataset at ``path`` (a ``save_to_disk`` folder or one data file), read locally."""
+    """The dataset at ``path`` (a ``save_to_disk`` folder, memory-mapped; or one data file, read into memory so
+    that no copy of private rows lands in a cache), read locally."""
     source = Path(path).expanduser()
-    datasets.disable_progress_bars()
     if source.is_dir():
         if not (source / "dataset_info.json").is_file():
             raise DatasetError(f"dataset {path}: a folder must be one written by Dataset.save_to_disk "
@@ -46,15 +52,13 @@ def load_rows(path: str) -> datasets.Dataset:
         return loaded
     if not source.is_file():
         raise DatasetError(f"dataset {path} does not exist on this machine")
-    if source.suffix not in FORMATS:
-        raise DatasetError(f"dataset {path}: expected a save_to_disk folder or one of {sorted(FORMATS)}")
-    from stamen.shared.cache import cache_dir
-
+    if source.suffix not in READERS:
+        raise DatasetError(f"dataset {path}: expected a save_to_disk folder or one of {sorted(READERS)}")
     try:
-        return datasets.load_dataset(FORMATS[source.suffix], data_files=str(source), split="train",
-                                     cache_dir=str(cache_dir("datasets")))
-    except (ValueError, datasets.exceptions.DatasetGenerationError) as error:
-        raise DatasetError(f"dataset {path} cannot be read as {FORMATS[source.suffix]}: {error}") from None
+        table = READERS[source.suffix](source)
+    except (ValueError, OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"dataset {path} cannot be read as {source.suffix[1:]}: {error}") from None
+    return datasets.Dataset.from_pandas(table, preserve_index=False)
 
 
 def to_examples(rows: datasets.Dataset, columns: dict[str, str]) -> list[Example]:

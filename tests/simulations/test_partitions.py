@@ -162,7 +162,8 @@ def _rows(users: int = 3, per_user: int = 10) -> list[dict]:
 
 
 @pytest.mark.parametrize("kind", ["save_to_disk", "jsonl", "csv", "parquet"])
-def test_a_local_dataset_is_dealt_by_its_columns(kind, tmp_path):
+def test_a_local_dataset_is_dealt_by_its_columns(kind, tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
     table = datasets.Dataset.from_list(_rows())
     path = tmp_path / ("saved" if kind == "save_to_disk" else f"rows.{kind}")
     {"save_to_disk": table.save_to_disk, "jsonl": table.to_json, "csv": table.to_csv,
@@ -176,6 +177,7 @@ def test_a_local_dataset_is_dealt_by_its_columns(kind, tmp_path):
     iid = client_datasets(2, 0, DataSpec(dataset=str(path), columns="prompt=question,response=answer",
                                          partition="iid"))
     assert sorted(len(everything(c)) for c in iid) == [15, 15]
+    assert not (tmp_path / "hf-cache").exists()  # the rows were read where they are: no copy in a cache
 
 
 def test_a_chat_column_trains_the_last_reply_after_the_conversation_so_far(tmp_path, tiny_folder):
