@@ -23,8 +23,10 @@ from stamen.shared.training import TrainResult, train_adapter
 
 from .evaluation import evaluate_loss
 from .generation import generate_answer
+from .neutral_probes import known_facts
 from .replay_buffer import ReplayBuffer
 from .state_store import PERSONAL, ClientStateStore
+from .wise import retention_capped
 
 REPLAY = ReplaySpec()  # a federation client's defaults: a quarter of each batch, at most 256 examples / 256 KiB
 
@@ -72,6 +74,7 @@ class PersonalModel:
     def personalise(
         self, examples: Iterable[object], steps: int = 20, learning_rate: float = 1e-3, batch_size: int = 4,
         seed: int = 0, replay: bool = True, heldout: Iterable[object] | None = None, keep_gain: float | None = 0.9,
+        keep_retention: float | None = None,
     ) -> TrainResult:
         """Train the adapter on ``examples`` (prompt/response or text mappings, strings, or Examples).
 
@@ -79,7 +82,8 @@ class PersonalModel:
         earlier calls (a bounded sample, in memory) fill a quarter of each batch so that new examples do not
         erase what older ones taught (``replay=False``: off); and given ``heldout`` examples of the device's
         own (not trained on), the model moves toward the base to the least alpha that keeps ``keep_gain`` of
-        the adapter's gain on them (:meth:`choose_alpha`, ``self.alpha``; ``keep_gain=None``: off)."""
+        the adapter's gain on them (:meth:`choose_alpha`, ``self.alpha``; ``keep_gain=None``: off), and further
+        where the model would no longer answer ``keep_retention`` of the base's guard facts."""
         if not self.trainable:
             raise ValueError("this model was loaded with trainable=False (inference only): "
                              "load it with trainable=True to personalise it")
@@ -92,7 +96,7 @@ class PersonalModel:
         self.replay_buffer.add(new)
         self._trained, self.alpha = None, 1.0  # interpolation now starts from this training
         if heldout is not None and keep_gain:
-            self.choose_alpha(heldout, keep_gain)
+            self.choose_alpha(heldout, keep_gain, keep_retention)
         return result
 
     def interpolate(self, alpha: float) -> None:
@@ -103,10 +107,14 @@ class PersonalModel:
         interpolate_adapter(self.model, alpha, self._trained)
         self.alpha = alpha
 
-    def choose_alpha(self, heldout: Iterable[object], keep_gain: float = 0.9) -> float:
+    def choose_alpha(
+        self, heldout: Iterable[object], keep_gain: float = 0.9, keep_retention: float | None = None
+    ) -> float:
         """Interpolate to the least alpha that keeps ``keep_gain`` of the adapter's gain on ``heldout`` (this
         device's own examples, not trained on): the model closest to the base that keeps most of what
-        personalisation bought. Returns alpha."""
+        personalisation bought; with ``keep_retention``, lowered further to the largest alpha at which it still
+        answers that share of the base's guard facts (asked of the base once per base, then cached). Returns
+        alpha."""
         examples = [as_example(e) for e in heldout]
 
         def loss_at(alpha: float) -> float:
@@ -114,6 +122,11 @@ class PersonalModel:
             return self.score(examples)
 
         alpha, _ = smallest_alpha_keeping(loss_at, keep_gain)
+        if keep_retention:
+            guard = known_facts(self.model, self.base.tokenizer, self.base.fingerprint,
+                                self.base.quantisation.mode)[1]
+            alpha, _ = retention_capped(self.model, self.base.tokenizer, guard, alpha, keep_retention,
+                                        self.interpolate)
         self.interpolate(alpha)
         return alpha
 

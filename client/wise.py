@@ -7,6 +7,7 @@ measures this model, probes included."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from stamen.shared.config import RunConfig
 from stamen.shared.interpolation import (
@@ -17,7 +18,7 @@ from stamen.shared.interpolation import (
 )
 
 from .evaluation import EvalResult
-from .neutral_probes import retention
+from .neutral_probes import Fact, retention
 from .probes import loss_on
 from .runtime import ClientRuntime
 
@@ -52,26 +53,31 @@ def model_in_use(
     alpha = smallest_alpha_keeping(loss_at, config.wise_keep_gain)[0] if config.wise_keep_gain > 0 \
         else config.wise_alpha
     if config.wise_keep_retention > 0:
-        alpha = _retention_capped(runtime, alpha, config.wise_keep_retention, use, metrics)
+        guard = runtime.guard_facts()
+        metrics["wise-guard-facts"] = len(guard)
+        alpha, retained = retention_capped(runtime.model, runtime.base.tokenizer, guard, alpha,
+                                           config.wise_keep_retention, use)
+        if retained is not None:
+            metrics["wise-guard-retention"] = retained
     loss_at(alpha)
     use(alpha)
     return results[alpha], {"wise-alpha": alpha, **metrics}
 
 
-def _retention_capped(runtime: ClientRuntime, alpha: float, keep: float, use, metrics: dict[str, float]) -> float:
-    """``alpha``, lowered to the largest alpha that keeps ``keep`` of the guard facts; the guard's size and the
-    retention at the alpha chosen go into ``metrics``. A base that knows no guard facts cannot cap it: logged."""
-    guard = runtime.guard_facts()
-    metrics["wise-guard-facts"] = len(guard)
+def retention_capped(
+    model, tokenizer, guard: list[Fact], alpha: float, keep: float, use: Callable[[float], None]
+) -> tuple[float, float | None]:
+    """``alpha``, lowered to the largest alpha at which the model (set by ``use``) still answers ``keep`` of
+    the ``guard`` facts, and the retention there. A base that knows no guard facts cannot cap it: alpha
+    stands, retention is None, and the log says so."""
     if not guard:
         log.warning("wise-keep-retention: the base answers none of the guard questions, so retention cannot "
                     "limit alpha; alpha %s stands", alpha)
-        return alpha
+        return alpha, None
 
     def retention_at(candidate: float) -> float:
         use(candidate)
-        return retention(runtime.model, runtime.base.tokenizer, guard)
+        return retention(model, tokenizer, guard)
 
     capped, retained = largest_alpha_retaining(retention_at, keep, at_most=alpha)
-    metrics["wise-guard-retention"] = retained.get(capped, 1.0)  # alpha 0 is the base: all it knew
-    return capped
+    return capped, retained.get(capped, 1.0)  # alpha 0 is the base: all it knew
