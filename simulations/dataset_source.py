@@ -100,7 +100,8 @@ def _chat(turns: object, where: str) -> Example:
 @lru_cache(maxsize=16)
 def embedded_dataset(groups: int, seed: int = 0) -> datasets.Dataset:
     """The embedded corpus as ``groups`` topic groups of the natural split, one row per example, the group in
-    the ``topic`` column (held-out examples included: every partition cuts its own)."""
+    the ``topic`` column, each group's training examples before its held-out ones (a partition holds out its
+    last rows, so a natural partition is cut as the natural split cut it)."""
     clients = natural_split(groups, seed).clients
     rows = [(client.name, e) for client in clients for e in (*client.train, *client.heldout)]
     return datasets.Dataset.from_dict({

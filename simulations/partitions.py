@@ -21,13 +21,13 @@ embedded corpus: ``topic``):
   i + k x clients, every stage the same size), so a later stage can erase an earlier one: the scenario in which
   replay has something to protect.
 
-Every client's held-out examples are a seeded sample of its partition (a fifth, at most 16).
+Every client holds out the last fifth (at most 16) of its partition as dealt: a random sample where the
+partitioner shuffled, a natural group's latest rows where it did not.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import warnings
 from functools import lru_cache
 
@@ -55,8 +55,7 @@ def client_datasets(num_clients: int, seed: int = 0, data: DataSpec = EMBEDDED) 
     rows, by = _rows(num_clients, seed, data)
     parts = _partitions(rows, num_clients, seed, data, by)
     columns = data.column_names()
-    clients = tuple(_client(name, to_examples(part, columns), random.Random(f"{seed}/{name}"))
-                    for name, part in parts)
+    clients = tuple(_client(name, to_examples(part, columns)) for name, part in parts)
     for client in clients:
         if len(client.train) + len(client.heldout) < MIN_EXAMPLES:
             raise DatasetError(f"partition {data.partition} gave client {client.name} "
@@ -161,7 +160,9 @@ def _sizes(rng: np.random.Generator, alpha: float, num_clients: int, total: int)
     return np.diff(cuts, prepend=0).tolist()
 
 
-def _client(name: str, examples: list[Example], rng: random.Random) -> ClientDataset:
-    rng.shuffle(examples)
+def _client(name: str, examples: list[Example]) -> ClientDataset:
+    """A client's partition, its last rows as dealt held out: a random sample where the partitioner shuffled,
+    and a natural group's latest rows (the embedded corpus's groups come in its natural split's order, so
+    they are cut exactly as that split cut them)."""
     held = min(MAX_HELDOUT, max(1, int(len(examples) * HELDOUT_FRACTION)))
-    return ClientDataset(name, tuple(examples[held:]), tuple(examples[:held]))
+    return ClientDataset(name, tuple(examples[:-held]), tuple(examples[-held:]))

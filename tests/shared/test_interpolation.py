@@ -74,15 +74,22 @@ def test_a_device_takes_the_least_alpha_that_keeps_the_gain_it_asks_for():
 def test_a_device_takes_the_largest_alpha_that_still_knows_what_the_base_knew():
     asked = []
 
-    def forgetting_past_half(alpha: float) -> float:  # all facts kept up to alpha 0.5, then lost in steps
-        asked.append(alpha)
-        return {1.0: 0.6, 0.75: 0.9, 0.5: 1.0, 0.25: 1.0}[alpha]
+    def forgetting_past(edge: float):  # all facts kept up to ``edge``, then fewer the further from the base
+        def retention_at(alpha: float) -> float:
+            asked.append(alpha)
+            return 1.0 if alpha <= edge else max(0.0, 1.0 - (alpha - edge))
 
-    alpha, retained = largest_alpha_retaining(forgetting_past_half, 0.95)
-    assert alpha == 0.5 and asked == [1.0, 0.75, 0.5] and retained == {1.0: 0.6, 0.75: 0.9, 0.5: 1.0}
-    assert largest_alpha_retaining(forgetting_past_half, 0.9)[0] == 0.75
+        return retention_at
+
+    alpha, retained = largest_alpha_retaining(forgetting_past(0.5), 0.95)
+    assert alpha == 0.5 and set(retained) == set(asked)  # the grid, then the sixteenths up to the alpha that forgot
+    assert asked == [1.0, 0.75, 0.5, 0.6875, 0.625, 0.5625]
+    asked.clear()
+    assert largest_alpha_retaining(forgetting_past(0.3), 0.98)[0] == 0.3125  # between 0.25 and 0.5, in sixteenths
+    assert asked == [1.0, 0.75, 0.5, 0.25, 0.4375, 0.375, 0.3125]
+    assert largest_alpha_retaining(forgetting_past(0.1), 0.99)[0] == 0.0625  # below the grid's first step
     assert largest_alpha_retaining(lambda a: 1.0, 0.95, at_most=0.5) == (0.5, {0.5: 1.0})  # never above the cap
-    assert largest_alpha_retaining(lambda a: 0.0, 0.5) == (0.0, {1.0: 0.0, 0.75: 0.0, 0.5: 0.0, 0.25: 0.0})
+    assert largest_alpha_retaining(lambda a: 0.0, 0.5)[0] == 0.0  # forgets at every alpha: the base
 
 
 def test_an_interpolated_personal_model_exports_what_it_uses(tmp_path, tiny_folder):
