@@ -74,7 +74,7 @@ class PersonalModel:
     def personalise(
         self, examples: Iterable[object], steps: int = 20, learning_rate: float = 1e-3, batch_size: int = 4,
         seed: int = 0, replay: bool = True, heldout: Iterable[object] | None = None, keep_gain: float | None = 0.9,
-        keep_retention: float | None = None,
+        keep_retention: float | None = 0.9,
     ) -> TrainResult:
         """Train the adapter on ``examples`` (prompt/response or text mappings, strings, or Examples).
 
@@ -83,7 +83,7 @@ class PersonalModel:
         erase what older ones taught (``replay=False``: off); and given ``heldout`` examples of the device's
         own (not trained on), the model moves toward the base to the least alpha that keeps ``keep_gain`` of
         the adapter's gain on them (:meth:`choose_alpha`, ``self.alpha``; ``keep_gain=None``: off), and further
-        where the model would no longer answer ``keep_retention`` of the base's guard facts."""
+        where the model would no longer answer ``keep_retention`` of the base's guard facts (``None``: no bound)."""
         if not self.trainable:
             raise ValueError("this model was loaded with trainable=False (inference only): "
                              "load it with trainable=True to personalise it")
