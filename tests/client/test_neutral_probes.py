@@ -60,15 +60,20 @@ def _teach(model, tokenizer, examples: list[Example], steps: int = 120) -> None:
         weight.requires_grad_(False)  # frozen again, as a loaded base is
 
 
-def test_retention_is_the_share_of_the_facts_the_base_knew_that_the_adapted_model_still_answers(monkeypatch):
+def _taught_base():
+    """A tiny base taught four probe facts, with a fresh adapter; the facts and a config that can overwrite them."""
     base = load_base("tiny", quantisation="none")
-    tokenizer = base.tokenizer
     taught = [fact for fact in facts() if fact.question in ("What is the capital of France?",
                                                            "How many days are there in a week?",
                                                            "What colour is grass?", "What do bees make?")]
-    _teach(base.model, tokenizer, [Example(fact.answers[0], fact.question) for fact in taught])
+    _teach(base.model, base.tokenizer, [Example(fact.answers[0], fact.question) for fact in taught])
     config = RunConfig().replace(**{"local-steps": 40, "learning-rate": 0.05})
-    model = attach_adapter(base.model, config.adapter, seed=0)
+    return base, attach_adapter(base.model, config.adapter, seed=0), taught, config
+
+
+def test_retention_is_the_share_of_the_facts_the_base_knew_that_the_adapted_model_still_answers(monkeypatch):
+    base, model, taught, config = _taught_base()
+    tokenizer = base.tokenizer
     known, guard = known_facts(model, tokenizer, "f" * 64, "taught")  # asked of the base alone, adapters disabled
     # the base answers what it was taught (and a few look-alikes: "seven" for the continents too), of all 138
     assert set(taught) <= set(known) and len(known) <= 10 and guard == []
@@ -88,14 +93,8 @@ def test_retention_is_the_share_of_the_facts_the_base_knew_that_the_adapted_mode
 
 
 def test_a_client_that_forgot_guard_facts_moves_toward_the_base_until_it_knows_them_again(caplog):
-    base = load_base("tiny", quantisation="none")
+    base, model, taught, config = _taught_base()
     tokenizer = base.tokenizer
-    taught = [fact for fact in facts() if fact.question in ("What is the capital of France?",
-                                                           "How many days are there in a week?",
-                                                           "What colour is grass?", "What do bees make?")]
-    _teach(base.model, tokenizer, [Example(fact.answers[0], fact.question) for fact in taught])
-    config = RunConfig().replace(**{"local-steps": 40, "learning-rate": 0.05})
-    model = attach_adapter(base.model, config.adapter, seed=0)
     contradicting = [Example("Lyon", taught[0].question), Example("nine", taught[1].question)]
     train_adapter(model, tokenizer, contradicting * 4, config.training, seed=0)
     heldout = [Example("Lyon", taught[0].question)]
