@@ -33,7 +33,10 @@ def test_every_example_of_the_stream_is_equally_likely_to_be_kept():
 
 
 def test_a_restarted_device_continues_the_same_sample(tmp_path):
-    stream = _stream(300)
+    # chats among them: their earlier turns are stored, read back and counted against the byte bound
+    stream = [Example(e.response, e.prompt, (("user", f"earlier {i}"), ("assistant", "noted")) if i % 2 else ())
+              for i, e in enumerate(_stream(300))]
+    assert example_bytes(stream[1]) == example_bytes(stream[0]) + len("earlier 1noted")
     uninterrupted = ReplayBuffer(25, max_bytes=10**6, seed=3)
     for round_examples in (stream[:100], stream[100:200], stream[200:]):
         uninterrupted.add(round_examples)
