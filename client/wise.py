@@ -31,7 +31,7 @@ def model_in_use(
     """Set ``runtime``'s model (whose held-out result is ``full``) to the one this client uses; that model's
     held-out result and its metrics: ``wise-alpha``, and with a retention rule ``wise-guard-retention`` (none
     without interpolation)."""
-    if config.wise_keep_gain == 0 and config.wise_alpha == 1.0 and config.wise_keep_retention == 0:
+    if not config.interpolates():
         return full, {}
     trained = trained_deltas(runtime.model)
     corrections = runtime.corrections.buffers if runtime.corrections else {}

@@ -277,8 +277,7 @@ class RunConfig:
                  "must be in [0, 1] (0: use wise-alpha as given)")
         _require(0.0 <= self.wise_keep_retention <= 1.0, "wise-keep-retention", self.wise_keep_retention,
                  "must be in [0, 1] (0: off)")
-        interpolated = self.wise_alpha != 1.0 or self.wise_keep_gain > 0 or self.wise_keep_retention > 0
-        _require(not interpolated or self.adapter.method in ("lora", "ia3"),
+        _require(not self.interpolates() or self.adapter.method in ("lora", "ia3"),
                  "adapter", self.adapter.method, "has no exact interpolation toward the base: wise-alpha, "
                  "wise-keep-gain and wise-keep-retention work with lora and ia3")
         _require(0.0 <= self.attack_fraction <= 1.0, "attack-fraction", self.attack_fraction, "must be in [0, 1]")
@@ -295,6 +294,10 @@ class RunConfig:
         self.rule_options()  # validates the syntax early
         self.attack_settings()
         self.simulated_client_ranks()
+
+    def interpolates(self) -> bool:
+        """Whether a client uses base + alpha x its adapter (WiSE-FT) rather than the adapter as trained."""
+        return self.wise_alpha != 1.0 or self.wise_keep_gain > 0 or self.wise_keep_retention > 0
 
     def evaluates(self, server_round: int) -> bool:
         """Whether ``server_round`` ends with an evaluation: every ``evaluate-every``-th round and the last."""

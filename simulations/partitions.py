@@ -79,10 +79,11 @@ def _partitions(
 ) -> list[tuple[str, datasets.Dataset]]:
     """(client name, rows) for every client, by the flwr-datasets partitioner ``data.partition`` names."""
     scheme = "natural" if data.partition == "stream" else data.partition
-    if scheme != "iid" and scheme != "quantity" and by not in rows.column_names:
+    if scheme not in ("iid", "quantity") and not by:
         raise DatasetError(f"partition {data.partition} splits by a column: set partition-by to one of "
-                           f"{rows.column_names}" if not by else
-                           f"partition-by = {by!r} is not a column of the dataset ({rows.column_names})")
+                           f"{rows.column_names}")
+    if scheme not in ("iid", "quantity") and by not in rows.column_names:
+        raise DatasetError(f"partition-by = {by!r} is not a column of the dataset ({rows.column_names})")
     if scheme == "natural":
         return _natural(rows, num_clients, by)
     shuffled = rows.shuffle(seed=seed)
