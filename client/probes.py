@@ -3,6 +3,7 @@ the base alone."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -37,6 +38,14 @@ def base_alone_losses(runtime: ClientRuntime, training: TrainingSpec) -> dict[st
 
     return cached_json(_cache_file("base-alone", [runtime.base.fingerprint, runtime.base.quantisation.mode,
                                                   training.max_seq_len]), measure)
+
+
+def base_loss_file(runtime: ClientRuntime, examples, training: TrainingSpec) -> Path:
+    """Where the frozen base's loss on ``examples`` is kept: the same in every round of a client whose examples
+    stay the same, so measured once per base and examples."""
+    content = hashlib.sha256(json.dumps([dataclasses.asdict(example) for example in examples]).encode()).hexdigest()
+    return _cache_file("base-loss", [runtime.base.fingerprint, runtime.base.quantisation.mode, training.max_seq_len,
+                                     content])
 
 
 def model_probes(runtime: ClientRuntime, training: TrainingSpec) -> dict[str, float]:

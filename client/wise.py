@@ -7,8 +7,11 @@ measures this model, probes included."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import asdict
 
+from stamen.shared.cache import cached_json
 from stamen.shared.config import RunConfig
 from stamen.shared.interpolation import (
     interpolate_adapter,
@@ -18,8 +21,8 @@ from stamen.shared.interpolation import (
 )
 
 from .evaluation import EvalResult
-from .neutral_probes import Fact, retention
-from .probes import loss_on
+from .neutral_probes import GuardFact, guard_retention
+from .probes import base_loss_file, loss_on
 from .runtime import ClientRuntime
 
 log = logging.getLogger(__name__)
@@ -29,14 +32,14 @@ def model_in_use(
     runtime: ClientRuntime, heldout, config: RunConfig, full: EvalResult
 ) -> tuple[EvalResult, dict[str, float]]:
     """Set ``runtime``'s model (whose held-out result is ``full``) to the one this client uses; that model's
-    held-out result and its metrics: ``wise-alpha``, and with a retention rule ``wise-guard-retention`` (none
-    without interpolation)."""
+    held-out result and its metrics: ``wise-alpha``, ``wise-seconds`` (what choosing it cost), and with a
+    retention rule ``wise-guard-retention`` (none without interpolation)."""
     if not config.interpolates():
         return full, {}
+    started = time.perf_counter()
     trained = trained_deltas(runtime.model)
     corrections = runtime.corrections.buffers if runtime.corrections else {}
     received = {name: buffer.clone() for name, buffer in corrections.items()}  # exact-LoRA's term scales too
-    results = {1.0: full}
     metrics: dict[str, float] = {}
 
     def use(alpha: float) -> None:
@@ -44,10 +47,18 @@ def model_in_use(
         for name, buffer in corrections.items():
             buffer.copy_(alpha * received[name])
 
+    def measured_at(alpha: float) -> EvalResult:
+        use(alpha)
+        return loss_on(runtime, heldout, config.training)
+
+    results = {1.0: full}
+
     def loss_at(alpha: float) -> float:
+        if alpha == 0.0 and alpha not in results:  # the base: measured once for these examples, then read
+            base = cached_json(base_loss_file(runtime, heldout, config.training), lambda: asdict(measured_at(0.0)))
+            results[alpha] = EvalResult(**base)
         if alpha not in results:
-            use(alpha)
-            results[alpha] = loss_on(runtime, heldout, config.training)
+            results[alpha] = measured_at(alpha)
         return results[alpha].loss
 
     alpha = smallest_alpha_keeping(loss_at, config.wise_keep_gain)[0] if config.wise_keep_gain > 0 \
@@ -61,11 +72,11 @@ def model_in_use(
             metrics["wise-guard-retention"] = retained
     loss_at(alpha)
     use(alpha)
-    return results[alpha], {"wise-alpha": alpha, **metrics}
+    return results[alpha], {"wise-alpha": alpha, **metrics, "wise-seconds": time.perf_counter() - started}
 
 
 def retention_capped(
-    model, tokenizer, guard: list[Fact], alpha: float, keep: float, use: Callable[[float], None]
+    model, tokenizer, guard: list[GuardFact], alpha: float, keep: float, use: Callable[[float], None]
 ) -> tuple[float, float | None]:
     """``alpha``, lowered to the largest alpha at which the model (set by ``use``) still answers ``keep`` of
     the ``guard`` facts, and the retention there. A base that knows no guard facts cannot cap it: alpha
@@ -77,7 +88,7 @@ def retention_capped(
 
     def retention_at(candidate: float) -> float:
         use(candidate)
-        return retention(model, tokenizer, guard)
+        return guard_retention(model, tokenizer, guard)
 
     capped, retained = largest_alpha_retaining(retention_at, keep, at_most=alpha)
     return capped, retained.get(capped, 1.0)  # alpha 0 is the base: all it knew

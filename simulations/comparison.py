@@ -103,8 +103,8 @@ def against_baseline(rows: list[dict], base: list[dict]) -> dict:
     def minus(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else a - b
 
-    if len(rows) != len(base):
-        raise ValueError(f"a run is compared seed by seed with its baseline: {len(rows)} seeds vs {len(base)}")
+    paired_seeds = min(len(rows), len(base))  # seed n against seed n: over the seeds both ran
+    rows, base = rows[:paired_seeds], base[:paired_seeds]
     def change(key: str) -> dict | None:
         pairs = [(r[key], b[key]) for r, b in zip(rows, base, strict=True)
                  if r.get(key) is not None and b.get(key) is not None]

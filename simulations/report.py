@@ -65,9 +65,13 @@ class RunRecord:
         return sum(values) / len(values) if values else None
 
     def client_seconds(self) -> float | None:
-        """Mean seconds a client spent on a training round: training plus keeping and building its replay."""
+        """Mean seconds a client spent on a round: training plus keeping and building its replay, plus choosing
+        the model it uses (``wise-seconds``: alpha's held-out passes and guard checks) where it interpolates."""
         spent = [_training_seconds(r) for r in self.clients if r.get("phase") == "train" and r.get("accepted")]
-        return sum(spent) / len(spent) if spent else None
+        if not spent:
+            return None
+        choosing = [r["wise_seconds"] for r in self.clients if r.get("phase") == "evaluate" and "wise_seconds" in r]
+        return sum(spent) / len(spent) + (sum(choosing) / len(choosing) if choosing else 0.0)
 
     def compute_split(self) -> tuple[float, float]:
         """All clients' seconds training (with replay) and evaluating (waiting for a probe another client

@@ -122,7 +122,9 @@ def test_compare_reads_existing_run_folders_and_seed_folders(tmp_path, runs_in_t
         run(seed, tmp_path / "seeded", f"seed-{seed}")  # a folder of seed-<n> runs, as a campaign writes them
     result = CliRunner().invoke(app, ["compare", str(tmp_path / "plain"), str(tmp_path / "seeded"), "--out",
                                       str(tmp_path / "out"), "--baseline", "seeded"])
-    assert result.exit_code != 0 and "1 seeds vs 2" in str(result.exception)  # paired needs the same seeds
+    assert result.exit_code == 0, result.output  # paired over the seeds both ran: seed 0
+    paired = {row["run"]: row for row in json.loads((tmp_path / "out" / "compare.json").read_text())}
+    assert (paired["plain"]["extra_client_time"]["n"], paired["seeded"]["extra_client_time"]["n"]) == (1, 2)
     result = CliRunner().invoke(app, ["compare", str(tmp_path / "plain"), str(tmp_path / "seeded"), "--out",
                                       str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
