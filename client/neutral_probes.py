@@ -5,9 +5,7 @@
   correctly (greedy, normalised match), once per base and quantisation (cached); ``retention`` is the share
   of those (the first 40) the model a client uses still answers correctly. The base's next known facts (at
   most 32) are the *guard* a device may steer by (``wise-keep-retention``): never the measured ones, so a
-  rule that chooses on the guard cannot fit the retention it is judged by. A guard fact counts as kept where
-  the model still gives the base's own reply through the answer (one teacher-forced pass, no generation: a
-  device checks it for several alphas each round).
+  rule that chooses on the guard cannot fit the retention it is judged by.
 - **General-text loss**: loss on 40 human-written paragraphs of general prose (``probe_data/general_text.txt``)
   that no client trains on and no replay source draws from.
 
@@ -30,7 +28,7 @@ from stamen.shared.cache import cache_dir, cached_json
 from stamen.shared.examples import Example
 from stamen.shared.fingerprint import short
 
-from .generation import answer_ids, gives_replies
+from .generation import answers
 
 log = logging.getLogger(__name__)
 ANSWER_TOKENS = 12  # short canonical answers: the first sentence decides ("The capital of France is Paris.")
@@ -42,14 +40,6 @@ GUARD_SIZE = 32  # the known facts after those: what a device may choose by, dis
 class Fact:
     question: str
     answers: tuple[str, ...]  # accepted variants; any one in the reply counts
-
-
-@dataclass(frozen=True)
-class GuardFact:
-    """A fact the base knows, with the base's greedy reply up to the end of its answer (token ids)."""
-
-    fact: Fact
-    reply: tuple[int, ...]
 
 
 @cache
@@ -84,52 +74,38 @@ def answered(reply: str, accepted: tuple[str, ...]) -> bool:
 
 def correct(model, tokenizer, asked: list[Fact], base_alone: bool = False) -> list[bool]:
     """Which of ``asked`` the model answers correctly (greedy, one left-padded batch)."""
-    return [reply is not None for reply in _answering_replies(model, tokenizer, asked, base_alone)]
-
-
-def _answering_replies(model, tokenizer, asked: list[Fact], base_alone: bool = False) -> list[list[int] | None]:
-    """Per fact, the model's greedy reply if it answers correctly (None if not), cut where it first does."""
     if not asked:
         return []
-    replies = answer_ids(model, tokenizer, [fact.question for fact in asked], ANSWER_TOKENS, base_alone).tolist()
-    cut = []
-    for reply, fact in zip(replies, asked, strict=True):
-        def answers_by(n: int, reply=reply, fact=fact) -> bool:
-            return answered(tokenizer.decode(reply[:n], skip_special_tokens=True), fact.answers)
-
-        whole = len(reply)
-        cut.append(reply[:next(n for n in range(1, whole + 1) if answers_by(n))] if answers_by(whole) else None)
-    return cut
+    replies = answers(model, tokenizer, [fact.question for fact in asked], ANSWER_TOKENS, base_alone=base_alone)
+    return [answered(reply, fact.answers) for reply, fact in zip(replies, asked, strict=True)]
 
 
 @cache
 def probe_version() -> str:
     """A digest of the probe files and settings: cached probe results are valid for this version only."""
-    digest = hashlib.sha256(f"{ANSWER_TOKENS}/{RETENTION_SIZE}/guard-replies".encode())
+    digest = hashlib.sha256(f"{ANSWER_TOKENS}/{RETENTION_SIZE}".encode())
     for name in ("knowledge.jsonl", "general_text.txt"):
         digest.update(resources.files("stamen.client").joinpath(f"probe_data/{name}").read_bytes())
     return digest.hexdigest()[:16]
 
 
-def known_facts(model, tokenizer, fingerprint: str, quantisation: str) -> tuple[list[Fact], list[GuardFact]]:
+def known_facts(model, tokenizer, fingerprint: str, quantisation: str) -> tuple[list[Fact], list[Fact]]:
     """The facts the frozen base answers correctly, in file order: the measured ones (at most
-    :data:`RETENTION_SIZE`) and the guard after them (at most :data:`GUARD_SIZE`), with the base's replies.
-    Asked once per base and quantisation, then read from the cache."""
+    :data:`RETENTION_SIZE`) and the guard after them (at most :data:`GUARD_SIZE`). Asked once per base and
+    quantisation, then read from the cache."""
     every = facts()
 
-    def ask() -> dict[str, list]:
-        replies = _answering_replies(model, tokenizer, list(every), base_alone=True)
-        known = [i for i, reply in enumerate(replies) if reply is not None]
+    def ask() -> list[int]:
+        answered_by_base = correct(model, tokenizer, list(every), base_alone=True)
+        known = [i for i, ok in enumerate(answered_by_base) if ok]
         log.info("the base answers %d of %d probe questions correctly; retention is measured on %d of them, "
                  "%d more guard the choice of alpha", len(known), len(every), min(len(known), RETENTION_SIZE),
                  len(known[RETENTION_SIZE:RETENTION_SIZE + GUARD_SIZE]))
-        return {"known": known, "replies": [replies[i] for i in known]}
+        return known
 
     cache_file = cache_dir("probes") / f"base-knows-{short(fingerprint)}-{quantisation}-{probe_version()}.json"
-    cached = cached_json(cache_file, ask)
-    known = [every[i] for i in cached["known"]]
-    guard = [GuardFact(fact, tuple(reply)) for fact, reply in zip(known, cached["replies"], strict=True)]
-    return known[:RETENTION_SIZE], guard[RETENTION_SIZE:RETENTION_SIZE + GUARD_SIZE]
+    known = [every[i] for i in cached_json(cache_file, ask)]
+    return known[:RETENTION_SIZE], known[RETENTION_SIZE:RETENTION_SIZE + GUARD_SIZE]
 
 
 def retention(model, tokenizer, known: list[Fact]) -> float | None:
@@ -137,13 +113,3 @@ def retention(model, tokenizer, known: list[Fact]) -> float | None:
     if not known:
         return None
     return sum(correct(model, tokenizer, known)) / len(known)
-
-
-def guard_retention(model, tokenizer, guard: list[GuardFact]) -> float | None:
-    """Share of the guard facts for which the model (adapters on) still gives the base's reply through the
-    answer, so answers it as the base did; None when the base knows none. Stricter than :func:`retention` (the
-    same answer in other words counts as lost) and about twice as fast (no generation)."""
-    if not guard:
-        return None
-    kept = gives_replies(model, tokenizer, [g.fact.question for g in guard], [g.reply for g in guard])
-    return sum(kept) / len(guard)

@@ -21,7 +21,7 @@ from stamen.shared.interpolation import (
 )
 
 from .evaluation import EvalResult
-from .neutral_probes import GuardFact, guard_retention
+from .neutral_probes import Fact, retention
 from .probes import base_loss_file, loss_on
 from .runtime import ClientRuntime
 
@@ -32,8 +32,9 @@ def model_in_use(
     runtime: ClientRuntime, heldout, config: RunConfig, full: EvalResult
 ) -> tuple[EvalResult, dict[str, float]]:
     """Set ``runtime``'s model (whose held-out result is ``full``) to the one this client uses; that model's
-    held-out result and its metrics: ``wise-alpha``, ``wise-seconds`` (what choosing it cost), and with a
-    retention rule ``wise-guard-retention`` (none without interpolation)."""
+    held-out result and its metrics: ``wise-alpha``, ``wise-seconds`` (what choosing alpha cost: the held-out
+    passes and guard questions of its rules), and with a retention rule ``wise-guard-retention`` (none without
+    interpolation)."""
     if not config.interpolates():
         return full, {}
     started = time.perf_counter()
@@ -70,13 +71,14 @@ def model_in_use(
                                            config.wise_keep_retention, use)
         if retained is not None:
             metrics["wise-guard-retention"] = retained
-    loss_at(alpha)
+    metrics["wise-seconds"] = time.perf_counter() - started  # the choice; a fixed alpha costs none
+    loss_at(alpha)  # the model in use, measured as every run measures its own (here, unless the choice did)
     use(alpha)
-    return results[alpha], {"wise-alpha": alpha, **metrics, "wise-seconds": time.perf_counter() - started}
+    return results[alpha], {"wise-alpha": alpha, **metrics}
 
 
 def retention_capped(
-    model, tokenizer, guard: list[GuardFact], alpha: float, keep: float, use: Callable[[float], None]
+    model, tokenizer, guard: list[Fact], alpha: float, keep: float, use: Callable[[float], None]
 ) -> tuple[float, float | None]:
     """``alpha``, lowered to the largest alpha at which the model (set by ``use``) still answers ``keep`` of
     the ``guard`` facts, and the retention there. A base that knows no guard facts cannot cap it: alpha
@@ -88,7 +90,7 @@ def retention_capped(
 
     def retention_at(candidate: float) -> float:
         use(candidate)
-        return guard_retention(model, tokenizer, guard)
+        return retention(model, tokenizer, guard)
 
     capped, retained = largest_alpha_retaining(retention_at, keep, at_most=alpha)
     return capped, retained.get(capped, 1.0)  # alpha 0 is the base: all it knew

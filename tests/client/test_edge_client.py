@@ -111,14 +111,13 @@ def test_personalising_with_heldout_examples_moves_the_model_toward_the_base_kee
 def test_a_retention_bound_moves_the_personal_model_back_to_the_base_when_it_forgets_the_guard(
         tiny_folder, monkeypatch, caplog):
     from stamen.client import edge
-    from stamen.client.neutral_probes import GuardFact, facts
+    from stamen.client.neutral_probes import facts
 
     examples = [{"prompt": f"What is my cat called? ({n})", "response": "Miso."} for n in range(8)]
     model = PersonalModel.load("tiny", quantisation="none")
     base = model.score(examples)
-    # the guard: a fact this base is said to know, with a reply no adapted tiny model gives
-    reply = tuple(model.base.tokenizer(" zebra harbour quantum", add_special_tokens=False)["input_ids"])
-    monkeypatch.setattr(edge, "known_facts", lambda *args: ([], [GuardFact(facts()[0], reply)]))
+    # the guard: a fact this base is said to know, which no adapted tiny model answers
+    monkeypatch.setattr(edge, "known_facts", lambda *args: ([], [facts()[0]]))
     model.personalise(examples, steps=8, learning_rate=1e-2, heldout=examples, keep_gain=0.5, keep_retention=1.0)
     assert model.alpha == 0.0 and model.score(examples) == pytest.approx(base, abs=1e-6)  # the base itself
     monkeypatch.setattr(edge, "known_facts", lambda *args: ([], []))  # nothing to guard: said, alpha stands

@@ -8,11 +8,10 @@ import pytest
 import torch
 from inprocess_grid import simulate_in_this_process
 
-from stamen.client import neutral_probes
+from stamen.client import neutral_probes, wise
 from stamen.client import probes as probes_module
 from stamen.client.evaluation import EvalResult, evaluate_loss
-from stamen.client.generation import answer_ids, gives_replies
-from stamen.client.neutral_probes import answered, facts, general_text, guard_retention, known_facts, retention
+from stamen.client.neutral_probes import answered, facts, general_text, known_facts, retention
 from stamen.client.probes import base_alone_losses, base_loss_file, model_probes
 from stamen.client.runtime import ClientRuntime, client_runtime
 from stamen.client.self_replay import SEED_PROMPTS
@@ -22,7 +21,6 @@ from stamen.shared.base_model import load_base
 from stamen.shared.config import RunConfig
 from stamen.shared.corpus import load_topics
 from stamen.shared.examples import Example, collate, encode_example
-from stamen.shared.interpolation import interpolate_adapter, trained_deltas
 from stamen.shared.run_folder import RunFolder
 from stamen.shared.training import train_adapter
 
@@ -81,17 +79,13 @@ def test_retention_is_the_share_of_the_facts_the_base_knew_that_the_adapted_mode
     known, guard = known_facts(model, tokenizer, "f" * 64, "taught")  # asked of the base alone, adapters disabled
     # the base answers what it was taught (and a few look-alikes: "seven" for the continents too), of all 138
     assert set(taught) <= set(known) and len(known) <= 10 and guard == []
-    monkeypatch.setattr(neutral_probes, "answer_ids", None)  # the second time comes from the cache: nothing asked
+    monkeypatch.setattr(neutral_probes, "answers", None)  # the second time comes from the cache: nothing asked
     assert known_facts(model, tokenizer, "f" * 64, "taught") == (known, guard)
     # past the measured facts, the next ones known guard a device's choice: never one that is measured
     monkeypatch.setattr(neutral_probes, "RETENTION_SIZE", 2)
     measured, guard = known_facts(model, tokenizer, "f" * 64, "taught")
-    assert measured == known[:2] and [g.fact for g in guard] == known[2:] and guard
+    assert measured == known[:2] and guard == known[2:] and guard
     monkeypatch.undo()
-    # with the base's reply through its answer: "Paris" ends the reply to the capital of France, not a word later
-    paris = next(g for g in _guard(model, tokenizer, taught) if "France" in g.fact.question)
-    assert tokenizer.decode(paris.reply).strip().endswith("Paris") and answered(tokenizer.decode(paris.reply),
-                                                                               paris.fact.answers)
 
     assert retention(model, tokenizer, known) == 1.0  # the initial adapter is the identity
     contradicting = [Example("Lyon", taught[0].question), Example("nine", taught[1].question)]
@@ -109,7 +103,7 @@ def test_a_client_that_forgot_guard_facts_moves_toward_the_base_until_it_knows_t
     full = evaluate_loss(model, tokenizer, heldout, 48, 4)
     # the measured facts are the other two: the rule sees only the guard, which the training contradicted
     runtime = ClientRuntime(base, model, schema=None, initial={}, corrections=None,
-                            _known=(taught[2:], _guard(model, tokenizer, taught[:2])))
+                            _known=(taught[2:], taught[:2]))
     assert retention(model, tokenizer, taught[:2]) < 1.0
 
     used, metrics = model_in_use(runtime, heldout, config.replace(**{"wise-keep-retention": 1.0}), full)
@@ -121,42 +115,21 @@ def test_a_client_that_forgot_guard_facts_moves_toward_the_base_until_it_knows_t
         assert EvalResult(**json.loads(base_loss_file(runtime, heldout, config.training).read_text())) \
             == evaluate_loss(model, tokenizer, heldout, config.training.max_seq_len, config.training.eval_batch_size)
 
+    # a fixed alpha is no choice: one held-out pass, the model in use measured as every run measures its own
+    passes = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(wise, "loss_on", lambda *args: passes.append(args) or evaluate_loss(
+            model, tokenizer, heldout, config.training.max_seq_len, config.training.eval_batch_size))
+        model_in_use(runtime, heldout, config.replace(**{"wise-alpha": 0.25}), full)
+        assert len(passes) == 1
+        model_in_use(runtime, heldout, config.replace(**{"wise-keep-gain": 0.9}), full)
+        assert len(passes) >= 2  # the gain rule's: alpha 0 read from the file above, then the grid from 0.25
+
     runtime._known = (taught, [])  # a base that knows no guard facts cannot cap alpha: said, not hidden
     with caplog.at_level("WARNING"):
         _, metrics = model_in_use(runtime, heldout, config.replace(**{"wise-keep-retention": 1.0}), full)
     assert metrics.pop("wise-seconds") > 0 and "guard" in caplog.text
     assert metrics == {"wise-alpha": 1.0, "wise-guard-facts": 0}
-
-
-def _guard(model, tokenizer, asked) -> list:
-    """The guard facts of ``asked`` as :func:`known_facts` gives them, with the base's replies."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(neutral_probes, "RETENTION_SIZE", 0)
-        guard = known_facts(model, tokenizer, "g" * 64, "taught")[1]
-    return [g for g in guard if g.fact in asked]
-
-
-def test_the_guard_check_agrees_with_greedy_generation_at_every_alpha_it_is_asked_about():
-    """One teacher-forced pass says, fact by fact, what generating would: whether greedy decoding still begins
-    with the base's reply through its answer. Checked on a model drifting from the base to one that contradicts
-    two of the facts."""
-    base, model, taught, config = _taught_base()
-    tokenizer = base.tokenizer
-    guard = _guard(model, tokenizer, taught)
-    assert len(guard) == 4
-    contradicting = [Example("Lyon", taught[0].question), Example("nine", taught[1].question)]
-    train_adapter(model, tokenizer, contradicting * 4, config.training, seed=0)
-    trained = trained_deltas(model)
-    seen = set()
-    for alpha in (0.0, 0.25, 0.5, 0.75, 1.0):
-        interpolate_adapter(model, alpha, trained)
-        checked = gives_replies(model, tokenizer, [g.fact.question for g in guard], [g.reply for g in guard])
-        longest = max(len(g.reply) for g in guard)
-        generated = answer_ids(model, tokenizer, [g.fact.question for g in guard], longest).tolist()
-        assert checked == [tuple(row[:len(g.reply)]) == g.reply for row, g in zip(generated, guard, strict=True)]
-        assert guard_retention(model, tokenizer, guard) == sum(checked) / 4
-        seen.add(tuple(checked))
-    assert (True,) * 4 in seen and len(seen) > 1  # the base gives its replies; the contradicting model does not
 
 
 def test_probe_results_are_measured_once_per_base_and_once_per_adapter(monkeypatch):
