@@ -78,12 +78,14 @@ class PersonalModel:
     ) -> TrainResult:
         """Train the adapter on ``examples`` (prompt/response or text mappings, strings, or Examples).
 
-        Forgetting protection is on by default, as ``simulations/forgetting.toml`` chose it: the examples of
-        earlier calls (a bounded sample, in memory) fill a quarter of each batch so that new examples do not
-        erase what older ones taught (``replay=False``: off); and given ``heldout`` examples of the device's
-        own (not trained on), the model moves toward the base to the least alpha that keeps ``keep_gain`` of
-        the adapter's gain on them (:meth:`choose_alpha`, ``self.alpha``; ``keep_gain=None``: off), and further
-        where the model would no longer answer ``keep_retention`` of the base's guard facts (``None``: no bound)."""
+        Forgetting protection is on by default: the examples of earlier calls (a bounded sample, in memory)
+        fill a quarter of each batch so that new examples do not erase what older ones taught
+        (``replay=False``: off); and given ``heldout`` examples of the device's own (not trained on), the model
+        moves toward the base to the least alpha that keeps ``keep_gain`` of the adapter's gain on them
+        (:meth:`choose_alpha`, ``self.alpha``; ``keep_gain=None``: off), and further where the model would no
+        longer answer ``keep_retention`` of the base's guard facts (``None``: no bound). An app that judges the
+        model by what it was taught chooses on its own examples; ``interpolate(0.25)`` is the federation
+        preset's fixed alpha (``simulations/forgetting.toml``)."""
         if not self.trainable:
             raise ValueError("this model was loaded with trainable=False (inference only): "
                              "load it with trainable=True to personalise it")

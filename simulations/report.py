@@ -68,9 +68,10 @@ class RunRecord:
         """Mean seconds a client spent on a round: training plus keeping and building its replay, plus choosing
         the model it uses (``wise-seconds``: alpha's held-out passes and guard checks) where it interpolates."""
         spent = [_training_seconds(r) for r in self.clients if r.get("phase") == "train" and r.get("accepted")]
-        if not spent:
-            return None
-        choosing = [r["wise_seconds"] for r in self.clients if r.get("phase") == "evaluate" and "wise_seconds" in r]
+        evaluated = [r for r in self.clients if r.get("phase") == "evaluate" and "wise_alpha" in r]
+        if not spent or any("wise_seconds" not in r for r in evaluated):
+            return None  # no training, or a choice whose cost was not recorded: no number rather than a low one
+        choosing = [r["wise_seconds"] for r in evaluated]
         return sum(spent) / len(spent) + (sum(choosing) / len(choosing) if choosing else 0.0)
 
     def compute_split(self) -> tuple[float, float]:

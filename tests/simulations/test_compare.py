@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from stamen.shared.run_folder import RunFolder
 from stamen.simulations.campaign import Campaign
 from stamen.simulations.cli import app
+from stamen.simulations.report import RunRecord
 from stamen.simulations.sweep import simulate_in_subprocess
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
@@ -142,3 +143,16 @@ def test_a_campaign_run_is_a_stamen_simulate_process_that_reports_its_failure(tm
     assert RunFolder(tmp_path / "ok").finished() and (tmp_path / "ok" / "report.md").is_file()
     failure = simulate_in_subprocess({"base-model": "tiny", "no-such-key": 1}, 2, 1, tmp_path, "bad")
     assert failure is not None and "run bad failed" in failure and "no-such-key" in (tmp_path / "bad.log").read_text()
+
+
+def test_a_clients_round_costs_its_training_and_the_choice_of_the_model_it_uses(tmp_path):
+    """Client seconds per round: training with its replay, plus choosing alpha where clients interpolate; a run
+    whose clients interpolated without recording the choice's cost gets no number rather than a low one."""
+    train = [{"phase": "train", "accepted": True, "train_seconds": 30.0, "replay_seconds": 2.0},
+             {"phase": "train", "accepted": True, "train_seconds": 34.0, "replay_seconds": 0.0}]
+    chose = [{"phase": "evaluate", "wise_alpha": 0.25, "wise_seconds": 3.0},
+             {"phase": "evaluate", "wise_alpha": 0.5, "wise_seconds": 5.0}]
+    assert RunRecord(tmp_path, [], train, {}, None).client_seconds() == 33.0
+    assert RunRecord(tmp_path, [], train + chose, {}, None).client_seconds() == 37.0
+    unrecorded = [{"phase": "evaluate", "wise_alpha": 0.25}]
+    assert RunRecord(tmp_path, [], train + chose[:1] + unrecorded, {}, None).client_seconds() is None
