@@ -62,7 +62,8 @@ def compare_runs(
     lines = [
         "# Runs compared", "",
         f"Each cell: mean over {'/'.join(map(str, seeds))} seeds ± its 95% interval (Student t); against the "
-        f"baseline, differences are paired by seed and marked (n.s.) where their interval contains 0."
+        f"baseline, differences are paired by seed (over the seeds both ran) and marked (n.s.) where their interval"
+        f" contains 0."
         if baseline else f"Each cell: mean over {'/'.join(map(str, seeds))} seeds ± its 95% interval (Student t).",
         "", "![held-out loss](compare.png)", "",
         *(["![personal gain vs forgetting](gain_vs_forgetting.png)", ""] if forgetting_measured else []),
