@@ -43,9 +43,8 @@ def base_alone_losses(runtime: ClientRuntime, training: TrainingSpec) -> dict[st
 def base_loss_file(runtime: ClientRuntime, examples, training: TrainingSpec) -> Path:
     """Where the frozen base's loss on ``examples`` is kept: the same in every round of a client whose examples
     stay the same, so measured once per base and examples."""
-    content = hashlib.sha256(json.dumps([dataclasses.asdict(example) for example in examples]).encode()).hexdigest()
     return _cache_file("base-loss", [runtime.base.fingerprint, runtime.base.quantisation.mode, training.max_seq_len,
-                                     content])
+                                     [dataclasses.asdict(example) for example in examples]])
 
 
 def model_probes(runtime: ClientRuntime, training: TrainingSpec) -> dict[str, float]:

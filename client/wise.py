@@ -54,12 +54,13 @@ def model_in_use(
 
     results = {1.0: full}
 
+    def base() -> EvalResult:  # alpha 0: measured once for these examples, then read
+        return EvalResult(**cached_json(base_loss_file(runtime, heldout, config.training),
+                                        lambda: asdict(measured_at(0.0))))
+
     def loss_at(alpha: float) -> float:
-        if alpha == 0.0 and alpha not in results:  # the base: measured once for these examples, then read
-            base = cached_json(base_loss_file(runtime, heldout, config.training), lambda: asdict(measured_at(0.0)))
-            results[alpha] = EvalResult(**base)
         if alpha not in results:
-            results[alpha] = measured_at(alpha)
+            results[alpha] = base() if alpha == 0.0 else measured_at(alpha)
         return results[alpha].loss
 
     alpha = smallest_alpha_keeping(loss_at, config.wise_keep_gain)[0] if config.wise_keep_gain > 0 \
