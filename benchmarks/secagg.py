@@ -5,8 +5,11 @@ whose clients skip training and return a fixed random update of ``params`` value
 what is timed is the round itself: messages, masking, unmasking and aggregation.
 
 - Stamen: its own server round (``stamen.server.federation.train_round``: plain fp32
-  upload, or the four-stage secure round) and its ClientApp's secure-aggregation mod around a
-  synthetic train handler, with the same neighbourhood degree and threshold as a run.
+  upload, or the secure round) and its ClientApp's mods around a synthetic train handler,
+  with the same neighbourhood degree and threshold as a run. The secure round runs twice:
+  with keys taken on the server's word (four exchanges), and under a roster (``--roster``
+  cells: every client's keys signed by its P-384 node key and checked by its neighbours, and
+  the consistency round, a fifth exchange, in which each survivor signs the survivor set).
 - Flower: the legacy ``DefaultWorkflow`` with and without ``SecAggPlusWorkflow`` +
   ``secaggplus_mod`` (NumPyClient), with the same number of shares and threshold.
 
@@ -34,6 +37,7 @@ from flwr.serverapp import Grid, ServerApp
 from report import print_table, write_results
 
 from stamen.client.handlers import client_app_with
+from stamen.client.secure_aggregation import IDENTITY_KEY
 from stamen.client.secure_aggregation_mod import SUMMED_DTYPE
 from stamen.server.federation import train_round
 from stamen.server.rules import make_rule
@@ -41,8 +45,10 @@ from stamen.server.run_record import RunRecorder
 from stamen.server.secure_aggregation import neighbourhoods
 from stamen.server.strategy import AdapterStrategy
 from stamen.shared.config import RunConfig
+from stamen.shared.dev_certs import DevCertificates, add_node_key
 from stamen.shared.protocol import ARRAYS, NUM_EXAMPLES, client_reply, read_instruction, round_config
 from stamen.shared.run_folder import RunFolder
+from stamen.shared.secagg_identity import roster_of
 from stamen.shared.wire import AdapterSchema, encode_adapter
 from stamen.simulations.engine import run_apps
 
@@ -63,11 +69,18 @@ def synthetic_update(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-def stamen_cell(clients: int, params: int, secure: bool, rounds: int, folder: Path) -> tuple[list[float], int]:
-    """Seconds of each round and bytes one client uploads per round."""
+def stamen_cell(clients: int, params: int, secure: bool, rounds: int, folder: Path, roster: bool = False
+                ) -> tuple[list[float], int]:
+    """Seconds of each round and bytes one client uploads per round (under a roster of the clients' keys)."""
+    keys = DevCertificates(folder / f"keys-{clients}")
+    if roster:
+        for partition in range(clients):
+            if not keys.node_key(str(partition)).is_file():
+                add_node_key(keys, str(partition))
     config = RunConfig().replace(**{
         "secure-aggregation": secure, "wire-dtype": "float32", "num-server-rounds": rounds, "min-clients": clients,
-        "fraction-evaluate": 0.0, "run-dir": str(folder), "run-id": f"stamen-{clients}-{params}-{secure}",
+        "fraction-evaluate": 0.0, "run-dir": str(folder), "run-id": f"stamen-{clients}-{params}-{secure}-{roster}",
+        "secagg-roster": ",".join(roster_of(keys.node_public_keys())) if roster else "",
     })
     times: list[float] = []
     server_app = ServerApp()
@@ -90,7 +103,12 @@ def stamen_cell(clients: int, params: int, secure: bool, rounds: int, folder: Pa
             if rule.count != clients:
                 raise RuntimeError(f"round {server_round} aggregated {rule.count} of {clients} clients")
 
-    run_apps(server_app, client_app_with([], train_handler=synthetic_update), clients)
+    def identity(msg: Message, context: Context, call_next):
+        """A virtual node's node key, as `stamen client join` names it in a device's node config."""
+        context.node_config[IDENTITY_KEY] = str(keys.node_key(str(context.node_config["partition-id"])))
+        return call_next(msg, context)
+
+    run_apps(server_app, client_app_with([identity] if roster else [], train_handler=synthetic_update), clients)
     rows = RunFolder(folder / config.run_id).rows()
     uploads = [row["bytes_up"] for row in rows if row.get("accepted") and "bytes_up" in row]
     return times, int(statistics.median(uploads))
@@ -161,6 +179,7 @@ def main() -> None:
     parser.add_argument("--params", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-flower", action="store_true", help="skip Flower's legacy workflows")
+    parser.add_argument("--name", default="secagg", help="results/<name>.json")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -168,11 +187,13 @@ def main() -> None:
             for clients in args.clients:
                 plain, plain_bytes = stamen_cell(clients, params, False, args.rounds, Path(scratch))
                 secure, secure_bytes = stamen_cell(clients, params, True, args.rounds, Path(scratch))
+                signed, signed_bytes = stamen_cell(clients, params, True, args.rounds, Path(scratch), roster=True)
                 row = {
                     "clients": clients,
                     "params": params,
                     "plain_s": steady(plain),
                     "secure_s": steady(secure),
+                    "roster_s": steady(signed),
                     "flower_plain_s": None
                     if args.no_flower
                     else steady(flower_cell(clients, params, False, args.rounds)),
@@ -181,15 +202,17 @@ def main() -> None:
                     else steady(flower_cell(clients, params, True, args.rounds)),
                     "plain_upload_bytes": plain_bytes,
                     "secure_upload_bytes": secure_bytes,
+                    "roster_upload_bytes": signed_bytes,
                 }
                 row["secure_x_plain"] = round(row["secure_s"] / row["plain_s"], 2)
+                row["roster_x_plain"] = round(row["roster_s"] / row["plain_s"], 2)
                 if row["flower_secaggplus_s"] is not None:
                     flower_overhead = row["flower_secaggplus_s"] - row["flower_plain_s"]
                     row["overhead_ratio"] = round(flower_overhead / max(row["secure_s"] - row["plain_s"], 1e-3), 1)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print_table(rows)
-    write_results("secagg", rows)
+    write_results(args.name, rows, rounds=args.rounds)
 
 
 if __name__ == "__main__":

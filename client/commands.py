@@ -44,6 +44,14 @@ def client_join(
         float, typer.Option(min=0.5, max=0.99, help="Least share of its holders a secure round must need to rebuild "
                             "this device's secrets; the device refuses a server asking for fewer.")
     ] = 0.5,
+    secagg_min_neighbours: Annotated[
+        int, typer.Option(min=1, help="Fewest neighbours a secure round must give this device to share its secrets "
+                          "among; it refuses a round with fewer.")
+    ] = 1,
+    max_epsilon: Annotated[
+        float | None, typer.Option(min=0.0, help="This device's privacy budget: it trains only under distributed DP "
+                                   "and stops before its own accountant's epsilon (at delta 1e-5) would pass this.")
+    ] = None,
 ) -> None:
     """Join a Stamen server as a SuperNode with TLS and this device's key; train on local data that never leaves."""
     from stamen.client.deployment import DeviceSetup, stay_joined, supernode_command
@@ -53,7 +61,7 @@ def client_join(
     configure_logging(False)
     guards = ResourceGuards(max_local_steps, max_round_seconds, max_memory_mb)
     device = DeviceSetup(server, ca, key, data, state_dir, name or data.stem, guards, base, secagg_min_threshold,
-                         operator_key)
+                         operator_key, secagg_min_neighbours, max_epsilon)
     supernode_command(device)  # reads the data once: a bad file is reported (DeviceDataError) before joining
     guard(state_dir.resolve())  # the SuperNode and what it starts stop with this command, SIGKILL included
     console.print(f"[bold]Device {device.name}[/] joining {server}; data {data}, state in {state_dir}. Ctrl-C leaves.")

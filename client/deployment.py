@@ -23,9 +23,9 @@ from stamen.shared.flower_tools import flower_environment, flower_tool, free_por
 from stamen.shared.process_guard import stop_tree
 
 from .device_worker import start_worker, worker_environment
+from .release_ledger import MAX_EPSILON_KEY
 from .resource_guard import ResourceGuards
-from .secure_aggregation import DEFAULT_MIN_THRESHOLD
-from .secure_aggregation_mod import MIN_THRESHOLD_KEY
+from .secure_aggregation import DEFAULT_MIN_THRESHOLD, IDENTITY_KEY, MIN_NEIGHBOURS_KEY, MIN_THRESHOLD_KEY
 from .trust import OPERATOR_KEY
 
 log = logging.getLogger(__name__)
@@ -43,13 +43,16 @@ class DeviceSetup:
     base: str | None = None  # the device's own copy of the base (default: the run's base-model)
     secagg_min_threshold: float = DEFAULT_MIN_THRESHOLD  # the device's own least share threshold
     operator_key: Path | None = None  # the operator's public key: the device runs only runs it signed
+    secagg_min_neighbours: int = 1  # the fewest neighbours the device shares its secrets among
+    max_epsilon: float | None = None  # the device's own privacy budget (distributed DP only)
 
 
 def supernode_command(device: DeviceSetup, port: int | None = None) -> list[str]:
     """``flower-supernode`` for this device; ``port`` is its local ClientApp API (a free one by default)."""
     read_examples(device.data)  # fail here, with the file's problem, rather than inside a round
     node_config = {"data-path": str(device.data.resolve()), "state-dir": str(device.state_dir.resolve()),
-                   "client-name": device.name, MIN_THRESHOLD_KEY: device.secagg_min_threshold}
+                   "client-name": device.name, MIN_THRESHOLD_KEY: device.secagg_min_threshold,
+                   MIN_NEIGHBOURS_KEY: device.secagg_min_neighbours, IDENTITY_KEY: str(device.node_key.resolve())}
     limits = {"max-local-steps": device.guards.max_local_steps, "max-round-seconds": device.guards.max_round_seconds,
               "max-memory-mb": device.guards.max_memory_mb}
     node_config.update({key: value for key, value in limits.items() if value is not None})
@@ -57,6 +60,8 @@ def supernode_command(device: DeviceSetup, port: int | None = None) -> list[str]
         node_config["base-model"] = device.base
     if device.operator_key:
         node_config[OPERATOR_KEY] = str(device.operator_key.resolve())
+    if device.max_epsilon is not None:
+        node_config[MAX_EPSILON_KEY] = device.max_epsilon
     return [
         flower_tool("flower-supernode"),
         "--superlink", device.server,

@@ -6,7 +6,10 @@ ClientApp there would load and quantise its base again for each train and evalua
 (``WORKER_ADDRESS`` set), Stamen's ClientApp is :func:`forwarding_app`, which hands each message and
 its context to the worker over loopback (authenticated with a key only this device's state folder
 holds) and returns the worker's reply and context. The worker runs the real ClientApp, whose
-runtime keeps the base loaded for the whole session, and logs one line per message.
+runtime keeps the base loaded for the whole session, and logs one line per message. Each connection is
+served on a thread of its own that must finish the key handshake and send its message within
+``HANDSHAKE_SECONDS``, so a local process that connects and stays silent stalls nobody; messages
+themselves run one at a time.
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ import logging
 import os
 import secrets
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection, Listener
+from multiprocessing.connection import Client, Connection, answer_challenge, deliver_challenge
 from pathlib import Path
 
 from flwr.app import Context, Message
@@ -31,6 +37,7 @@ log = logging.getLogger("stamen.client.device_worker")  # also when run as __mai
 WORKER_ADDRESS = "STAMEN_DEVICE_WORKER"  # environment of the SuperNode: the worker's host:port
 WORKER_KEY = "STAMEN_DEVICE_WORKER_KEY"  # ... and the file holding the key that authenticates to it
 CONNECT_SECONDS = 120.0  # how long a message waits for a worker that is (re)starting
+HANDSHAKE_SECONDS = 30.0  # how long a connection may take to authenticate and send its message
 
 
 class WorkerFailed(RuntimeError):
@@ -54,26 +61,37 @@ def worker_environment(environment: dict[str, str], state_dir: Path, port: int) 
 
 
 def serve(port: int, key_path: Path) -> None:
-    """Answer messages one at a time, for as long as the device stays joined."""
+    """Answer messages, one at a time, for as long as the device stays joined."""
     from stamen.shared.commands import configure_logging
 
     from .handlers import client_app_with
 
     configure_logging(False)  # one line per message; a library's repeated warning once
-    app = client_app_with([])
-    with Listener(("127.0.0.1", port), authkey=key_path.read_bytes()) as listener:
+    app, key, one_at_a_time = client_app_with([]), key_path.read_bytes(), threading.Lock()
+    with socket.create_server(("127.0.0.1", port)) as listener:
         log.info("device worker ready on 127.0.0.1:%d", port)
         while True:
-            try:
-                with listener.accept() as connection:
-                    _answer(app, connection)
-            except (AuthenticationError, EOFError, OSError) as error:  # a stranger, or a message process that died
-                log.warning("a connection to the device worker failed: %s", error)
+            accepted, _ = listener.accept()
+            threading.Thread(target=_serve_connection, args=(app, accepted, key, one_at_a_time), daemon=True).start()
 
 
-def _answer(app: ClientApp, connection: Connection) -> None:
+def _serve_connection(app: ClientApp, accepted: socket.socket, key: bytes, one_at_a_time: threading.Lock) -> None:
+    """Authenticate one connection and read its message within ``HANDSHAKE_SECONDS``, then answer it."""
+    seconds = int(HANDSHAKE_SECONDS)
+    accepted.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, 0))  # the fd's reads
+    try:
+        with Connection(accepted.detach()) as connection:
+            deliver_challenge(connection, key)
+            answer_challenge(connection, key)
+            message, context = connection.recv()
+            with one_at_a_time:
+                _answer(app, connection, message, context)
+    except (AuthenticationError, EOFError, OSError) as error:  # a stranger, a silent peer, or a process that died
+        log.warning("a connection to the device worker failed: %s", error or type(error).__name__)
+
+
+def _answer(app: ClientApp, connection: Connection, message: Message, context: Context) -> None:
     """Run one message through the ClientApp; send back its reply and context, or the error it raised."""
-    message, context = connection.recv()
     started = time.perf_counter()
     try:
         reply = app(message, context)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from stamen.shared.protocol import CONTROL, CONTROL_DELTA
+from stamen.shared.protocol import CONTROL, CONTROL_DELTA, SCAFFOLD
 from stamen.shared.training import GradientCorrection
 from stamen.shared.wire import decode_adapter
 
@@ -75,7 +75,8 @@ class FedProx(TrainingHook):
 
 
 class Scaffold(TrainingHook):
-    """SCAFFOLD, wherever the server sends its control variate: correct the gradients, upload c_i+ - c_i."""
+    """SCAFFOLD, where the run's rule is (never because a message carries a control variate): correct the
+    gradients, upload c_i+ - c_i (summed with the delta under secure aggregation)."""
 
     def __init__(self, client: ScaffoldClient) -> None:
         self.client = client
@@ -83,8 +84,10 @@ class Scaffold(TrainingHook):
     @classmethod
     def start(cls, training_round: TrainingRound) -> Scaffold | None:
         content, setup = training_round.msg.content, training_round.setup
-        if CONTROL not in content.array_records:
+        if training_round.config.aggregation != SCAFFOLD:
             return None
+        if CONTROL not in content.array_records:
+            raise ValueError("the run's rule is SCAFFOLD, but the server sent no control variate")
         server_control = decode_adapter(content[CONTROL], setup.runtime.schema)
         return cls(ScaffoldClient(setup.store, setup.server_round, server_control))
 

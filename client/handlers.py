@@ -12,7 +12,8 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 
-from flwr.app import Context, Message, RecordDict
+import numpy as np
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
@@ -29,6 +30,7 @@ from .kept_optimizer import KeptOptimizerState
 from .local_data import DataSource, device_source
 from .personalisation import Ditto, load_personal
 from .probes import RoundZeroBaseline, base_alone_losses, loss_on, model_probes
+from .release_ledger import release_ledger_mod
 from .replay import Replay
 from .resource_guard import ResourceGuardHook
 from .round_setup import RoundSetup, prepare
@@ -134,24 +136,29 @@ def _train_reply(training_round: TrainingRound) -> RecordDict:
         "train-seconds": result.seconds,
         **training_round.metrics,
     }
-    schema, delta = setup.server_schema(), setup.at_server_rank(training_round.delta)
+    schema = setup.server_schema()
     wire = SUMMED_DTYPE if config.privacy.secure_aggregation else schema.wire_dtype  # the secure mod sums it exactly
-    update = encode_adapter({name: delta[name] for name in schema.shapes}, wire)
-    reply = client_reply(metrics, setup.runtime.base.fingerprint, setup.data.name, update)
+
+    def sent(arrays: dict[str, np.ndarray]) -> ArrayRecord:  # in the schema's order: a secure sum lays them out so
+        at_server_rank = setup.at_server_rank(arrays)
+        return encode_adapter({name: at_server_rank[name] for name in schema.shapes}, wire)
+
+    reply = client_reply(metrics, setup.runtime.base.fingerprint, setup.data.name, sent(training_round.delta))
     for name, arrays in training_round.uploads.items():
-        reply[name] = setup.to_wire(arrays)
+        reply[name] = sent(arrays)
     return reply
 
 
 def client_app_with(mods: list[Mod], train_handler: Callable[[Message, Context], Message] | None = None,
                     client: StamenClient | None = None) -> ClientApp:
     """Stamen's ClientApp with Flower ``mods`` wrapped around every handler (Flower's extension point),
-    outside the secure-aggregation mod every Stamen ClientApp carries.
+    inside the operator's signature check and outside the release ledger and the secure-aggregation mod every
+    Stamen ClientApp carries.
 
     ``client`` sets the data source and hooks (a simulation's); ``train_handler`` answers ordinary
     train messages instead of it (benchmarks swap in synthetic updates)."""
     client = client or StamenClient()
-    client_app = ClientApp(mods=[operator_signature_mod, *mods, secure_aggregation_mod])
+    client_app = ClientApp(mods=[operator_signature_mod, *mods, release_ledger_mod, secure_aggregation_mod])
     client_app.train()(train_handler or client.train)
     client_app.evaluate()(client.evaluate)
     return client_app

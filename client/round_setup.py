@@ -6,15 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import Context, Message
 
 from stamen.shared.adapters import load_adapter_state
 from stamen.shared.config import RunConfig
 from stamen.shared.fingerprint import check_same_base
 from stamen.shared.lora_ranks import pad_to_rank, padded_schema, truncate_to_rank
-from stamen.shared.protocol import ARRAYS, CORRECTIONS, Instruction, read_instruction
+from stamen.shared.protocol import ARRAYS, CORRECTIONS, Instruction, check_server_records, read_instruction
 from stamen.shared.run_folder import RunFolder
-from stamen.shared.wire import AdapterSchema, decode_adapter, encode_adapter
+from stamen.shared.wire import AdapterSchema, decode_adapter
 
 from .local_data import DataSource, LocalData
 from .runtime import ClientRuntime, client_runtime
@@ -49,17 +49,14 @@ class RoundSetup:
         server_rank = self.config.adapter.rank
         return padded_schema(self.runtime.schema, server_rank) if self.rank < server_rank else self.runtime.schema
 
-    def to_wire(self, arrays: dict[str, np.ndarray]) -> ArrayRecord:
-        """Arrays at the server's rank, encoded in the wire dtype."""
-        return encode_adapter(self.at_server_rank(arrays), self.runtime.schema.wire_dtype)
-
 
 def prepare(msg: Message, context: Context, data_source: DataSource, training_round: bool) -> RoundSetup:
-    """Parse the instruction, check the base, and load the adapter this client runs with:
-    the received global part (cut to this client's rank), its personal part (``fedsa``)
+    """Parse the instruction, refuse records its config does not call for, check the base, and load the adapter
+    this client runs with: the received global part (cut to this client's rank), its personal part (``fedsa``)
     and any exact-LoRA corrections."""
     instruction = read_instruction(msg.content)
     config = instruction.config
+    check_server_records(msg.content, config, msg.metadata.message_type)  # hooks switch on from the config only
     rank = _client_rank(context, config)
     runtime = client_runtime(_on_this_device(context, config), rank)
     check_same_base(instruction.fingerprint, runtime.base.fingerprint, "server's base vs this client's base")

@@ -2,14 +2,22 @@
 
 Secrets (private keys, the self-mask seed, shares held for neighbours, the update
 itself) live in the node's ``Context.state`` between messages and never leave the
-device; each stage checks it is the next one for the same run and round.
+device; each stage checks it is the next one for the same run and round. What the
+client sends is decided by the run's config (as the device accepted it at stage 1: signed,
+where the device holds the operator's key) and the device's own settings, never by a field
+of a stage message: the noise it adds, the least threshold and neighbours it accepts, and,
+under a roster, whose keys it accepts and which survivor set it reveals shares for.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
@@ -28,16 +36,21 @@ from stamen.shared.secagg_crypto import (
     private_bytes,
     public_bytes,
 )
+from stamen.shared.secagg_identity import DeviceIdentity, Roster, keys_statement, survivors_statement
 from stamen.shared.secagg_protocol import (
     ENCRYPTION_KEY,
+    IDENTITY,
     KEY_SHARE,
+    KEY_SIGNATURE,
     MASK_KEY,
     SEED_SHARE,
+    SIGNATURE,
+    PeerEntry,
     SecAggError,
     StageInfo,
+    distributed_noise_std,
     pack_shares,
     pairwise_sign,
-    read_peer_entry,
     secure_weight,
     share_threshold,
     unpack_shares,
@@ -45,6 +58,11 @@ from stamen.shared.secagg_protocol import (
 )
 
 log = logging.getLogger(__name__)
+
+MIN_THRESHOLD_KEY = "secagg-min-threshold"  # node config: the device's own least share threshold
+MIN_NEIGHBOURS_KEY = "secagg-min-neighbours"  # node config: the fewest neighbours the device shares its secrets among
+IDENTITY_KEY = "identity-key"  # node config: path of the device's node key, which signs its secure-aggregation keys
+DEFAULT_MIN_THRESHOLD = 0.5  # a majority of the share holders
 
 
 def secure_input(delta_flat: np.ndarray, num_examples: int, config: RunConfig) -> np.ndarray:
@@ -60,64 +78,106 @@ def secure_input(delta_flat: np.ndarray, num_examples: int, config: RunConfig) -
                     delta_flat.size, value_range)
     return update_vector(delta_flat, secure_weight(num_examples, privacy), value_range)
 
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """What the device itself demands of a secure round (its node config), whatever the server or the run asks."""
+
+    min_threshold: float = DEFAULT_MIN_THRESHOLD  # its secrets need more than this share of their holders
+    min_neighbours: int = 1  # it shares its secrets among at least this many neighbours
+    identity: DeviceIdentity | None = None  # signs its keys and the survivor set under a roster
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.min_threshold < 1:
+            raise SecAggError(f"{MIN_THRESHOLD_KEY} must be in [0.5, 1), got {self.min_threshold}")
+        if self.min_neighbours < 1:
+            raise SecAggError(f"{MIN_NEIGHBOURS_KEY} must be >= 1, got {self.min_neighbours}")
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, object]) -> DeviceSettings:
+        identity = node_config.get(IDENTITY_KEY)
+        return cls(float(node_config.get(MIN_THRESHOLD_KEY, DEFAULT_MIN_THRESHOLD)),
+                   int(node_config.get(MIN_NEIGHBOURS_KEY, 1)),
+                   DeviceIdentity.load(Path(str(identity))) if identity else None)
+
+
 STATE = "secagg-client"
 INPUT = "secagg-input"
-_ADVERTISED, _SHARED, _MASKED = "advertised", "shared", "masked"
-
-
-DEFAULT_MIN_THRESHOLD = 0.5  # node config ``secagg-min-threshold``: a majority of the share holders
+_ADVERTISED, _SHARED, _MASKED, _SIGNED = "advertised", "shared", "masked", "signed"
 
 
 class SecAggClient:
-    """One node's side of one secure round, kept in ``state`` (the node's Context.state).
+    """One node's side of one secure round, kept in ``state`` (the node's Context.state)."""
 
-    The client does not take the server's word for the share threshold: it needs more than
-    ``min_threshold`` of its share holders (its own setting, from the node config), refuses a
-    server that asks for fewer, and reveals nothing unless that many of them survived."""
-
-    def __init__(self, state: RecordDict, node_id: int, min_threshold: float = DEFAULT_MIN_THRESHOLD) -> None:
-        if not 0.5 <= min_threshold < 1:
-            raise SecAggError(f"secagg-min-threshold must be in [0.5, 1), got {min_threshold}")
+    def __init__(self, state: RecordDict, node_id: int, settings: DeviceSettings = DeviceSettings()) -> None:
         self.state = state
         self.node = node_id
-        self.min_threshold = min_threshold
+        self.settings = settings
 
-    def advertise(self, run: str, server_round: int, vector: np.ndarray) -> ConfigRecord:
-        """Keep ``vector`` (the update to sum, encoded units) and fresh secrets; return the public keys."""
+    def advertise(self, config: RunConfig, session: str, server_round: int, vector: np.ndarray) -> ConfigRecord:
+        """Keep ``vector`` (the update to sum, encoded units), ``config`` and fresh secrets; return the public keys,
+        signed under the run's roster."""
+        roster, identity = Roster(config.privacy.secagg_roster), self.settings.identity
+        if roster and identity is None:
+            raise SecAggError(f"the run lists its devices (secagg-roster), and this device has no identity key "
+                              f"(node config {IDENTITY_KEY}) to sign its keys with")
+        if roster and identity.fingerprint not in roster.fingerprints:
+            raise SecAggError("this device's identity key is not on the run's roster")
         encryption, masking = new_private_key(), new_private_key()
         self.state[STATE] = ConfigRecord({
-            "run": run, "server-round": server_round, "stage": _ADVERTISED,
+            "run": session, "server-round": server_round, "stage": _ADVERTISED,
             "encryption-secret": private_bytes(encryption), "mask-secret": private_bytes(masking),
-            "seed": os.urandom(shamir.SECRET_BYTES),
+            "seed": os.urandom(shamir.SECRET_BYTES), "config": json.dumps(config.to_flat()),
         })
         self.state[INPUT] = ArrayRecord({"vector": Array(np.ascontiguousarray(vector, dtype=np.float64))})
-        return ConfigRecord({ENCRYPTION_KEY: public_bytes(encryption), MASK_KEY: public_bytes(masking)})
+        keys = {ENCRYPTION_KEY: public_bytes(encryption), MASK_KEY: public_bytes(masking)}
+        if roster:
+            statement = keys_statement(session, server_round, self.node, keys[ENCRYPTION_KEY], keys[MASK_KEY])
+            keys.update({IDENTITY: identity.public, KEY_SIGNATURE: identity.sign(statement)})
+        return ConfigRecord(keys)
 
     def share_keys(self, info: StageInfo, peers: ConfigRecord) -> ConfigRecord:
         """Shamir-share the seed and mask key among the neighbours (and self); encrypt each pair of shares."""
         mine = self._expect(info, _ADVERTISED)
-        neighbours = {int(node): read_peer_entry(bytes(entry)) for node, entry in peers.items()}
+        config = _config(mine)
+        privacy = config.privacy
+        self._check_layout(info, config)
+        try:
+            neighbours = {int(node): PeerEntry.from_bytes(entry) for node, entry in peers.items()}
+        except ValueError as error:
+            raise SecAggError(f"malformed neighbour list: {error}") from None
         if self.node in neighbours or not neighbours:
             raise SecAggError("the neighbour list must name other nodes, not this one")
+        least_neighbours = max(self.settings.min_neighbours, privacy.secagg_min_neighbours)
+        if len(neighbours) < least_neighbours:
+            raise SecAggError(f"the server names {len(neighbours)} neighbours; this device shares its secrets among "
+                              f"at least {least_neighbours}")
+        if len(neighbours) >= info.num_clients:
+            raise SecAggError(f"{len(neighbours)} neighbours among {info.num_clients} clients")
+        roster = Roster(privacy.secagg_roster)
+        if roster:
+            self._authenticate(info, neighbours, roster)
         holders = len(neighbours) + 1
-        least = share_threshold(holders, self.min_threshold)
+        fraction = max(self.settings.min_threshold, privacy.secagg_threshold)
+        least = share_threshold(holders, fraction)
         if not least <= info.threshold <= holders:
             raise SecAggError(f"the server asks for a share threshold of {info.threshold} among {holders} holders; "
-                              f"this client needs at least {least} (secagg-min-threshold {self.min_threshold})")
+                              f"this client needs at least {least} (threshold {fraction})")
         mine["threshold"] = info.threshold
-        points = [info.point] + [point for point, _, _ in neighbours.values()]
+        points = [info.point] + [entry.point for entry in neighbours.values()]
+        if len(set(points)) != len(points) or min(points) < 1:
+            raise SecAggError("the Shamir points of this node and its neighbours must be distinct and positive")
         seed_shares = shamir.split(bytes(mine["seed"]), points, info.threshold)
         key_shares = shamir.split(bytes(mine["mask-secret"]), points, info.threshold)
         ciphertexts = {}
-        for (node, (_, encryption_key, _)), seed_share, key_share in zip(
-            neighbours.items(), seed_shares[1:], key_shares[1:], strict=False
-        ):
-            key = agreed_key(bytes(mine["encryption-secret"]), encryption_key, info.encryption_purpose())
+        for (node, entry), seed_share, key_share in zip(neighbours.items(), seed_shares[1:], key_shares[1:],
+                                                        strict=True):
+            key = agreed_key(bytes(mine["encryption-secret"]), entry.encryption_key, info.encryption_purpose())
             plaintext = pack_shares(self.node, node, seed_share, key_share)
             ciphertexts[str(node)] = encrypt(key, plaintext, info.share_context(self.node, node))
         mine[f"held/{self.node}"] = seed_shares[0].to_bytes() + key_shares[0].to_bytes()
-        for node, entry in peers.items():
-            mine[f"peer/{node}"] = bytes(entry)
+        for node, entry in neighbours.items():
+            mine[f"peer/{node}"] = entry.to_bytes()
         mine["stage"] = _SHARED
         return ConfigRecord(ciphertexts)
 
@@ -127,13 +187,15 @@ class SecAggClient:
         """The fixed-point update (then ``appended``: metric slots, never noised) plus the self mask plus one
         pairwise mask per neighbour still in the round."""
         mine = self._expect(info, _SHARED)
+        config = _config(mine)
+        self._check_layout(info, config)
         senders = []
         for sender_text, ciphertext in ciphertexts.items():
             sender = int(sender_text)
             if f"peer/{sender}" not in mine:
                 raise SecAggError(f"node {sender} is not one of this client's neighbours")
-            _, encryption_key, _ = read_peer_entry(bytes(mine[f"peer/{sender}"]))
-            key = agreed_key(bytes(mine["encryption-secret"]), encryption_key, info.encryption_purpose())
+            peer = PeerEntry.from_bytes(bytes(mine[f"peer/{sender}"]))
+            key = agreed_key(bytes(mine["encryption-secret"]), peer.encryption_key, info.encryption_purpose())
             try:
                 plaintext = decrypt(key, bytes(ciphertext), info.share_context(sender, self.node))
             except ShareAuthenticationError:
@@ -144,11 +206,16 @@ class SecAggClient:
                 raise SecAggError(f"the share from node {sender} names {claimed_sender} -> {recipient}")
             mine[f"held/{sender}"] = seed_share.to_bytes() + key_share.to_bytes()
             senders.append(sender)
+        threshold = int(mine["threshold"])
+        if len(senders) + 1 < threshold:  # too few pairwise masks: the self mask alone would hide the input
+            raise SecAggError(f"only {len(senders)} of this node's neighbours sent it their shares; with fewer than "
+                              f"{threshold - 1} its input would not be mixed with theirs")
         vector = self.state[INPUT]["vector"].numpy()
-        if info.noise_std > 0:  # distributed DP: this client's share of the noise on the update part
+        noise_std = _noise_share(config, info.num_clients, vector.size - 1)
+        if noise_std > 0:  # distributed DP: this client's share of the noise on the update part
             noise_rng = np.random.default_rng(secrets.randbits(128))
             vector = vector.copy()
-            vector[:-1] += noise_rng.normal(0.0, info.noise_std, vector.size - 1)
+            vector[:-1] += noise_rng.normal(0.0, noise_std, vector.size - 1)
             truncated = int(np.count_nonzero(np.abs(vector[:-1]) > 1.0))
             if truncated:  # encoding would clip the noise: the release would carry less than is accounted
                 raise SecAggError(f"{truncated} noised values left the value range; refusing to send truncated "
@@ -158,35 +225,99 @@ class SecAggClient:
         codec = FixedPoint(clip=1.0, num_summands=info.num_clients, bits=info.modulus_bits)
         masked = codec.encode(vector) + mask_stream(bytes(mine["seed"]), vector.size, codec.dtype)
         for sender in senders:
-            _, _, mask_key = read_peer_entry(bytes(mine[f"peer/{sender}"]))
-            pair_mask = mask_stream(agreed_key(bytes(mine["mask-secret"]), mask_key, info.mask_purpose()),
+            peer = PeerEntry.from_bytes(bytes(mine[f"peer/{sender}"]))
+            pair_mask = mask_stream(agreed_key(bytes(mine["mask-secret"]), peer.mask_key, info.mask_purpose()),
                                     vector.size, codec.dtype)
             masked = masked + pair_mask if pairwise_sign(self.node, sender) > 0 else masked - pair_mask
         del self.state[INPUT]
         mine["stage"] = _MASKED
         return masked
 
-    def unmask(self, info: StageInfo) -> ConfigRecord:
-        """Seed shares of surviving neighbours, mask-key shares of dropped ones; never both for a node."""
+    def sign_survivors(self, info: StageInfo) -> ConfigRecord:
+        """The consistency round (under a roster): sign the set of nodes whose masked inputs the server says it
+        holds; this device will reveal shares for that set and no other."""
         mine = self._expect(info, _MASKED)
-        survivors, dropped = set(info.survivors), set(info.dropped)
-        if survivors & dropped:
-            raise SecAggError(f"nodes {sorted(survivors & dropped)} are named both survived and dropped")
+        config = _config(mine)
+        if not config.privacy.secagg_roster or self.settings.identity is None:
+            raise SecAggError("a consistency stage, but the run has no roster for signatures")
+        survivors = tuple(sorted(info.survivors))
+        if len(set(survivors)) != len(survivors) or self.node not in survivors:
+            raise SecAggError("the survivor set must name distinct nodes, this one among them")
+        mine["survivors"] = list(survivors)
+        mine["stage"] = _SIGNED
+        return ConfigRecord({SIGNATURE: self.settings.identity.sign(
+            survivors_statement(info.run, info.server_round, survivors))})
+
+    def unmask(self, info: StageInfo, signatures: ConfigRecord | None = None) -> ConfigRecord:
+        """Seed shares of the neighbours named survivors, mask-key shares of those that shared and are not named;
+        never both for a node. Under a roster only for the set this device signed, shown signed by a threshold of
+        roster devices."""
+        mine = self.state.config_records.get(STATE)
+        roster = Roster(_config(mine).privacy.secagg_roster) if mine is not None else Roster(())
+        mine = self._expect(info, _SIGNED if roster else _MASKED)
+        survivors = set(info.survivors)
+        threshold = int(mine["threshold"])  # the one this client's secrets were split with, not the server's word now
+        if roster:
+            if tuple(sorted(survivors)) != tuple(mine["survivors"]) or len(survivors) != len(info.survivors):
+                raise SecAggError("the unmask stage names another survivor set than the one this device signed")
+            self._check_signatures(info, signatures, roster, threshold)
         if self.node not in survivors:
             raise SecAggError("this node sent its masked input but is not named a survivor")
         held = {int(key.split("/", 1)[1]) for key in mine if key.startswith("held/")}
-        threshold = int(mine["threshold"])  # the one this client's secrets were split with, not the server's word now
+        neighbours = {int(key.split("/", 1)[1]) for key in mine if key.startswith("peer/")}
+        if (survivors & neighbours) - held:  # a survivor this node added no pairwise mask with
+            raise SecAggError(f"the survivor set names neighbours {sorted((survivors & neighbours) - held)[:5]} "
+                              f"that never sent this node their shares: nothing is revealed")
         if len(survivors & held) < threshold:
             raise SecAggError(f"only {len(survivors & held)} of this node's share holders survived, "
                               f"fewer than the threshold {threshold}: nothing is revealed")
         half = len(bytes(mine[f"held/{self.node}"])) // 2
         revealed = {}
-        for node in sorted(held & (survivors | dropped)):
+        for node in sorted(held):
             pair = bytes(mine[f"held/{node}"])
             kind, share = (SEED_SHARE, pair[:half]) if node in survivors else (KEY_SHARE, pair[half:])
             revealed[f"{kind}/{node}"] = share
         del self.state[STATE]
         return ConfigRecord(revealed)
+
+    def _authenticate(self, info: StageInfo, neighbours: dict[int, PeerEntry], roster: Roster) -> None:
+        """Every neighbour's keys signed by a distinct roster device, none of them this one."""
+        seen = {self.settings.identity.fingerprint}
+        for node, entry in neighbours.items():
+            statement = keys_statement(info.run, info.server_round, node, entry.encryption_key, entry.mask_key)
+            try:
+                found = roster.admit(entry.identity, entry.signature, statement)
+            except SecAggError as reason:
+                raise SecAggError(f"neighbour {node}'s keys are not signed by a roster device: {reason}") from None
+            if found in seen:
+                raise SecAggError(f"neighbour {node} has the identity of another neighbour or of this device")
+            seen.add(found)
+
+    def _check_signatures(self, info: StageInfo, signatures: ConfigRecord | None, roster: Roster,
+                          threshold: int) -> None:
+        """At least ``threshold`` distinct roster devices among the survivors signed this survivor set."""
+        statement = survivors_statement(info.run, info.server_round, info.survivors)
+        signers: set[str] = set()
+        for node_text, entry in (signatures or {}).items():
+            try:
+                peer = PeerEntry.from_bytes(bytes(entry))
+                if int(node_text) in info.survivors:
+                    signers.add(roster.admit(peer.identity, peer.signature, statement))
+            except (SecAggError, ValueError, TypeError):
+                continue
+        if len(signers) < threshold:
+            raise SecAggError(f"the survivor set carries {len(signers)} valid signatures of roster devices, fewer "
+                              f"than the threshold {threshold}: nothing is revealed")
+
+    def _check_layout(self, info: StageInfo, config: RunConfig) -> None:
+        """The server's declared layout against the run's config: its modulus, and no more clients than listed."""
+        if info.modulus_bits != config.privacy.secagg_modulus_bits:
+            raise SecAggError(f"the server declares a {info.modulus_bits}-bit modulus; the run's is "
+                              f"{config.privacy.secagg_modulus_bits}")
+        roster_size = len(config.privacy.secagg_roster) or info.num_clients
+        if not 2 <= info.num_clients <= roster_size:
+            raise SecAggError(f"the server declares {info.num_clients} clients; a secure round has 2 to "
+                              f"{roster_size}")
 
     def _expect(self, info: StageInfo, stage: str) -> ConfigRecord:
         if STATE not in self.state:
@@ -198,3 +329,22 @@ class SecAggClient:
         if mine["stage"] != stage:
             raise SecAggError(f"stage {info.stage} arrived while this node's secure round is at '{mine['stage']}'")
         return mine
+
+
+def _config(mine: ConfigRecord) -> RunConfig:
+    """The run config this device accepted when the round began."""
+    return RunConfig.from_flat(json.loads(str(mine["config"])))
+
+
+def _noise_share(config: RunConfig, num_clients: int, num_values: int) -> float:
+    """Distributed DP: this client's share of the noise, in encoded units, from the run's config; the server only
+    says among how many clients the noise is shared, and a count so small that the run's value range would
+    truncate the share is refused."""
+    privacy = config.privacy
+    if privacy.dp != "distributed":
+        return 0.0
+    value_range, needed = config.secure_value_range(), config.noise_value_range(num_clients, max(num_values, 1))
+    if needed > value_range:
+        raise SecAggError(f"the server shares the noise among {num_clients} clients, whose shares need a value "
+                          f"range of {needed:.4g}, more than the run's {value_range:.4g}: they would be truncated")
+    return distributed_noise_std(privacy.dp_noise_multiplier, privacy.dp_clip, value_range, num_clients)

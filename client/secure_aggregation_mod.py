@@ -1,11 +1,13 @@
 """The client half of secure aggregation as a Flower mod, in the manner of Flower's ``secaggplus_mod``.
 
 The train handler always answers with the plain update (float32 at the server's rank, weighted by
-its real example count) and its metrics; the evaluate handler with its metrics. Under
-``secure-aggregation`` this mod, wrapped around the handlers, keeps the update and the metric values
-in the node's ``Context.state`` and replies with public keys and metric names instead; the later
-stages (messages carrying a ``secagg`` stage record) it answers itself, without the handler. Neither
-the update nor one metric value leaves the device in the clear, whatever the handler does.
+its real example count), the extra uploads the run's rule declares (SCAFFOLD's control change) and
+its metrics; the evaluate handler with its metrics. Under ``secure-aggregation`` this mod, wrapped
+around the handlers, keeps the update, the uploads and the metric values in the node's
+``Context.state`` and replies with what is public by design instead (docs/privacy.md): the client
+info, public keys and metric names; a reply the handler built with any other record is refused. The
+later stages (messages carrying a ``secagg`` stage record) it answers itself, without the handler.
+Neither the update nor one metric value leaves the device in the clear, whatever the handler does.
 """
 
 from __future__ import annotations
@@ -16,8 +18,19 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from stamen.shared.protocol import ARRAYS, METRICS, NUM_EXAMPLES, Instruction, read_instruction
+from stamen.shared.protocol import (
+    ARRAYS,
+    CLIENT_INFO,
+    CLIENT_NAME,
+    FINGERPRINT,
+    METRICS,
+    NUM_EXAMPLES,
+    Instruction,
+    read_instruction,
+    rule_uploads,
+)
 from stamen.shared.secagg_protocol import (
+    CONSISTENCY_STAGE,
     MASK_STAGE,
     MASKED,
     MASKED_VECTOR,
@@ -28,7 +41,9 @@ from stamen.shared.secagg_protocol import (
     SECAGG,
     SHARE_STAGE,
     SHARES,
-    UNMASK_STAGE,
+    SIGNATURES,
+    SIGNED,
+    STAGE_RECORDS,
     SecAggError,
     StageInfo,
     session,
@@ -36,14 +51,11 @@ from stamen.shared.secagg_protocol import (
 from stamen.shared.secure_metrics import metric_slots
 
 from .device_log import metric_summary
-from .secure_aggregation import DEFAULT_MIN_THRESHOLD, SecAggClient, secure_input
+from .secure_aggregation import DeviceSettings, SecAggClient, secure_input
 
 log = logging.getLogger(__name__)
 
-MIN_THRESHOLD_KEY = "secagg-min-threshold"  # node config: the device's own least share threshold
 SUMMED_DTYPE = "float32"  # the plain update the handler hands this mod: exact, never sent
-
-
 SECURED = (MessageType.TRAIN, MessageType.EVALUATE)
 KEPT_METRICS = "secagg-metric-slots"  # node state between stage 1 and 3: this client's metric slots
 
@@ -52,7 +64,7 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     message_type = msg.metadata.message_type
     if message_type not in SECURED:
         return call_next(msg, context)
-    if SECAGG in msg.content.config_records:  # stages 2-4 of a secure round
+    if SECAGG in msg.content.config_records:  # the later stages of a secure round
         return Message(_answer_stage(msg, context), reply_to=msg)
     reply = call_next(msg, context)
     if reply.has_error():
@@ -66,37 +78,47 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
 def _keys_instead_of_values(
     instruction: Instruction, message_type: str, content: RecordDict, context: Context
 ) -> RecordDict:
-    """Stage 1: keep the update (weighted, clipped for DP; none when evaluating) and the metric values on
-    the device; reply with public keys, the metric names and the client info, and an example count of 1
-    (the real weight is masked too)."""
+    """Stage 1: keep the update and the rule's uploads (weighted, clipped for DP; none when evaluating) and the
+    metric values on the device; reply with the client info, public keys, the metric names and an example
+    count of 1 (the real weight is masked too)."""
+    config = instruction.config
+    uploads = rule_uploads(config) if message_type == MessageType.TRAIN else ()
+    summed = (ARRAYS, *uploads) if message_type == MessageType.TRAIN else ()
+    unexpected = sorted(set(content) - {CLIENT_INFO, METRICS, *summed})
+    if unexpected or set(content[CLIENT_INFO]) - {FINGERPRINT, CLIENT_NAME}:
+        raise SecAggError(f"the reply would carry {unexpected or 'client details'} in the clear under secure "
+                          f"aggregation; nothing is sent")
     metrics = content[METRICS]
-    update = content.array_records.get(ARRAYS) if message_type == MessageType.TRAIN else None
-    parts = [update[name].numpy().astype(np.float64).ravel() for name in update] if update else []
+    parts = [content[name][key].numpy().astype(np.float64).ravel() for name in summed for key in content[name]]
     flat = np.concatenate(parts) if parts else np.zeros(0)
-    vector = secure_input(flat, int(metrics[NUM_EXAMPLES]), instruction.config)
+    vector = secure_input(flat, int(metrics[NUM_EXAMPLES]), config)
     values = {name: float(value) for name, value in metrics.items() if name != NUM_EXAMPLES}
     log.info("round %d %s: %s (kept on this device for the secure sum)", instruction.server_round, message_type,
              metric_summary(values) or f"{len(values)} metrics")
     context.state[KEPT_METRICS] = MetricRecord(metric_slots(values, float(vector[-1])))
-    client = _client(context)
-    reply = RecordDict({name: record for name, record in content.items() if name not in (ARRAYS, METRICS)})
-    reply[METRICS] = MetricRecord({NUM_EXAMPLES: 1})
-    reply[METRIC_NAMES] = ConfigRecord({"names": sorted(values)})
-    reply[PUBLIC_KEYS] = client.advertise(session(instruction.config.run_id, message_type),
-                                          instruction.server_round, vector)
+    reply = RecordDict({CLIENT_INFO: content[CLIENT_INFO], METRICS: MetricRecord({NUM_EXAMPLES: 1}),
+                        METRIC_NAMES: ConfigRecord({"names": sorted(values)})})
+    reply[PUBLIC_KEYS] = _client(context).advertise(config, session(config.run_id, message_type),
+                                                    instruction.server_round, vector)
     return reply
 
 
 def _answer_stage(msg: Message, context: Context) -> RecordDict:
     client, info = _client(context), StageInfo.from_record(msg.content[SECAGG])
+    if info.stage not in STAGE_RECORDS:
+        raise SecAggError(f"unknown secure-aggregation stage {info.stage!r}")
+    unexpected = sorted(set(msg.content) - {SECAGG, *STAGE_RECORDS[info.stage]})
+    if unexpected:
+        raise SecAggError(f"a {info.stage} message carries records this stage does not have: {unexpected[:5]}")
     if info.stage == SHARE_STAGE:  # encrypted shares of this client's secrets for its neighbours
         return RecordDict({SHARES: client.share_keys(info, msg.content[PEERS])})
     if info.stage == MASK_STAGE:  # the masked update, weight and metrics
         masked = client.masked_input(info, msg.content[SHARES], _kept_slots(context, info.metrics))
         return RecordDict({MASKED: ArrayRecord({MASKED_VECTOR: Array(masked)})})
-    if info.stage == UNMASK_STAGE:  # the shares the server needs to unmask the sum
-        return RecordDict({REVEALED: client.unmask(info)})
-    raise SecAggError(f"unknown secure-aggregation stage {info.stage!r}")
+    if info.stage == CONSISTENCY_STAGE:  # this client's signature of the survivor set
+        return RecordDict({SIGNED: client.sign_survivors(info)})
+    # the shares the server needs to unmask the sum
+    return RecordDict({REVEALED: client.unmask(info, msg.content.config_records.get(SIGNATURES))})
 
 
 def _kept_slots(context: Context, names: tuple[str, ...]) -> np.ndarray:
@@ -113,6 +135,5 @@ def _kept_slots(context: Context, names: tuple[str, ...]) -> np.ndarray:
 
 
 def _client(context: Context) -> SecAggClient:
-    """This node's secure-aggregation client, with the least share threshold the device accepts."""
-    least = float(context.node_config.get(MIN_THRESHOLD_KEY, DEFAULT_MIN_THRESHOLD))
-    return SecAggClient(context.state, context.node_id, least)
+    """This node's secure-aggregation client, with the device's own settings from its node config."""
+    return SecAggClient(context.state, context.node_id, DeviceSettings.from_node_config(context.node_config))

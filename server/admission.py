@@ -5,7 +5,8 @@ size and range before use. A reply that fails is refused with the reason (the st
 logs it, records it and goes on with the round): an error reply, missing records, another
 base, a client name or metric that is not a short string or a finite number, a non-positive
 example count, a missing upload, an upload larger than the adapter schema allows (refused
-before decoding), missing or malformed secure-aggregation keys, or an adapter delta whose
+before decoding), missing or malformed secure-aggregation keys (or, under a roster, keys no
+listed device signed), or an adapter delta whose
 keys, shapes, dtype or values are not the run's. Anything else a malformed reply makes a
 decoder raise is a refusal too, never an error that ends the round.
 """
@@ -20,7 +21,16 @@ from flwr.app import Message, MetricRecord
 
 from stamen.shared.fingerprint import BaseMismatchError, check_same_base
 from stamen.shared.protocol import ARRAYS, CLIENT_INFO, CLIENT_NAME, FINGERPRINT, METRICS, NUM_EXAMPLES
-from stamen.shared.secagg_protocol import ENCRYPTION_KEY, MASK_KEY, METRIC_NAMES, PUBLIC_KEYS
+from stamen.shared.secagg_identity import Roster, keys_statement
+from stamen.shared.secagg_protocol import (
+    ENCRYPTION_KEY,
+    IDENTITY,
+    KEY_SIGNATURE,
+    MASK_KEY,
+    METRIC_NAMES,
+    PUBLIC_KEYS,
+    SecAggError,
+)
 from stamen.shared.wire import AdapterSchema, AdapterValidationError, decode_adapter
 
 from .rules import ClientUpdate
@@ -113,9 +123,10 @@ def admit_update(msg: Message, fingerprint: str, schema: AdapterSchema, extra_up
         return ClientUpdate(client_name(msg), delta, float(msg.content[METRICS][NUM_EXAMPLES]), extras)
 
 
-def admit_key_reply(msg: Message, fingerprint: str) -> None:
-    """Secure sum, stage 1: a reply must also carry this client's two public keys and the names of
-    at most ``MAX_METRICS`` metrics it will sum."""
+def admit_key_reply(msg: Message, fingerprint: str, roster: Roster, name: str, server_round: int) -> str | None:
+    """Secure sum, stage 1: a reply must also carry this client's two public keys and the names of at most
+    ``MAX_METRICS`` metrics it will sum; under a ``roster``, its identity and signature of the keys for session
+    ``name``. Returns the identity's fingerprint (None without a roster)."""
     with _refusing_malformed():
         admit_reply(msg, fingerprint, (PUBLIC_KEYS, METRIC_NAMES))
         keys = msg.content.config_records.get(PUBLIC_KEYS)
@@ -128,3 +139,10 @@ def admit_key_reply(msg: Message, fingerprint: str) -> None:
                 not isinstance(name, str) or len(name) > MAX_TEXT_CHARS for name in names):
             raise UpdateRejected(f"secure-aggregation reply lacks a list of at most {MAX_METRICS} metric names "
                                  f"of at most {MAX_TEXT_CHARS} characters")
+        if not roster:
+            return None
+        statement = keys_statement(name, server_round, msg.metadata.src_node_id, keys[ENCRYPTION_KEY], keys[MASK_KEY])
+        try:
+            return roster.admit(keys.get(IDENTITY), keys.get(KEY_SIGNATURE), statement)
+        except SecAggError as reason:
+            raise UpdateRejected(f"secure-aggregation keys not signed by a roster device: {reason}") from None

@@ -75,6 +75,7 @@ def server_start(
     from stamen.shared.flower_tools import free_port
     from stamen.shared.process_guard import guard
     from stamen.shared.run_signature import sign_run
+    from stamen.shared.secagg_identity import roster_of
 
     configure_logging(False)
     guard(work_dir.resolve())  # what this command starts stops with it, SIGKILL included
@@ -86,6 +87,8 @@ def server_start(
         config = new_run_config(preset, set_, rounds)
         config = config.replace(**{"run-dir": str(Path(config.run_dir).resolve())})
     if found.operator_key.is_file():  # devices that trust the operator run only what it signed
+        if config.privacy.secure_aggregation:  # ... and accept secure-aggregation keys of these devices only
+            config = config.replace(**{"secagg-roster": ",".join(roster_of(found.node_public_keys()))})
         config = sign_run(pin_anchor(config), found.operator_key)
     setup = deploy.ServerDeployment(
         deploy.TlsFiles(found.ca_certificate, found.server_certificate, found.server_key),
@@ -107,7 +110,7 @@ def _serve(
 
     superlink, gateway = deploy.start_superlink(setup), None
     try:
-        gateway = deploy.start_gateway(setup)
+        gateway = deploy.start_gateway(setup, node_keys)
         deploy.write_connection(setup)
         deploy.register_nodes(setup, node_keys)
         console.print(f"[bold]Stamen server[/] on {setup.reachable_address}: waiting for {config.min_clients} devices, "

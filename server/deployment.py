@@ -25,7 +25,7 @@ from stamen.shared.process_guard import stop_tree
 from stamen.shared.run_folder import RunFolder
 from stamen.shared.user_errors import UserError
 
-from .fleet_gateway import FleetGateway
+from .fleet_gateway import FleetGateway, registered_key
 
 log = logging.getLogger(__name__)
 CONNECTION = "stamen"  # the SuperLink connection's name in Flower's CLI configuration
@@ -93,10 +93,12 @@ def start_superlink(deployment: ServerDeployment) -> subprocess.Popen:
     return process
 
 
-def start_gateway(deployment: ServerDeployment) -> FleetGateway:
-    """The devices' door: the Fleet API of the SuperLink on ``host:port``, with the server's certificate."""
+def start_gateway(deployment: ServerDeployment, node_keys: list[Path]) -> FleetGateway:
+    """The devices' door: the Fleet API of the SuperLink on ``host:port``, with the server's certificate, for calls
+    signed by one of ``node_keys`` (the devices' public keys)."""
     gateway = FleetGateway(deployment.host, deployment.port, f"https://{deployment.superlink_address}",
-                           deployment.tls.server_certificate, deployment.tls.server_key, deployment.tls.ca_certificate)
+                           deployment.tls.server_certificate, deployment.tls.server_key, deployment.tls.ca_certificate,
+                           [registered_key(path) for path in node_keys])
     try:
         gateway.start()
     except RuntimeError as error:
@@ -136,13 +138,17 @@ def register_nodes(deployment: ServerDeployment, public_keys: list[Path]) -> Non
         log.info("registered device key %s", key.name)
 
 
-def write_flower_app(folder: Path, config: RunConfig) -> Path:
-    """A Flower app folder whose run config is ``config``: what ``flwr run`` submits."""
+STAMEN_SERVERAPP = "stamen.server.app:app"
+
+
+def write_flower_app(folder: Path, config: RunConfig, serverapp: str = STAMEN_SERVERAPP) -> Path:
+    """A Flower app folder whose run config is ``config``: what ``flwr run`` submits (``serverapp``: another
+    ServerApp, installed on the server, for Stamen's devices; they run their own ClientApp whatever it names)."""
     lines = [
         "[project]", 'name = "stamen-federation"', 'version = "1.0.0"',
         'description = "A Stamen federation run"', 'license = "Apache-2.0"', "",
         "[tool.flwr.app]", 'publisher = "stamen"', "",
-        "[tool.flwr.app.components]", 'serverapp = "stamen.server.app:app"', 'clientapp = "stamen.client.app:app"', "",
+        "[tool.flwr.app.components]", f'serverapp = "{serverapp}"', 'clientapp = "stamen.client.app:app"', "",
         "[tool.flwr.app.config]",
         *(f"{key} = {json.dumps(value)}" for key, value in config.to_flat().items()),
     ]
@@ -150,9 +156,9 @@ def write_flower_app(folder: Path, config: RunConfig) -> Path:
     return folder
 
 
-def run_federation_on(deployment: ServerDeployment, config: RunConfig) -> Path:
+def run_federation_on(deployment: ServerDeployment, config: RunConfig, serverapp: str = STAMEN_SERVERAPP) -> Path:
     """Submit ``config`` to the running SuperLink, stream its logs, and return the run folder."""
-    app_folder = write_flower_app(deployment.work_dir / "app", config)
+    app_folder = write_flower_app(deployment.work_dir / "app", config, serverapp)
     result = subprocess.run([flower_tool("flwr"), "run", str(app_folder), CONNECTION, "--stream"],
                             env=deployment.environment(), cwd=deployment.work_dir)
     folder = RunFolder.of(config)

@@ -1,14 +1,16 @@
 """The server half of secure aggregation: neighbourhoods, share routing, and unmasking the sum.
 
 The server only ever holds masked vectors and their modular sum. After the masked
-inputs are in, it asks each surviving client for the shares it needs, and nothing
-else: self-mask seeds of clients whose input arrived, mask keys of clients that
-shared keys but sent no input. It rebuilds those secrets, strips their masks from
-the sum, and decodes the fixed-point sum.
+inputs are in, it names the clients whose input arrived (under a roster, each of them
+signs that set and the server shows a threshold of signatures), then collects the shares
+it needs, and nothing else: self-mask seeds of clients whose input arrived, mask keys of
+clients that shared keys but sent no input. It rebuilds those secrets, strips their masks
+from the sum, and decodes the fixed-point sum.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -22,18 +24,23 @@ from flwr.app import ConfigRecord
 from stamen.shared import shamir
 from stamen.shared.fixed_point import FixedPoint
 from stamen.shared.secagg_crypto import agreed_key, mask_stream, public_bytes
+from stamen.shared.secagg_identity import Roster, survivors_statement, verify
 from stamen.shared.secagg_protocol import (
+    CONSISTENCY_STAGE,
     ENCRYPTION_KEY,
+    IDENTITY,
     KEY_SHARE,
+    KEY_SIGNATURE,
     MASK_KEY,
     MASK_STAGE,
     SEED_SHARE,
     SHARE_STAGE,
+    SIGNATURE,
     UNMASK_STAGE,
+    PeerEntry,
     SecAggError,
     StageInfo,
     pairwise_sign,
-    peer_entry,
     share_threshold,
 )
 
@@ -92,22 +99,19 @@ class SecureAggregator:
         keys: dict[int, ConfigRecord],
         length: int,
         settings: SecAggSettings,
-        noise_std: float,
         rng: random.Random,
         metric_names: tuple[str, ...] = (),
+        roster: Roster | None = None,
     ) -> None:
-        """``length`` counts every summed value: update values, the weight, then one for each of ``metric_names``."""
+        """``length`` counts every summed value: update values, the weight, then one for each of ``metric_names``.
+        Under a ``roster`` every client's keys must be signed by a distinct roster device (admission checks them)."""
         if len(keys) < 2:
             raise SecAggAborted(f"secure aggregation needs at least 2 clients, {len(keys)} advertised keys")
-        self.run, self.round, self.length, self.settings, self.noise_std = (
-            run,
-            server_round,
-            length,
-            settings,
-            noise_std,
-        )
-        self.metric_names = metric_names
-        self.keys = {node: (bytes(record[ENCRYPTION_KEY]), bytes(record[MASK_KEY])) for node, record in keys.items()}
+        self.run, self.round, self.length, self.settings = run, server_round, length, settings
+        self.metric_names, self.roster = metric_names, roster or Roster(())
+        self.keys = {node: PeerEntry(0, bytes(record[ENCRYPTION_KEY]), bytes(record[MASK_KEY]),
+                                     bytes(record.get(IDENTITY, b"")), bytes(record.get(KEY_SIGNATURE, b"")))
+                     for node, record in keys.items()}
         nodes = sorted(keys)
         self.points = {node: i + 1 for i, node in enumerate(nodes)}
         self.graph = neighbourhoods(nodes, settings.degree, rng)
@@ -116,17 +120,19 @@ class SecureAggregator:
         self.codec = FixedPoint(clip=1.0, num_summands=len(nodes), bits=settings.modulus_bits)
         self.shared: dict[int, ConfigRecord] = {}  # U2: node -> its encrypted shares by recipient
         self.masked: set[int] = set()  # U3
+        self.signatures: dict[int, bytes] = {}  # U4 (roster): node -> its signature of U3
         self._sum = np.zeros(length, dtype=self.codec.dtype)
 
     def info(self, node: int, stage: str, **extra: tuple) -> StageInfo:
         return StageInfo(self.run, self.round, stage, len(self.points), self.threshold, self.points[node],
-                         self.settings.modulus_bits, self.noise_std, **extra)
+                         self.settings.modulus_bits, **extra)
 
     def share_requests(self) -> dict[int, tuple[StageInfo, ConfigRecord]]:
-        """Stage 2: each client's neighbours with their points and public keys."""
+        """Stage 2: each client's neighbours with their points, public keys and (roster) signatures."""
         return {
             node: (self.info(node, SHARE_STAGE),
-                   ConfigRecord({str(peer): peer_entry(self.points[peer], *self.keys[peer]) for peer in sorted(peers)}))
+                   ConfigRecord({str(peer): dataclasses.replace(self.keys[peer], point=self.points[peer]).to_bytes()
+                                 for peer in sorted(peers)}))
             for node, peers in self.graph.items()
         }
 
@@ -161,14 +167,33 @@ class SecureAggregator:
         self._sum += masked  # wraps modulo 2^bits
         self.masked.add(node)
 
-    def unmask_requests(self) -> dict[int, StageInfo]:
-        """Stage 4: each surviving client learns which of its neighbours survived and which dropped."""
-        dropped = set(self.shared) - self.masked
-        return {
-            node: self.info(node, UNMASK_STAGE, survivors=tuple(sorted((self.graph[node] | {node}) & self.masked)),
-                            dropped=tuple(sorted(self.graph[node] & dropped)))
-            for node in sorted(self.masked)
-        }
+    def consistency_requests(self) -> dict[int, StageInfo]:
+        """Stage 4 (roster): every client whose masked input arrived is shown the whole set, to sign it."""
+        survivors = tuple(sorted(self.masked))
+        return {node: self.info(node, CONSISTENCY_STAGE, survivors=survivors) for node in survivors}
+
+    def add_signature(self, node: int, record: ConfigRecord) -> None:
+        if node not in self.masked or node in self.signatures:
+            raise SecAggError(f"node {node} may not sign the survivor set now")
+        signature = record.get(SIGNATURE) if isinstance(record, ConfigRecord) else None
+        if not isinstance(signature, bytes):
+            raise SecAggError(f"node {node} sent no signature of the survivor set")
+        verify(self.keys[node].identity, signature, survivors_statement(self.run, self.round, sorted(self.masked)))
+        self.signatures[node] = signature
+
+    def unmask_requests(self) -> dict[int, tuple[StageInfo, ConfigRecord | None]]:
+        """The last stage: each surviving client learns the survivor set (under a roster with the threshold's worth
+        of signatures of it: too few signed, and the round is aborted)."""
+        survivors = tuple(sorted(self.masked))
+        signatures = None
+        if self.roster:
+            if len(self.signatures) < self.threshold:
+                raise SecAggAborted(f"only {len(self.signatures)} of the {self.threshold} signatures of the survivor "
+                                    f"set needed came back")
+            signers = sorted(self.signatures)[:self.threshold]
+            signatures = ConfigRecord({str(node): dataclasses.replace(self.keys[node], signature=self.signatures[node])
+                                       .to_bytes() for node in signers})
+        return {node: (self.info(node, UNMASK_STAGE, survivors=survivors), signatures) for node in survivors}
 
     def finish(self, revealed: dict[int, ConfigRecord]) -> np.ndarray:
         """The decoded sum of the surviving clients' vectors."""
@@ -183,11 +208,11 @@ class SecureAggregator:
             if not survivors:
                 continue
             secret = self._rebuild(node, KEY_SHARE, revealed)
-            if public_bytes(X25519PrivateKey.from_private_bytes(secret)) != self.keys[node][1]:
+            if public_bytes(X25519PrivateKey.from_private_bytes(secret)) != self.keys[node].mask_key:
                 raise SecAggAborted(f"the rebuilt mask key of dropped node {node} does not match its public key")
             for survivor in survivors:
-                pair_mask = mask_stream(agreed_key(secret, self.keys[survivor][1], self.info(node, "").mask_purpose()),
-                                        self.length, self.codec.dtype)
+                pair_key = agreed_key(secret, self.keys[survivor].mask_key, self.info(node, "").mask_purpose())
+                pair_mask = mask_stream(pair_key, self.length, self.codec.dtype)
                 total = total - pair_mask if pairwise_sign(survivor, node) > 0 else total + pair_mask
         return self.codec.decode_sum(total)
 

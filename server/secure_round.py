@@ -1,8 +1,9 @@
-"""One training round under secure aggregation, as four Flower message exchanges.
+"""One training round under secure aggregation, as Flower message exchanges.
 
 Stage 1 is Flower's ordinary ``train`` message (clients train, then advertise keys and name
-their metrics); stages 2-4 are ``train`` messages carrying a ``secagg`` record, which the
-ClientApp's secure-aggregation mod answers. The round's evaluation runs the same four stages on
+their metrics); the later stages are ``train`` messages carrying a ``secagg`` record, which the
+ClientApp's secure-aggregation mod answers: shares, masked inputs, (under a roster) signatures of
+the survivor set, and the revealed shares. The round's evaluation runs the same stages on
 ``evaluate`` messages, summing metrics only. A client that errors or does not answer (training
 within ``round-timeout``, each later stage within ``secagg-timeout``) counts as dropped at that
 stage; the sum goes on as long as every needed secret can be rebuilt.
@@ -19,7 +20,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from stamen.shared.config import RunConfig
+from stamen.shared.protocol import record_bytes
+from stamen.shared.secagg_identity import Roster
 from stamen.shared.secagg_protocol import (
+    CONSISTENCY_STAGE,
     MASK_STAGE,
     MASKED,
     MASKED_VECTOR,
@@ -30,9 +34,10 @@ from stamen.shared.secagg_protocol import (
     SECAGG,
     SHARE_STAGE,
     SHARES,
+    SIGNATURES,
+    SIGNED,
     UNMASK_STAGE,
     SecAggError,
-    distributed_noise_std,
     session,
 )
 from stamen.shared.secure_metrics import common_names
@@ -48,13 +53,15 @@ log = logging.getLogger(__name__)
 def run_secure_train_round(
     grid: Grid, strategy: AdapterStrategy, instruction: ConfigRecord, config: RunConfig, server_round: int
 ) -> None:
-    """Train, mask, and unmask one round; the strategy sees only the sum of the survivors' updates and metrics."""
+    """Train, mask, and unmask one round; the strategy sees only the sum of the survivors' updates (and the rule's
+    extra uploads) and metrics."""
     train = strategy.configure_train(server_round, strategy.global_record(), instruction, grid)
-    admitted = strategy.admit_key_replies(server_round, send_and_collect(grid, train, config.round_timeout))
-    num_values = strategy.schema.num_values
-    secure = _secure_sum(grid, admitted, config, server_round, MessageType.TRAIN, num_values,
-                         lambda clients: _noise_share(config, clients, num_values))
-    strategy.aggregate_secure_sum(server_round, admitted, secure)
+    name = session(config.run_id, MessageType.TRAIN)
+    admitted = strategy.admit_key_replies(server_round, send_and_collect(grid, train, config.round_timeout),
+                                          MessageType.TRAIN, name)
+    num_values = strategy.schema.num_values * (1 + len(strategy.rule.extra_uploads))
+    strategy.aggregate_secure_sum(server_round, admitted,
+                                  _secure_sum(grid, admitted, config, server_round, MessageType.TRAIN, num_values))
 
 
 def run_secure_evaluation(
@@ -63,65 +70,55 @@ def run_secure_evaluation(
     """Evaluate the global adapter; the strategy sees only the weighted sums of the survivors' metrics."""
     evaluate = list(strategy.configure_evaluate(server_round, strategy.global_record(), instruction, grid))
     replies = send_and_collect(grid, evaluate, config.round_timeout)
-    admitted = strategy.admit_key_replies(server_round, replies, MessageType.EVALUATE)
-    secure = (_secure_sum(grid, admitted, config, server_round, MessageType.EVALUATE, 0, lambda clients: 0.0)
+    admitted = strategy.admit_key_replies(server_round, replies, MessageType.EVALUATE,
+                                          session(config.run_id, MessageType.EVALUATE))
+    secure = (_secure_sum(grid, admitted, config, server_round, MessageType.EVALUATE, 0)
               if evaluate else SecureSum({}, None, (), config.secure_value_range()))  # none asked: nothing to sum
     strategy.aggregate_secure_evaluation(server_round, admitted, secure)
 
 
-def _noise_share(config: RunConfig, num_clients: int, num_values: int) -> float:
-    """Distributed DP: each client's noise share, in encoded units; 0 without it."""
-    privacy, value_range = config.privacy, config.secure_value_range()
-    if privacy.dp != "distributed":
-        return 0.0
-    needed = config.noise_value_range(num_clients, num_values)
-    if num_clients >= 2 and needed > value_range:
-        raise SecAggAborted(f"the noise shares of the {num_clients} clients that advertised keys need a value "
-                            f"range of {needed:.4g}, more than the run's {value_range:.4g}: they would be truncated")
-    return distributed_noise_std(privacy.dp_noise_multiplier, privacy.dp_clip, value_range, num_clients)
-
-
 def _secure_sum(
     grid: Grid, admitted: dict[int, Message], config: RunConfig, server_round: int, message_type: str,
-    num_values: int, noise_share: Callable[[int], float],
+    num_values: int,
 ) -> SecureSum:
-    """Stages 2-4 among the clients whose keys were ``admitted``; the sum of ``num_values`` update values,
+    """The later stages among the clients whose keys were ``admitted``; the sum of ``num_values`` update values,
     the weight and the metrics they all named, or an aborted result."""
     privacy, timeout = config.privacy, config.privacy.secagg_timeout
     keys = {node: msg.content[PUBLIC_KEYS] for node, msg in admitted.items()}
     names = common_names(tuple(msg.content[METRIC_NAMES]["names"]) for msg in admitted.values())
-    bytes_up = {node: msg.content[PUBLIC_KEYS].count_bytes() + msg.content[METRIC_NAMES].count_bytes()
+    bytes_up = {node: record_bytes(msg.content[PUBLIC_KEYS]) + record_bytes(msg.content[METRIC_NAMES])
                 for node, msg in admitted.items()}  # every secure-aggregation record sent
+
+    def stage(name: str, requests: dict[int, RecordDict], record: str, step: Callable[[int, object], None]) -> None:
+        """One exchange: each reply's ``record`` applied by ``step``; whatever a reply makes the server raise drops
+        that client at this stage, never the round."""
+        for node, content in _exchange(grid, message_type, name, requests, server_round, timeout).items():
+            sent = content.get(record)
+            if _apply(server_round, name, node, lambda: step(node, sent)):  # noqa: B023 (called at once)
+                bytes_up[node] += record_bytes(sent)
+
     try:
         settings = SecAggSettings(privacy.secagg_degree, privacy.secagg_threshold, privacy.secagg_modulus_bits)
-        aggregator = SecureAggregator(
-            session(config.run_id, message_type),
-            server_round,
-            keys,
-            num_values + 1 + len(names),
-            settings,
-            noise_share(len(keys)),
-            random.Random(f"{config.seed}/{server_round}/{message_type}"),
-            names,
-        )
-        requests = {node: RecordDict({SECAGG: info.to_record(), PEERS: peers})
-                    for node, (info, peers) in aggregator.share_requests().items()}
-        for node, content in _exchange(grid, message_type, SHARE_STAGE, requests, server_round, timeout).items():
-            if _apply(server_round, SHARE_STAGE, node, lambda: aggregator.add_shares(node, content[SHARES])):  # noqa: B023 (called at once)
-                bytes_up[node] += content[SHARES].count_bytes()
-        requests = {node: RecordDict({SECAGG: info.to_record(), SHARES: shares})
-                    for node, (info, shares) in aggregator.mask_requests().items()}
-        for node, content in _exchange(grid, message_type, MASK_STAGE, requests, server_round, timeout).items():
-            masked = content.array_records.get(MASKED)
-            if _apply(server_round, MASK_STAGE, node,
-                      lambda: aggregator.add_masked(node, _vector(masked, aggregator.length, aggregator.codec.dtype))):  # noqa: B023 (called at once)
-                bytes_up[node] += masked.count_bytes()
-        requests = {node: RecordDict({SECAGG: info.to_record()}) for node, info in aggregator.unmask_requests().items()}
-        revealed = {node: content[REVEALED] for node, content in
-                    _exchange(grid, message_type, UNMASK_STAGE, requests, server_round, timeout).items()
-                    if REVEALED in content}
-        for node, record in revealed.items():
-            bytes_up[node] += record.count_bytes()
+        aggregator = SecureAggregator(session(config.run_id, message_type), server_round, keys,
+                                      num_values + 1 + len(names), settings,
+                                      random.Random(f"{config.seed}/{server_round}/{message_type}"), names,
+                                      Roster(privacy.secagg_roster))
+        stage(SHARE_STAGE, {node: RecordDict({SECAGG: info.to_record(), PEERS: peers})
+                            for node, (info, peers) in aggregator.share_requests().items()}, SHARES,
+              aggregator.add_shares)
+        stage(MASK_STAGE, {node: RecordDict({SECAGG: info.to_record(), SHARES: shares})
+                           for node, (info, shares) in aggregator.mask_requests().items()}, MASKED,
+              lambda node, masked: aggregator.add_masked(node, _vector(masked, aggregator.length,
+                                                                       aggregator.codec.dtype)))
+        if aggregator.roster:
+            stage(CONSISTENCY_STAGE, {node: RecordDict({SECAGG: info.to_record()})
+                                      for node, info in aggregator.consistency_requests().items()}, SIGNED,
+                  aggregator.add_signature)
+        revealed: dict[int, ConfigRecord] = {}
+        stage(UNMASK_STAGE, {node: RecordDict({SECAGG: info.to_record(),
+                                               **({SIGNATURES: signatures} if signatures is not None else {})})
+                             for node, (info, signatures) in aggregator.unmask_requests().items()}, REVEALED,
+              lambda node, record: revealed.__setitem__(node, _revealed(record)))
         total = aggregator.finish(revealed)
     except SecAggAborted as reason:
         log.warning("round %d: secure %s aborted, nothing of it is used: %s", server_round, message_type, reason)
@@ -162,6 +159,12 @@ def _apply(server_round: int, stage: str, node: int, step: Callable[[], None]) -
                     str(reason)[:200])
         return False
     return True
+
+
+def _revealed(record: object) -> ConfigRecord:
+    if not isinstance(record, ConfigRecord):
+        raise SecAggError("reply carries no revealed shares")
+    return record
 
 
 def _vector(record: ArrayRecord | None, length: int, dtype: np.dtype) -> np.ndarray:

@@ -26,6 +26,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from stamen.shared.config import PrivacySpec
 from stamen.shared.protocol import HELDOUT_EXAMPLES, INITIAL_PREFIX, METRICS
+from stamen.shared.secagg_identity import Roster
 from stamen.shared.secagg_protocol import read_sum
 from stamen.shared.secure_metrics import metric_means
 from stamen.shared.wire import AdapterSchema, encode_adapter
@@ -154,20 +155,24 @@ class AdapterStrategy(FedAvg):
         self._finish_train(server_round, accepted, self.schema.nbytes * uploads, metrics, initial)
         return self.global_record(), metrics
 
-    def admit_key_replies(
-        self, server_round: int, replies: Iterable[Message], message_type: str = MessageType.TRAIN
-    ) -> dict[int, Message]:
+    def admit_key_replies(self, server_round: int, replies: Iterable[Message], message_type: str, name: str
+                          ) -> dict[int, Message]:
         """Secure sum, stage 1: the replies (by node) that carry a valid base fingerprint, public keys and
-        metric names. A train round starts here."""
+        metric names, and under a roster keys signed for session ``name`` by a roster device not yet admitted.
+        A train round starts here."""
         phase = "train" if message_type == MessageType.TRAIN else "evaluate"
         replies = self._start_round(server_round, replies) if phase == "train" else list(replies)
-        admitted = {}
+        admitted, identities = {}, set()
+        roster = Roster(self.privacy.secagg_roster)
         for msg in sorted(replies, key=_client_order):
             try:
-                admit_key_reply(msg, self.fingerprint)
+                identity = admit_key_reply(msg, self.fingerprint, roster, name, server_round)
+                if identity is not None and identity in identities:
+                    raise UpdateRejected(f"identity {identity[:16]} signed the keys of another node this round")
             except UpdateRejected as reason:
                 self._reject(self._row(msg, phase, server_round), str(reason))
                 continue
+            identities.add(identity)
             admitted[msg.metadata.src_node_id] = msg
         return admitted
 
@@ -179,14 +184,17 @@ class AdapterStrategy(FedAvg):
         refusal = "secure round aborted" if secure.total is None else None
         means: dict[str, float] = {}
         if secure.total is not None:
-            weighted_sum, total_weight, slots = read_sum(secure.total, secure.value_range, self.schema.num_values)
+            uploads = self.rule.extra_uploads
+            weighted_sum, extra_sums, total_weight, slots = read_sum(secure.total, secure.value_range,
+                                                                     self.schema.num_values, len(uploads))
             try:
                 check_secure_total(total_weight, len(secure.survivors), self.privacy, secure.tolerance)
             except SecureSumOutOfBounds as reason:
                 log.warning("round %d: %s", server_round, reason)
                 refusal = self._refused_aggregate = str(reason)
             else:
-                self.rule.add_sum(self.schema.unflatten(weighted_sum), total_weight, len(secure.survivors))
+                extras = {name: self.schema.unflatten(values) for name, values in zip(uploads, extra_sums, strict=True)}
+                self.rule.add_sum(self.schema.unflatten(weighted_sum), total_weight, len(secure.survivors), extras)
                 means = metric_means(slots, secure.metric_names, total_weight, secure.tolerance)
         accepted = self._secure_rows(server_round, "train", admitted, secure, refusal)
         per_client = max(secure.survivors.values(), default=0)
@@ -198,7 +206,7 @@ class AdapterStrategy(FedAvg):
         """Secure evaluation, end: the weighted metric means of the survivors, never one client's."""
         means: dict[str, float] = {}
         if secure.total is not None:
-            _, total_weight, slots = read_sum(secure.total, secure.value_range, 0)
+            _, _, total_weight, slots = read_sum(secure.total, secure.value_range, 0)
             means = metric_means(slots, secure.metric_names, total_weight, secure.tolerance)
         self._secure_rows(server_round, "evaluate", admitted, secure,
                           "secure evaluation aborted" if secure.total is None else None)

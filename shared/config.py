@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -141,6 +142,10 @@ class PrivacySpec:
     secagg_min_weight: float = _key("secagg-min-weight", 50.0)  # ... below it as this: bounds the total weight
     secagg_modulus_bits: int = _key("secagg-modulus-bits", 32)
     secagg_timeout: float = _key("secagg-timeout", 600.0)
+    # SHA-256 fingerprints of the devices' public keys (`stamen server start` fills it in from certs/nodes and the
+    # operator signs it): a device accepts only peers whose keys a listed device signed; empty: the server's word
+    secagg_roster: tuple[str, ...] = _key("secagg-roster", ())
+    secagg_min_neighbours: int = _key("secagg-min-neighbours", 1)  # a device refuses a round giving it fewer
     dp: str = _key("dp", "none")
     dp_clip: float = _key("dp-clip", 1.0)
     dp_noise_multiplier: float = _key("dp-noise-multiplier", 1.0)
@@ -161,6 +166,9 @@ class PrivacySpec:
             self.secagg_modulus_bits in (32, 64), "secagg-modulus-bits", self.secagg_modulus_bits, "must be 32 or 64"
         )
         _require(self.secagg_timeout > 0, "secagg-timeout", self.secagg_timeout, "must be > 0")
+        _require(all(re.fullmatch(r"[0-9a-f]{64}", entry) for entry in self.secagg_roster), "secagg-roster",
+                 ",".join(self.secagg_roster)[:80], "must list SHA-256 fingerprints (64 lowercase hex digits)")
+        _require(self.secagg_min_neighbours >= 1, "secagg-min-neighbours", self.secagg_min_neighbours, "must be >= 1")
         _require(self.dp in DP_MODES, "dp", self.dp, f"must be one of {DP_MODES}")
         _require(self.dp_clip > 0, "dp-clip", self.dp_clip, "must be > 0")
         _require(self.dp_noise_multiplier > 0, "dp-noise-multiplier", self.dp_noise_multiplier, "must be > 0")

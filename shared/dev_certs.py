@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,22 @@ from cryptography.x509.oid import NameOID
 
 from .atomic import atomic_write_bytes
 from .run_signature import write_operator_keys
+from .user_errors import UserError
 
 LOOPBACK = "127.0.0.1"
 _VALID_DAYS = 365
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a plain file name in nodes/: no path
+
+
+class NodeNameError(UserError, ValueError):
+    """A device name that is not a plain file name (it could write a key outside ``nodes/``)."""
+
+
+def check_node_name(name: str) -> str:
+    if not NODE_NAME.fullmatch(name) or ".." in name:
+        raise NodeNameError(f"device name {name!r} must be 1-64 letters, digits, '.', '-' or '_', start with a "
+                            f"letter or digit and hold no '..' (it names the key files in nodes/)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,8 @@ def make_dev_certificates(folder: Path, hosts: list[str], nodes: list[str]) -> D
     own Fleet gateway and Flower CLI reach its SuperLink, the operator's signing key pair, and a key pair per
     node name."""
     hosts = list(dict.fromkeys([*hosts, LOOPBACK]))
+    for name in nodes:  # every name is checked before anything is written
+        check_node_name(name)
     certs = DevCertificates(folder)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Stamen development CA")])
@@ -87,6 +103,7 @@ def make_dev_certificates(folder: Path, hosts: list[str], nodes: list[str]) -> D
 
 def add_node_key(certs: DevCertificates, name: str) -> Path:
     """One device's EC key pair (OpenSSH format, as ``flower-supernode`` and ``flwr supernode register`` read)."""
+    check_node_name(name)
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())

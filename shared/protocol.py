@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MessageType, MetricRecord, RecordDict
 
+from .anchor_set import ANCHOR
 from .config import RunConfig
 
 ARRAYS = "arrays"
@@ -28,6 +29,39 @@ CLIENT_NAME = "client-name"
 NUM_EXAMPLES = "num-examples"
 HELDOUT_EXAMPLES = "heldout-examples"  # weight of round-1 baseline losses
 INITIAL_PREFIX = "initial-"  # metrics of the initial global adapter, reported in round 1
+SCAFFOLD = "scaffold"  # the rule whose clients keep control variates (server/rules/scaffold.py)
+
+
+class UnexpectedRecords(ValueError):
+    """A server message carrying records the run's config does not call for: nothing of it is acted on."""
+
+
+def rule_uploads(config: RunConfig) -> tuple[str, ...]:
+    """Records a train reply carries beside the delta, by the run's rule (under secure aggregation they are summed
+    with it): SCAFFOLD's control-variate change."""
+    return (CONTROL_DELTA,) if config.aggregation == SCAFFOLD else ()
+
+
+def server_records(config: RunConfig, message_type: str) -> frozenset[str]:
+    """Records a train or evaluate message may carry under ``config``. A device switches its hooks on from the
+    config, never from a record, and refuses a message with any other record."""
+    records = {ARRAYS, CONFIG}
+    if config.adapter.lora_mode().corrects_products:
+        records.add(CORRECTIONS)
+    if message_type == MessageType.TRAIN:
+        if config.aggregation == SCAFFOLD:
+            records.add(CONTROL)
+        if "anchor" in config.replay.enabled():
+            records.add(ANCHOR)
+    return frozenset(records)
+
+
+def check_server_records(content: RecordDict, config: RunConfig, message_type: str) -> None:
+    """Raise :class:`UnexpectedRecords` if ``content`` carries a record ``config`` does not call for."""
+    unexpected = sorted(set(content) - server_records(config, message_type))
+    if unexpected:
+        raise UnexpectedRecords(f"the server's {message_type} message carries records the run's config does not "
+                                f"call for: {[name[:40] for name in unexpected[:5]]}; nothing of it is acted on")
 
 
 def round_config(config: RunConfig, fingerprint: str) -> ConfigRecord:
@@ -62,3 +96,16 @@ def client_reply(
     if delta is not None:
         records[ARRAYS] = delta
     return RecordDict(records)
+
+
+def record_bytes(record: ArrayRecord | ConfigRecord | MetricRecord) -> int:
+    """The bytes a record takes as Flower counts them (payload and keys), for any record a client chose: Flower's
+    ``count_bytes`` raises on an empty list or an empty string."""
+    if isinstance(record, ArrayRecord):
+        return record.count_bytes()
+    total = 0
+    for key, value in record.items():
+        items = value if isinstance(value, list) else [value]
+        total += len(key) + sum(len(item) if isinstance(item, str | bytes) else 1 if isinstance(item, bool) else 8
+                                for item in items)
+    return total

@@ -1,7 +1,7 @@
 """Secure aggregation of given vectors in one process: both protocol halves, no Flower transport.
 
-For researchers trying the protocol (dropouts, thresholds, neighbourhood degree) and
-for benchmarks: the same client and server code a federation runs, driven stage by
+For researchers trying the protocol (dropouts, thresholds, neighbourhood degree, a roster of signed
+keys) and for benchmarks: the same client and server code a federation runs, driven stage by
 stage, with the seconds each side spends and the bytes each client sends.
 """
 
@@ -14,12 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import RecordDict
+from flwr.app import ConfigRecord, RecordDict
 
-from stamen.client.secure_aggregation import SecAggClient
+from stamen.client.secure_aggregation import DeviceSettings, SecAggClient
 from stamen.server.secure_aggregation import SecAggSettings, SecureAggregator
+from stamen.shared.config import RunConfig
+from stamen.shared.protocol import record_bytes
+from stamen.shared.secagg_identity import DeviceIdentity, Roster
 
-STAGES = ("share", "mask", "unmask")
+STAGES = ("share", "mask", "consistency", "unmask")
+SESSION = "local/train"
 
 
 @dataclass
@@ -35,14 +39,23 @@ def secure_sum(
     vectors: dict[int, np.ndarray],
     drop_before: dict[str, set[int]] | None = None,
     settings: SecAggSettings = SecAggSettings(),
-    noise_std: float = 0.0,
+    config: RunConfig | None = None,
     tamper: Callable[[SecureAggregator], None] | None = None,
+    identities: dict[int, DeviceIdentity] | None = None,
 ) -> SecureSumResult:
     """Sum ``vectors`` (node id -> values in [-1, 1]) securely; nodes under a stage in ``drop_before``
-    ("share", "mask", "unmask") go silent before answering it. ``tamper`` may alter the server's
-    routed shares before stage 3, as a malicious relay would."""
+    (one of :data:`STAGES`) go silent before answering it. ``config`` is the run's (its distributed DP adds
+    noise; default: ``settings``' threshold and modulus, no DP); with ``identities`` (node -> its key), every
+    node signs its keys and the survivor set under their roster. ``tamper`` may alter the server's routed
+    shares before the mask stage, as a malicious relay would."""
     drop_before = drop_before or {}
-    clients = {node: SecAggClient(RecordDict(), node) for node in vectors}
+    config = (config or RunConfig()).replace(**{
+        "secure-aggregation": True, "secagg-threshold": settings.threshold,
+        "secagg-modulus-bits": settings.modulus_bits,
+        "secagg-roster": ",".join(identity.fingerprint for identity in (identities or {}).values()),
+    })
+    clients = {node: SecAggClient(RecordDict(), node, DeviceSettings(identity=(identities or {}).get(node)))
+               for node in vectors}
     client_seconds: dict[int, float] = defaultdict(float)
     bytes_up: dict[int, int] = defaultdict(int)
 
@@ -50,29 +63,36 @@ def secure_sum(
         started = time.perf_counter()
         answer = step()
         client_seconds[node] += time.perf_counter() - started
-        bytes_up[node] += answer.nbytes if isinstance(answer, np.ndarray) else answer.count_bytes()
+        bytes_up[node] += answer.nbytes if isinstance(answer, np.ndarray) else record_bytes(answer)
         return answer
 
-    keys = {node: on_client(node, lambda c=client, v=vectors[node]: c.advertise("local", 1, v))
+    def answering(stage: str, requests: dict[int, tuple], answer: Callable[..., object]) -> dict[int, object]:
+        return {node: on_client(node, lambda a=args: answer(node, *a))  # noqa: B023 (called at once)
+                for node, args in requests.items() if node not in drop_before.get(stage, ())}
+
+    keys = {node: on_client(node, lambda c=client, v=vectors[node]: c.advertise(config, SESSION, 1, v))
             for node, client in clients.items()}
     started = time.perf_counter()
-    server = SecureAggregator(
-        "local", 1, keys, len(next(iter(vectors.values()))), settings, noise_std, random.Random(0)
-    )
+    server = SecureAggregator(SESSION, 1, keys, len(next(iter(vectors.values()))), settings, random.Random(0),
+                              roster=Roster(config.privacy.secagg_roster))
     server_seconds = time.perf_counter() - started
-    for node, (info, peers) in server.share_requests().items():
-        if node not in drop_before.get("share", ()):
-            server.add_shares(node, on_client(node, lambda c=clients[node], i=info, p=peers: c.share_keys(i, p)))
+    shares = answering("share", server.share_requests(), lambda node, *a: clients[node].share_keys(*a))
+    for node, ciphertexts in shares.items():
+        server.add_shares(node, ciphertexts)
     if tamper:
         tamper(server)
-    for node, (info, shares) in server.mask_requests().items():
-        if node not in drop_before.get("mask", ()):
-            masked = on_client(node, lambda c=clients[node], i=info, s=shares: c.masked_input(i, s))
-            started = time.perf_counter()
-            server.add_masked(node, masked)
-            server_seconds += time.perf_counter() - started
-    revealed = {node: on_client(node, lambda c=clients[node], i=info: c.unmask(i))
-                for node, info in server.unmask_requests().items() if node not in drop_before.get("unmask", ())}
+    masked = answering("mask", server.mask_requests(), lambda node, *a: clients[node].masked_input(*a))
+    started = time.perf_counter()
+    for node, vector in masked.items():
+        server.add_masked(node, vector)
+    server_seconds += time.perf_counter() - started
+    if server.roster:
+        requests = {node: (info,) for node, info in server.consistency_requests().items()}
+        for node, record in answering("consistency", requests,
+                                      lambda node, *a: clients[node].sign_survivors(*a)).items():
+            server.add_signature(node, record)
+    revealed: dict[int, ConfigRecord] = answering("unmask", server.unmask_requests(),
+                                                  lambda node, *a: clients[node].unmask(*a))
     started = time.perf_counter()
     total = server.finish(revealed)
     server_seconds += time.perf_counter() - started

@@ -9,7 +9,7 @@ cover the transport itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -20,17 +20,25 @@ from flwr.supercore.run import Run
 
 
 class InProcessGrid(Grid):
-    """``num_nodes`` nodes, partition ``i`` of ``num_nodes`` each, answered one after another."""
+    """``num_nodes`` nodes, partition ``i`` of ``num_nodes`` each, answered one after another.
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = 1) -> None:
+    ``node_configs`` adds to each node's config (by partition: a device's keys, its own settings), ``run_config``
+    is what Flower hands every node as the run's config, and ``tamper`` may rewrite or drop any message on its
+    way to a node (a server that lies)."""
+
+    def __init__(self, client_app: ClientApp, num_nodes: int, run_id: int = 1,
+                 node_configs: dict[int, dict] | None = None, run_config: dict | None = None,
+                 tamper: Callable[[Message], Message | None] | None = None) -> None:
         self._client_app = client_app
         self._run = Run.create_empty(run_id)
         self._contexts = {
-            node: Context(run_id=run_id, node_id=node, state=RecordDict(), run_config={},
-                          node_config={"partition-id": partition, "num-partitions": num_nodes})
+            node: Context(run_id=run_id, node_id=node, state=RecordDict(), run_config=dict(run_config or {}),
+                          node_config={"partition-id": partition, "num-partitions": num_nodes,
+                                       **(node_configs or {}).get(partition, {})})
             for partition, node in enumerate(range(101, 101 + num_nodes))
         }
         self._replies: dict[str, Message] = {}
+        self.tamper = tamper
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -51,17 +59,24 @@ class InProcessGrid(Grid):
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid4())
             message.metadata.__dict__["_run_id"] = self._run.run_id
-            self._replies[message.metadata.message_id] = self._answer(message)
+            delivered = self.tamper(message) if self.tamper else message
+            if delivered is not None:  # a dropped message gets no reply
+                self._replies[message.metadata.message_id] = self._answer(delivered, message)
             ids.append(message.metadata.message_id)
         return ids
 
-    def _answer(self, message: Message) -> Message:
-        """The ClientApp's reply; an exception becomes an error reply, as Flower's simulation engine makes it."""
+    def context(self, node: int) -> Context:
+        return self._contexts[node]
+
+    def _answer(self, message: Message, sent: Message) -> Message:
+        """The ClientApp's reply to ``message`` (as a reply to ``sent``, the server's own); an exception becomes an
+        error reply, as Flower's simulation engine makes it."""
         try:
-            return self._client_app(message, self._contexts[message.metadata.dst_node_id])
+            reply = self._client_app(message, self._contexts[message.metadata.dst_node_id])
+            return Message(reply.content, reply_to=sent) if not reply.has_error() else reply
         except Exception as error:
             reason = f"{type(error)}:<'{error}'>"
-            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=sent)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]

@@ -36,7 +36,7 @@ class AggregationRule(Plugin):
 
     kind = "rule"
     needs_individual_updates: ClassVar[bool] = False  # secure aggregation yields only sums
-    extra_uploads: ClassVar[tuple[str, ...]] = ()  # extra ArrayRecords clients must send
+    extra_uploads: ClassVar[tuple[str, ...]] = ()  # extra ArrayRecords clients send (shared.protocol.rule_uploads)
     needs_root_update: ClassVar[bool] = False  # the server trains on its own root set each round (FLTrust)
     plain_mean: ClassVar[bool] = False  # the new global adapter is the plain weighted mean (exact LoRA corrects it)
 
@@ -47,14 +47,12 @@ class AggregationRule(Plugin):
         if (privacy.secure_aggregation or privacy.dp != "none") and cls.needs_individual_updates:
             what = "secure aggregation yields only the sum of updates" if privacy.secure_aggregation else \
                 "differential privacy bounds each client's effect on a mean, which this rule does not compute"
+            fitting = _rules_that(lambda r: r.takes_sums() and (privacy.dp == "none" or not r.extra_uploads))
             raise ConfigError(f"aggregation '{cls.name}' needs each client's update, but {what}; "
-                              f"use a mean-based rule ({', '.join(_rules_that(lambda r: r.takes_sums()))})")
+                              f"use a mean-based rule ({', '.join(fitting)})")
         if privacy.dp != "none" and uploads:
             raise ConfigError(f"aggregation '{cls.name}' uploads {uploads} besides the delta, "
                               f"which differential privacy would leave unprotected")
-        if privacy.secure_aggregation and uploads:
-            raise ConfigError(f"aggregation '{cls.name}' uploads {uploads} besides the delta; secure aggregation "
-                              f"masks the adapter update only, so they would travel in the clear")
         if config.adapter.lora_mode().corrects_products and not cls.plain_mean:
             raise ConfigError(f"lora-aggregation {config.adapter.aggregation} corrects the plain mean of B*A, "
                               f"so it needs aggregation "
@@ -66,7 +64,7 @@ class AggregationRule(Plugin):
     @classmethod
     def takes_sums(cls) -> bool:
         """Whether a secure sum (or a noised one) can feed this rule."""
-        return not cls.needs_individual_updates and not cls.extra_uploads
+        return not cls.needs_individual_updates
 
     def __init__(self, **options: float) -> None:
         super().__init__(**options)
@@ -81,8 +79,10 @@ class AggregationRule(Plugin):
     def add(self, update: ClientUpdate) -> None:
         self._mean.add(update.delta, update.weight)
 
-    def add_sum(self, weighted_sum: Arrays, total_weight: float, count: int) -> None:
-        """Fold in a sum of ``count`` updates the rule never saw one by one (secure aggregation)."""
+    def add_sum(self, weighted_sum: Arrays, total_weight: float, count: int,
+                extras: Mapping[str, Arrays] | None = None) -> None:
+        """Fold in a sum of ``count`` updates the rule never saw one by one (secure aggregation), with the sums of
+        its ``extra_uploads``, weighted like the deltas."""
         if self.needs_individual_updates:
             raise TypeError(f"rule '{self.name}' needs individual updates and cannot take a sum")
         self._mean.add_sum(weighted_sum, total_weight, count)

@@ -3,7 +3,8 @@
 The server keeps c and sends it with the global adapter; each client keeps its own
 c_i on the device, corrects every local gradient by (c - c_i), and uploads the delta
 of its adapter and of c_i. Server: x <- x + lr * mean(dy);  c <- c + |S|/N * mean(dc),
-both means uniform over the sampled clients as in the paper.
+both means uniform over the sampled clients as in the paper (under secure aggregation both are summed
+in the masked vector and weighted by the secure weights).
 """
 
 from collections.abc import Mapping
@@ -11,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from stamen.shared.protocol import CONTROL, CONTROL_DELTA
+from stamen.shared.protocol import CONTROL, CONTROL_DELTA, SCAFFOLD
 
 from ..accumulator import WeightedMean
 from .base import AggregationRule, Arrays, ClientUpdate
 from .registry import register
 
 
-@register("scaffold")
+@register(SCAFFOLD)
 class Scaffold(AggregationRule):
     extra_uploads = (CONTROL_DELTA,)
 
@@ -44,6 +45,13 @@ class Scaffold(AggregationRule):
         # the paper averages both deltas uniformly over the sampled clients
         self._mean.add(update.delta, 1.0)
         self._control_mean.add(update.extras[CONTROL_DELTA], 1.0)
+
+    def add_sum(self, weighted_sum: Arrays, total_weight: float, count: int,
+                extras: Mapping[str, Arrays] | None = None) -> None:
+        """A secure sum: both means weighted by the clients' secure weights, the uniform mean's stand-in (no
+        client's count is known)."""
+        super().add_sum(weighted_sum, total_weight, count)
+        self._control_mean.add_sum(extras[CONTROL_DELTA], total_weight, count)
 
     def finish_round(self, global_adapter: Arrays) -> Arrays:
         share = self._control_mean.count / self._num_clients

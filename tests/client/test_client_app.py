@@ -461,7 +461,7 @@ def test_under_secure_aggregation_the_mod_keeps_the_update_and_metric_values_on_
     assert STATE in context.state and context.state[INPUT]['vector'].numpy().size == schema.num_values + 1
     assert set(context.state[KEPT_METRICS]) == set(names)
 
-    info = StageInfo(f"{config.run_id}/{MessageType.TRAIN}", 1, MASK_STAGE, 3, 2, 1, 32, 0.0)
+    info = StageInfo(f"{config.run_id}/{MessageType.TRAIN}", 1, MASK_STAGE, 3, 2, 1, 32)
     lying = dataclasses.replace(info, metrics=("train-loss", "not-reported"))
     asking = Message(RecordDict({SECAGG: lying.to_record(), SHARES: ConfigRecord()}), dst_node_id=7,
                      message_type=MessageType.TRAIN)

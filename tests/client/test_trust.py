@@ -17,6 +17,7 @@ from stamen.shared.protocol import CONFIG, round_config
 from stamen.shared.run_signature import UntrustedRun, sign_run, write_operator_keys
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
+SECURE = RunConfig().replace(**{"secure-aggregation": True, "secagg-roster": "ab" * 32})
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def _bundle(tmp_path, config: RunConfig, **extra_files: bytes) -> bytes:
 
 
 def test_a_signed_stamen_bundle_runs_and_anything_else_is_refused(tmp_path, operator):
-    signed = sign_run(RunConfig().replace(**{"secure-aggregation": True}), operator.private)
+    signed = sign_run(SECURE, operator.private)
     trusting = {OPERATOR_KEY: str(operator.public)}
     check_bundle(_bundle(tmp_path, signed), signed.to_flat(), trusting)
     check_bundle(_bundle(tmp_path, RunConfig()), RunConfig().to_flat(), {})  # no operator key: Stamen's app only
@@ -58,7 +59,7 @@ def test_a_signed_stamen_bundle_runs_and_anything_else_is_refused(tmp_path, oper
 
 
 def test_every_message_must_carry_the_signed_config_on_a_device_holding_the_operator_key(operator):
-    signed = sign_run(RunConfig().replace(**{"secure-aggregation": True}), operator.private)
+    signed = sign_run(SECURE, operator.private)
     context = Context(run_id=1, node_id=1, node_config={OPERATOR_KEY: str(operator.public)}, state=RecordDict(),
                       run_config={})
     answered = []

@@ -23,12 +23,15 @@ from stamen.server.strategy import AdapterStrategy
 from stamen.shared.config import RunConfig
 from stamen.shared.protocol import ARRAYS, CLIENT_INFO, METRICS, client_reply
 from stamen.shared.run_folder import RunFolder
+from stamen.shared.secagg_identity import DeviceIdentity, Roster
 from stamen.shared.secagg_protocol import ENCRYPTION_KEY, MASK_KEY, PUBLIC_KEYS
 from stamen.shared.wire import AdapterSchema, decode_adapter, encode_adapter
 
 FP = "sha256:" + "ab" * 32
 GLOBAL = {"l.lora_A": np.zeros((2, 4), np.float32), "l.lora_B": np.ones((4, 2), np.float32)}
 SCHEMA = AdapterSchema.from_state(GLOBAL, "float16")
+SECURE = RunConfig().replace(**{"secure-aggregation": True})
+ROSTER = Roster([DeviceIdentity.generate().fingerprint])
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 FUZZ_EXAMPLES = int(os.environ.get("STAMEN_FUZZ_EXAMPLES", "150"))  # mutation testing runs fewer per mutant
@@ -117,15 +120,17 @@ def test_a_round_survives_any_reply_and_the_honest_result_holds_unless_the_reply
 @given(records=st.dictionaries(_record_names, _records, max_size=4))
 def test_every_server_side_decoder_refuses_arbitrary_records_with_its_own_error(records):
     reply = Message(RecordDict(records), reply_to=Message(RecordDict(), dst_node_id=5, message_type=MessageType.TRAIN))
-    for admit in (lambda: admit_update(reply, FP, SCHEMA, ("control-delta",)), lambda: admit_key_reply(reply, FP)):
+    for admit in (lambda: admit_update(reply, FP, SCHEMA, ("control-delta",)),
+                  lambda: admit_key_reply(reply, FP, Roster(()), "run/train", 1),
+                  lambda: admit_key_reply(reply, FP, ROSTER, "run/train", 1)):
         with contextlib.suppress(UpdateRejected):  # anything else escaping fails the test
             admit()
 
 
 def _aggregator(nodes=(1, 2, 3)) -> tuple[SecureAggregator, dict[int, SecAggClient]]:
     clients = {node: SecAggClient(RecordDict(), node) for node in nodes}
-    keys = {node: client.advertise("run", 1, np.zeros(5)) for node, client in clients.items()}
-    return SecureAggregator("run", 1, keys, 5, SecAggSettings(), 0.0, random.Random(0)), clients
+    keys = {node: client.advertise(SECURE, "run", 1, np.zeros(5)) for node, client in clients.items()}
+    return SecureAggregator("run", 1, keys, 5, SecAggSettings(), random.Random(0)), clients
 
 
 @settings(max_examples=FUZZ_EXAMPLES * 2 // 3, deadline=None)
@@ -143,7 +148,7 @@ def test_a_secure_round_drops_a_client_whose_stage_replies_are_arbitrary_and_sum
             server.add_masked(node, clients[node].masked_input(info, routed))
     hostile = masked if isinstance(masked, ArrayRecord) else None
     assert not _apply(1, "mask", 3, lambda: server.add_masked(3, _vector(hostile, server.length, server.codec.dtype)))
-    answers = {node: clients[node].unmask(info) for node, info in server.unmask_requests().items()}
+    answers = {node: clients[node].unmask(info) for node, (info, _) in server.unmask_requests().items()}
     answers[3] = revealed  # dropped, node 3 still answers the unmasking, with arbitrary shares
     total = server.finish(answers)
     np.testing.assert_allclose(total, np.zeros(5), atol=server.codec.sum_error_bound)
@@ -164,7 +169,7 @@ def test_a_huge_integer_public_key_is_refused_without_allocating_it():
     del reply.content[ARRAYS]  # stage 1 of a secure round sends keys instead of the update
     reply.content[PUBLIC_KEYS] = ConfigRecord({ENCRYPTION_KEY: 10**12, MASK_KEY: b"x" * 32})
     with pytest.raises(UpdateRejected, match="lacks two 32-byte public keys"):
-        admit_key_reply(reply, FP)  # bytes(10**12) would try to allocate a terabyte
+        admit_key_reply(reply, FP, ROSTER, "run/train", 1)  # bytes(10**12) would try to allocate a terabyte
 
 
 def test_an_oversized_upload_is_refused_before_its_payload_is_decoded(monkeypatch):
@@ -189,18 +194,39 @@ def test_a_client_claiming_a_trillion_examples_weighs_at_most_four_times_the_med
 
 
 def test_float16_extremes_at_an_absurd_weight_leave_the_global_adapter_finite(tmp_path):
-    strategy = _strategy(tmp_path, max_client_weight=1000.0)
+    strategy = _strategy(tmp_path, max_client_weight=1e300)
     result = _new_global(strategy, [_reply(1, 0.1, 10), _reply(2, 65504.0, 1e308)])
     assert all(np.isfinite(value).all() for value in result.values())
-    assert next(row for row in RunFolder(tmp_path).rows() if row.get("node") == 2)["weight"] == 1000.0
+    assert next(row for row in RunFolder(tmp_path).rows() if row.get("node") == 2)["weight"] == 40.0
 
 
-def test_the_weight_cap_is_the_configured_one_or_four_times_the_median():
+def test_the_weight_cap_is_four_times_the_lower_median_or_the_configured_one_below_it():
     from stamen.server.influence import round_weight_cap
 
     assert round_weight_cap([10, 30, 1e12], 0.5) == 0.5  # any positive setting, even below one example
     assert round_weight_cap([10, 30, 1e12], 0.0) == 120.0
+    assert round_weight_cap([10, 30, 1e12], 1000.0) == 120.0  # a configured cap above the median's lifts nothing
+    assert round_weight_cap([10, 1e12], 0.0) == 40.0  # of two, the lower: the liar cannot set its own cap
+    assert round_weight_cap([10, 30, 50, 1e12], 0.0) == 120.0
     assert round_weight_cap([], 0.0) == float("inf")
+
+
+def test_with_two_clients_a_liar_claiming_a_trillion_examples_gets_at_most_four_fifths_of_the_round(tmp_path):
+    """Issue: with min-clients = 2, one honest client and one claiming 1e12 examples, the global update was exactly
+    the liar's (the cap was four times the median of two). The lower median caps the liar at 4 x 10 examples."""
+    result = _new_global(_strategy(tmp_path), [_reply(1, 0.1, 10), _reply(2, 1.0, 1e12)])
+    expected = (10 * 0.1 + 40 * 1.0) / 50  # the liar's share: 4/5 = max_weight_share(2)
+    np.testing.assert_allclose(result["l.lora_A"], expected, rtol=1e-3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(weights=st.lists(st.floats(1e-3, 1e15), min_size=2, max_size=40), configured=st.sampled_from([0.0, 5.0, 1e9]))
+def test_no_client_has_more_than_the_stated_share_of_a_plain_rounds_weight(weights, configured):
+    from stamen.server.influence import max_weight_share, round_weight_cap
+
+    cap = round_weight_cap(weights, configured)
+    capped = [min(weight, cap) for weight in weights]
+    assert max(capped) / sum(capped) <= max_weight_share(len(weights)) + 1e-12
 
 
 def test_a_secure_total_weight_is_accepted_exactly_up_to_its_bounds_and_refused_beyond():
@@ -233,3 +259,44 @@ def test_metric_and_name_limits_hold_exactly_at_their_bounds():
     assert client_name(named) == "n" * MAX_TEXT_CHARS
     named.content[CLIENT_INFO]["client-name"] = "n" * (MAX_TEXT_CHARS + 1)
     assert client_name(named) == "?"
+
+
+def test_a_client_crafting_its_masked_input_moves_an_applied_coordinate_at_most_by_the_stated_bound():
+    """Issue: one client of 10 added +4.9 to each coordinate of its masked input and pushed its weight coordinate to
+    the lowest total the server accepts: the applied mean was 9.9 against 0.01 honest, where docs/privacy.md claimed
+    at most 20x. What holds (docs/privacy.md, "Bounded influence"): a decoded coordinate lies within +-n (the codec's
+    range) and the total weight is at least n x secagg-min-weight / secagg-max-weight, so any coordinate of the
+    applied mean is at most secagg-value-range x secagg-max-weight / secagg-min-weight (20 by default) in size."""
+    from stamen.server.influence import check_secure_total
+    from stamen.shared.config import PrivacySpec
+    from stamen.shared.fixed_point import FixedPoint
+    from stamen.shared.secagg_protocol import read_sum, update_vector
+
+    privacy, n, values = PrivacySpec(secure_aggregation=True), 10, 32
+    low, high = privacy.secagg_min_weight / privacy.secagg_max_weight, 1.0
+    bound = 1.0 * high / low  # secagg-value-range 1
+
+    def applied_mean(added: float) -> float:
+        clients = {node: SecAggClient(RecordDict(), node) for node in range(1, n + 1)}
+        vectors = {node: update_vector(np.full(values, 0.01), 0.3, 1.0) for node in clients}  # 300 examples each
+        keys = {node: c.advertise(SECURE, "run", 1, vectors[node]) for node, c in clients.items()}
+        server = SecureAggregator("run", 1, keys, values + 1, SecAggSettings(), random.Random(0))
+        for node, (info, peers) in server.share_requests().items():
+            server.add_shares(node, clients[node].share_keys(info, peers))
+        codec = FixedPoint(1.0, n)
+        crafted = np.append(np.full(values, added), low * n - 0.3 * (n - 1))  # the lowest total weight accepted
+        for node, (info, shares) in server.mask_requests().items():
+            masked = clients[node].masked_input(info, shares)
+            if node == 1:  # the attacker's bytes: its own input swapped for the crafted one, inside the masks
+                shift = np.round((crafted - vectors[node]) * codec.scale).astype(np.int64)
+                masked = masked + shift.astype(codec.dtype)
+            server.add_masked(node, masked)
+        revealed = {node: clients[node].unmask(info) for node, (info, _) in server.unmask_requests().items()}
+        total = server.finish(revealed)
+        weighted, _, weight, _ = read_sum(total, 1.0, values)
+        check_secure_total(weight, n, privacy, codec.sum_error_bound)  # in bounds: the server applies it
+        return float(weighted.mean() / weight)
+
+    assert applied_mean(4.9) == pytest.approx(9.85, abs=0.01)  # the issue's 9.9
+    largest = applied_mean(n - 0.3 * 0.01 * (n - 1) - 1e-3)  # as far as the codec's range lets the sum go
+    assert 19.9 < largest <= bound

@@ -7,12 +7,13 @@ import pytest
 from opacus.accountants import RDPAccountant
 
 from stamen.client.secure_aggregation import secure_input
-from stamen.server.privacy import CentralPrivacy, PrivacyAccountant
+from stamen.server.privacy import CentralPrivacy
 from stamen.server.rules import RULES, ClientUpdate, make_rule
 from stamen.shared.clipping import clip_l2, l2_norm
 from stamen.shared.config import ConfigError, PrivacySpec, RunConfig
+from stamen.shared.dp_accountant import PrivacyAccountant
 from stamen.shared.noise_range import noise_value_range
-from stamen.shared.secagg_protocol import SecAggError, distributed_noise_std, read_sum
+from stamen.shared.secagg_protocol import SecAggError, read_sum
 from stamen.simulations.secure_sum import secure_sum
 
 
@@ -34,8 +35,7 @@ def test_the_decoded_secure_sum_carries_the_noise_the_accountant_records(clip, m
     deltas[1] = np.zeros(length)
     deltas[1][0] = 3 * clip  # one coordinate carries the whole clipped norm: the range must hold C plus noise
     vectors = {node: secure_input(delta, 10, config) for node, delta in deltas.items()}
-    std = distributed_noise_std(multiplier, clip, value_range, clients)
-    noisy_sum, weight, _ = read_sum(secure_sum(vectors, noise_std=std).total, value_range, length)
+    noisy_sum, _, weight, _ = read_sum(secure_sum(vectors, config=config).total, value_range, length)
     clipped_sum = sum(clip_l2({"d": delta}, clip)["d"] for delta in deltas.values())
     assert weight == pytest.approx(clients)  # every client weighs 1 under DP
     assert (noisy_sum - clipped_sum).std() == pytest.approx(multiplier * clip, rel=0.05)  # z * C
@@ -51,9 +51,11 @@ def test_a_value_range_that_would_truncate_the_noise_is_refused_and_zero_derives
 
 
 def test_a_client_refuses_to_send_noise_that_encoding_would_truncate():
+    """The run's range holds the noise shares of min-clients = 10 clients; a server declaring 3 would make each
+    share larger than the range holds (the client sizes its share from the config and the declared count)."""
     vectors = {node: np.zeros(100) for node in (1, 2, 3)}
-    with pytest.raises(SecAggError, match="noised values left the value range"):
-        secure_sum(vectors, noise_std=2.0)  # two standard deviations of the noise exceed the range
+    with pytest.raises(SecAggError, match=r"shares the noise among 3 clients.*would be truncated"):
+        secure_sum(vectors, config=_distributed(5.0, 1.0, **{"min-clients": 10}))
 
 
 def test_clients_clip_their_update_before_it_is_masked():
@@ -137,7 +139,7 @@ def test_secure_input_weighs_by_examples_up_to_the_cap_and_scales_into_the_value
     np.testing.assert_allclose(secure_input(delta, 50, config), [0.5 * 0.25 / 2.0, -1.0 * 0.25 / 2.0, 0.25])
     np.testing.assert_allclose(secure_input(delta, 500, config), [0.5 / 2.0, -1.0 / 2.0, 1.0])
     np.testing.assert_allclose(secure_input(delta, 5, config)[-1], 0.1)  # below the floor: weighs as 20
-    total, weight, _ = read_sum(secure_input(delta, 50, config) + secure_input(delta, 500, config), 2.0, 2)
+    total, _, weight, _ = read_sum(secure_input(delta, 50, config) + secure_input(delta, 500, config), 2.0, 2)
     assert weight == pytest.approx(1.25)
     np.testing.assert_allclose(total, delta * 1.25)
 

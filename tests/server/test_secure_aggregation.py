@@ -11,7 +11,7 @@ from flwr.app import RecordDict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stamen.client.secure_aggregation import SecAggClient
+from stamen.client.secure_aggregation import DeviceSettings, SecAggClient
 from stamen.server.rules import RULES
 from stamen.server.secure_aggregation import (
     SecAggAborted,
@@ -23,17 +23,18 @@ from stamen.shared import shamir
 from stamen.shared.config import ConfigError, RunConfig
 from stamen.shared.fixed_point import FixedPoint
 from stamen.shared.secagg_protocol import (
+    PeerEntry,
     SecAggError,
     StageInfo,
     pack_shares,
-    peer_entry,
-    read_peer_entry,
     read_sum,
     unpack_shares,
     update_vector,
 )
 from stamen.shared.wire import AdapterSchema
 from stamen.simulations.secure_sum import secure_sum
+
+SECURE = RunConfig().replace(**{"secure-aggregation": True})
 
 
 @settings(max_examples=25, deadline=None)
@@ -51,7 +52,7 @@ def test_secure_weighted_sum_equals_the_plain_one_within_the_quantisation_bound(
     weights = {node: data.draw(st.floats(0.01, 1.0)) for node in deltas}
     vectors = {node: update_vector(schema.flatten(deltas[node]), weights[node], 1.0) for node in deltas}
     result = secure_sum(vectors, settings=SecAggSettings(modulus_bits=bits))
-    weighted_sum, total_weight, _ = read_sum(result.total, 1.0, schema.num_values)
+    weighted_sum, _, total_weight, _ = read_sum(result.total, 1.0, schema.num_values)
     bound = result.server.codec.sum_error_bound
     secure = schema.unflatten(weighted_sum)  # float32 tensors, as the rule receives them
     for name in schema.shapes:
@@ -86,8 +87,8 @@ def test_a_masked_vector_on_the_wire_looks_uniform_and_does_not_follow_the_input
     structured = np.linspace(-1, 1, length)  # a ramp: strongly patterned input
     vectors = {1: structured, 2: np.zeros(length), 3: structured[::-1].copy()}
     clients = {node: SecAggClient(RecordDict(), node) for node in vectors}
-    keys = {node: c.advertise("run", 1, vectors[node]) for node, c in clients.items()}
-    server = SecureAggregator("run", 1, keys, length, SecAggSettings(), 0.0, random.Random(0))
+    keys = {node: c.advertise(SECURE, "run", 1, vectors[node]) for node, c in clients.items()}
+    server = SecureAggregator("run", 1, keys, length, SecAggSettings(), random.Random(0))
     for node, (info, peers) in server.share_requests().items():
         server.add_shares(node, clients[node].share_keys(info, peers))
     masked = {node: clients[node].masked_input(info, shares) for node, (info, shares) in server.mask_requests().items()}
@@ -115,18 +116,18 @@ def test_a_tampered_share_is_refused():
 def test_messages_for_another_round_or_stage_are_refused():
     vectors = {node: np.zeros(4) for node in (1, 2, 3)}
     clients = {node: SecAggClient(RecordDict(), node) for node in vectors}
-    round_one = {node: c.advertise("run", 1, vectors[node]) for node, c in clients.items()}
-    server_one = SecureAggregator("run", 1, round_one, 4, SecAggSettings(), 0.0, random.Random(0))
+    round_one = {node: c.advertise(SECURE, "run", 1, vectors[node]) for node, c in clients.items()}
+    server_one = SecureAggregator("run", 1, round_one, 4, SecAggSettings(), random.Random(0))
     requests_one = server_one.share_requests()
     for node, (info, peers) in requests_one.items():
         server_one.add_shares(node, clients[node].share_keys(info, peers))
     old_shares = server_one.mask_requests()
     # the clients move on to round 2; a replayed round-1 stage message must not be acted on
-    round_two = {node: c.advertise("run", 2, vectors[node]) for node, c in clients.items()}
+    round_two = {node: c.advertise(SECURE, "run", 2, vectors[node]) for node, c in clients.items()}
     info, shares = old_shares[1]
     with pytest.raises(SecAggError, match=r"round 1.*round 2"):
         clients[1].masked_input(info, shares)
-    server_two = SecureAggregator("run", 2, round_two, 4, SecAggSettings(), 0.0, random.Random(0))
+    server_two = SecureAggregator("run", 2, round_two, 4, SecAggSettings(), random.Random(0))
     info_two, peers_two = server_two.share_requests()[1]
     with pytest.raises(SecAggError, match="arrived while"):  # stage 3 before stage 2
         clients[1].masked_input(server_two.mask_requests().get(1, (info_two, peers_two))[0], shares)
@@ -159,7 +160,6 @@ def test_fixed_point_refuses_nan_and_clips_to_the_declared_range():
     assert codec.decode_sum(codec.encode(np.array([5.0, -5.0]))).tolist() == pytest.approx([1.0, -1.0], abs=1e-8)
 
 
-SECURE = RunConfig().replace(**{"secure-aggregation": True})
 
 
 @pytest.mark.parametrize("rule", ["krum", "median", "trimmed-mean", "norm-bounding"])
@@ -172,8 +172,9 @@ def test_rules_that_need_single_updates_are_refused_with_secure_aggregation(rule
 def test_settings_that_secure_aggregation_cannot_serve_are_refused_at_config_time():
     with pytest.raises(ConfigError, match="lora-aggregation exact"):
         RunConfig().replace(**{"secure-aggregation": True, "lora-aggregation": "exact"})
-    with pytest.raises(ConfigError, match=r"'scaffold' uploads.*secure aggregation masks the adapter update only"):
-        RULES["scaffold"].check_fits(SECURE)
+    RULES["scaffold"].check_fits(SECURE)  # its control change is summed with the delta
+    with pytest.raises(ConfigError, match=r"'scaffold' uploads.*differential privacy would leave unprotected"):
+        RULES["scaffold"].check_fits(SECURE.replace(dp="distributed"))
     with pytest.raises(ConfigError, match="secure-aggregation = true"):
         RunConfig().replace(dp="distributed")
     with pytest.raises(ConfigError, match="dp = distributed"):
@@ -181,8 +182,8 @@ def test_settings_that_secure_aggregation_cannot_serve_are_refused_at_config_tim
 
 
 def test_a_stage_record_round_trips_and_a_malformed_one_is_refused():
-    info = StageInfo("run-7", 3, "unmask", num_clients=5, threshold=3, point=4, modulus_bits=64, noise_std=0.25,
-                     survivors=(11, 12, 14), dropped=(13,))
+    info = StageInfo("run-7", 3, "unmask", num_clients=5, threshold=3, point=4, modulus_bits=64,
+                     survivors=(11, 12, 14), metrics=("train-loss",))
     assert StageInfo.from_record(info.to_record()) == info
     record = info.to_record()
     del record["threshold"]
@@ -199,15 +200,19 @@ def test_share_plaintexts_and_peer_entries_round_trip_their_fields():
     sender, recipient = 2**40 + 1, 2**33 + 9
     assert unpack_shares(pack_shares(sender, recipient, seed, key)) == (sender, recipient, seed, key)
     encryption, mask = bytes(range(32)), bytes(range(32, 64))
-    assert read_peer_entry(peer_entry(70_000, encryption, mask)) == (70_000, encryption, mask)
-    with pytest.raises(SecAggError, match="a peer entry is 68 bytes, got 67"):
-        read_peer_entry(peer_entry(1, encryption, mask)[:-1])
+    entry = PeerEntry(70_000, encryption, mask, b"ssh-ed25519 AAAA", b"\x01" * 64)
+    assert PeerEntry.from_bytes(entry.to_bytes()) == entry
+    assert PeerEntry.from_bytes(PeerEntry(1, encryption, mask).to_bytes()) == PeerEntry(1, encryption, mask)
+    with pytest.raises(SecAggError, match="a peer entry is 70 to 1024 bytes"):
+        PeerEntry.from_bytes(PeerEntry(1, encryption, mask).to_bytes()[:-1])
+    with pytest.raises(SecAggError, match="identity runs past its end"):
+        PeerEntry.from_bytes(entry.to_bytes()[:70 + 10])
 
 
 def test_the_update_vector_is_the_weighted_delta_over_the_value_range_then_the_weight():
     vector = update_vector(np.array([1.0, -0.5]), 0.25, 0.5)
     np.testing.assert_allclose(vector, [0.5, -0.25, 0.25])
-    total, weight, metric_slots = read_sum(np.append(vector, 0.125), 0.5, 2)
+    total, _, weight, metric_slots = read_sum(np.append(vector, 0.125), 0.5, 2)
     np.testing.assert_allclose(total, [0.25, -0.125])  # weight * delta
     assert weight == 0.25
     np.testing.assert_allclose(metric_slots, [0.125])  # what follows the weight: the summed metrics
@@ -233,9 +238,9 @@ def test_a_fixed_point_codec_for_one_summand_decodes_what_it_encoded():
 
 def _shared_round(nodes=range(1, 8), min_threshold=0.5):
     """Seven clients on a complete graph after stage 2: every client holds a share of every other's secrets."""
-    clients = {node: SecAggClient(RecordDict(), node, min_threshold) for node in nodes}
-    keys = {node: client.advertise("run", 1, np.zeros(4)) for node, client in clients.items()}
-    server = SecureAggregator("run", 1, keys, 4, SecAggSettings(), 0.0, random.Random(0))
+    clients = {node: SecAggClient(RecordDict(), node, DeviceSettings(min_threshold)) for node in nodes}
+    keys = {node: client.advertise(SECURE, "run", 1, np.zeros(4)) for node, client in clients.items()}
+    server = SecureAggregator("run", 1, keys, 4, SecAggSettings(), random.Random(0))
     return server, clients
 
 
@@ -245,8 +250,8 @@ def test_a_client_refuses_a_share_threshold_below_its_own_minimum():
     assert info.threshold == 4  # a majority of the 7 holders
     with pytest.raises(SecAggError, match=r"threshold of 1 among 7 holders; this client needs at least 4"):
         clients[1].share_keys(dataclasses.replace(info, threshold=1), peers)  # t = 1: any one share is the secret
-    strict = SecAggClient(RecordDict(), 1, min_threshold=0.75)  # a device that sets its own stricter minimum
-    strict.advertise("run", 1, np.zeros(4))
+    strict = SecAggClient(RecordDict(), 1, DeviceSettings(min_threshold=0.75))  # the device's own stricter minimum
+    strict.advertise(SECURE, "run", 1, np.zeros(4))
     with pytest.raises(SecAggError, match="needs at least 6"):
         strict.share_keys(info, peers)
 
@@ -257,10 +262,10 @@ def test_a_client_reveals_nothing_when_too_few_holders_survive_whatever_threshol
         server.add_shares(node, clients[node].share_keys(info, peers))
     for node, (info, shares) in server.mask_requests().items():
         server.add_masked(node, clients[node].masked_input(info, shares))
-    info = server.unmask_requests()[1]
+    info, _ = server.unmask_requests()[1]
     # the server claims five of client 1's six neighbours dropped, to collect their mask keys, and lowers the
     # threshold it declares so the survivor check would pass
-    lying = dataclasses.replace(info, threshold=1, survivors=(1, 2), dropped=(3, 4, 5, 6, 7))
+    lying = dataclasses.replace(info, threshold=1, survivors=(1, 2))
     with pytest.raises(SecAggError, match="only 2 of this node's share holders survived, fewer than the threshold 4"):
         clients[1].unmask(lying)
 
@@ -284,9 +289,9 @@ def test_a_majority_threshold_keeps_a_client_both_named_survived_and_dropped_fro
     seeds_from, keys_from = (1, 2, 3, 7), (4, 5, 6)
     seed_shares, key_shares = [], []
     for node in (*seeds_from, *keys_from):
-        info = honest[node]
+        info, _ = honest[node]
         if node in keys_from:  # told 7 dropped: reveals its mask-key share of 7
-            info = dataclasses.replace(info, survivors=tuple(n for n in info.survivors if n != 7), dropped=(7,))
+            info = dataclasses.replace(info, survivors=tuple(n for n in info.survivors if n != 7))
         revealed = clients[node].unmask(info)
         seed_shares += [shamir.Share.from_bytes(revealed[k]) for k in revealed if k == "seed/7"]
         key_shares += [shamir.Share.from_bytes(revealed[k]) for k in revealed if k == "key/7"]

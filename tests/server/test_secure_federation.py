@@ -175,3 +175,24 @@ def test_a_crafted_weight_coordinate_gets_the_secure_sum_refused_not_applied(tmp
     unchanged = load_file(crafted / "global_adapter.safetensors")
     assert all(np.abs(v).max() == 0 for k, v in unchanged.items() if "lora_B" in k)
 
+
+
+def test_a_secure_round_whose_clients_report_no_metric_sums_their_updates(tmp_path):
+    """A train handler may report its example count alone (the benchmarks' synthetic one does): the round sums
+    the updates with no metric slots (it crashed the server counting an empty list of names)."""
+    from flwr.app import MetricRecord
+
+    from stamen.client.handlers import client_app_with
+    from stamen.simulations.client_app import SIMULATED_CLIENT
+
+    def count_only(msg: Message, context: Context) -> Message:
+        reply = SIMULATED_CLIENT.train(msg, context)
+        reply.content["metrics"] = MetricRecord({NUM_EXAMPLES: reply.content["metrics"][NUM_EXAMPLES]})
+        return reply
+
+    config = RunConfig().replace(**{
+        "base-model": "tiny", "quantisation": "none", "wire-dtype": "float32", "num-server-rounds": 1,
+        "run-dir": str(tmp_path), "run-id": "count-only", "fraction-evaluate": 0.0, "secure-aggregation": True})
+    run_dir = run_federation(InProcessGrid(client_app_with([], count_only, SIMULATED_CLIENT), 3), config)
+    (row,) = _rows(run_dir, "round")
+    assert row["clients_accepted"] == 3 and not any(key.startswith("train_") for key in row)

@@ -1,0 +1,471 @@
+"""A server that lies in its messages learns nothing a device keeps (docs/privacy.md, the threat model's last row).
+
+Every test drives Stamen's real ClientApp, with its mods and real cryptography, through the messages a malicious
+server would send to devices holding the operator's key and their own node keys: records the signed config does
+not call for, keys of its own, survivor sets nobody signed, a stage record that switches noise off, a round sent
+again, another run's signed config. Where an attack worked before, the test shows what it recovered without the
+protection (an unauthenticated run) and that the device refuses with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from inprocess_grid import InProcessGrid
+from safetensors.numpy import load_file
+
+from stamen.client.handlers import TRAINING_HOOKS, StamenClient, client_app_with
+from stamen.client.hooks import TrainingHook, TrainingRound
+from stamen.client.release_ledger import ReleaseRefused
+from stamen.client.secure_aggregation import DeviceSettings, SecAggClient
+from stamen.client.trust import OPERATOR_KEY
+from stamen.server.federation import run_federation
+from stamen.server.secure_aggregation import SecAggSettings, SecureAggregator
+from stamen.shared import shamir
+from stamen.shared.adapters import adapter_state, attach_adapter, shared_state
+from stamen.shared.base_model import load_base
+from stamen.shared.config import RunConfig
+from stamen.shared.dev_certs import DevCertificates, make_dev_certificates
+from stamen.shared.fixed_point import FixedPoint
+from stamen.shared.protocol import CONFIG, CONTROL, CONTROL_DELTA, SERVER_ROUND, UnexpectedRecords, round_config
+from stamen.shared.run_folder import RunFolder
+from stamen.shared.run_signature import UntrustedRun, sign_run
+from stamen.shared.secagg_crypto import (
+    agreed_key,
+    decrypt,
+    encrypt,
+    mask_stream,
+    new_private_key,
+    private_bytes,
+    public_bytes,
+)
+from stamen.shared.secagg_identity import DeviceIdentity, Roster, roster_of
+from stamen.shared.secagg_protocol import (
+    CONSISTENCY_STAGE,
+    MASK_STAGE,
+    MASKED,
+    MASKED_VECTOR,
+    METRIC_NAMES,
+    PEERS,
+    PUBLIC_KEYS,
+    REVEALED,
+    SECAGG,
+    SHARE_STAGE,
+    SHARES,
+    SIGNATURES,
+    SIGNED,
+    UNMASK_STAGE,
+    PeerEntry,
+    SecAggError,
+    pack_shares,
+    session,
+    unpack_shares,
+)
+from stamen.shared.secure_metrics import common_names
+from stamen.shared.wire import AdapterSchema, encode_adapter
+from stamen.simulations.client_app import SIMULATED_CLIENT, simulated_client_app
+from stamen.simulations.secure_sum import SESSION, secure_sum
+
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
+TINY = RunConfig().replace(**{"base-model": "tiny", "quantisation": "none", "local-steps": 2, "wire-dtype": "float32",
+                              "num-server-rounds": 3, "fraction-evaluate": 0.0})
+NODES = (101, 102, 103)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> DevCertificates:
+    """The operator's signing key and three devices' node keys, as `stamen certs` makes them."""
+    return make_dev_certificates(tmp_path_factory.mktemp("certs"), [], ["device-1", "device-2", "device-3"])
+
+
+def _signed(certs: DevCertificates, **overrides) -> RunConfig:
+    """A secure run listing the three devices, signed by the operator."""
+    roster = ",".join(roster_of(certs.node_public_keys()))
+    return sign_run(TINY.replace(**{"secure-aggregation": True, "secagg-roster": roster, "run-id": "honest",
+                                    **overrides}), certs.operator_key)
+
+
+class Devices:
+    """Three devices running Stamen's ClientApp in this process, each with its node key, the operator's public key
+    and a state folder; :meth:`ask` is how a server's message reaches one."""
+
+    def __init__(self, certs: DevCertificates, folder: Path, config: RunConfig, app=None, **node_config) -> None:
+        self.config, self.app = config, app or simulated_client_app([])
+        self.contexts = {node: Context(run_id=1, node_id=node, state=RecordDict(), run_config={}, node_config={
+            "partition-id": i, "num-partitions": 3, "state-dir": str(folder / f"state-{i}"),
+            "identity-key": str(certs.node_key(f"device-{i + 1}")), OPERATOR_KEY: str(certs.operator_public_key),
+            **node_config}) for i, node in enumerate(NODES)}
+        base = load_base("tiny", quantisation="none")
+        self.fingerprint = base.fingerprint
+        full = adapter_state(attach_adapter(base.model, config.adapter, config.seed))
+        self.adapter = {k: v.numpy() for k, v in shared_state(full, config.adapter).items()}
+        self.schema = AdapterSchema.from_state(self.adapter, "float32")
+
+    def ask(self, node: int, content: RecordDict, message_type: str = MessageType.TRAIN) -> RecordDict:
+        """The device's reply; what it refuses raises, as its ClientApp raises it."""
+        reply = self.app(Message(content, dst_node_id=node, message_type=message_type), self.contexts[node])
+        assert not reply.has_error(), reply.error
+        return reply.content
+
+    def instruction(self, server_round: int, config: RunConfig | None = None, **records) -> RecordDict:
+        sent = round_config(config or self.config, self.fingerprint)
+        sent[SERVER_ROUND] = server_round
+        return RecordDict({"arrays": encode_adapter(self.adapter, "float32"), CONFIG: sent, **records})
+
+    def secure_round(self, nodes: tuple[int, ...], server_round: int, lie=lambda stage, node, content: content,
+                     message_type: str = MessageType.TRAIN) -> np.ndarray:
+        """One secure round among ``nodes`` as the real server runs it, with ``lie`` rewriting each stage message
+        (stage, node, content) before it leaves; the decoded sum."""
+        answered = {node: self.ask(node, lie("train", node, self.instruction(server_round)), message_type)
+                    for node in nodes}
+        names = common_names(tuple(reply[METRIC_NAMES]["names"]) for reply in answered.values())
+        num_values = self.schema.num_values if message_type == MessageType.TRAIN else 0
+        server = SecureAggregator(session(self.config.run_id, message_type), server_round,
+                                  {node: reply[PUBLIC_KEYS] for node, reply in answered.items()},
+                                  num_values + 1 + len(names), SecAggSettings(), random.Random(0), names,
+                                  Roster(self.config.privacy.secagg_roster))
+
+        def stage(name: str, node: int, **records) -> RecordDict:
+            return self.ask(node, lie(name, node, RecordDict(records)), message_type)
+
+        for node, (info, peers) in server.share_requests().items():
+            server.add_shares(node, stage(SHARE_STAGE, node, **{SECAGG: info.to_record(), PEERS: peers})[SHARES])
+        for node, (info, shares) in server.mask_requests().items():
+            masked = stage(MASK_STAGE, node, **{SECAGG: info.to_record(), SHARES: shares})[MASKED]
+            server.add_masked(node, masked[MASKED_VECTOR].numpy())
+        if server.roster:
+            for node, info in server.consistency_requests().items():
+                server.add_signature(node, stage(CONSISTENCY_STAGE, node, **{SECAGG: info.to_record()})[SIGNED])
+        revealed = {}
+        for node, (info, signed) in server.unmask_requests().items():
+            records = {SECAGG: info.to_record(), **({SIGNATURES: signed} if signed is not None else {})}
+            revealed[node] = stage(UNMASK_STAGE, node, **records)[REVEALED]
+        return server.finish(revealed)
+
+
+# -- 1. hooks switch on from the signed config; nothing but public records leaves in the clear ---------------------
+
+class LeakyHook(TrainingHook):
+    """A hook that adds an upload the run's rule never declared (what a control record used to switch on)."""
+
+    def after_training(self, training_round: TrainingRound) -> None:
+        training_round.uploads["leak"] = training_round.delta
+
+
+def test_a_record_the_signed_config_does_not_call_for_is_refused_and_only_public_records_leave(certs, tmp_path):
+    """Issue: a server added an unsigned `control` record of zeros to a train message; the device switched SCAFFOLD
+    on and its stage-1 reply carried `control-delta` in the clear (trained - global, to 4.9e-7). Now the record is
+    refused before anything trains, and a reply a hook built with any record that is not public by design is not
+    sent at all."""
+    devices = Devices(certs, tmp_path, _signed(certs))
+    zeros = encode_adapter({k: np.zeros_like(v) for k, v in devices.adapter.items()}, "float32")
+    with pytest.raises(UnexpectedRecords, match=r"does not call for: \['control'\]"):
+        devices.ask(101, devices.instruction(1, **{CONTROL: zeros}))
+    assert not list((tmp_path / "state-0").glob("*.safetensors"))  # nothing trained, nothing kept
+
+    leaky = client_app_with([], client=StamenClient(SIMULATED_CLIENT.data_source, (*TRAINING_HOOKS, LeakyHook)))
+    devices = Devices(certs, tmp_path / "leaky", _signed(certs), app=leaky)
+    with pytest.raises(SecAggError, match=r"would carry \['leak'\] in the clear under secure aggregation"):
+        devices.ask(101, devices.instruction(1))
+    reply = Devices(certs, tmp_path / "honest", _signed(certs)).ask(101, devices.instruction(1))
+    assert set(reply) == {"client", "metrics", METRIC_NAMES, PUBLIC_KEYS}  # each listed in docs/privacy.md
+
+
+def test_scaffold_sums_its_control_change_inside_the_masked_vector_and_moves_as_plain_scaffold_does(tmp_path):
+    """The global adapter and the server's control variate after a secure SCAFFOLD round equal plain SCAFFOLD's (to
+    the codec's precision; equal secure weights stand in for SCAFFOLD's uniform mean), and neither the delta nor
+    the control change ever leaves a device in the clear."""
+    sent: list[RecordDict] = []
+
+    def wire(msg, context, call_next):  # outside the secure mod: what leaves the device
+        reply = call_next(msg, context)
+        sent.append(reply.content)
+        return reply
+
+    def run(name: str, secure: bool) -> Path:
+        config = TINY.replace(**{"aggregation": "scaffold", "num-server-rounds": 1, "run-dir": str(tmp_path),
+                                 "run-id": name, "secure-aggregation": secure, "learning-rate": 0.01,
+                                 "secagg-min-weight": 1000.0, "secagg-value-range": 4.0})  # equal weights, as plain
+        return run_federation(InProcessGrid(simulated_client_app([wire]), 3), config)
+
+    plain_run = run("plain", False)
+    sent.clear()
+    secure_run = run("secure", True)
+    for name in ("global_adapter.safetensors", "checkpoint.safetensors"):  # the checkpoint holds the control variate
+        plain, secure = load_file(plain_run / name), load_file(secure_run / name)
+        assert max(float(np.abs(plain[k] - secure[k]).max()) for k in plain) < 1e-6, name
+    control = {k: v for k, v in load_file(secure_run / "checkpoint.safetensors").items() if "control/" in k}
+    assert control and all(np.abs(v).max() > 0.1 for v in control.values())
+    assert sent and not any(CONTROL_DELTA in content or "arrays" in content for content in sent)
+    assert [row["clients_accepted"] for row in RunFolder(secure_run).rows() if row["kind"] == "round"] == [3]
+
+
+# -- 2. authenticated keys -----------------------------------------------------------------------------------------
+
+def _read_by_substituting_keys(identities: dict[int, DeviceIdentity] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The attack: the server lists keys of its own for every neighbour of node 1, decrypts all of node 1's share
+    pairs (its seed), sends it shares "from" those neighbours encrypted under the same keys, and so knows every mask
+    on node 1's masked input. Returns (node 1's vector, what the server recovered)."""
+    vectors = {node: np.random.default_rng(node).uniform(-0.5, 0.5, 16) for node in (1, 2, 3)}
+    roster = ",".join(identity.fingerprint for identity in (identities or {}).values())
+    config = RunConfig().replace(**{"secure-aggregation": True, "secagg-roster": roster})
+    device = SecAggClient(RecordDict(), 1, DeviceSettings(identity=(identities or {}).get(1)))
+    keys = {1: device.advertise(config, SESSION, 1, vectors[1])}
+    keys.update({node: SecAggClient(RecordDict(), node, DeviceSettings(identity=(identities or {}).get(node)))
+                 .advertise(config, SESSION, 1, vectors[node]) for node in (2, 3)})
+    server = SecureAggregator(SESSION, 1, keys, 16, SecAggSettings(), random.Random(0),
+                              roster=Roster(config.privacy.secagg_roster))
+    info, peers = server.share_requests()[1]
+    fake = {int(node): (new_private_key(), new_private_key()) for node in peers}  # per "neighbour": its two keys
+    lying = ConfigRecord({str(node): dataclasses.replace(PeerEntry.from_bytes(bytes(peers[str(node)])),
+                                                         encryption_key=public_bytes(encryption),
+                                                         mask_key=public_bytes(masking)).to_bytes()
+                          for node, (encryption, masking) in fake.items()})
+    ciphertexts = device.share_keys(info, lying)
+    seed_shares, routed = [], {}
+    for node, (encryption, _) in fake.items():
+        key = agreed_key(private_bytes(encryption), bytes(keys[1]["encryption-key"]), info.encryption_purpose())
+        _, _, seed_share, key_share = unpack_shares(decrypt(key, bytes(ciphertexts[str(node)]),
+                                                            info.share_context(1, node)))
+        seed_shares.append(seed_share)
+        routed[str(node)] = encrypt(key, pack_shares(node, 1, seed_share, key_share), info.share_context(node, 1))
+    seed = shamir.combine(seed_shares, info.threshold)
+    mask_info = dataclasses.replace(info, stage=MASK_STAGE)
+    masked = device.masked_input(mask_info, ConfigRecord(routed))
+    codec = FixedPoint(1.0, 3)
+    unmasked = masked - mask_stream(seed, 16, codec.dtype)
+    for _, masking in fake.values():  # node 1 added the pairwise mask of each higher node
+        unmasked -= mask_stream(agreed_key(private_bytes(masking), bytes(keys[1]["mask-key"]), info.mask_purpose()),
+                                16, codec.dtype)
+    return vectors[1], codec.decode_sum(unmasked)
+
+
+def test_a_server_with_keys_of_its_own_reads_an_update_without_a_roster_and_a_device_refuses_them_with_one():
+    """Issue: the server put its own X25519 keys in a device's peer list, decrypted every share pair the device sent
+    and recovered its update (to 1.6e-9). That still holds where keys are taken on the server's word (why a device
+    holding the operator's key refuses a secure run without a roster); under a roster the device refuses keys no
+    listed device signed, before it encrypts a share."""
+    vector, recovered = _read_by_substituting_keys(None)
+    assert np.abs(recovered - vector).max() < 1e-8
+    identities = {node: DeviceIdentity.generate() for node in (1, 2, 3)}
+    with pytest.raises(SecAggError, match="neighbour 2's keys are not signed by a roster device"):
+        _read_by_substituting_keys(identities)
+
+
+def test_under_a_roster_a_device_refuses_keys_no_listed_device_signed_for_this_round_and_node():
+    identities = {node: DeviceIdentity.generate() for node in (1, 2, 3, 4)}
+    roster = ",".join(identities[node].fingerprint for node in (1, 2, 3))  # 4 is not on the roster
+    config = RunConfig().replace(**{"secure-aggregation": True, "secagg-roster": roster})
+
+    def round_keys(server_round: int, nodes=(1, 2, 3)) -> tuple[dict, dict]:
+        clients = {n: SecAggClient(RecordDict(), n, DeviceSettings(identity=identities[n])) for n in nodes}
+        return clients, {n: c.advertise(config, SESSION, server_round, np.zeros(4)) for n, c in clients.items()}
+
+    _, old_keys = round_keys(1)
+    clients, keys = round_keys(2)
+    server = SecureAggregator(SESSION, 2, keys, 4, SecAggSettings(), random.Random(0), roster=Roster(
+        config.privacy.secagg_roster))
+    info, peers = server.share_requests()[1]
+
+    def with_entry(node: str, entry: PeerEntry) -> ConfigRecord:
+        return ConfigRecord({**peers, node: entry.to_bytes()})
+
+    replayed = PeerEntry(3, bytes(old_keys[2]["encryption-key"]), bytes(old_keys[2]["mask-key"]),
+                         bytes(old_keys[2]["identity"]), bytes(old_keys[2]["signature"]))  # round 1's signed keys
+    moved = dataclasses.replace(PeerEntry.from_bytes(bytes(peers["3"])), point=2)  # node 3's keys listed as node 2
+    stranger = SecAggClient(RecordDict(), 4, DeviceSettings(identity=identities[4]))
+    invented = stranger.advertise(config.replace(**{"secagg-roster": identities[4].fingerprint}), SESSION, 2,
+                                  np.zeros(4))
+    outsider = PeerEntry(2, bytes(invented["encryption-key"]), bytes(invented["mask-key"]), bytes(invented["identity"]),
+                         bytes(invented["signature"]))
+    twin = SecAggClient(RecordDict(), 3, DeviceSettings(identity=identities[2]))  # device 2's key signing as node 3
+    twin_keys = twin.advertise(config, SESSION, 2, np.zeros(4))
+    doubled = PeerEntry(3, bytes(twin_keys["encryption-key"]), bytes(twin_keys["mask-key"]),
+                        bytes(twin_keys["identity"]), bytes(twin_keys["signature"]))
+    mine = SecAggClient(RecordDict(), 2, DeviceSettings(identity=identities[1]))  # this device's own key as node 2
+    own_keys = mine.advertise(config, SESSION, 2, np.zeros(4))
+    own = PeerEntry(2, bytes(own_keys["encryption-key"]), bytes(own_keys["mask-key"]), bytes(own_keys["identity"]),
+                    bytes(own_keys["signature"]))
+    for lie, reason in ((with_entry("2", replayed), "does not verify"), (with_entry("2", moved), "does not verify"),
+                        (with_entry("2", outsider), "is not on the run's roster"),
+                        (with_entry("2", own), "identity of another neighbour or of this device"),
+                        (with_entry("3", doubled), "identity of another neighbour or of this device")):
+        with pytest.raises(SecAggError, match=reason):
+            clients[1].share_keys(info, lie)
+    strict = SecAggClient(RecordDict(), 1, DeviceSettings(min_neighbours=3, identity=identities[1]))
+    strict.advertise(config, SESSION, 2, np.zeros(4))
+    with pytest.raises(SecAggError, match="names 2 neighbours; this device shares its secrets among at least 3"):
+        strict.share_keys(info, peers)
+    clients[1].share_keys(info, peers)  # the honest list is accepted
+
+
+# -- the survivor set: signed by a threshold, every named neighbour one that shared ------------------------------
+
+def test_a_device_reveals_shares_only_for_the_survivor_set_it_signed_shown_signed_by_a_threshold_of_devices():
+    identities = {node: DeviceIdentity.generate() for node in range(1, 6)}
+    vectors = {node: np.full(8, 0.01 * node) for node in identities}
+    honest = secure_sum(vectors, identities=identities)
+    assert np.abs(honest.total - sum(vectors.values())).max() <= honest.server.codec.sum_error_bound
+
+    def lie_at_unmask(change):
+        def tamper(server: SecureAggregator) -> None:
+            original = server.unmask_requests
+
+            def unmask_requests():
+                return {node: change(info, signed) for node, (info, signed) in original().items()}
+            server.unmask_requests = unmask_requests
+        return tamper
+
+    def run_with(change) -> None:
+        with_tamper = dict(identities=identities, tamper=lie_at_unmask(change))
+        secure_sum(vectors, **with_tamper)
+
+    def smaller(info, signed):
+        return dataclasses.replace(info, survivors=info.survivors[:-1]), signed
+
+    def few(info, signed):
+        return info, ConfigRecord(dict(list(signed.items())[:2]))
+
+    with pytest.raises(SecAggError, match="names another survivor set than the one this device signed"):
+        run_with(smaller)
+    with pytest.raises(SecAggError, match="carries 2 valid signatures of roster devices, fewer than the threshold 3"):
+        run_with(few)
+    forger = DeviceIdentity.generate()
+
+    def forged(info, signed):
+        entries = {node: dataclasses.replace(PeerEntry.from_bytes(bytes(entry)), identity=forger.public)
+                   for node, entry in signed.items()}
+        return info, ConfigRecord({node: entry.to_bytes() for node, entry in entries.items()})
+    with pytest.raises(SecAggError, match="carries 0 valid signatures"):
+        run_with(forged)
+
+
+def test_a_device_whose_neighbours_shares_are_withheld_sends_no_masked_input_and_reveals_for_no_one_it_lacks():
+    """Routing a device none of its neighbours' shares would leave only its self mask on its input (the server
+    rebuilds the seed from its holders). The device needs shares from the threshold's worth of neighbours, and
+    reveals nothing for a survivor set naming a neighbour it got no shares from."""
+    clients = {node: SecAggClient(RecordDict(), node) for node in (1, 2, 3, 4, 5)}
+    config = RunConfig().replace(**{"secure-aggregation": True})
+    keys = {node: c.advertise(config, SESSION, 1, np.zeros(4)) for node, c in clients.items()}
+    server = SecureAggregator(SESSION, 1, keys, 4, SecAggSettings(), random.Random(0))
+    for node, (info, peers) in server.share_requests().items():
+        server.add_shares(node, clients[node].share_keys(info, peers))
+    requests = server.mask_requests()
+    info, routed = requests[1]
+    with pytest.raises(SecAggError, match="only 1 of this node's neighbours sent it their shares"):
+        clients[1].masked_input(info, ConfigRecord({"2": routed["2"]}))
+    partial = ConfigRecord({node: routed[node] for node in ("2", "3")})  # 2 of 4: with itself, the threshold 3
+    server.add_masked(1, clients[1].masked_input(info, partial))
+    for node in (2, 3, 4, 5):
+        server.add_masked(node, clients[node].masked_input(*requests[node]))
+    unmask, _ = server.unmask_requests()[1]
+    with pytest.raises(SecAggError, match=r"names neighbours \[4, 5\] that never sent this node their shares"):
+        clients[1].unmask(unmask)
+
+
+# -- 3. noise and every other privacy setting from the signed config -----------------------------------------------
+
+def test_a_stage_record_cannot_switch_noise_off_or_declare_more_clients_than_the_roster(certs, tmp_path):
+    """Issue: a server sent `noise-std = 0` in the mask stage; the decoded sum carried no noise (std 4.7e-9 against
+    1.02 honest) while the accountant recorded z = 1. A device sizes its noise share from the signed config; a stage
+    record with a field the protocol does not have is refused, and the one count it may declare (the clients the
+    noise is shared among) cannot exceed the roster."""
+    config = _signed(certs, **{"dp": "distributed", "dp-clip": 0.05})
+    devices = Devices(certs, tmp_path, config)
+
+    def noise_off(stage, node, content):
+        if stage == MASK_STAGE:
+            content[SECAGG]["noise-std"] = 0.0
+        return content
+
+    with pytest.raises(SecAggError, match=r"fields this protocol does not have: \['noise-std'\]"):
+        devices.secure_round(NODES, 1, noise_off)
+
+    def many(stage, node, content):
+        if stage == SHARE_STAGE:
+            content[SECAGG]["num-clients"] = 1000
+        return content
+
+    with pytest.raises(SecAggError, match="declares 1000 clients; a secure round has 2 to 3"):
+        Devices(certs, tmp_path / "many", config).secure_round(NODES, 1, many)
+
+
+def test_a_device_holding_the_operator_key_takes_part_in_a_secure_run_only_under_a_roster(certs, tmp_path):
+    unlisted = sign_run(TINY.replace(**{"secure-aggregation": True, "run-id": "unlisted"}), certs.operator_key)
+    devices = Devices(certs, tmp_path, unlisted)
+    with pytest.raises(UntrustedRun, match=r"secure run without a roster of its devices \(secagg-roster\)"):
+        devices.ask(101, devices.instruction(1))
+
+
+def test_a_device_stops_before_its_own_epsilon_would_pass_its_budget_whatever_the_server_declares(certs, tmp_path):
+    """Distributed DP, z = 2: each release is accounted at z sqrt(t/n), what the smallest decodable sum (t = 2 of
+    n = 3 shares) carries. A budget that fits two such releases stops the device at the third round; a device with
+    a budget refuses a run without distributed DP."""
+    from stamen.shared.dp_accountant import PrivacyAccountant
+
+    accountant = PrivacyAccountant(1e-5)
+    for _ in range(2):
+        accountant.record_round(2.0 * np.sqrt(2 / 3), 1.0)
+    two = accountant.epsilon()
+    config = _signed(certs, **{"dp": "distributed", "dp-clip": 0.05, "dp-noise-multiplier": 2.0})
+    devices = Devices(certs, tmp_path, config, **{"max-epsilon": two * 1.01})
+    for server_round in (1, 2):
+        devices.secure_round(NODES, server_round)
+    with pytest.raises(ReleaseRefused, match="past its budget max-epsilon"):
+        devices.secure_round(NODES, 3)
+    plain = _signed(certs, **{"run-id": "no-dp"})
+    with pytest.raises(ReleaseRefused, match="trains only under distributed DP"):
+        Devices(certs, tmp_path / "plain", plain, **{"max-epsilon": 10.0}).ask(101, devices.instruction(1, plain))
+
+
+# -- 4. one answer per (run, phase, round) -------------------------------------------------------------------------
+
+def test_a_round_is_released_once_so_resent_rounds_cannot_solve_one_devices_update(certs, tmp_path):
+    """Issue: the same round's train message sent again was answered with the identical kept update; three
+    two-client secure sums (A+B, A+C, B+C) then solve A = (AB + AC - BC) / 2 (to 4.7e-10). A device releases each
+    round's masked input once: the server gets A+B, and A refuses round 1 from then on, also after a restart."""
+    devices = Devices(certs, tmp_path, _signed(certs, **{"secagg-threshold": 0.5}))
+    devices.secure_round((101, 102), 1)  # A + B
+    with pytest.raises(ReleaseRefused, match="round 1 of honest/train was released already"):
+        devices.secure_round((101, 103), 1)  # A + C
+    devices.secure_round((102, 103), 2)
+    with pytest.raises(ReleaseRefused, match="round 1 of honest/train comes after round 2: rounds only move forward"):
+        devices.ask(102, devices.instruction(1))
+    with pytest.raises(ReleaseRefused, match=r"round 4 is outside the run's 1\.\.3"):
+        devices.ask(102, devices.instruction(4))
+    restarted = Devices(certs, tmp_path, devices.config)  # new processes, the same state folders
+    with pytest.raises(ReleaseRefused, match="was released already"):
+        restarted.secure_round((101, 103), 1)
+
+
+# -- 5. a config is bound to its run -------------------------------------------------------------------------------
+
+def test_a_config_the_operator_signed_for_another_run_is_refused_mid_run(certs, tmp_path):
+    """Issue: a config the operator signed for another run (secure aggregation off) was accepted mid-run, and the
+    device sent its plain update and metrics. The run is pinned to the signed config it started with."""
+    this_run, other = _signed(certs), sign_run(TINY.replace(**{"run-id": "other"}), certs.operator_key)
+    devices = Devices(certs, tmp_path, this_run)
+    devices.ask(101, devices.instruction(1))  # the first message pins the run
+    with pytest.raises(UntrustedRun, match="signed for another run"):
+        devices.ask(101, devices.instruction(2, other))
+    started = Devices(certs, tmp_path / "started", this_run)
+    started.contexts[101].run_config = this_run.to_flat()  # as Flower hands a deployed device the run's config
+    with pytest.raises(UntrustedRun, match="signed for another run"):
+        started.ask(101, started.instruction(1, other))
+    with pytest.raises(UntrustedRun, match="not signed by this device's operator key"):
+        started.ask(101, started.instruction(1, this_run.replace(**{"secure-aggregation": False})))
+
+
+def test_scaffold_switches_on_from_the_signed_rule_and_a_control_variate_comes_only_with_training(certs, tmp_path):
+    devices = Devices(certs, tmp_path, _signed(certs, aggregation="scaffold"))
+    zeros = encode_adapter({k: np.zeros_like(v) for k, v in devices.adapter.items()}, "float32")
+    with pytest.raises(UnexpectedRecords, match=r"evaluate message carries records .*\['control'\]"):
+        devices.ask(101, devices.instruction(1, **{CONTROL: zeros}), MessageType.EVALUATE)
+    with pytest.raises(ValueError, match="the run's rule is SCAFFOLD, but the server sent no control variate"):
+        devices.ask(101, devices.instruction(1))
+    assert PUBLIC_KEYS in devices.ask(102, devices.instruction(1, **{CONTROL: zeros}))
