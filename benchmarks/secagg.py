@@ -37,7 +37,7 @@ from flwr.serverapp import Grid, ServerApp
 from report import print_table, write_results
 
 from stamen.client.handlers import client_app_with
-from stamen.client.secure_aggregation import IDENTITY_KEY
+from stamen.client.secagg_checks import IDENTITY_KEY
 from stamen.client.secure_aggregation_mod import SUMMED_DTYPE
 from stamen.server.federation import train_round
 from stamen.server.rules import make_rule

@@ -25,7 +25,7 @@ from stamen.shared.process_guard import stop_tree
 from .device_worker import start_worker, worker_environment
 from .release_ledger import MAX_EPSILON_KEY
 from .resource_guard import ResourceGuards
-from .secure_aggregation import DEFAULT_MIN_THRESHOLD, IDENTITY_KEY, MIN_NEIGHBOURS_KEY, MIN_THRESHOLD_KEY
+from .secagg_checks import DEFAULT_MIN_THRESHOLD, IDENTITY_KEY, MIN_NEIGHBOURS_KEY, MIN_THRESHOLD_KEY
 from .trust import OPERATOR_KEY
 
 log = logging.getLogger(__name__)

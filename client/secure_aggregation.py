@@ -15,9 +15,6 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
@@ -36,7 +33,7 @@ from stamen.shared.secagg_crypto import (
     private_bytes,
     public_bytes,
 )
-from stamen.shared.secagg_identity import DeviceIdentity, Roster, keys_statement, survivors_statement
+from stamen.shared.secagg_identity import Roster, keys_statement, survivors_statement
 from stamen.shared.secagg_protocol import (
     ENCRYPTION_KEY,
     IDENTITY,
@@ -48,7 +45,6 @@ from stamen.shared.secagg_protocol import (
     PeerEntry,
     SecAggError,
     StageInfo,
-    distributed_noise_std,
     pack_shares,
     pairwise_sign,
     secure_weight,
@@ -57,13 +53,16 @@ from stamen.shared.secagg_protocol import (
     update_vector,
 )
 
+from .secagg_checks import (
+    IDENTITY_KEY,
+    DeviceSettings,
+    authenticate_neighbours,
+    check_layout,
+    check_survivor_signatures,
+    noise_share,
+)
+
 log = logging.getLogger(__name__)
-
-MIN_THRESHOLD_KEY = "secagg-min-threshold"  # node config: the device's own least share threshold
-MIN_NEIGHBOURS_KEY = "secagg-min-neighbours"  # node config: the fewest neighbours the device shares its secrets among
-IDENTITY_KEY = "identity-key"  # node config: path of the device's node key, which signs its secure-aggregation keys
-DEFAULT_MIN_THRESHOLD = 0.5  # a majority of the share holders
-
 
 def secure_input(delta_flat: np.ndarray, num_examples: int, config: RunConfig) -> np.ndarray:
     """The vector this client sums securely: its delta (clipped to ``dp-clip`` under distributed DP)
@@ -79,28 +78,6 @@ def secure_input(delta_flat: np.ndarray, num_examples: int, config: RunConfig) -
     return update_vector(delta_flat, secure_weight(num_examples, privacy), value_range)
 
 
-@dataclass(frozen=True)
-class DeviceSettings:
-    """What the device itself demands of a secure round (its node config), whatever the server or the run asks."""
-
-    min_threshold: float = DEFAULT_MIN_THRESHOLD  # its secrets need more than this share of their holders
-    min_neighbours: int = 1  # it shares its secrets among at least this many neighbours
-    identity: DeviceIdentity | None = None  # signs its keys and the survivor set under a roster
-
-    def __post_init__(self) -> None:
-        if not 0.5 <= self.min_threshold < 1:
-            raise SecAggError(f"{MIN_THRESHOLD_KEY} must be in [0.5, 1), got {self.min_threshold}")
-        if self.min_neighbours < 1:
-            raise SecAggError(f"{MIN_NEIGHBOURS_KEY} must be >= 1, got {self.min_neighbours}")
-
-    @classmethod
-    def from_node_config(cls, node_config: Mapping[str, object]) -> DeviceSettings:
-        identity = node_config.get(IDENTITY_KEY)
-        return cls(float(node_config.get(MIN_THRESHOLD_KEY, DEFAULT_MIN_THRESHOLD)),
-                   int(node_config.get(MIN_NEIGHBOURS_KEY, 1)),
-                   DeviceIdentity.load(Path(str(identity))) if identity else None)
-
-
 STATE = "secagg-client"
 INPUT = "secagg-input"
 _ADVERTISED, _SHARED, _MASKED, _SIGNED = "advertised", "shared", "masked", "signed"
@@ -109,10 +86,10 @@ _ADVERTISED, _SHARED, _MASKED, _SIGNED = "advertised", "shared", "masked", "sign
 class SecAggClient:
     """One node's side of one secure round, kept in ``state`` (the node's Context.state)."""
 
-    def __init__(self, state: RecordDict, node_id: int, settings: DeviceSettings = DeviceSettings()) -> None:
+    def __init__(self, state: RecordDict, node_id: int, settings: DeviceSettings | None = None) -> None:
         self.state = state
         self.node = node_id
-        self.settings = settings
+        self.settings = settings or DeviceSettings()
 
     def advertise(self, config: RunConfig, session: str, server_round: int, vector: np.ndarray) -> ConfigRecord:
         """Keep ``vector`` (the update to sum, encoded units), ``config`` and fresh secrets; return the public keys,
@@ -141,7 +118,7 @@ class SecAggClient:
         mine = self._expect(info, _ADVERTISED)
         config = _config(mine)
         privacy = config.privacy
-        self._check_layout(info, config)
+        check_layout(info, config)
         try:
             neighbours = {int(node): PeerEntry.from_bytes(entry) for node, entry in peers.items()}
         except ValueError as error:
@@ -156,7 +133,7 @@ class SecAggClient:
             raise SecAggError(f"{len(neighbours)} neighbours among {info.num_clients} clients")
         roster = Roster(privacy.secagg_roster)
         if roster:
-            self._authenticate(info, neighbours, roster)
+            authenticate_neighbours(info, neighbours, roster, self.settings.identity)
         holders = len(neighbours) + 1
         fraction = max(self.settings.min_threshold, privacy.secagg_threshold)
         least = share_threshold(holders, fraction)
@@ -188,7 +165,7 @@ class SecAggClient:
         pairwise mask per neighbour still in the round."""
         mine = self._expect(info, _SHARED)
         config = _config(mine)
-        self._check_layout(info, config)
+        check_layout(info, config)
         senders = []
         for sender_text, ciphertext in ciphertexts.items():
             sender = int(sender_text)
@@ -211,7 +188,7 @@ class SecAggClient:
             raise SecAggError(f"only {len(senders)} of this node's neighbours sent it their shares; with fewer than "
                               f"{threshold - 1} its input would not be mixed with theirs")
         vector = self.state[INPUT]["vector"].numpy()
-        noise_std = _noise_share(config, info.num_clients, vector.size - 1)
+        noise_std = noise_share(config, info.num_clients, vector.size - 1)
         if noise_std > 0:  # distributed DP: this client's share of the noise on the update part
             noise_rng = np.random.default_rng(secrets.randbits(128))
             vector = vector.copy()
@@ -260,7 +237,7 @@ class SecAggClient:
         if roster:
             if tuple(sorted(survivors)) != tuple(mine["survivors"]) or len(survivors) != len(info.survivors):
                 raise SecAggError("the unmask stage names another survivor set than the one this device signed")
-            self._check_signatures(info, signatures, roster, threshold)
+            check_survivor_signatures(info, signatures, roster, threshold)
         if self.node not in survivors:
             raise SecAggError("this node sent its masked input but is not named a survivor")
         held = {int(key.split("/", 1)[1]) for key in mine if key.startswith("held/")}
@@ -280,45 +257,6 @@ class SecAggClient:
         del self.state[STATE]
         return ConfigRecord(revealed)
 
-    def _authenticate(self, info: StageInfo, neighbours: dict[int, PeerEntry], roster: Roster) -> None:
-        """Every neighbour's keys signed by a distinct roster device, none of them this one."""
-        seen = {self.settings.identity.fingerprint}
-        for node, entry in neighbours.items():
-            statement = keys_statement(info.run, info.server_round, node, entry.encryption_key, entry.mask_key)
-            try:
-                found = roster.admit(entry.identity, entry.signature, statement)
-            except SecAggError as reason:
-                raise SecAggError(f"neighbour {node}'s keys are not signed by a roster device: {reason}") from None
-            if found in seen:
-                raise SecAggError(f"neighbour {node} has the identity of another neighbour or of this device")
-            seen.add(found)
-
-    def _check_signatures(self, info: StageInfo, signatures: ConfigRecord | None, roster: Roster,
-                          threshold: int) -> None:
-        """At least ``threshold`` distinct roster devices among the survivors signed this survivor set."""
-        statement = survivors_statement(info.run, info.server_round, info.survivors)
-        signers: set[str] = set()
-        for node_text, entry in (signatures or {}).items():
-            try:
-                peer = PeerEntry.from_bytes(bytes(entry))
-                if int(node_text) in info.survivors:
-                    signers.add(roster.admit(peer.identity, peer.signature, statement))
-            except (SecAggError, ValueError, TypeError):
-                continue
-        if len(signers) < threshold:
-            raise SecAggError(f"the survivor set carries {len(signers)} valid signatures of roster devices, fewer "
-                              f"than the threshold {threshold}: nothing is revealed")
-
-    def _check_layout(self, info: StageInfo, config: RunConfig) -> None:
-        """The server's declared layout against the run's config: its modulus, and no more clients than listed."""
-        if info.modulus_bits != config.privacy.secagg_modulus_bits:
-            raise SecAggError(f"the server declares a {info.modulus_bits}-bit modulus; the run's is "
-                              f"{config.privacy.secagg_modulus_bits}")
-        roster_size = len(config.privacy.secagg_roster) or info.num_clients
-        if not 2 <= info.num_clients <= roster_size:
-            raise SecAggError(f"the server declares {info.num_clients} clients; a secure round has 2 to "
-                              f"{roster_size}")
-
     def _expect(self, info: StageInfo, stage: str) -> ConfigRecord:
         if STATE not in self.state:
             raise SecAggError(f"no secure round is pending on this node for round {info.server_round}")
@@ -334,17 +272,3 @@ class SecAggClient:
 def _config(mine: ConfigRecord) -> RunConfig:
     """The run config this device accepted when the round began."""
     return RunConfig.from_flat(json.loads(str(mine["config"])))
-
-
-def _noise_share(config: RunConfig, num_clients: int, num_values: int) -> float:
-    """Distributed DP: this client's share of the noise, in encoded units, from the run's config; the server only
-    says among how many clients the noise is shared, and a count so small that the run's value range would
-    truncate the share is refused."""
-    privacy = config.privacy
-    if privacy.dp != "distributed":
-        return 0.0
-    value_range, needed = config.secure_value_range(), config.noise_value_range(num_clients, max(num_values, 1))
-    if needed > value_range:
-        raise SecAggError(f"the server shares the noise among {num_clients} clients, whose shares need a value "
-                          f"range of {needed:.4g}, more than the run's {value_range:.4g}: they would be truncated")
-    return distributed_noise_std(privacy.dp_noise_multiplier, privacy.dp_clip, value_range, num_clients)

@@ -51,7 +51,8 @@ from stamen.shared.secagg_protocol import (
 from stamen.shared.secure_metrics import metric_slots
 
 from .device_log import metric_summary
-from .secure_aggregation import DeviceSettings, SecAggClient, secure_input
+from .secagg_checks import DeviceSettings
+from .secure_aggregation import SecAggClient, secure_input
 
 log = logging.getLogger(__name__)
 

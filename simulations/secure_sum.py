@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
-from stamen.client.secure_aggregation import DeviceSettings, SecAggClient
+from stamen.client.secagg_checks import DeviceSettings
+from stamen.client.secure_aggregation import SecAggClient
 from stamen.server.secure_aggregation import SecAggSettings, SecureAggregator
 from stamen.shared.config import RunConfig
 from stamen.shared.protocol import record_bytes

@@ -22,7 +22,8 @@ from safetensors.numpy import load_file
 from stamen.client.handlers import TRAINING_HOOKS, StamenClient, client_app_with
 from stamen.client.hooks import TrainingHook, TrainingRound
 from stamen.client.release_ledger import ReleaseRefused
-from stamen.client.secure_aggregation import DeviceSettings, SecAggClient
+from stamen.client.secagg_checks import DeviceSettings
+from stamen.client.secure_aggregation import SecAggClient
 from stamen.client.trust import OPERATOR_KEY
 from stamen.server.federation import run_federation
 from stamen.server.secure_aggregation import SecAggSettings, SecureAggregator

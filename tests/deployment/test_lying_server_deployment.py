@@ -59,7 +59,8 @@ def test_devices_refuse_every_lie_of_a_real_server_and_then_take_part_in_an_hone
             site.device(f"device-{number}", port, tmp_path / f"device-{number}.jsonl")
         app = deploy.write_flower_app(tmp_path / "lying-app", lying, serverapp="lying_server_app:app")
         result = subprocess.run([flower_tool("flwr"), "run", str(app), deploy.CONNECTION, "--stream"],
-                                env=setup.environment(), cwd=setup.work_dir, capture_output=True, text=True, timeout=600)
+                                env=setup.environment(), cwd=setup.work_dir, capture_output=True, text=True,
+                                timeout=600)
         log = result.stdout + result.stderr
         assert result.returncode == 0 and (runs / "lying").is_dir(), log[-4000:]
         rows = RunFolder(runs / "lying").rows()

@@ -6,13 +6,15 @@ from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, Re
 
 from stamen.server.admission import UpdateRejected, admit_key_reply, admit_reply, admit_update, client_name
 from stamen.shared.protocol import ARRAYS, CLIENT_INFO, METRICS, client_reply
-from stamen.shared.secagg_protocol import ENCRYPTION_KEY, MASK_KEY, METRIC_NAMES, PUBLIC_KEYS
+from stamen.shared.secagg_identity import DeviceIdentity, Roster, keys_statement
+from stamen.shared.secagg_protocol import ENCRYPTION_KEY, IDENTITY, KEY_SIGNATURE, MASK_KEY, METRIC_NAMES, PUBLIC_KEYS
 from stamen.shared.wire import AdapterSchema, encode_adapter
 
 FP = "sha256:" + "ab" * 32
 DELTA = {"l.lora_A": np.full((2, 4), 0.5, np.float32), "l.lora_B": np.full((4, 2), -0.25, np.float32)}
 SCHEMA = AdapterSchema.from_state(DELTA, "float16")
 CONTROL = "control-delta"
+NO_ROSTER, SESSION = Roster(()), "run/train"
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
@@ -108,12 +110,12 @@ def test_a_secure_round_reply_must_carry_two_32_byte_public_keys(keys, admitted)
     if keys is not None:
         reply.content[PUBLIC_KEYS] = ConfigRecord(keys)
     if admitted:
-        admit_key_reply(reply, FP)
+        admit_key_reply(reply, FP, NO_ROSTER, SESSION, 1)
     else:
         with pytest.raises(UpdateRejected, match="two 32-byte public keys"):
-            admit_key_reply(reply, FP)
+            admit_key_reply(reply, FP, NO_ROSTER, SESSION, 1)
     with pytest.raises(UpdateRejected, match="base model mismatch"):
-        admit_key_reply(_reply(delta=None, fingerprint="sha256:" + "cd" * 32), FP)
+        admit_key_reply(_reply(delta=None, fingerprint="sha256:" + "cd" * 32), FP, NO_ROSTER, SESSION, 1)
 
 
 @pytest.mark.parametrize("names", [None, "train-loss", ["x"] * 65, ["a" * 201], [b"train-loss"]])
@@ -122,9 +124,33 @@ def test_a_secure_round_reply_must_name_at_most_64_short_metrics(names):
     if names is not None:
         reply.content[METRIC_NAMES] = ConfigRecord({"names": names})
     with pytest.raises(UpdateRejected, match="a list of at most 64 metric names of at most 200 characters"):
-        admit_key_reply(reply, FP)
+        admit_key_reply(reply, FP, NO_ROSTER, SESSION, 1)
     reply.content[METRIC_NAMES] = ConfigRecord({"names": ["x"] * 64})
-    admit_key_reply(reply, FP)
+    admit_key_reply(reply, FP, NO_ROSTER, SESSION, 1)
+
+
+def test_under_a_roster_the_server_admits_only_keys_a_listed_device_signed_for_this_node_and_round():
+    """The server checks signed keys itself, so one client's bad keys drop that client, not every honest device
+    that would refuse them in its peer list."""
+    device, stranger = DeviceIdentity.generate(), DeviceIdentity.generate()
+    roster = Roster([device.fingerprint])
+
+    def keys(identity: DeviceIdentity, node: int = 1, server_round: int = 1) -> ConfigRecord:
+        encryption, mask = b"e" * 32, b"m" * 32
+        return ConfigRecord({ENCRYPTION_KEY: encryption, MASK_KEY: mask, IDENTITY: identity.public,
+                             KEY_SIGNATURE: identity.sign(keys_statement(SESSION, server_round, node, encryption,
+                                                                         mask))})
+
+    def reply(record: ConfigRecord) -> Message:
+        return _reply(delta=None, **{METRIC_NAMES: ConfigRecord({"names": []}), PUBLIC_KEYS: record})
+
+    assert admit_key_reply(reply(keys(device)), FP, roster, SESSION, 1) == device.fingerprint
+    unsigned = keys(device)
+    del unsigned[KEY_SIGNATURE]
+    for record, reason in ((keys(stranger), "is not on the run's roster"), (keys(device, node=2), "does not verify"),
+                           (keys(device, server_round=2), "does not verify"), (unsigned, "must be bytes")):
+        with pytest.raises(UpdateRejected, match=f"keys not signed by a roster device: .*{reason}"):
+            admit_key_reply(reply(record), FP, roster, SESSION, 1)
 
 
 def test_a_reply_with_records_nobody_asked_for_is_refused():

@@ -11,7 +11,8 @@ from flwr.app import RecordDict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stamen.client.secure_aggregation import DeviceSettings, SecAggClient
+from stamen.client.secagg_checks import DeviceSettings
+from stamen.client.secure_aggregation import SecAggClient
 from stamen.server.rules import RULES
 from stamen.server.secure_aggregation import (
     SecAggAborted,
