@@ -30,9 +30,11 @@ def forgetting_metrics(
     base_alone_losses: Callable[[], Mapping[str, float]],
     stage: int | None = None,
     stage_losses: dict[int, float] | None = None,
+    answered: dict[str, bool] | None = None,
 ) -> dict[str, float]:
     """The metrics for ``server_round``'s evaluation from ``losses`` (probe name -> loss of the model the client
-    uses; :data:`NEUTRAL` is the one ``forgetting`` means); records them in the client's history.
+    uses; :data:`NEUTRAL` is the one ``forgetting`` means); records them, and which known facts the model still
+    ``answered`` (by question), in the client's history.
 
     ``base_alone_losses`` (the same probes with every adapter disabled) is called once per client."""
     history = store.load_document(HISTORY, server_round) or {"base-alone": dict(base_alone_losses()), "rounds": []}
@@ -43,7 +45,7 @@ def forgetting_metrics(
         "forgetting-vs-best": losses[NEUTRAL] - min([base[NEUTRAL], *earlier]),
         **{f"{name}-forgetting": loss - base[name] for name, loss in losses.items() if name != NEUTRAL},
     }
-    row: dict = {"round": server_round, "losses": dict(losses)}
+    row: dict = {"round": server_round, "losses": dict(losses), **({"answered": answered} if answered else {})}
     if stage is not None and stage_losses is not None:
         ended = {}  # stage -> its loss at the last evaluation while it was being trained
         for past in history["rounds"]:

@@ -78,8 +78,11 @@ class StamenClient:
         heldout = loss_on(runtime, data.heldout, training)
         probed = {name: value for probe in self.evaluation_probes for name, value in probe(setup, context).items()}
         seed = zlib.crc32(f"{config.seed}/{data.name}/personal".encode())
+        personalising = time.perf_counter()
         has_personal = load_personal(runtime.model, runtime.base.tokenizer, setup.store, setup.server_round,
                                      list(data.train), config, seed)  # a finetune trains on this round's data
+        trained_personal = {"personal-train-seconds": time.perf_counter() - personalising} \
+            if config.personalisation == "finetune" else {}  # a cost of the method, like Ditto's in training
         personal = loss_on(runtime, data.heldout, training) if has_personal else heldout
         personal, interpolation = model_in_use(runtime, data.heldout, config, personal)
         forgetting = _forgetting(setup) if config.probes(setup.server_round) else {}  # of the model the client uses
@@ -90,6 +93,7 @@ class StamenClient:
             "personal-heldout-loss": personal.loss,
             "personal-gain": heldout.loss - personal.loss,
             **interpolation,
+            **trained_personal,
             **forgetting,
             **probed,
             "eval-seconds": time.perf_counter() - started,
@@ -99,14 +103,16 @@ class StamenClient:
 
 def _forgetting(setup: RoundSetup) -> dict[str, float]:
     """The forgetting probes of the model as it stands (``probes.py``) and the metrics on them (``forgetting.py``):
-    general-text loss, retention, forgetting, and backward transfer on stream data."""
+    general-text loss, retention (each known fact's answer kept in the client's forgetting history), forgetting,
+    and backward transfer on stream data."""
     runtime, data, training = setup.runtime, setup.data, setup.config.training
     probed_model = model_probes(runtime, training)
     stage_losses = {j: loss_on(runtime, examples, training).loss for j, examples in enumerate(data.stages)}
-    forgetting = forgetting_metrics(setup.store, setup.server_round, {NEUTRAL: probed_model["general-text-loss"]},
+    forgetting = forgetting_metrics(setup.store, setup.server_round,
+                                    {NEUTRAL: probed_model.metrics["general-text-loss"]},
                                     lambda: base_alone_losses(runtime, training), data.stage,
-                                    stage_losses if data.stage is not None else None)
-    return {**probed_model, **forgetting}
+                                    stage_losses if data.stage is not None else None, probed_model.answered)
+    return {**probed_model.metrics, **forgetting}
 
 
 def _train(training_round: TrainingRound) -> None:

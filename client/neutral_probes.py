@@ -1,11 +1,16 @@
 """Forgetting probes that neither the base nor any replay source wrote.
 
-- **Knowledge retention**: 138 short general-knowledge questions written for Stamen, each with its
-  accepted answers (``probe_data/knowledge.jsonl``). The probe keeps the questions the frozen base answers
-  correctly (greedy, normalised match), once per base and quantisation (cached); ``retention`` is the share
-  of those (the first 40) the model a client uses still answers correctly. The base's next known facts (at
-  most 32) are the *guard* a device may steer by (``wise-keep-retention``): never the measured ones, so a
-  rule that chooses on the guard cannot fit the retention it is judged by.
+- **Knowledge retention**: 386 short general-knowledge questions written for Stamen, each with its
+  accepted answers and its kind (12 kinds: capitals, geography, space, time, numbers, everyday things,
+  science, animals, the body, people and their works, language, the world; none over 12% of the probe),
+  in ``probe_data/knowledge.jsonl``; none is, word for word or paraphrased, in any data a client trains on
+  or a replay source draws from (a test reads them all). The probe keeps the questions the frozen base
+  answers correctly (greedy, normalised match), once per base and quantisation (cached); ``retention`` is
+  the share of the first :data:`RETENTION_SIZE` of those, taken across kinds in turn, that the model a
+  client uses still answers correctly, and each answer is kept on the device (:func:`fact_outcomes`) so
+  intervals can run over facts as well as seeds. The base's next known facts (at most :data:`GUARD_SIZE`)
+  are the *guard* a device may steer by (``wise-keep-retention``): never the measured ones, so a rule that
+  chooses on the guard cannot fit the retention it is judged by.
 - **General-text loss**: loss on 40 human-written paragraphs of general prose (``probe_data/general_text.txt``)
   that no client trains on and no replay source draws from.
 
@@ -16,6 +21,7 @@ replay); these do not.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -32,7 +38,7 @@ from .generation import answers
 
 log = logging.getLogger(__name__)
 ANSWER_TOKENS = 12  # short canonical answers: the first sentence decides ("The capital of France is Paris.")
-RETENTION_SIZE = 40  # known facts asked each evaluation (the first in file order): generation is the probe's cost
+RETENTION_SIZE = 96  # known facts asked each evaluation, taken across kinds in turn: generation is the probe's cost
 GUARD_SIZE = 32  # the known facts after those: what a device may choose by, disjoint from what is measured
 
 
@@ -40,12 +46,18 @@ GUARD_SIZE = 32  # the known facts after those: what a device may choose by, dis
 class Fact:
     question: str
     answers: tuple[str, ...]  # accepted variants; any one in the reply counts
+    kind: str = ""  # what it is about (capital, space, body, ...)
 
 
 @cache
 def facts() -> tuple[Fact, ...]:
+    """Every probe fact, taken across kinds in turn (the first of each kind, then the second, ...), so the first
+    known facts measured span every kind rather than the file's first."""
     text = resources.files("stamen.client").joinpath("probe_data/knowledge.jsonl").read_text(encoding="utf-8")
-    return tuple(Fact(row["question"], tuple(row["answers"])) for row in map(json.loads, text.splitlines()) if row)
+    by_kind: dict[str, list[Fact]] = {}
+    for row in map(json.loads, filter(None, text.splitlines())):
+        by_kind.setdefault(row["kind"], []).append(Fact(row["question"], tuple(row["answers"]), row["kind"]))
+    return tuple(fact for layer in itertools.zip_longest(*by_kind.values()) for fact in layer if fact is not None)
 
 
 @cache
@@ -90,7 +102,7 @@ def probe_version() -> str:
 
 
 def known_facts(model, tokenizer, fingerprint: str, quantisation: str) -> tuple[list[Fact], list[Fact]]:
-    """The facts the frozen base answers correctly, in file order: the measured ones (at most
+    """The facts the frozen base answers correctly, in :func:`facts`' order: the measured ones (at most
     :data:`RETENTION_SIZE`) and the guard after them (at most :data:`GUARD_SIZE`). Asked once per base and
     quantisation, then read from the cache."""
     every = facts()
@@ -110,6 +122,10 @@ def known_facts(model, tokenizer, fingerprint: str, quantisation: str) -> tuple[
 
 def retention(model, tokenizer, known: list[Fact]) -> float | None:
     """Share of the base's known facts the model (adapters on) still answers; None when the base knows none."""
-    if not known:
-        return None
-    return sum(correct(model, tokenizer, known)) / len(known)
+    outcomes = fact_outcomes(model, tokenizer, known)
+    return sum(outcomes.values()) / len(outcomes) if outcomes else None
+
+
+def fact_outcomes(model, tokenizer, known: list[Fact]) -> dict[str, bool]:
+    """Whether the model (adapters on) still answers each of the base's known facts, by question."""
+    return {fact.question: ok for fact, ok in zip(known, correct(model, tokenizer, known), strict=True)}

@@ -16,10 +16,11 @@ from stamen.shared.protocol import HELDOUT_EXAMPLES
 from .evaluation import EvalResult, evaluate_loss
 from .forgetting import NEUTRAL
 from .hooks import TrainingHook, TrainingRound
-from .neutral_probes import general_text, probe_version, retention
+from .neutral_probes import fact_outcomes, general_text, probe_version
 from .runtime import ClientRuntime
 
 MODEL_PROBES_KEPT = 512  # cached probe results of adapters: two files each, the newest kept
+ANSWERED = "answered"  # the retention probe's cached answers, fact by fact
 
 
 def loss_on(runtime: ClientRuntime, examples, training: TrainingSpec) -> EvalResult:
@@ -47,17 +48,26 @@ def base_loss_file(runtime: ClientRuntime, examples, training: TrainingSpec) -> 
                                      [dataclasses.asdict(example) for example in examples]])
 
 
-def model_probes(runtime: ClientRuntime, training: TrainingSpec) -> dict[str, float]:
+@dataclasses.dataclass(frozen=True)
+class ModelProbes:
+    """The probes of the model a client uses: the metrics it reports, and which known facts it still answers
+    (kept on the device, by question)."""
+
+    metrics: dict[str, float]
+    answered: dict[str, bool]
+
+
+def model_probes(runtime: ClientRuntime, training: TrainingSpec) -> ModelProbes:
     """``general-text-loss`` and ``retention`` of the model as it stands (adapters on). Clients holding the same
     adapter (every client of a global-model run, every client before round 1) get the same numbers: each probe
     is measured once per adapter, by whichever client asks first while another measures the other one, then read
     from the cache."""
-    def general_text_loss() -> dict[str, float]:
+    def general_text_loss() -> dict:
         return {"general-text-loss": loss_on(runtime, general_text(), training).loss}
 
-    def retained() -> dict[str, float]:
-        kept = retention(runtime.model, runtime.base.tokenizer, runtime.known_facts())
-        return {"retention": kept} if kept is not None else {}
+    def retained() -> dict:
+        answered = fact_outcomes(runtime.model, runtime.base.tokenizer, runtime.known_facts())
+        return {"retention": sum(answered.values()) / len(answered), ANSWERED: answered} if answered else {}
 
     adapter = hashlib.sha256()  # everything that shapes the model's outputs beyond the base: adapter, corrections
     corrections = runtime.corrections.buffers if runtime.corrections else {}
@@ -67,7 +77,9 @@ def model_probes(runtime: ClientRuntime, training: TrainingSpec) -> dict[str, fl
     probed = cached_json_parts({_cache_file("model-retention", key): retained,
                                 _cache_file("model-general-text", key): general_text_loss})
     keep_newest(cache_dir("probes"), "model-*.json", MODEL_PROBES_KEPT)
-    return {name: value for part in probed.values() for name, value in part.items()}
+    parts = {name: value for part in probed.values() for name, value in part.items()}
+    answered = parts.pop(ANSWERED, {})
+    return ModelProbes(parts, answered)
 
 
 def _cache_file(kind: str, key: list) -> Path:

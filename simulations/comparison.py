@@ -9,12 +9,15 @@ a difference whose interval contains 0 is marked not significant. ``compare.json
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from stamen.shared.atomic import atomic_write_text
 
-from .intervals import Interval, difference_text, paired
+from .intervals import Interval, difference_text, fact_matrix, over_seeds_and_items, paired
 from .report import RunRecord, markdown_table, pyplot, save_figure
 
 SHOWN = {  # column -> (header, decimals): the table a person reads (compare.json has every measured key)
@@ -23,6 +26,7 @@ SHOWN = {  # column -> (header, decimals): the table a person reads (compare.jso
     "mean_client_gain": ("client gain", 4),
     "retention_end": ("retention (end)", 3),
     "retention_mean": ("retention (mean over rounds)", 3),
+    "retention_facts": ("retention (over facts and seeds)", 3),
     "forgetting_mean": ("forgetting (mean over rounds)", 4),
     "backward_transfer_end": ("backward transfer (end)", 4),
     "client_seconds": ("client s/round", 2),
@@ -33,6 +37,7 @@ AGAINST_BASELINE = {  # column -> (header, decimals)
     "backward_transfer_change": ("backward transfer vs baseline", 4),
     "forgetting_cut": ("forgetting cut %", 1),
     "retention_loss_cut": ("retention loss cut %", 1),
+    "retention_loss_cut_facts": ("retention loss cut % (over facts and seeds)", 1),
     "gain_kept": ("gain kept %", 1),
     "extra_client_time": ("extra client time %", 1),
 }
@@ -48,9 +53,11 @@ def compare_runs(
         raise ValueError(f"baseline run {baseline!r} is not among the runs compared: {sorted(runs)}")
     records = {name: [RunRecord.read(folder) for folder in folders] for name, folders in runs.items()}
     per_seed = {name: [record.summary_row(target) for record in seeds] for name, seeds in records.items()}
-    rows = [summarise(name, seed_rows) for name, seed_rows in per_seed.items()]
+    facts = {name: [record.fact_retention() for record in seeds] for name, seeds in records.items()}
+    rows = [{**summarise(name, seed_rows), **fact_retention(facts[name])} for name, seed_rows in per_seed.items()]
     if baseline is not None:
-        rows = [{**row, **against_baseline(per_seed[row["run"]], per_seed[baseline])} for row in rows]
+        rows = [{**row, **against_baseline(per_seed[row["run"]], per_seed[baseline]),
+                 **retention_loss_cut(facts[row["run"]], facts[baseline])} for row in rows]
     out.mkdir(parents=True, exist_ok=True)
     _plot_curves(records, out / "compare.png")
     forgetting_measured = any(row.get("forgetting_mean") and row.get("mean_client_gain") for row in rows)
@@ -89,6 +96,32 @@ def summarise(name: str, seed_rows: list[dict]) -> dict:
         values = [r[key] for r in seed_rows if isinstance(r.get(key), int | float)]
         row[key] = Interval.of(values).to_json() if values else None
     return row
+
+
+def fact_retention(per_seed: list[dict[str, float]]) -> dict:
+    """Retention over the probe facts every seed measured, with its interval over facts and seeds."""
+    facts, matrix = fact_matrix(per_seed)
+    if not facts:
+        return {}
+    interval = over_seeds_and_items(lambda s, f: float(matrix[np.ix_(s, f)].mean()), *matrix.shape)
+    return {"retention_facts": {**interval.to_json(), "facts": len(facts)}}
+
+
+def retention_loss_cut(run: list[dict[str, float]], base: list[dict[str, float]]) -> dict:
+    """Of the probe answers the baseline lost, the share the run kept, seed by seed and fact by fact, over the seeds
+    and facts both measured; its interval resamples both."""
+    seeds = min(len(run), len(base))
+    facts, matrix = fact_matrix([*run[:seeds], *base[:seeds]])
+    if not facts or not seeds:
+        return {}
+    ours, theirs = matrix[:seeds], matrix[seeds:]
+
+    def cut(s: np.ndarray, f: np.ndarray) -> float:
+        lost = 1.0 - theirs[np.ix_(s, f)].mean()
+        return 100 * (ours[np.ix_(s, f)].mean() - theirs[np.ix_(s, f)].mean()) / lost if lost > 0 else math.nan
+
+    interval = over_seeds_and_items(cut, seeds, len(facts))
+    return {"retention_loss_cut_facts": interval.to_json()} if math.isfinite(interval.mean) else {}
 
 
 def against_baseline(rows: list[dict], base: list[dict]) -> dict:

@@ -6,9 +6,12 @@ Everything is read back from the run folder (``metrics.jsonl``, ``summary.json``
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from stamen.client.forgetting import HISTORY
+from stamen.client.state_store import ClientStateStore
 from stamen.shared.atomic import atomic_write_text
 from stamen.shared.run_folder import RunFolder
 
@@ -59,20 +62,33 @@ class RunRecord:
                 after[row["client"]] = row.get("personal_heldout_loss", row["heldout_loss"])
         return {client: before[client] - after[client] for client in sorted(before.keys() & after.keys())}
 
+    def fact_retention(self) -> dict[str, float]:
+        """Per known probe fact: the share of (client, evaluated round) in which the model the client used still
+        answered it, read from each client's forgetting history (a simulated client's is in ``clients/``)."""
+        answered: dict[str, list[bool]] = {}
+        for folder in sorted(path for path in (self.folder / "clients").glob("*") if path.is_dir()):
+            history = ClientStateStore(folder).load_document(HISTORY, before_round=sys.maxsize) or {"rounds": []}
+            for row in history["rounds"]:
+                for question, ok in row.get("answered", {}).items():
+                    answered.setdefault(question, []).append(bool(ok))
+        return {question: sum(outcomes) / len(outcomes) for question, outcomes in sorted(answered.items())}
+
     def mean_of(self, key: str) -> float | None:
         """``key`` averaged over the evaluated rounds: steadier than the last round's alone."""
         values = [r[key] for r in self.rounds if key in r]
         return sum(values) / len(values) if values else None
 
     def client_seconds(self) -> float | None:
-        """Mean seconds a client spent on a round: training plus keeping and building its replay, plus choosing
-        the model it uses (``wise-seconds``: alpha's held-out passes and guard checks) where it interpolates."""
+        """Mean seconds a client spent on a round: training (a personal model's too: Ditto's beside the global
+        round, a finetune's at evaluation) plus keeping and building its replay, plus choosing the model it uses
+        (``wise-seconds``: alpha's held-out passes and guard checks) where it interpolates."""
         spent = [_training_seconds(r) for r in self.clients if r.get("phase") == "train" and r.get("accepted")]
         evaluated = [r for r in self.clients if r.get("phase") == "evaluate" and "wise_alpha" in r]
         if not spent or any("wise_seconds" not in r for r in evaluated):
             return None  # no training, or a choice whose cost was not recorded: no number rather than a low one
-        choosing = [r["wise_seconds"] for r in evaluated]
-        return sum(spent) / len(spent) + (sum(choosing) / len(choosing) if choosing else 0.0)
+        after = [r.get("wise_seconds", 0.0) + r.get("personal_train_seconds", 0.0) for r in self.clients
+                 if r.get("phase") == "evaluate" and ("wise_alpha" in r or "personal_train_seconds" in r)]
+        return sum(spent) / len(spent) + (sum(after) / len(after) if after else 0.0)
 
     def compute_split(self) -> tuple[float, float]:
         """All clients' seconds training (with replay) and evaluating (waiting for a probe another client
@@ -205,8 +221,9 @@ def _report_markdown(run: RunRecord, gains: dict[str, float]) -> str:
 
 
 def _training_seconds(row: dict) -> float:
-    """A training reply's client seconds: the local steps plus keeping and building its replay."""
-    return row.get("train_seconds", 0.0) + row.get("replay_seconds", 0.0)
+    """A training reply's client seconds: the local steps, a personal model's (Ditto), and keeping and building its
+    replay."""
+    return row.get("train_seconds", 0.0) + row.get("personal_train_seconds", 0.0) + row.get("replay_seconds", 0.0)
 
 
 def _share(training: float, evaluating: float) -> float | None:

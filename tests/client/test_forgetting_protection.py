@@ -5,7 +5,7 @@ import torch
 
 from stamen.client.evaluation import evaluate_loss
 from stamen.client.ewc import ewc_penalty, fisher_diagonal
-from stamen.client.forgetting import forgetting_metrics
+from stamen.client.forgetting import NEUTRAL, forgetting_metrics
 from stamen.client.runtime import client_runtime
 from stamen.client.state_store import ClientStateStore
 from stamen.shared.adapters import adapter_parameters, adapter_state, base_alone, load_adapter_state
@@ -139,3 +139,31 @@ def test_distillation_holds_the_models_view_of_replayed_prompts_to_the_bases_and
     assert outcome["none"][0] > 0 and outcome["distill"][0] < 0.5 * min(outcome["none"][0], outcome["text"][0])
     # the new data is still learnt (at weight 8 the tiny base keeps about half its gain: the pull has a price)
     assert outcome["distill"][1] > 0.3 * outcome["none"][1] > 0
+
+
+def test_each_known_facts_answer_is_kept_in_the_clients_history_and_a_comparison_reads_them_over_facts_and_seeds(
+        tmp_path):
+    """A client's forgetting history keeps, round by round, which known facts the model it used still answered; a
+    run folder's clients are read back fact by fact, and a comparison reports retention and its cut against the
+    baseline over facts and seeds."""
+    from stamen.client.state_store import ClientStateStore
+    from stamen.simulations.comparison import fact_retention, retention_loss_cut
+    from stamen.simulations.report import RunRecord
+
+    def run(name: str, kept: dict[str, list[bool]]) -> RunRecord:
+        for client, answers in (("alice", kept), ("bob", kept)):
+            store = ClientStateStore(tmp_path / name / "clients" / client)
+            for server_round, answered in enumerate(zip(*answers.values(), strict=True), start=1):
+                forgetting_metrics(store, server_round, {NEUTRAL: 2.0}, lambda: {NEUTRAL: 2.0},
+                                   answered=dict(zip(answers, answered, strict=True)))
+        return RunRecord(tmp_path / name, [], [], {}, None)
+
+    questions = [f"q{i}" for i in range(20)]
+    base = run("none", {q: [i % 2 == 0, i % 4 == 0] for i, q in enumerate(questions)})  # lost half, then more
+    protected = run("replay", {q: [i % 2 == 0, i % 2 == 0] for i, q in enumerate(questions)})
+    assert base.fact_retention()["q0"] == 1.0 and base.fact_retention()["q2"] == 0.5  # over clients and rounds
+    assert protected.fact_retention()["q1"] == 0.0 and len(protected.fact_retention()) == 20
+    kept = fact_retention([protected.fact_retention()] * 3)["retention_facts"]
+    assert kept["mean"] == pytest.approx(0.5) and kept["ci95"] > 0.1 and kept["facts"] == 20
+    cut = retention_loss_cut([protected.fact_retention()] * 3, [base.fact_retention()] * 3)
+    assert cut["retention_loss_cut_facts"]["mean"] == pytest.approx(100 * (0.5 - 0.375) / 0.625)

@@ -19,7 +19,7 @@ from stamen.client.wise import model_in_use
 from stamen.shared.adapters import adapter_state, attach_adapter, base_alone, load_adapter_state
 from stamen.shared.base_model import load_base
 from stamen.shared.config import RunConfig
-from stamen.shared.corpus import load_topics
+from stamen.shared.corpus import corpus_folder, load_topics
 from stamen.shared.examples import Example, collate, encode_example
 from stamen.shared.run_folder import RunFolder
 from stamen.shared.training import train_adapter
@@ -34,16 +34,69 @@ def test_a_reply_is_correct_when_an_accepted_answer_appears_in_it_as_whole_words
     assert not answered("", ("Paris",)) and not answered("I know nothing.", ("no",))
 
 
+_STOP = frozenset({"a", "an", "the", "is", "are", "was", "were", "of", "in", "on", "at", "to", "for", "by", "with",
+                   "from", "what", "which", "who", "whom", "whose", "how", "many", "much", "do", "does", "did",
+                   "you", "your", "we", "our", "it", "its", "this", "that", "these", "those", "be", "called",
+                   "call", "and", "or", "as", "into", "out", "about", "after", "before", "than", "most", "more",
+                   "some", "any", "one", "name", "named", "known", "kind", "type", "have", "has", "there"})
+_SAME = {"biggest": "largest", "big": "large", "huge": "large", "tallest": "highest", "tall": "high"}
+
+
+def _content_words(words: list[str]) -> set[str]:
+    """The words that carry a text's meaning: stop words out, a plural's s dropped, common synonyms merged."""
+    kept = set()
+    for word in words:
+        if word not in _STOP:
+            word = word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+            kept.add(_SAME.get(word, word))
+    return kept
+
+
+class _Text:
+    """A text read once: its normalised words and the ones that carry its meaning."""
+
+    def __init__(self, text: str) -> None:
+        self.words = neutral_probes.normalise(text)
+        self.content = _content_words(self.words)
+        self.joined = f" {' '.join(self.words)} "
+
+
+def _teaches(fact, text: _Text) -> bool:
+    """Whether ``text`` states ``fact``, word for word or paraphrased: one of its answers, with at least half the
+    words that carry its question ("Which planet is the hottest?" / "Venus is the hottest planet")."""
+    words = _content_words(neutral_probes.normalise(fact.question))
+    if len(words & text.content) < max(1, (len(words) + 1) // 2):
+        return False
+    return any(f" {' '.join(neutral_probes.normalise(answer))} " in text.joined for answer in fact.answers)
+
+
 def test_the_probes_are_large_and_come_from_no_training_data_no_replay_source_and_not_from_the_base():
-    questions = [fact.question for fact in facts()]
-    assert len(questions) >= 100 and len(set(questions)) == len(questions) and all(f.answers for f in facts())
+    """Issue: 40 measured facts, 19 of them capitals; a trivia question paraphrased one measured fact and repeated
+    another word for word, and only the prose was checked against the corpus. Now: at least 300 facts of at least
+    10 kinds, none over 15% of the probe, and no fact stated in any text a client can train on (every corpus topic
+    in every language: what clients, `stamen example-data` and the anchor set draw from) or a replay source starts
+    from (self-replay's prompts)."""
+    every = facts()
+    kinds = {fact.kind for fact in every}
+    assert len(every) >= 300 and len({fact.question for fact in every}) == len(every) and all(f.answers for f in every)
+    assert len(kinds) >= 10 and all(sum(f.kind == kind for f in every) <= 0.15 * len(every) for kind in kinds)
+    assert {fact.kind for fact in every[:len(kinds)]} == kinds  # the first facts measured span every kind
+    languages = [folder.name for folder in corpus_folder().parent.iterdir() if folder.is_dir()]
+    texts = [f"{e.prompt or ''} {e.response}" for language in languages
+             for examples in load_topics(language).values() for e in examples] + list(SEED_PROMPTS)
+    read = [_Text(text) for text in texts]
+    taught = [(fact.question, " ".join(text.words)[:80]) for fact in every for text in read if _teaches(fact, text)]
+    assert not taught, taught[:5]
+    trivia = _Text("What is the largest planet in our solar system? Jupiter")  # the issue's word-for-word overlap
+    ocean = _Text("The Pacific is the biggest ocean on Earth.")  # ... and its paraphrase
+    assert _teaches(neutral_probes.Fact("What is the largest planet in our solar system?", ("Jupiter",)), trivia)
+    assert _teaches(neutral_probes.Fact("What is the largest ocean on Earth?", ("Pacific",)), ocean)
+    assert not _teaches(neutral_probes.Fact("What is the capital of France?", ("Paris",)), _Text("Orly is in Paris."))
     paragraphs = [example.response for example in general_text()]
     assert len(paragraphs) >= 30 and all(example.prompt is None for example in general_text())
-    corpus = " ".join(text for examples in load_topics().values() for e in examples
-                      for text in (e.prompt or "", e.response))
+    corpus = " ".join(texts)
     for paragraph in paragraphs:  # not one sentence of the prose is in the corpus clients and replay draw from
         assert not any(sentence.strip() and sentence.strip() in corpus for sentence in paragraph.split(". "))
-    assert not set(questions) & set(SEED_PROMPTS)  # self replay never trains on the base's answers to them
 
 
 def _teach(model, tokenizer, examples: list[Example], steps: int = 120) -> None:
@@ -136,14 +189,14 @@ def test_probe_results_are_measured_once_per_base_and_once_per_adapter(monkeypat
     config = RunConfig().replace(**{"base-model": "tiny", "quantisation": "none"})
     runtime = client_runtime(config)
     alone, initial = base_alone_losses(runtime, config.training), model_probes(runtime, config.training)
-    assert initial["general-text-loss"] == pytest.approx(alone["general-text"])  # the initial adapter: identity
+    assert initial.metrics["general-text-loss"] == pytest.approx(alone["general-text"])  # the initial adapter
     monkeypatch.setattr(probes_module, "loss_on", None)  # every client after the first reads the cache
     assert base_alone_losses(runtime, config.training) == alone
     assert model_probes(runtime, config.training) == initial  # another client holding the same global adapter
     monkeypatch.undo()
     state = adapter_state(runtime.model)
     load_adapter_state(runtime.model, {k: v.numpy() + 0.01 for k, v in state.items()}, partial=True)
-    assert model_probes(runtime, config.training)["general-text-loss"] != initial["general-text-loss"]  # measured
+    assert model_probes(runtime, config.training).metrics["general-text-loss"] != initial.metrics["general-text-loss"]
 
 
 @pytest.mark.usefixtures("flower_task_identity")

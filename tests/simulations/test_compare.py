@@ -146,7 +146,8 @@ def test_a_campaign_run_is_a_stamen_simulate_process_that_reports_its_failure(tm
 
 
 def test_a_clients_round_costs_its_training_and_the_choice_of_the_model_it_uses(tmp_path):
-    """Client seconds per round: training with its replay, plus choosing alpha where clients interpolate; a run
+    """Client seconds per round: training with its replay and a personal model's, plus choosing alpha where clients
+    interpolate; a run
     whose clients interpolated without recording the choice's cost gets no number rather than a low one."""
     train = [{"phase": "train", "accepted": True, "train_seconds": 30.0, "replay_seconds": 2.0},
              {"phase": "train", "accepted": True, "train_seconds": 34.0, "replay_seconds": 0.0}]
@@ -156,3 +157,9 @@ def test_a_clients_round_costs_its_training_and_the_choice_of_the_model_it_uses(
     assert RunRecord(tmp_path, [], train + chose, {}, None).client_seconds() == 37.0
     unrecorded = [{"phase": "evaluate", "wise_alpha": 0.25}]
     assert RunRecord(tmp_path, [], train + chose[:1] + unrecorded, {}, None).client_seconds() is None
+    # a personal model's training counts too (issue: Ditto's was left out, so it looked free): Ditto's beside the
+    # global round, a finetune's at evaluation
+    ditto = [{**row, "personal_train_seconds": 20.0} for row in train]
+    assert RunRecord(tmp_path, [], ditto, {}, None).client_seconds() == 53.0
+    finetuned = [{"phase": "evaluate", "personal_train_seconds": seconds} for seconds in (12.0, 8.0)]
+    assert RunRecord(tmp_path, [], train + finetuned, {}, None).client_seconds() == 43.0

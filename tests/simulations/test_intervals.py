@@ -27,3 +27,24 @@ def test_a_paired_difference_is_significant_only_when_its_interval_excludes_zero
     assert lower.significant() and difference_text(lower, 1).startswith("-1.0 ± ")
     with pytest.raises(ValueError, match="one baseline value per seed"):
         paired([1.0, 2.0], [1.0])
+
+
+def test_an_interval_over_seeds_and_facts_widens_with_the_facts_even_where_the_seeds_agree():
+    """Issue: per-fact outcomes were not stored, so intervals covered seeds only: three seeds that agree on 10 facts
+    looked certain. Resampling the facts too gives their spread its due."""
+    import numpy as np
+
+    from stamen.simulations.intervals import fact_matrix, over_seeds_and_items
+
+    rng = np.random.default_rng(0)
+    facts = rng.random(10) < 0.6  # which of 10 facts a model still answers: the same in every seed
+    agreeing = np.tile(facts.astype(float), (3, 1))
+    interval = over_seeds_and_items(lambda s, f: float(agreeing[np.ix_(s, f)].mean()), *agreeing.shape)
+    assert interval.mean == pytest.approx(facts.mean()) and interval.half_width > 0.15  # 10 facts: about +-0.3
+    assert Interval.of(list(agreeing.mean(axis=1))).half_width == pytest.approx(0.0)  # over seeds alone: none
+    many = np.tile((rng.random(1000) < 0.6).astype(float), (3, 1))
+    wide, narrow = interval.half_width, over_seeds_and_items(lambda s, f: float(many[np.ix_(s, f)].mean()),
+                                                             *many.shape).half_width
+    assert narrow < wide / 5  # 100 times the facts: about a tenth of the width
+    names, matrix = fact_matrix([{"a": 1.0, "b": 0.0, "c": 1.0}, {"b": 0.5, "c": 1.0}])
+    assert names == ["b", "c"] and matrix.tolist() == [[0.0, 1.0], [0.5, 1.0]]  # the facts every seed measured
