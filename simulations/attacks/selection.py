@@ -1,8 +1,10 @@
-"""Which simulated clients are malicious: a seeded ``attack-fraction`` of the partitions, fixed for the run."""
+"""Which simulated clients are malicious: a seeded ``attack-fraction`` of the partitions, fixed for the run and drawn
+afresh for each seed, so a result over seeds is not one set of attackers' result."""
 
 from __future__ import annotations
 
-import numpy as np
+import random
+
 from flwr.app import Context
 
 from stamen.shared.config import RunConfig
@@ -12,10 +14,13 @@ from .registry import make_attack
 
 
 def malicious_partitions(num_partitions: int, fraction: float, seed: int) -> frozenset[int]:
-    """round(fraction * n) partition ids, the same for every round and every process."""
+    """round(fraction * n) partition ids, the same for every round and every process of a run. Consecutive seeds
+    take consecutive blocks of one fixed shuffle of the partitions, so each seed moves the attackers and, over
+    n / count seeds, every partition is malicious as often as any other (a generator seeded with the seed drew
+    partitions 0 and 2 of 6 for seeds 0, 1 and 2 alike)."""
     count = round(fraction * num_partitions)
-    rng = np.random.default_rng([seed, 0xA77AC])
-    return frozenset(int(i) for i in rng.choice(num_partitions, size=count, replace=False))
+    order = random.Random(f"stamen-attackers/{num_partitions}").sample(range(num_partitions), num_partitions)
+    return frozenset(order[(seed * count + k) % num_partitions] for k in range(count))
 
 
 def attack_for(context: Context, config: RunConfig) -> Attack | None:

@@ -69,6 +69,10 @@ def test_malicious_share_is_seeded_and_sized():
     chosen = malicious_partitions(10, 0.3, seed=5)
     assert len(chosen) == 3 and chosen == malicious_partitions(10, 0.3, seed=5)
     assert malicious_partitions(10, 0.0, seed=5) == frozenset()
+    # each seed moves the attackers (issue: partitions 0 and 2 of 6 in seeds 0, 1 and 2 alike), and over 3 seeds
+    # every one of 6 partitions is malicious once
+    drawn = [malicious_partitions(6, 0.3, seed) for seed in (0, 1, 2)]
+    assert len(set(drawn)) == 3 and sorted(p for chosen in drawn for p in chosen) == list(range(6))
 
 
 def test_unknown_attack_and_option_are_clear_errors():
