@@ -6,7 +6,8 @@ from rich.table import Table
 
 
 def summary_table(rounds: list[dict], base_bytes: int) -> Table:
-    """The per-round table printed at the end of a run; round 0 is the initial global adapter."""
+    """The per-round table printed at the end of a run; round 0 is the initial global adapter. A round that did not
+    measure a loss (evaluation or probes skipped on it) shows a dash, not ``nan``."""
     table = Table(title="Federation rounds (global adapter)")
     private = any("dp_epsilon" in row for row in rounds)
     for column in ("round", "held-out loss", "general-text loss", "clients", "bytes up/client", "bytes down/client",
@@ -16,16 +17,16 @@ def summary_table(rounds: list[dict], base_bytes: int) -> Table:
         first = rounds[0]
         table.add_row(
             "0",
-            f"{first['initial_heldout_loss']:.4f}",
-            f"{first.get('initial_general_text_loss', float('nan')):.4f}",
+            _loss(first, "initial_heldout_loss"),
+            _loss(first, "initial_general_text_loss"),
             *[""] * (5 if private else 4),
         )
     for row in rounds:
         up = row.get("bytes_up_per_client", 0)
         table.add_row(
             str(row["round"]),
-            f"{row.get('eval_heldout_loss', float('nan')):.4f}",
-            f"{row.get('eval_general_text_loss', float('nan')):.4f}",
+            _loss(row, "eval_heldout_loss"),
+            _loss(row, "eval_general_text_loss"),
             str(row.get("clients_accepted", 0)),
             f"{up:,}",
             f"{row.get('bytes_down_per_client', 0):,}",
@@ -33,3 +34,7 @@ def summary_table(rounds: list[dict], base_bytes: int) -> Table:
             *([f"{row['dp_epsilon']:.2f}" if "dp_epsilon" in row else ""] if private else []),
         )
     return table
+
+
+def _loss(row: dict, key: str) -> str:
+    return f"{row[key]:.4f}" if key in row else "-"
