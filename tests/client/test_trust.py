@@ -130,3 +130,30 @@ def test_messages_pass_unchecked_only_where_the_device_holds_no_operator_key_or_
     operator_signature_mod(tampered, plain, lambda msg, ctx: seen.append((msg, ctx)))
     operator_signature_mod(stage, trusting, lambda msg, ctx: seen.append((msg, ctx)))
     assert seen == [(tampered, plain), (stage, trusting)]
+
+
+def test_a_run_is_pinned_to_the_signed_config_it_started_with(operator):
+    """A config the same operator signed for another run is refused mid-run: against the run config Flower hands a
+    deployed device, or else against the first signed config the run's messages carried."""
+    this_run, other = sign_run(SECURE.replace(**{"run-id": "a"}), operator.private), sign_run(
+        RunConfig().replace(**{"run-id": "b"}), operator.private)
+
+    def message(config: RunConfig) -> Message:
+        return Message(RecordDict({CONFIG: round_config(config, "sha256:" + "ab" * 32)}), dst_node_id=1,
+                       message_type=MessageType.TRAIN)
+
+    answered = []
+    for run_config in (this_run.to_flat(), {}):
+        context = Context(run_id=1, node_id=1, node_config={OPERATOR_KEY: str(operator.public)}, state=RecordDict(),
+                          run_config=run_config)
+        operator_signature_mod(message(this_run), context, lambda msg, ctx: answered.append(msg))
+        with pytest.raises(UntrustedRun, match="signed for another run"):
+            operator_signature_mod(message(other), context, lambda msg, ctx: answered.append(msg))
+    assert len(answered) == 2
+    fresh = Context(run_id=2, node_id=1, node_config={OPERATOR_KEY: str(operator.public)}, state=RecordDict(),
+                    run_config={})
+    operator_signature_mod(message(other), fresh, lambda msg, ctx: answered.append(msg))  # another Flower run: its own
+    assert len(answered) == 3
+    unlisted = sign_run(RunConfig().replace(**{"secure-aggregation": True}), operator.private)
+    with pytest.raises(UntrustedRun, match="secure run without a roster"):
+        operator_signature_mod(message(unlisted), fresh, lambda msg, ctx: answered.append(msg))

@@ -7,7 +7,7 @@ import random
 
 import numpy as np
 import pytest
-from flwr.app import RecordDict
+from flwr.app import ConfigRecord, RecordDict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +23,18 @@ from stamen.server.secure_aggregation import (
 from stamen.shared import shamir
 from stamen.shared.config import ConfigError, RunConfig
 from stamen.shared.fixed_point import FixedPoint
+from stamen.shared.secagg_crypto import (
+    agreed_key,
+    decrypt,
+    encrypt,
+    mask_stream,
+    new_private_key,
+    private_bytes,
+    public_bytes,
+)
+from stamen.shared.secagg_identity import DeviceIdentity, Roster
 from stamen.shared.secagg_protocol import (
+    MASK_STAGE,
     PeerEntry,
     SecAggError,
     StageInfo,
@@ -33,7 +44,7 @@ from stamen.shared.secagg_protocol import (
     update_vector,
 )
 from stamen.shared.wire import AdapterSchema
-from stamen.simulations.secure_sum import secure_sum
+from stamen.simulations.secure_sum import SESSION, secure_sum
 
 SECURE = RunConfig().replace(**{"secure-aggregation": True})
 
@@ -300,3 +311,164 @@ def test_a_majority_threshold_keeps_a_client_both_named_survived_and_dropped_fro
     shamir.combine(seed_shares, 4)  # the self-mask seed, alone, leaves 7's pairwise masks on its input
     with pytest.raises(shamir.ShamirError, match="cannot rebuild a 4-of-n secret"):
         shamir.combine(key_shares, 4)
+
+
+# -- authenticated keys and the consistency round (under a roster) -----------------------------------------------
+
+def _read_by_substituting_keys(identities: dict[int, DeviceIdentity] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The attack: the server lists keys of its own for every neighbour of node 1, decrypts all of node 1's share
+    pairs (its seed), sends it shares "from" those neighbours encrypted under the same keys, and so knows every mask
+    on node 1's masked input. Returns (node 1's vector, what the server recovered)."""
+    vectors = {node: np.random.default_rng(node).uniform(-0.5, 0.5, 16) for node in (1, 2, 3)}
+    roster = ",".join(identity.fingerprint for identity in (identities or {}).values())
+    config = RunConfig().replace(**{"secure-aggregation": True, "secagg-roster": roster})
+    device = SecAggClient(RecordDict(), 1, DeviceSettings(identity=(identities or {}).get(1)))
+    keys = {1: device.advertise(config, SESSION, 1, vectors[1])}
+    keys.update({node: SecAggClient(RecordDict(), node, DeviceSettings(identity=(identities or {}).get(node)))
+                 .advertise(config, SESSION, 1, vectors[node]) for node in (2, 3)})
+    server = SecureAggregator(SESSION, 1, keys, 16, SecAggSettings(), random.Random(0),
+                              roster=Roster(config.privacy.secagg_roster))
+    info, peers = server.share_requests()[1]
+    fake = {int(node): (new_private_key(), new_private_key()) for node in peers}  # per "neighbour": its two keys
+    lying = ConfigRecord({str(node): dataclasses.replace(PeerEntry.from_bytes(bytes(peers[str(node)])),
+                                                         encryption_key=public_bytes(encryption),
+                                                         mask_key=public_bytes(masking)).to_bytes()
+                          for node, (encryption, masking) in fake.items()})
+    ciphertexts = device.share_keys(info, lying)
+    seed_shares, routed = [], {}
+    for node, (encryption, _) in fake.items():
+        key = agreed_key(private_bytes(encryption), bytes(keys[1]["encryption-key"]), info.encryption_purpose())
+        _, _, seed_share, key_share = unpack_shares(decrypt(key, bytes(ciphertexts[str(node)]),
+                                                            info.share_context(1, node)))
+        seed_shares.append(seed_share)
+        routed[str(node)] = encrypt(key, pack_shares(node, 1, seed_share, key_share), info.share_context(node, 1))
+    seed = shamir.combine(seed_shares, info.threshold)
+    mask_info = dataclasses.replace(info, stage=MASK_STAGE)
+    masked = device.masked_input(mask_info, ConfigRecord(routed))
+    codec = FixedPoint(1.0, 3)
+    unmasked = masked - mask_stream(seed, 16, codec.dtype)
+    for _, masking in fake.values():  # node 1 added the pairwise mask of each higher node
+        unmasked -= mask_stream(agreed_key(private_bytes(masking), bytes(keys[1]["mask-key"]), info.mask_purpose()),
+                                16, codec.dtype)
+    return vectors[1], codec.decode_sum(unmasked)
+
+
+def test_a_server_with_keys_of_its_own_reads_an_update_without_a_roster_and_a_device_refuses_them_with_one():
+    """Issue: the server put its own X25519 keys in a device's peer list, decrypted every share pair the device sent
+    and recovered its update (to 1.6e-9). That still holds where keys are taken on the server's word (why a device
+    holding the operator's key refuses a secure run without a roster); under a roster the device refuses keys no
+    listed device signed, before it encrypts a share."""
+    vector, recovered = _read_by_substituting_keys(None)
+    assert np.abs(recovered - vector).max() < 1e-8
+    identities = {node: DeviceIdentity.generate() for node in (1, 2, 3)}
+    with pytest.raises(SecAggError, match="neighbour 2's keys are not signed by a roster device"):
+        _read_by_substituting_keys(identities)
+
+
+def test_under_a_roster_a_device_refuses_keys_no_listed_device_signed_for_this_round_and_node():
+    identities = {node: DeviceIdentity.generate() for node in (1, 2, 3, 4)}
+    roster = ",".join(identities[node].fingerprint for node in (1, 2, 3))  # 4 is not on the roster
+    config = RunConfig().replace(**{"secure-aggregation": True, "secagg-roster": roster})
+
+    def round_keys(server_round: int, nodes=(1, 2, 3)) -> tuple[dict, dict]:
+        clients = {n: SecAggClient(RecordDict(), n, DeviceSettings(identity=identities[n])) for n in nodes}
+        return clients, {n: c.advertise(config, SESSION, server_round, np.zeros(4)) for n, c in clients.items()}
+
+    _, old_keys = round_keys(1)
+    clients, keys = round_keys(2)
+    server = SecureAggregator(SESSION, 2, keys, 4, SecAggSettings(), random.Random(0), roster=Roster(
+        config.privacy.secagg_roster))
+    info, peers = server.share_requests()[1]
+
+    def with_entry(node: str, entry: PeerEntry) -> ConfigRecord:
+        return ConfigRecord({**peers, node: entry.to_bytes()})
+
+    replayed = PeerEntry(3, bytes(old_keys[2]["encryption-key"]), bytes(old_keys[2]["mask-key"]),
+                         bytes(old_keys[2]["identity"]), bytes(old_keys[2]["signature"]))  # round 1's signed keys
+    moved = dataclasses.replace(PeerEntry.from_bytes(bytes(peers["3"])), point=2)  # node 3's keys listed as node 2
+    stranger = SecAggClient(RecordDict(), 4, DeviceSettings(identity=identities[4]))
+    invented = stranger.advertise(config.replace(**{"secagg-roster": identities[4].fingerprint}), SESSION, 2,
+                                  np.zeros(4))
+    outsider = PeerEntry(2, bytes(invented["encryption-key"]), bytes(invented["mask-key"]), bytes(invented["identity"]),
+                         bytes(invented["signature"]))
+    twin = SecAggClient(RecordDict(), 3, DeviceSettings(identity=identities[2]))  # device 2's key signing as node 3
+    twin_keys = twin.advertise(config, SESSION, 2, np.zeros(4))
+    doubled = PeerEntry(3, bytes(twin_keys["encryption-key"]), bytes(twin_keys["mask-key"]),
+                        bytes(twin_keys["identity"]), bytes(twin_keys["signature"]))
+    mine = SecAggClient(RecordDict(), 2, DeviceSettings(identity=identities[1]))  # this device's own key as node 2
+    own_keys = mine.advertise(config, SESSION, 2, np.zeros(4))
+    own = PeerEntry(2, bytes(own_keys["encryption-key"]), bytes(own_keys["mask-key"]), bytes(own_keys["identity"]),
+                    bytes(own_keys["signature"]))
+    for lie, reason in ((with_entry("2", replayed), "does not verify"), (with_entry("2", moved), "does not verify"),
+                        (with_entry("2", outsider), "is not on the run's roster"),
+                        (with_entry("2", own), "identity of another neighbour or of this device"),
+                        (with_entry("3", doubled), "identity of another neighbour or of this device")):
+        with pytest.raises(SecAggError, match=reason):
+            clients[1].share_keys(info, lie)
+    strict = SecAggClient(RecordDict(), 1, DeviceSettings(min_neighbours=3, identity=identities[1]))
+    strict.advertise(config, SESSION, 2, np.zeros(4))
+    with pytest.raises(SecAggError, match="names 2 neighbours; this device shares its secrets among at least 3"):
+        strict.share_keys(info, peers)
+    clients[1].share_keys(info, peers)  # the honest list is accepted
+
+
+def test_a_device_reveals_shares_only_for_the_survivor_set_it_signed_shown_signed_by_a_threshold_of_devices():
+    identities = {node: DeviceIdentity.generate() for node in range(1, 6)}
+    vectors = {node: np.full(8, 0.01 * node) for node in identities}
+    honest = secure_sum(vectors, identities=identities)
+    assert np.abs(honest.total - sum(vectors.values())).max() <= honest.server.codec.sum_error_bound
+
+    def lie_at_unmask(change):
+        def tamper(server: SecureAggregator) -> None:
+            original = server.unmask_requests
+
+            def unmask_requests():
+                return {node: change(info, signed) for node, (info, signed) in original().items()}
+            server.unmask_requests = unmask_requests
+        return tamper
+
+    def run_with(change) -> None:
+        with_tamper = dict(identities=identities, tamper=lie_at_unmask(change))
+        secure_sum(vectors, **with_tamper)
+
+    def smaller(info, signed):
+        return dataclasses.replace(info, survivors=info.survivors[:-1]), signed
+
+    def few(info, signed):
+        return info, ConfigRecord(dict(list(signed.items())[:2]))
+
+    with pytest.raises(SecAggError, match="names another survivor set than the one this device signed"):
+        run_with(smaller)
+    with pytest.raises(SecAggError, match="carries 2 valid signatures of roster devices, fewer than the threshold 3"):
+        run_with(few)
+    forger = DeviceIdentity.generate()
+
+    def forged(info, signed):
+        entries = {node: dataclasses.replace(PeerEntry.from_bytes(bytes(entry)), identity=forger.public)
+                   for node, entry in signed.items()}
+        return info, ConfigRecord({node: entry.to_bytes() for node, entry in entries.items()})
+    with pytest.raises(SecAggError, match="carries 0 valid signatures"):
+        run_with(forged)
+
+
+def test_a_device_whose_neighbours_shares_are_withheld_sends_no_masked_input_and_reveals_for_no_one_it_lacks():
+    """Routing a device none of its neighbours' shares would leave only its self mask on its input (the server
+    rebuilds the seed from its holders). The device needs shares from the threshold's worth of neighbours, and
+    reveals nothing for a survivor set naming a neighbour it got no shares from."""
+    clients = {node: SecAggClient(RecordDict(), node) for node in (1, 2, 3, 4, 5)}
+    config = RunConfig().replace(**{"secure-aggregation": True})
+    keys = {node: c.advertise(config, SESSION, 1, np.zeros(4)) for node, c in clients.items()}
+    server = SecureAggregator(SESSION, 1, keys, 4, SecAggSettings(), random.Random(0))
+    for node, (info, peers) in server.share_requests().items():
+        server.add_shares(node, clients[node].share_keys(info, peers))
+    requests = server.mask_requests()
+    info, routed = requests[1]
+    with pytest.raises(SecAggError, match="only 1 of this node's neighbours sent it their shares"):
+        clients[1].masked_input(info, ConfigRecord({"2": routed["2"]}))
+    partial = ConfigRecord({node: routed[node] for node in ("2", "3")})  # 2 of 4: with itself, the threshold 3
+    server.add_masked(1, clients[1].masked_input(info, partial))
+    for node in (2, 3, 4, 5):
+        server.add_masked(node, clients[node].masked_input(*requests[node]))
+    unmask, _ = server.unmask_requests()[1]
+    with pytest.raises(SecAggError, match=r"names neighbours \[4, 5\] that never sent this node their shares"):
+        clients[1].unmask(unmask)
