@@ -52,7 +52,8 @@ def authenticate_neighbours(info: StageInfo, neighbours: dict[int, PeerEntry], r
     this device (``identity``)."""
     seen = {identity.fingerprint}
     for node, entry in neighbours.items():
-        statement = keys_statement(info.run, info.server_round, node, entry.encryption_key, entry.mask_key)
+        statement = keys_statement(info.run, info.server_round, node, entry.encryption_key, entry.mask_key,
+                                   entry.seed_commitment)
         try:
             found = roster.admit(entry.identity, entry.signature, statement)
         except SecAggError as reason:

@@ -32,16 +32,22 @@ from stamen.shared.secagg_crypto import (
     new_private_key,
     private_bytes,
     public_bytes,
+    seed_commitment,
 )
 from stamen.shared.secagg_identity import Roster, keys_statement, survivors_statement
 from stamen.shared.secagg_protocol import (
+    CONSISTENCY_STAGE,
     ENCRYPTION_KEY,
     IDENTITY,
     KEY_SHARE,
     KEY_SIGNATURE,
     MASK_KEY,
+    MASK_STAGE,
+    SEED_COMMITMENT,
     SEED_SHARE,
+    SHARE_STAGE,
     SIGNATURE,
+    UNMASK_STAGE,
     PeerEntry,
     SecAggError,
     StageInfo,
@@ -100,22 +106,24 @@ class SecAggClient:
                               f"(node config {IDENTITY_KEY}) to sign its keys with")
         if roster and identity.fingerprint not in roster.fingerprints:
             raise SecAggError("this device's identity key is not on the run's roster")
-        encryption, masking = new_private_key(), new_private_key()
+        encryption, masking, seed = new_private_key(), new_private_key(), os.urandom(shamir.SECRET_BYTES)
         self.state[STATE] = ConfigRecord({
             "run": session, "server-round": server_round, "stage": _ADVERTISED,
             "encryption-secret": private_bytes(encryption), "mask-secret": private_bytes(masking),
-            "seed": os.urandom(shamir.SECRET_BYTES), "config": json.dumps(config.to_flat()),
+            "seed": seed, "config": json.dumps(config.to_flat()),
         })
         self.state[INPUT] = ArrayRecord({"vector": Array(np.ascontiguousarray(vector, dtype=np.float64))})
-        keys = {ENCRYPTION_KEY: public_bytes(encryption), MASK_KEY: public_bytes(masking)}
+        keys = {ENCRYPTION_KEY: public_bytes(encryption), MASK_KEY: public_bytes(masking),
+                SEED_COMMITMENT: seed_commitment(seed)}
         if roster:
-            statement = keys_statement(session, server_round, self.node, keys[ENCRYPTION_KEY], keys[MASK_KEY])
+            statement = keys_statement(session, server_round, self.node, keys[ENCRYPTION_KEY], keys[MASK_KEY],
+                                       keys[SEED_COMMITMENT])
             keys.update({IDENTITY: identity.public, KEY_SIGNATURE: identity.sign(statement)})
         return ConfigRecord(keys)
 
     def share_keys(self, info: StageInfo, peers: ConfigRecord) -> ConfigRecord:
         """Shamir-share the seed and mask key among the neighbours (and self); encrypt each pair of shares."""
-        mine = self._expect(info, _ADVERTISED)
+        mine = self._expect(info, SHARE_STAGE, _ADVERTISED)
         config = _config(mine)
         privacy = config.privacy
         check_layout(info, config)
@@ -163,7 +171,7 @@ class SecAggClient:
     ) -> np.ndarray:
         """The fixed-point update (then ``appended``: metric slots, never noised) plus the self mask plus one
         pairwise mask per neighbour still in the round."""
-        mine = self._expect(info, _SHARED)
+        mine = self._expect(info, MASK_STAGE, _SHARED)
         config = _config(mine)
         check_layout(info, config)
         senders = []
@@ -213,7 +221,7 @@ class SecAggClient:
     def sign_survivors(self, info: StageInfo) -> ConfigRecord:
         """The consistency round (under a roster): sign the set of nodes whose masked inputs the server says it
         holds; this device will reveal shares for that set and no other."""
-        mine = self._expect(info, _MASKED)
+        mine = self._expect(info, CONSISTENCY_STAGE, _MASKED)
         config = _config(mine)
         if not config.privacy.secagg_roster or self.settings.identity is None:
             raise SecAggError("a consistency stage, but the run has no roster for signatures")
@@ -231,7 +239,7 @@ class SecAggClient:
         roster devices."""
         mine = self.state.config_records.get(STATE)
         roster = Roster(_config(mine).privacy.secagg_roster) if mine is not None else Roster(())
-        mine = self._expect(info, _SIGNED if roster else _MASKED)
+        mine = self._expect(info, UNMASK_STAGE, _SIGNED if roster else _MASKED)
         survivors = set(info.survivors)
         threshold = int(mine["threshold"])  # the one this client's secrets were split with, not the server's word now
         if roster:
@@ -257,14 +265,18 @@ class SecAggClient:
         del self.state[STATE]
         return ConfigRecord(revealed)
 
-    def _expect(self, info: StageInfo, stage: str) -> ConfigRecord:
+    def _expect(self, info: StageInfo, stage: str, state: str) -> ConfigRecord:
+        """This node's pending round, if ``info`` is its ``stage`` for that run and round and the round is at
+        ``state``."""
+        if info.stage != stage:
+            raise SecAggError(f"a {info.stage!r} record where a {stage!r} one was due")
         if STATE not in self.state:
             raise SecAggError(f"no secure round is pending on this node for round {info.server_round}")
         mine = self.state[STATE]
         if (str(mine["run"]), int(mine["server-round"])) != (info.run, info.server_round):
             raise SecAggError(f"message for run {info.run} round {info.server_round}, but this node's pending "
                               f"secure round is run {mine['run']} round {mine['server-round']}")
-        if mine["stage"] != stage:
+        if mine["stage"] != state:
             raise SecAggError(f"stage {info.stage} arrived while this node's secure round is at '{mine['stage']}'")
         return mine
 

@@ -29,6 +29,7 @@ from stamen.shared.secagg_protocol import (
     MASK_KEY,
     METRIC_NAMES,
     PUBLIC_KEYS,
+    SEED_COMMITMENT,
     SecAggError,
 )
 from stamen.shared.wire import AdapterSchema, AdapterValidationError, decode_adapter
@@ -131,8 +132,9 @@ def admit_key_reply(msg: Message, fingerprint: str, roster: Roster, name: str, s
         admit_reply(msg, fingerprint, (PUBLIC_KEYS, METRIC_NAMES))
         keys = msg.content.config_records.get(PUBLIC_KEYS)
         if keys is None or any(not isinstance(keys.get(name), bytes) or len(keys[name]) != PUBLIC_KEY_BYTES
-                               for name in (ENCRYPTION_KEY, MASK_KEY)):
-            raise UpdateRejected(f"secure-aggregation reply lacks two {PUBLIC_KEY_BYTES}-byte public keys")
+                               for name in (ENCRYPTION_KEY, MASK_KEY, SEED_COMMITMENT)):
+            raise UpdateRejected(f"secure-aggregation reply lacks two {PUBLIC_KEY_BYTES}-byte public keys and a "
+                                 f"{PUBLIC_KEY_BYTES}-byte seed commitment")
         record = msg.content.config_records.get(METRIC_NAMES)
         names = record.get("names") if record is not None else None
         if not isinstance(names, list) or len(names) > MAX_METRICS or len(record) != 1 or any(
@@ -141,7 +143,8 @@ def admit_key_reply(msg: Message, fingerprint: str, roster: Roster, name: str, s
                                  f"of at most {MAX_TEXT_CHARS} characters")
         if not roster:
             return None
-        statement = keys_statement(name, server_round, msg.metadata.src_node_id, keys[ENCRYPTION_KEY], keys[MASK_KEY])
+        statement = keys_statement(name, server_round, msg.metadata.src_node_id, keys[ENCRYPTION_KEY], keys[MASK_KEY],
+                                   keys[SEED_COMMITMENT])
         try:
             return roster.admit(keys.get(IDENTITY), keys.get(KEY_SIGNATURE), statement)
         except SecAggError as reason:

@@ -4,8 +4,9 @@ The server only ever holds masked vectors and their modular sum. After the maske
 inputs are in, it names the clients whose input arrived (under a roster, each of them
 signs that set and the server shows a threshold of signatures), then collects the shares
 it needs, and nothing else: self-mask seeds of clients whose input arrived, mask keys of
-clients that shared keys but sent no input. It rebuilds those secrets, strips their masks
-from the sum, and decodes the fixed-point sum.
+clients that shared keys but sent no input. It rebuilds those secrets, each checked against
+what its owner committed to at stage 1, strips their masks from the sum, and decodes the
+fixed-point sum.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import itertools
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,15 +25,11 @@ from flwr.app import ConfigRecord
 
 from stamen.shared import shamir
 from stamen.shared.fixed_point import FixedPoint
-from stamen.shared.secagg_crypto import agreed_key, mask_stream, public_bytes
+from stamen.shared.secagg_crypto import agreed_key, mask_stream, public_bytes, seed_commitment
 from stamen.shared.secagg_identity import Roster, survivors_statement, verify
 from stamen.shared.secagg_protocol import (
     CONSISTENCY_STAGE,
-    ENCRYPTION_KEY,
-    IDENTITY,
     KEY_SHARE,
-    KEY_SIGNATURE,
-    MASK_KEY,
     MASK_STAGE,
     SEED_SHARE,
     SHARE_STAGE,
@@ -109,11 +107,9 @@ class SecureAggregator:
             raise SecAggAborted(f"secure aggregation needs at least 2 clients, {len(keys)} advertised keys")
         self.run, self.round, self.length, self.settings = run, server_round, length, settings
         self.metric_names, self.roster = metric_names, roster or Roster(())
-        self.keys = {node: PeerEntry(0, bytes(record[ENCRYPTION_KEY]), bytes(record[MASK_KEY]),
-                                     bytes(record.get(IDENTITY, b"")), bytes(record.get(KEY_SIGNATURE, b"")))
-                     for node, record in keys.items()}
         nodes = sorted(keys)
         self.points = {node: i + 1 for i, node in enumerate(nodes)}
+        self.keys = {node: PeerEntry.advertised(self.points[node], record) for node, record in keys.items()}
         self.graph = neighbourhoods(nodes, settings.degree, rng)
         holders = min(len(peers) for peers in self.graph.values()) + 1
         self.threshold = share_threshold(holders, settings.threshold)
@@ -131,8 +127,7 @@ class SecureAggregator:
         """Stage 2: each client's neighbours with their points, public keys and (roster) signatures."""
         return {
             node: (self.info(node, SHARE_STAGE),
-                   ConfigRecord({str(peer): dataclasses.replace(self.keys[peer], point=self.points[peer]).to_bytes()
-                                 for peer in sorted(peers)}))
+                   ConfigRecord({str(peer): self.keys[peer].to_bytes() for peer in sorted(peers)}))
             for node, peers in self.graph.items()
         }
 
@@ -201,22 +196,26 @@ class SecureAggregator:
             raise SecAggAborted("no client sent a masked input")
         total = self._sum.copy()
         for node in sorted(self.masked):
-            seed = self._rebuild(node, SEED_SHARE, revealed)
+            seed = self._rebuild(node, SEED_SHARE, revealed, self.keys[node].seed_commitment, seed_commitment)
             total -= mask_stream(seed, self.length, self.codec.dtype)
         for node in sorted(set(self.shared) - self.masked):
             survivors = self.graph[node] & self.masked
             if not survivors:
                 continue
-            secret = self._rebuild(node, KEY_SHARE, revealed)
-            if public_bytes(X25519PrivateKey.from_private_bytes(secret)) != self.keys[node].mask_key:
-                raise SecAggAborted(f"the rebuilt mask key of dropped node {node} does not match its public key")
+            secret = self._rebuild(node, KEY_SHARE, revealed, self.keys[node].mask_key, _public_mask_key)
             for survivor in survivors:
                 pair_key = agreed_key(secret, self.keys[survivor].mask_key, self.info(node, "").mask_purpose())
                 pair_mask = mask_stream(pair_key, self.length, self.codec.dtype)
                 total = total - pair_mask if pairwise_sign(survivor, node) > 0 else total + pair_mask
         return self.codec.decode_sum(total)
 
-    def _rebuild(self, node: int, kind: str, revealed: dict[int, ConfigRecord]) -> bytes:
+    def _rebuild(self, node: int, kind: str, revealed: dict[int, ConfigRecord], advertised: bytes,
+                 commitment: Callable[[bytes], bytes]) -> bytes:
+        """Node ``node``'s secret of ``kind`` from the shares its holders revealed: the first ``threshold`` of them
+        whose secret matches what the node ``advertised`` at stage 1 (its mask key's public half, its seed's
+        commitment). A wrong share from a lying holder need not push the secret out of range (an error e on a
+        share moves it by a Lagrange coefficient times e, a small integer for small point sets), so every
+        candidate is checked, and other subsets tried."""
         shares = []
         for holder in sorted((self.graph[node] | {node}) & set(revealed)):
             data = revealed[holder].get(f"{kind}/{node}")
@@ -231,12 +230,16 @@ class SecureAggregator:
         if len(shares) < self.threshold:
             raise SecAggAborted(f"only {len(shares)} of {self.threshold} needed shares of node {node}'s "
                                 f"{kind} came back; the round cannot be unmasked")
-        # a wrong share (a malicious holder) almost surely makes interpolation fall outside the secret's range:
-        # try other subsets of the shares that came back before giving up on the round
         for subset in itertools.islice(itertools.combinations(shares, self.threshold), MAX_SHARE_SUBSETS):
             try:
-                return shamir.combine(list(subset), self.threshold)
+                secret = shamir.combine(list(subset), self.threshold)
             except shamir.ShamirError:
                 continue
+            if commitment(secret) == advertised:
+                return secret
         raise SecAggAborted(f"no {self.threshold} of the {len(shares)} shares of node {node}'s {kind} "
-                            f"that came back rebuild one secret: a holder revealed a wrong share")
+                            f"that came back rebuild the secret it committed to: a holder revealed a wrong share")
+
+
+def _public_mask_key(secret: bytes) -> bytes:
+    return public_bytes(X25519PrivateKey.from_private_bytes(secret))

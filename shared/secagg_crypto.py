@@ -60,6 +60,14 @@ def decrypt(key: bytes, ciphertext: bytes, context: bytes) -> bytes:
         raise ShareAuthenticationError("an encrypted share failed authentication") from None
 
 
+def seed_commitment(seed: bytes) -> bytes:
+    """What a client publishes of its self-mask seed at stage 1 (SHA-256: it reveals nothing of a random seed), so
+    the server can tell the seed it rebuilds from shares is that one."""
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(seed)
+    return digest.finalize()
+
+
 def mask_stream(seed: bytes, length: int, dtype: type[np.unsignedinteger]) -> np.ndarray:
     """``length`` uniform elements of Z_(2^bits) from the ChaCha20 keystream keyed by ``seed``."""
     itemsize = np.dtype(dtype).itemsize

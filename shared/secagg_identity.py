@@ -96,9 +96,12 @@ def verify(identity: bytes, signature: bytes, statement: bytes) -> None:
             from None
 
 
-def keys_statement(session: str, server_round: int, node: int, encryption_key: bytes, mask_key: bytes) -> bytes:
-    """What a device signs when it advertises its keys: they are its own, for this session, round and node."""
-    return b"stamen-secagg-keys\0" + f"{session}\0{server_round}\0{node}\0".encode() + encryption_key + mask_key
+def keys_statement(session: str, server_round: int, node: int, encryption_key: bytes, mask_key: bytes,
+                   seed_commitment: bytes) -> bytes:
+    """What a device signs when it advertises its keys and its seed's commitment: they are its own, for this
+    session, round and node."""
+    return (b"stamen-secagg-keys\0" + f"{session}\0{server_round}\0{node}\0".encode() + encryption_key + mask_key
+            + seed_commitment)
 
 
 def survivors_statement(session: str, server_round: int, survivors: Sequence[int]) -> bytes:

@@ -52,6 +52,7 @@ SIGNATURES = "secagg-signatures"  # unmask message (roster): node -> identity en
 REVEALED = "secagg-revealed"  # unmask reply: "seed/<node>" or "key/<node>" -> share
 ENCRYPTION_KEY = "encryption-key"
 MASK_KEY = "mask-key"
+SEED_COMMITMENT = "seed-commitment"  # stage 1: SHA-256 of the self-mask seed, checked when it is rebuilt
 IDENTITY = "identity"  # stage 1 (roster): the client's public identity key, an OpenSSH line
 KEY_SIGNATURE = "signature"  # stage 1 (roster): its signature of the two keys (``keys_statement``)
 SIGNATURE = "signature"
@@ -141,31 +142,38 @@ def pairwise_sign(node: int, peer: int) -> int:
 
 @dataclass(frozen=True)
 class PeerEntry:
-    """A neighbour as the server introduces it: its Shamir point, its two public keys, and (under a roster) its
-    identity and signature of the keys."""
+    """A client's stage-1 keys as the server introduces it to a neighbour: its Shamir point, its two public keys,
+    its seed's commitment, and (under a roster) its identity and signature of the three."""
 
     point: int
     encryption_key: bytes
     mask_key: bytes
+    seed_commitment: bytes = bytes(32)
     identity: bytes = b""
     signature: bytes = b""
 
     def to_bytes(self) -> bytes:
-        return (self.point.to_bytes(4, "big") + self.encryption_key + self.mask_key
+        return (self.point.to_bytes(4, "big") + self.encryption_key + self.mask_key + self.seed_commitment
                 + len(self.identity).to_bytes(2, "big") + self.identity + self.signature)
+
+    @classmethod
+    def advertised(cls, point: int, keys: ConfigRecord) -> PeerEntry:
+        """The entry for a client's stage-1 keys record (checked by the server's admission first)."""
+        return cls(point, bytes(keys[ENCRYPTION_KEY]), bytes(keys[MASK_KEY]), bytes(keys[SEED_COMMITMENT]),
+                   bytes(keys.get(IDENTITY, b"")), bytes(keys.get(KEY_SIGNATURE, b"")))
 
     @classmethod
     def from_bytes(cls, entry: bytes) -> PeerEntry:
         if not isinstance(entry, bytes) or not _PEER_FIXED_BYTES <= len(entry) <= MAX_PEER_ENTRY_BYTES:
             raise SecAggError(f"a peer entry is {_PEER_FIXED_BYTES} to {MAX_PEER_ENTRY_BYTES} bytes")
-        identity_end = _PEER_FIXED_BYTES + int.from_bytes(entry[68:70], "big")
+        identity_end = _PEER_FIXED_BYTES + int.from_bytes(entry[100:102], "big")
         if identity_end > len(entry):
             raise SecAggError("a peer entry's identity runs past its end")
-        return cls(int.from_bytes(entry[:4], "big"), entry[4:36], entry[36:68], entry[_PEER_FIXED_BYTES:identity_end],
-                   entry[identity_end:])
+        return cls(int.from_bytes(entry[:4], "big"), entry[4:36], entry[36:68], entry[68:100],
+                   entry[_PEER_FIXED_BYTES:identity_end], entry[identity_end:])
 
 
-_PEER_FIXED_BYTES = 70  # point, two 32-byte keys, the identity's length
+_PEER_FIXED_BYTES = 102  # point, two 32-byte keys, the 32-byte seed commitment, the identity's length
 MAX_PEER_ENTRY_BYTES = 1024
 
 

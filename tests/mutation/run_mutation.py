@@ -51,6 +51,7 @@ TESTS = (
     "tests/shared/test_lora_ranks.py", "tests/server/test_rules.py", "tests/server/test_robust_rules.py",
     "tests/server/test_admission.py", "tests/server/test_strategy.py", "tests/server/test_secure_aggregation.py",
     "tests/server/test_privacy.py", "tests/server/test_docs_rule_example.py", "tests/server/test_hostile_clients.py",
+    "tests/server/test_secure_aggregation_refusals.py",
     "tests/client/test_trust.py", "tests/client/test_release_ledger.py",
 )
 FUZZ_EXAMPLES = "12"  # hypothesis examples per fuzz test and mutant (the suite runs 100-150)

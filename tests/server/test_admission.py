@@ -7,7 +7,15 @@ from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, Re
 from stamen.server.admission import UpdateRejected, admit_key_reply, admit_reply, admit_update, client_name
 from stamen.shared.protocol import ARRAYS, CLIENT_INFO, METRICS, client_reply
 from stamen.shared.secagg_identity import DeviceIdentity, Roster, keys_statement
-from stamen.shared.secagg_protocol import ENCRYPTION_KEY, IDENTITY, KEY_SIGNATURE, MASK_KEY, METRIC_NAMES, PUBLIC_KEYS
+from stamen.shared.secagg_protocol import (
+    ENCRYPTION_KEY,
+    IDENTITY,
+    KEY_SIGNATURE,
+    MASK_KEY,
+    METRIC_NAMES,
+    PUBLIC_KEYS,
+    SEED_COMMITMENT,
+)
 from stamen.shared.wire import AdapterSchema, encode_adapter
 
 FP = "sha256:" + "ab" * 32
@@ -99,10 +107,11 @@ def test_a_client_without_a_name_is_named_by_a_question_mark():
 
 
 @pytest.mark.parametrize("keys, admitted", [
-    ({ENCRYPTION_KEY: b"e" * 32, MASK_KEY: b"m" * 32}, True),
-    ({ENCRYPTION_KEY: b"e" * 32, MASK_KEY: b"m" * 31}, False),
-    ({ENCRYPTION_KEY: b"e" * 33, MASK_KEY: b"m" * 32}, False),
-    ({ENCRYPTION_KEY: b"e" * 32}, False),
+    ({ENCRYPTION_KEY: b"e" * 32, MASK_KEY: b"m" * 32, SEED_COMMITMENT: b"s" * 32}, True),
+    ({ENCRYPTION_KEY: b"e" * 32, MASK_KEY: b"m" * 31, SEED_COMMITMENT: b"s" * 32}, False),
+    ({ENCRYPTION_KEY: b"e" * 33, MASK_KEY: b"m" * 32, SEED_COMMITMENT: b"s" * 32}, False),
+    ({ENCRYPTION_KEY: b"e" * 32, MASK_KEY: b"m" * 32, SEED_COMMITMENT: b"s" * 31}, False),
+    ({ENCRYPTION_KEY: b"e" * 32, MASK_KEY: b"m" * 32}, False),
     (None, False),
 ])
 def test_a_secure_round_reply_must_carry_two_32_byte_public_keys(keys, admitted):
@@ -112,7 +121,7 @@ def test_a_secure_round_reply_must_carry_two_32_byte_public_keys(keys, admitted)
     if admitted:
         admit_key_reply(reply, FP, NO_ROSTER, SESSION, 1)
     else:
-        with pytest.raises(UpdateRejected, match="two 32-byte public keys"):
+        with pytest.raises(UpdateRejected, match="two 32-byte public keys and a 32-byte seed commitment"):
             admit_key_reply(reply, FP, NO_ROSTER, SESSION, 1)
     with pytest.raises(UpdateRejected, match="base model mismatch"):
         admit_key_reply(_reply(delta=None, fingerprint="sha256:" + "cd" * 32), FP, NO_ROSTER, SESSION, 1)
@@ -120,7 +129,8 @@ def test_a_secure_round_reply_must_carry_two_32_byte_public_keys(keys, admitted)
 
 @pytest.mark.parametrize("names", [None, "train-loss", ["x"] * 65, ["a" * 201], [b"train-loss"]])
 def test_a_secure_round_reply_must_name_at_most_64_short_metrics(names):
-    reply = _reply(delta=None, **{PUBLIC_KEYS: ConfigRecord({ENCRYPTION_KEY: b"e" * 32, MASK_KEY: b"m" * 32})})
+    reply = _reply(delta=None, **{PUBLIC_KEYS: ConfigRecord({ENCRYPTION_KEY: b"e" * 32, MASK_KEY: b"m" * 32,
+                                                             SEED_COMMITMENT: b"s" * 32})})
     if names is not None:
         reply.content[METRIC_NAMES] = ConfigRecord({"names": names})
     with pytest.raises(UpdateRejected, match="a list of at most 64 metric names of at most 200 characters"):
@@ -137,9 +147,11 @@ def test_under_a_roster_the_server_admits_only_keys_a_listed_device_signed_for_t
 
     def keys(identity: DeviceIdentity, node: int = 1, server_round: int = 1) -> ConfigRecord:
         encryption, mask = b"e" * 32, b"m" * 32
-        return ConfigRecord({ENCRYPTION_KEY: encryption, MASK_KEY: mask, IDENTITY: identity.public,
+        commitment = b"s" * 32
+        return ConfigRecord({ENCRYPTION_KEY: encryption, MASK_KEY: mask, SEED_COMMITMENT: commitment,
+                             IDENTITY: identity.public,
                              KEY_SIGNATURE: identity.sign(keys_statement(SESSION, server_round, node, encryption,
-                                                                         mask))})
+                                                                         mask, commitment))})
 
     def reply(record: ConfigRecord) -> Message:
         return _reply(delta=None, **{METRIC_NAMES: ConfigRecord({"names": []}), PUBLIC_KEYS: record})

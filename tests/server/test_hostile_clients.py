@@ -168,7 +168,7 @@ def test_a_huge_integer_public_key_is_refused_without_allocating_it():
     reply = _reply(1)
     del reply.content[ARRAYS]  # stage 1 of a secure round sends keys instead of the update
     reply.content[PUBLIC_KEYS] = ConfigRecord({ENCRYPTION_KEY: 10**12, MASK_KEY: b"x" * 32})
-    with pytest.raises(UpdateRejected, match="lacks two 32-byte public keys"):
+    with pytest.raises(UpdateRejected, match="lacks two 32-byte public keys and a 32-byte seed commitment"):
         admit_key_reply(reply, FP, ROSTER, "run/train", 1)  # bytes(10**12) would try to allocate a terabyte
 
 

@@ -141,8 +141,11 @@ def test_messages_for_another_round_or_stage_are_refused():
         clients[1].masked_input(info, shares)
     server_two = SecureAggregator("run", 2, round_two, 4, SecAggSettings(), random.Random(0))
     info_two, peers_two = server_two.share_requests()[1]
-    with pytest.raises(SecAggError, match="arrived while"):  # stage 3 before stage 2
-        clients[1].masked_input(server_two.mask_requests().get(1, (info_two, peers_two))[0], shares)
+    with pytest.raises(SecAggError, match="a 'secagg_share' record where a 'secagg_mask' one was due"):
+        clients[1].masked_input(info_two, shares)  # a share-stage record handed to the mask stage
+    with pytest.raises(SecAggError, match="stage secagg_mask arrived while this node's secure round is at "
+                                          "'advertised'"):  # stage 3 before stage 2
+        clients[1].masked_input(dataclasses.replace(info_two, stage=MASK_STAGE), shares)
     clients[1].share_keys(info_two, peers_two)
     with pytest.raises(SecAggError, match="failed authentication"):  # round-1 ciphertexts under round-2 keys
         clients[1].masked_input(info_two.__class__(**{**info_two.__dict__, "stage": "secagg_mask"}), shares)
@@ -212,13 +215,13 @@ def test_share_plaintexts_and_peer_entries_round_trip_their_fields():
     sender, recipient = 2**40 + 1, 2**33 + 9
     assert unpack_shares(pack_shares(sender, recipient, seed, key)) == (sender, recipient, seed, key)
     encryption, mask = bytes(range(32)), bytes(range(32, 64))
-    entry = PeerEntry(70_000, encryption, mask, b"ssh-ed25519 AAAA", b"\x01" * 64)
+    entry = PeerEntry(70_000, encryption, mask, bytes(range(64, 96)), b"ssh-ed25519 AAAA", b"\x01" * 64)
     assert PeerEntry.from_bytes(entry.to_bytes()) == entry
     assert PeerEntry.from_bytes(PeerEntry(1, encryption, mask).to_bytes()) == PeerEntry(1, encryption, mask)
-    with pytest.raises(SecAggError, match="a peer entry is 70 to 1024 bytes"):
+    with pytest.raises(SecAggError, match="a peer entry is 102 to 1024 bytes"):
         PeerEntry.from_bytes(PeerEntry(1, encryption, mask).to_bytes()[:-1])
     with pytest.raises(SecAggError, match="identity runs past its end"):
-        PeerEntry.from_bytes(entry.to_bytes()[:70 + 10])
+        PeerEntry.from_bytes(entry.to_bytes()[:102 + 10])
 
 
 def test_the_update_vector_is_the_weighted_delta_over_the_value_range_then_the_weight():
@@ -383,22 +386,18 @@ def test_under_a_roster_a_device_refuses_keys_no_listed_device_signed_for_this_r
     def with_entry(node: str, entry: PeerEntry) -> ConfigRecord:
         return ConfigRecord({**peers, node: entry.to_bytes()})
 
-    replayed = PeerEntry(3, bytes(old_keys[2]["encryption-key"]), bytes(old_keys[2]["mask-key"]),
-                         bytes(old_keys[2]["identity"]), bytes(old_keys[2]["signature"]))  # round 1's signed keys
+    replayed = PeerEntry.advertised(3, old_keys[2])  # round 1's signed keys
     moved = dataclasses.replace(PeerEntry.from_bytes(bytes(peers["3"])), point=2)  # node 3's keys listed as node 2
     stranger = SecAggClient(RecordDict(), 4, DeviceSettings(identity=identities[4]))
     invented = stranger.advertise(config.replace(**{"secagg-roster": identities[4].fingerprint}), SESSION, 2,
                                   np.zeros(4))
-    outsider = PeerEntry(2, bytes(invented["encryption-key"]), bytes(invented["mask-key"]), bytes(invented["identity"]),
-                         bytes(invented["signature"]))
+    outsider = PeerEntry.advertised(2, invented)
     twin = SecAggClient(RecordDict(), 3, DeviceSettings(identity=identities[2]))  # device 2's key signing as node 3
     twin_keys = twin.advertise(config, SESSION, 2, np.zeros(4))
-    doubled = PeerEntry(3, bytes(twin_keys["encryption-key"]), bytes(twin_keys["mask-key"]),
-                        bytes(twin_keys["identity"]), bytes(twin_keys["signature"]))
+    doubled = PeerEntry.advertised(3, twin_keys)
     mine = SecAggClient(RecordDict(), 2, DeviceSettings(identity=identities[1]))  # this device's own key as node 2
     own_keys = mine.advertise(config, SESSION, 2, np.zeros(4))
-    own = PeerEntry(2, bytes(own_keys["encryption-key"]), bytes(own_keys["mask-key"]), bytes(own_keys["identity"]),
-                    bytes(own_keys["signature"]))
+    own = PeerEntry.advertised(2, own_keys)
     for lie, reason in ((with_entry("2", replayed), "does not verify"), (with_entry("2", moved), "does not verify"),
                         (with_entry("2", outsider), "is not on the run's roster"),
                         (with_entry("2", own), "identity of another neighbour or of this device"),
