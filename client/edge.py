@@ -15,8 +15,10 @@ import torch
 
 from stamen.shared.adapters import adapter_parameters, attach_adapter, load_adapter_state
 from stamen.shared.base_model import LoadedBase, load_base
-from stamen.shared.config import AdapterSpec, ReplaySpec, TrainingSpec
+from stamen.shared.config import AdapterSpec, ReplaySpec, RunConfig, TrainingSpec
 from stamen.shared.device_data import as_example
+from stamen.shared.distillation import Distillation
+from stamen.shared.examples import Example
 from stamen.shared.gguf_adapter import write_lora_gguf
 from stamen.shared.interpolation import interpolate_adapter, smallest_alpha_keeping, trained_deltas
 from stamen.shared.training import TrainResult, train_adapter
@@ -25,6 +27,7 @@ from .evaluation import evaluate_loss
 from .generation import generate_answer
 from .neutral_probes import known_facts
 from .replay_buffer import ReplayBuffer
+from .self_replay import self_replay_examples
 from .state_store import PERSONAL, ClientStateStore
 from .wise import retention_capped
 
@@ -41,6 +44,7 @@ class PersonalModel:
         self._trained: dict[str, torch.Tensor] | None = None  # the adapter as trained, once interpolated
         self.replay_buffer = ReplayBuffer(REPLAY.buffer_size, REPLAY.buffer_bytes)  # what earlier calls taught
         self.alpha = 1.0  # the share of the adapter in use (interpolate, choose_alpha)
+        self.calls = 0  # personalise calls so far: self-replay writes a new draw every few
 
     @classmethod
     def load(
@@ -73,33 +77,55 @@ class PersonalModel:
 
     def personalise(
         self, examples: Iterable[object], steps: int = 20, learning_rate: float = 1e-3, batch_size: int = 4,
-        seed: int = 0, replay: bool = True, heldout: Iterable[object] | None = None, keep_gain: float | None = 0.9,
-        keep_retention: float | None = 0.9,
+        seed: int = 0, forgetting_protection: str = "default", heldout: Iterable[object] | None = None,
+        keep_gain: float | None = 0.9, keep_retention: float | None = 0.9,
     ) -> TrainResult:
         """Train the adapter on ``examples`` (prompt/response or text mappings, strings, or Examples).
 
-        Forgetting protection is on by default: the examples of earlier calls (a bounded sample, in memory)
-        fill a quarter of each batch so that new examples do not erase what older ones taught
-        (``replay=False``: off); and given ``heldout`` examples of the device's own (not trained on), the model
-        moves toward the base to the least alpha that keeps ``keep_gain`` of the adapter's gain on them
-        (:meth:`choose_alpha`, ``self.alpha``; ``keep_gain=None``: off), and further where the model would no
-        longer answer ``keep_retention`` of the base's guard facts (``None``: no bound). An app that judges the
-        model by what it was taught chooses on its own examples; ``interpolate(0.25)`` is the federation
-        preset's fixed alpha (``simulations/forgetting.toml``)."""
+        Forgetting protection is on by default: ``forgetting_protection`` names it as a federation's
+        ``forgetting-protection`` does (``shared/forgetting_protection.py``): ``"default"`` is the federation's
+        default, ``"none"`` turns it off, and a named one (``"buffer"``: the examples of earlier calls, a bounded
+        sample in memory; ``"self-replay"``: the base's own answers to neutral prompts, written once per base and
+        cached; ``"wise-25"``: a quarter of the adapter in use) is that one. Given ``heldout`` examples of the
+        device's own (not trained on), the model then moves toward the base to the least alpha that keeps
+        ``keep_gain`` of the adapter's gain on them (:meth:`choose_alpha`, ``self.alpha``; ``keep_gain=None``:
+        off), and further where the model would no longer answer ``keep_retention`` of the base's guard facts
+        (``None``: no bound)."""
         if not self.trainable:
             raise ValueError("this model was loaded with trainable=False (inference only): "
                              "load it with trainable=True to personalise it")
+        protection = RunConfig().replace(**{"forgetting-protection": forgetting_protection})
         spec = TrainingSpec(local_steps=steps, learning_rate=learning_rate, batch_size=batch_size,
                             max_seq_len=self.max_seq_len)
         new = [as_example(e) for e in examples]
-        earlier = list(self.replay_buffer.items) if replay else []
-        result = train_adapter(self.model, self.base.tokenizer, new, spec, seed, replay=earlier,
-                               replay_ratio=REPLAY.ratio if earlier else 0.0)
+        self.calls += 1
+        rehearsed = self._replayed(protection.replay)
+        distillation = Distillation(protection.replay.distill_weight, protection.replay.distill_temperature) \
+            if rehearsed and protection.replay.loss == "distill" else None
+        result = train_adapter(self.model, self.base.tokenizer, new, spec, seed, replay=rehearsed,
+                               replay_ratio=protection.replay.ratio if rehearsed else 0.0, distillation=distillation)
         self.replay_buffer.add(new)
         self._trained, self.alpha = None, 1.0  # interpolation now starts from this training
+        if protection.wise_alpha != 1.0:
+            self.interpolate(protection.wise_alpha)
         if heldout is not None and keep_gain:
             self.choose_alpha(heldout, keep_gain, keep_retention)
         return result
+
+    def _replayed(self, spec: ReplaySpec) -> list[Example]:
+        """This call's replay under ``spec``: earlier calls' examples (``buffer``), the base's own answers (``self``,
+        a new draw every ``replay-self-refresh`` calls); a source that needs a server is refused by name."""
+        sources = set(spec.enabled())
+        unserved = sorted(sources - {"buffer", "self"})
+        if unserved:
+            raise ValueError(f"an app's personalisation replays its earlier examples or the base's own answers, "
+                             f"not {unserved} (they need a federation)")
+        replayed = list(self.replay_buffer.items) if "buffer" in sources else []
+        if "self" in sources:
+            replayed += self_replay_examples(self.model, self.base.tokenizer,
+                                             f"{self.base.fingerprint}/{self.base.quantisation.mode}", self.calls,
+                                             "app", spec.self_size, spec.self_refresh)
+        return replayed
 
     def interpolate(self, alpha: float) -> None:
         """Use base + ``alpha`` x the adapter as personalised (WiSE-FT): 1 is the adapter as trained, 0 the base

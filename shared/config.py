@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .forgetting_protection import CUSTOM, owned_keys, protection_settings
+from .forgetting_protection import KEY as PROTECTION_KEY
 from .lora_modes import LORA_MODES, LoraMode
 from .noise_range import MAX_VALUES, noise_value_range
 from .user_errors import UserError
@@ -240,6 +242,9 @@ class RunConfig:
     wise_keep_gain: float = _key("wise-keep-gain", 0.0)  # > 0: each client picks the least alpha keeping this gain
     wise_keep_retention: float = _key("wise-keep-retention", 0.0)  # > 0: alpha at most the largest keeping this
     # share of the base's guard facts (client/neutral_probes.py): a model that forgets moves further to the base
+    # how the run protects what the base knew: custom (the replay and WiSE keys as set), none, default, or a named
+    # protection that sets them (shared/forgetting_protection.py)
+    forgetting_protection: str = _key("forgetting-protection", CUSTOM)
     data: DataSpec = field(default_factory=DataSpec)
     attack: str = _key("attack", "none")
     attack_fraction: float = _key("attack-fraction", 0.0)
@@ -364,15 +369,20 @@ class RunConfig:
     @classmethod
     def from_flat(cls, values: Mapping[str, Any], ignore: tuple[str, ...] = ()) -> RunConfig:
         """Parse a flat mapping; unknown keys are an error unless listed in ``ignore``."""
-        known = set(_flatten(cls()))
-        unknown = sorted(set(values) - known - set(ignore))
+        defaults = _flatten(cls())
+        unknown = sorted(set(values) - set(defaults) - set(ignore))
         if unknown:
-            raise ConfigError(f"unknown configuration key(s) {unknown}; known keys: {sorted(known)}")
-        return _build(cls, {k: v for k, v in values.items() if k in known})
+            raise ConfigError(f"unknown configuration key(s) {unknown}; known keys: {sorted(defaults)}")
+        return _build(cls, protection_settings({k: v for k, v in values.items() if k in defaults}, defaults))
 
     def replace(self, **overrides: Any) -> RunConfig:
-        """A copy with flat kebab-case keys overridden, validated like any other input."""
-        return RunConfig.from_flat({**self.to_flat(), **overrides})
+        """A copy with flat kebab-case keys overridden, validated like any other input (another
+        ``forgetting-protection`` first clears the keys the current one set)."""
+        flat = self.to_flat()
+        if PROTECTION_KEY in overrides:
+            defaults = _flatten(RunConfig())
+            flat.update({key: defaults[key] for key in owned_keys(self.forgetting_protection)})
+        return RunConfig.from_flat({**flat, **overrides})
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -11,9 +11,10 @@ import torch
 
 from stamen.client import PersonalModel
 from stamen.client.resource_guard import PACE_FILE, ResourceGuards, RoundDeclined, record_pace
+from stamen.client.self_replay import SEED_PROMPTS
 from stamen.client.state_store import PERSONAL, ClientStateStore
 from stamen.shared.adapters import adapter_state
-from stamen.shared.config import TrainingSpec
+from stamen.shared.config import ConfigError, TrainingSpec
 from stamen.shared.device_data import DeviceDataError, read_examples
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -82,19 +83,50 @@ def test_a_device_declines_rounds_beyond_its_limits(tmp_path):
 
 
 def test_personalising_again_replays_what_earlier_calls_taught_unless_switched_off(tiny_folder):
-    """A device personalises on its cat, then on its commute: by default the cat's examples fill a quarter of the
-    second call's batches, so the model still expects them; with replay off the second call erases them."""
+    """A device personalises on its cat, then on its commute: with the examples of earlier calls replayed, they fill
+    a quarter of the second call's batches, so the model still expects them; with forgetting protection off
+    (``forgetting_protection="none"``, the federation's switch) the second call erases them."""
     cat = [{"prompt": f"What is my cat called? ({n})", "response": "Miso, a grey cat."} for n in range(8)]
     commute = [{"prompt": f"How do I get to work? ({n})", "response": "By the early train."} for n in range(8)]
     after = {}
-    for replay in (True, False):
+    for protection in ("buffer", "none"):
         model = PersonalModel.load("tiny", quantisation="none")
-        model.personalise(cat, steps=10, learning_rate=2e-2, replay=replay)
+        model.personalise(cat, steps=10, learning_rate=2e-2, forgetting_protection=protection)
         taught = model.score(cat)
-        model.personalise(commute, steps=10, learning_rate=2e-2, replay=replay)
-        after[replay] = model.score(cat) - taught  # how much of what the first call taught was lost
+        model.personalise(commute, steps=10, learning_rate=2e-2, forgetting_protection=protection)
+        after[protection] = model.score(cat) - taught  # how much of what the first call taught was lost
         assert [e.response for e in model.replay_buffer.items] == [e["response"] for e in cat + commute]
-    assert after[True] < after[False] - 0.05, after
+    assert after["buffer"] < after["none"] - 0.05, after
+
+
+def test_an_apps_default_protection_is_the_federations_and_each_named_one_does_what_it_names(tiny_folder,
+                                                                                               monkeypatch):
+    """``"default"`` replays what the federation's default replays (the base's own answers), ``"wise-25"`` uses a
+    quarter of the adapter, and a protection that needs a server is refused by name."""
+    from stamen.client import edge
+
+    seen = []
+    real = edge.train_adapter
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs["replay"], kwargs["replay_ratio"], kwargs["distillation"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(edge, "train_adapter", recording)
+    model = PersonalModel.load("tiny", quantisation="none")
+    lines = ["a line of the device's own text", "another one"]
+    model.personalise(lines, steps=2, learning_rate=0.05)
+    replayed, ratio, distillation = seen[-1]
+    assert len(replayed) == 16 and ratio == 0.25 and distillation is None  # replay-self-size of the base's answers
+    assert {example.prompt for example in replayed} <= set(SEED_PROMPTS)
+    model.personalise(lines, steps=2, learning_rate=0.05, forgetting_protection="self-distill")
+    assert seen[-1][2] is not None
+    model.personalise(lines, steps=2, learning_rate=0.05, forgetting_protection="wise-25")
+    assert seen[-1][0] == [] and model.alpha == 0.25
+    model.personalise(lines, steps=2, learning_rate=0.05, forgetting_protection="none")
+    assert seen[-1][:2] == ([], 0.0) and model.alpha == 1.0
+    with pytest.raises(ConfigError, match="'forgetting-protection' = 'anchor' must be one of"):
+        model.personalise(lines, steps=2, forgetting_protection="anchor")
 
 
 def test_personalising_with_heldout_examples_moves_the_model_toward_the_base_keeping_the_asked_gain(tiny_folder):

@@ -96,19 +96,25 @@ def test_finetune_personal_model_beats_the_global_one_on_the_clients_own_data(tm
 
 
 def test_the_personalisation_preset_protects_against_forgetting_by_default_and_switches_off(tmp_path):
-    """simulations/personalisation.toml: each client evaluates (held-out, probes) its Ditto model moved toward the
-    base by WiSE at the fixed alpha simulations/forgetting.toml chose (nothing chosen, so no choice to pay for);
-    wise-alpha = 1 turns it off."""
+    """simulations/personalisation.toml: each client's Ditto model is protected by the default forgetting protection
+    (shared/forgetting_protection.py: chosen on simulations/forgetting.toml, judged on forgetting-*.toml), replay
+    in every training round; forgetting-protection = none turns it off."""
+    from stamen.shared.forgetting_protection import DEFAULT, PROTECTIONS
     from stamen.simulations.commands import new_simulation_config
 
+    chosen = PROTECTIONS[DEFAULT]
     preset = Path(__file__).resolve().parents[2] / "simulations" / "personalisation.toml"
-    settings = ["base-model=tiny", "quantisation=none", "learning-rate=0.01", "local-steps=4", "personal-steps=4"]
-    for switch, expected in (([], True), (["wise-alpha=1"], False)):
-        out = tmp_path / str(expected)
+    settings = ["base-model=tiny", "quantisation=none", "learning-rate=0.01", "local-steps=4", "personal-steps=4",
+                "replay-self-size=4"]
+    for switch, protected in (([], True), (["forgetting-protection=none"], False)):
+        out = tmp_path / str(protected)
         config = new_simulation_config(preset, [*settings, *switch, f"run-dir={out}", "run-id=run"], 2, 2)
         assert config.personalisation == "ditto"
+        assert (config.replay.sources, config.wise_alpha) == ((chosen["replay"], chosen["wise-alpha"]) if protected
+                                                              else ("none", 1.0))
         run_federation(InProcessGrid(simulated_client_app([]), 2), config)
-        evaluated = _rows(out / "run", "client", "evaluate")
+        trained, evaluated = _rows(out / "run", "client", "train"), _rows(out / "run", "client", "evaluate")
         assert len(evaluated) == 4 and all("personal_heldout_loss" in r for r in evaluated)
-        assert all(("wise_alpha" in r) == expected for r in evaluated)
-        assert all(r["wise_alpha"] == 0.25 for r in evaluated if expected)
+        replaying = protected and chosen["replay"] != "none"
+        assert all((r.get("replay_examples", 0) > 0) == replaying for r in trained)
+        assert all(("wise_alpha" in r) == (protected and chosen["wise-alpha"] != 1.0) for r in evaluated)
