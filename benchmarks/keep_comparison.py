@@ -1,8 +1,9 @@
 """Keep a ``stamen compare PRESET`` result as benchmark evidence: ``results/NAME.json`` and its plots.
 
 The JSON holds every compared run's row (means and 95% intervals over seeds, the paired differences against
-the preset's baseline) with each seed's own row under ``per_seed``, the number of seeds, the preset and the
-machine; ``readme_tables.py`` renders it in benchmarks/README.md as ``stamen compare`` renders ``compare.md``.
+the preset's baseline) with each seed's own row under ``per_seed`` and, where the forgetting probes ran, each
+seed's retention of every known fact under ``per_fact``, the number of seeds, the preset and the machine;
+``readme_tables.py`` renders it in benchmarks/README.md as ``stamen compare`` renders ``compare.md``.
 
     python benchmarks/keep_comparison.py runs/compare-forgetting forgetting simulations/forgetting.toml
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from report import RESULTS, write_results
 
-PLOTS = {"compare.png": "", "gain_vs_forgetting.png": "-gain-vs-forgetting", "cost_to_target.png": "-cost-to-target"}
+PLOTS = {"compare.png": "", "gain_vs_forgetting.png": "-gain-vs-forgetting",
+         "gain_vs_retention.png": "-gain-vs-retention", "cost_to_target.png": "-cost-to-target"}
 
 
 def keep(compared: Path, name: str, preset: Path) -> Path:

@@ -85,7 +85,8 @@ class StamenClient:
             if config.personalisation == "finetune" else {}  # a cost of the method, like Ditto's in training
         personal = loss_on(runtime, data.heldout, training) if has_personal else heldout
         personal, interpolation = model_in_use(runtime, data.heldout, config, personal)
-        forgetting = _forgetting(setup) if config.probes(setup.server_round) else {}  # of the model the client uses
+        by_stage = _stage_losses(setup)  # of the model the client uses, as the probes below
+        forgetting = _forgetting(setup) if config.probes(setup.server_round) else {}
         metrics = {
             NUM_EXAMPLES: len(data.heldout),
             "heldout-loss": heldout.loss,
@@ -93,12 +94,24 @@ class StamenClient:
             "personal-heldout-loss": personal.loss,
             "personal-gain": heldout.loss - personal.loss,
             **interpolation,
+            **by_stage,
             **trained_personal,
             **forgetting,
             **probed,
             "eval-seconds": time.perf_counter() - started,
         }
         return Message(client_reply(metrics, runtime.base.fingerprint, data.name), reply_to=msg)
+
+
+def _stage_losses(setup: RoundSetup) -> dict[str, float]:
+    """Where each stage of the data is another topic: the held-out loss of the stage training is on now, and the
+    mean over the earlier stages' (what a later stage may erase), reported apart."""
+    data, runtime, training = setup.data, setup.runtime, setup.config.training
+    if data.stage is None or len(data.heldout_stages) <= data.stage:
+        return {}
+    losses = [loss_on(runtime, examples, training).loss for examples in data.heldout_stages[:data.stage + 1]]
+    past = {"past-stage-heldout-loss": sum(losses[:-1]) / len(losses[:-1])} if len(losses) > 1 else {}
+    return {"current-stage-heldout-loss": losses[-1], **past}
 
 
 def _forgetting(setup: RoundSetup) -> dict[str, float]:

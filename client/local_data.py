@@ -28,6 +28,8 @@ class LocalData:
     heldout: tuple[Example, ...]
     stage: int | None = None  # a data stream's stage this round trains, if the data arrives in stages
     stages: tuple[tuple[Example, ...], ...] = ()  # up to MAX_HELDOUT examples of every stage so far
+    heldout_stages: tuple[tuple[Example, ...], ...] = ()  # the held-out examples of each stage so far, where the
+    # stages differ in kind (topic-shift): the current stage's and the earlier ones' losses are reported apart
 
 
 DataSource = Callable[[Context, RunConfig, int], LocalData]

@@ -23,7 +23,7 @@ from stamen.client.round_setup import RoundSetup
 from stamen.shared.config import RunConfig
 
 from .attacks import Attack, attack_for, make_attack
-from .partitions import client_datasets, stage_examples, stream_stage
+from .partitions import client_datasets, heldout_stages, stage_examples, stream_stage
 
 
 def partition_source(context: Context, config: RunConfig, server_round: int) -> LocalData:
@@ -38,7 +38,7 @@ def partition_source(context: Context, config: RunConfig, server_round: int) -> 
     stage = stream_stage(server_round, config.num_rounds, data.stream_stages)
     stages = tuple(stage_examples(mine.train, j, data.stream_stages)[:MAX_HELDOUT] for j in range(stage + 1))
     train = stage_examples(mine.train, stage, data.stream_stages)
-    return LocalData(mine.name, train, mine.heldout, stage, stages)
+    return LocalData(mine.name, train, mine.heldout, stage, stages, heldout_stages(mine, stage, data))
 
 
 class AttackHook(TrainingHook):

@@ -29,6 +29,8 @@ SHOWN = {  # column -> (header, decimals): the table a person reads (compare.jso
     "retention_facts": ("retention (over facts and seeds)", 3),
     "forgetting_mean": ("forgetting (mean over rounds)", 4),
     "backward_transfer_end": ("backward transfer (end)", 4),
+    "current_stage_end": ("current-stage held-out (end)", 4),
+    "past_stage_end": ("past-stage held-out (end)", 4),
     "client_seconds": ("client s/round", 2),
     "rounds_to_target": ("rounds to target", 1),
 }
@@ -63,6 +65,9 @@ def compare_runs(
     forgetting_measured = any(row.get("forgetting_mean") and row.get("mean_client_gain") for row in rows)
     if forgetting_measured:  # runs without the forgetting probes would leave an empty plot
         _plot_gain_vs_forgetting(rows, out / "gain_vs_forgetting.png")
+    retention_measured = any(row.get("retention_mean") for row in rows)
+    if retention_measured:
+        _plot_gain_vs_retention(records, out / "gain_vs_retention.png")
     if target is not None:
         _plot_cost_to_target(records, target, out / "cost_to_target.png")
     seeds = sorted({row["seeds"] for row in rows})
@@ -74,11 +79,13 @@ def compare_runs(
         if baseline else f"Each cell: mean over {'/'.join(map(str, seeds))} seeds ± its 95% interval (Student t).",
         "", "![held-out loss](compare.png)", "",
         *(["![personal gain vs forgetting](gain_vs_forgetting.png)", ""] if forgetting_measured else []),
+        *(["![personal gain against retention, round by round](gain_vs_retention.png)", ""]
+          if retention_measured else []),
         table(rows, baseline), *_baseline_note(rows, baseline), *_target_note(target),
     ]
     atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "compare.json", json.dumps(
-        [{**row, "per_seed": per_seed[row["run"]]} for row in rows], indent=2))
+        [{**row, "per_seed": per_seed[row["run"]], "per_fact": facts[row["run"]]} for row in rows], indent=2))
     return out / "compare.md"
 
 
@@ -280,4 +287,26 @@ def _plot_gain_vs_forgetting(rows: list[dict], path: Path) -> None:
     axis.axvline(0.0, color="black", linewidth=0.8)
     axis.set(xlabel="forgetting: general-text loss - base alone, mean over rounds (lower is better)",
              ylabel="mean personal gain (higher is better)", title="personal gain vs forgetting (95% CI)")
+    save_figure(figure, path)
+
+
+def _plot_gain_vs_retention(records: dict[str, list[RunRecord]], path: Path) -> None:
+    """Each run's path round by round: its personal gain (held-out loss before training minus the model each
+    client uses, mean over seeds) against its retention of the base's known facts, so a protection that keeps the
+    facts only by giving up the gain shows as it does."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    for name, seeds in records.items():
+        paths = [record.gain_and_retention() for record in seeds]
+        rounds = sorted(set.intersection(*(set(seed) for seed in paths))) if paths else []
+        if rounds:
+            retention = [sum(seed[r][1] for seed in paths) / len(paths) for r in rounds]
+            gain = [sum(seed[r][0] for seed in paths) / len(paths) for r in rounds]
+            axis.plot(retention, gain, marker="o", label=name)
+            axis.annotate(f"r{rounds[-1]}", (retention[-1], gain[-1]), textcoords="offset points", xytext=(3, 3),
+                          fontsize="x-small")
+    axis.set(xlabel="retention of the base's known facts (higher is better)",
+             ylabel="personal gain (higher is better)", title="gain against retention, round by round")
+    if axis.lines:
+        axis.legend(fontsize="small")
     save_figure(figure, path)

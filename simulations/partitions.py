@@ -125,7 +125,7 @@ def _natural(rows: datasets.Dataset, num_clients: int, by: str) -> list[tuple[st
 
 def _topic_shift(num_clients: int, seed: int, data: DataSpec) -> tuple[ClientDataset, ...]:
     """Client i trains on natural groups i, i + n, i + 2n, ... one per stage, each cut to the smallest's size;
-    its held-out examples come from every one of its groups."""
+    its held-out examples come from every one of its groups, in stage order (:func:`heldout_stages`)."""
     stages = data.stream_stages
     groups = client_datasets(num_clients * stages, seed, DataSpec(
         dataset=data.dataset, columns=data.columns, partition="natural", partition_by=data.partition_by))
@@ -133,11 +133,24 @@ def _topic_shift(num_clients: int, seed: int, data: DataSpec) -> tuple[ClientDat
     for i in range(num_clients):
         mine = [groups[i + k * num_clients] for k in range(stages)]
         size = min(len(group.train) for group in mine)
-        per_group = max(1, MAX_HELDOUT // stages)
+        per_group = _heldout_per_stage(stages)
         clients.append(ClientDataset(
             f"shift-{i}", tuple(e for group in mine for e in group.train[:size]),
             tuple(e for group in mine for e in group.heldout[:per_group])))
     return tuple(clients)
+
+
+def heldout_stages(client: ClientDataset, stage: int, data: DataSpec) -> tuple[tuple[Example, ...], ...]:
+    """A topic-shift client's held-out examples of each stage up to ``stage`` (each stage another topic); none for
+    other partitions, whose held-out data does not divide by stage."""
+    if data.partition != "topic-shift":
+        return ()
+    per_group = _heldout_per_stage(data.stream_stages)
+    return tuple(client.heldout[j * per_group:(j + 1) * per_group] for j in range(stage + 1))
+
+
+def _heldout_per_stage(stages: int) -> int:
+    return max(1, MAX_HELDOUT // stages)
 
 
 def stream_stage(server_round: int, num_rounds: int, stages: int) -> int:

@@ -73,6 +73,14 @@ class RunRecord:
                     answered.setdefault(question, []).append(bool(ok))
         return {question: sum(outcomes) / len(outcomes) for question, outcomes in sorted(answered.items())}
 
+    def gain_and_retention(self) -> dict[int, tuple[float, float]]:
+        """Per evaluated round that measured retention: (personal gain over the clients' loss before training,
+        retention)."""
+        before = self.rounds[0].get("initial_heldout_loss") if self.rounds else None
+        key = self.personal_key()
+        return {row["round"]: (before - row[key], row["eval_retention"]) for row in self.rounds
+                if before is not None and key in row and "eval_retention" in row}
+
     def mean_of(self, key: str) -> float | None:
         """``key`` averaged over the evaluated rounds: steadier than the last round's alone."""
         values = [r[key] for r in self.rounds if key in r]
@@ -141,6 +149,8 @@ class RunRecord:
             "forgetting_end": last.get("eval_forgetting"),
             "forgetting_mean": self.mean_of("eval_forgetting"),
             **({"backward_transfer_end": last["eval_backward_transfer"]} if "eval_backward_transfer" in last else {}),
+            **{f"{stage}_stage_end": last[f"eval_{stage}_stage_heldout_loss"] for stage in ("current", "past")
+               if f"eval_{stage}_stage_heldout_loss" in last},
             "client_seconds": self.client_seconds(),
             "evaluation_share": _share(*self.compute_split()),
             "bytes_up_per_client": last.get("bytes_up_per_client"),

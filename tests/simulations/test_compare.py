@@ -163,3 +163,34 @@ def test_a_clients_round_costs_its_training_and_the_choice_of_the_model_it_uses(
     assert RunRecord(tmp_path, [], ditto, {}, None).client_seconds() == 53.0
     finetuned = [{"phase": "evaluate", "personal_train_seconds": seconds} for seconds in (12.0, 8.0)]
     assert RunRecord(tmp_path, [], train + finetuned, {}, None).client_seconds() == 43.0
+
+
+def test_a_comparison_plots_each_runs_gain_against_retention_round_by_round_and_keeps_every_facts_outcome(tmp_path):
+    """Retention and personal gain per round (the curve, not only the end), and each seed's retention of every
+    known fact in compare.json, so intervals can run over facts as well as seeds."""
+    from stamen.client.forgetting import NEUTRAL, forgetting_metrics
+    from stamen.client.state_store import ClientStateStore
+    from stamen.simulations.comparison import compare_runs
+
+    def seed(name: str, retention: list[float]) -> RunRecord:
+        folder = tmp_path / name
+        rows = [{"kind": "round", "round": r, "eval_heldout_loss": 3.0 - 0.2 * r, "eval_retention": kept,
+                 **({"initial_heldout_loss": 3.0} if r == 1 else {})} for r, kept in enumerate(retention, start=1)]
+        folder.mkdir(parents=True)
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        store = ClientStateStore(folder / "clients" / "alice")
+        for r, kept in enumerate(retention, start=1):
+            forgetting_metrics(store, r, {NEUTRAL: 2.0}, lambda: {NEUTRAL: 2.0},
+                               answered={"q1": True, "q2": kept > 0.5})
+        return RunRecord.read(folder)
+
+    record = seed("none/seed-0", [1.0, 0.5, 0.25])
+    assert record.gain_and_retention() == {1: (pytest.approx(0.2), 1.0), 2: (pytest.approx(0.4), 0.5),
+                                           3: (pytest.approx(0.6), 0.25)}
+    seed("none/seed-1", [1.0, 0.75, 0.5])
+    table = compare_runs({"none": [tmp_path / "none/seed-0", tmp_path / "none/seed-1"]}, tmp_path / "out")
+    assert (tmp_path / "out" / "gain_vs_retention.png").stat().st_size > 0
+    assert "gain_vs_retention.png" in table.read_text()
+    (row,) = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert row["per_fact"] == [{"q1": 1.0, "q2": pytest.approx(1 / 3)}, {"q1": 1.0, "q2": pytest.approx(2 / 3)}]
+    assert row["retention_facts"]["facts"] == 2

@@ -14,7 +14,7 @@ from stamen.shared.corpus import natural_capacity, natural_split
 from stamen.shared.examples import Example, encode_example
 from stamen.shared.run_folder import RunFolder
 from stamen.simulations.dataset_source import DatasetError
-from stamen.simulations.partitions import MIN_EXAMPLES, client_datasets, stage_examples, stream_stage
+from stamen.simulations.partitions import MIN_EXAMPLES, client_datasets, heldout_stages, stage_examples, stream_stage
 
 CLIENTS = 10
 
@@ -133,6 +133,10 @@ def test_topic_shift_gives_each_client_another_topic_in_every_stage():
             assert set(part) <= everything(natural[i + k * clients])
         held = {k for k in range(stages) for e in client.heldout if e in everything(natural[i + k * clients])}
         assert held == set(range(stages))  # held out from every one of its topics
+        by_stage = heldout_stages(client, stages - 1, DataSpec(partition="topic-shift", stream_stages=stages))
+        for k, part in enumerate(by_stage):  # and each stage's held-out examples are that stage's topic alone
+            assert part and set(part) <= everything(natural[i + k * clients])
+        assert len(heldout_stages(client, 0, DataSpec(partition="topic-shift", stream_stages=stages))) == 1
         assert not set(client.train) & set(client.heldout)
         assert not seen & everything(client)  # no example is two clients'
         seen |= everything(client)
@@ -235,3 +239,8 @@ def test_a_topic_shift_run_trains_one_topic_per_stage_and_measures_backward_tran
     evaluated = [r for r in rows if r.get("phase") == "evaluate"]
     assert {r["client"] for r in evaluated} == {"shift-0", "shift-1"}
     assert [r["round"] for r in evaluated if "backward_transfer" in r] == [2, 2, 3, 3]  # stage 0 ended in round 1
+    # the held-out loss of the stage training is on, and of the earlier ones (what it may erase), apart
+    assert all("current_stage_heldout_loss" in r for r in evaluated)
+    assert [r["round"] for r in evaluated if "past_stage_heldout_loss" in r] == [2, 2, 3, 3]
+    last = [r for r in rows if r["kind"] == "round"][-1]
+    assert {"eval_current_stage_heldout_loss", "eval_past_stage_heldout_loss"} <= set(last)
