@@ -39,7 +39,9 @@ from report import print_table, write_results
 from stamen.client.handlers import client_app_with
 from stamen.client.secagg_checks import IDENTITY_KEY
 from stamen.client.secure_aggregation_mod import SUMMED_DTYPE
-from stamen.server.federation import train_round
+from stamen.server.federated_round import FederatedRound
+from stamen.server.fold import RoundFold
+from stamen.server.round_ledger import RoundLedger
 from stamen.server.rules import make_rule
 from stamen.server.run_record import RunRecorder
 from stamen.server.secure_aggregation import neighbourhoods
@@ -89,16 +91,16 @@ def stamen_cell(clients: int, params: int, secure: bool, rounds: int, folder: Pa
     def main(grid: Grid, context: Context) -> None:
         initial = {"update": np.zeros(params, dtype=np.float32)}
         schema = AdapterSchema.from_state(initial, config.wire_dtype)
-        recorder = RunRecorder(folder / config.run_id, config, {})
+        ledger = RoundLedger(RunRecorder(folder / config.run_id, config, {}))
         rule = make_rule("fedavg")
-        strategy = AdapterStrategy(initial, schema, FINGERPRINT, recorder, rule, [], config.privacy,
-                                   fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients,
-                                   min_available_nodes=clients)
-        rule.initialise(strategy.global_adapter)
-        instruction = round_config(config, FINGERPRINT)
+        fold = RoundFold(initial, schema, rule, (), config.privacy)
+        strategy = AdapterStrategy(rule, (), config.wire_dtype, fraction_train=1.0, fraction_evaluate=0.0,
+                                   min_train_nodes=clients, min_available_nodes=clients)
+        rule.initialise(fold.global_adapter)
+        federated_round = FederatedRound(strategy, fold, ledger, FINGERPRINT, config, round_config(config, FINGERPRINT))
         for server_round in range(1, rounds + 1):
             started = time.perf_counter()
-            train_round(grid, strategy, instruction, config, server_round)
+            federated_round.train(grid, server_round)
             times.append(time.perf_counter() - started)
             if rule.count != clients:
                 raise RuntimeError(f"round {server_round} aggregated {rule.count} of {clients} clients")

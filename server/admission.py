@@ -1,7 +1,7 @@
 """What a client reply must pass before the server uses it.
 
 Every byte of a reply is the client's to choose, so every value is checked for type,
-size and range before use. A reply that fails is refused with the reason (the strategy
+size and range before use. A reply that fails is refused with the reason (the round
 logs it, records it and goes on with the round): an error reply, missing records, another
 base, a client name or metric that is not a short string or a finite number, a non-positive
 example count, a missing upload, an upload larger than the adapter schema allows (refused
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from flwr.app import Message, MetricRecord
 
@@ -149,3 +149,54 @@ def admit_key_reply(msg: Message, fingerprint: str, roster: Roster, name: str, s
             return roster.admit(keys.get(IDENTITY), keys.get(KEY_SIGNATURE), statement)
         except SecAggError as reason:
             raise UpdateRejected(f"secure-aggregation keys not signed by a roster device: {reason}") from None
+
+
+Refusals = list[tuple[Message, str]]  # each refused reply with the reason
+
+
+def admit_updates(replies: Iterable[Message], fingerprint: str, schema: AdapterSchema, extra_uploads: tuple[str, ...]
+                  ) -> tuple[list[tuple[Message, ClientUpdate]], Refusals]:
+    """A plain round's train replies, in client-name order (so a round does not depend on arrival order): the
+    admitted ones with their updates, and the refused ones with the reason."""
+    admitted, refused = [], []
+    for msg in sorted(replies, key=client_order):
+        try:
+            admitted.append((msg, admit_update(msg, fingerprint, schema, extra_uploads)))
+        except UpdateRejected as reason:
+            refused.append((msg, str(reason)))
+    return admitted, refused
+
+
+def admit_evaluations(replies: Iterable[Message], fingerprint: str) -> tuple[list[Message], Refusals]:
+    """A plain round's evaluation replies, in client-name order: the admitted ones and the refused ones."""
+    admitted, refused = [], []
+    for msg in sorted(replies, key=client_order):
+        try:
+            admit_reply(msg, fingerprint)
+            admitted.append(msg)
+        except UpdateRejected as reason:
+            refused.append((msg, str(reason)))
+    return admitted, refused
+
+
+def admit_key_replies(replies: Iterable[Message], fingerprint: str, roster: Roster, name: str, server_round: int
+                      ) -> tuple[dict[int, Message], Refusals]:
+    """A secure sum's stage-1 replies (by node) that carry a valid base fingerprint, public keys and metric names,
+    and under a roster keys signed for session ``name`` by a roster device not yet admitted; and the refused ones."""
+    admitted, identities, refused = {}, set(), []
+    for msg in sorted(replies, key=client_order):
+        try:
+            identity = admit_key_reply(msg, fingerprint, roster, name, server_round)
+            if identity is not None and identity in identities:
+                raise UpdateRejected(f"identity {identity[:16]} signed the keys of another node this round")
+        except UpdateRejected as reason:
+            refused.append((msg, str(reason)))
+            continue
+        identities.add(identity)
+        admitted[msg.metadata.src_node_id] = msg
+    return admitted, refused
+
+
+def client_order(msg: Message) -> tuple[str, int]:
+    """Replies are taken in the order of their client names (then nodes), never in arrival order."""
+    return client_name(msg), msg.metadata.src_node_id

@@ -30,7 +30,7 @@ _CORRECTIONS = f"{_RULE}{CORRECTIONS}/"
 class ServerState:
     round: int
     global_adapter: dict[str, np.ndarray]
-    rule_state: dict[str, Any]  # the strategy's server state: rule arrays, LoRA corrections
+    rule_state: dict[str, Any]  # the fold's server state: rule arrays, LoRA corrections
     python_rng: Any
     metrics_offset: int
 

@@ -1,9 +1,10 @@
 """What a round needs on the server besides the rule: extensions, in the rules' shape.
 
-The strategy samples nodes, admits replies and folds them into the rule. Every other
+The round samples nodes, admits replies and folds them into the rule. Every other
 server concern of a round (the privacy engine, the exact-LoRA residual, the anchor
 set's distribution, a simulation's attack tally) is an extension the run installs;
-the strategy calls each installed one at the same points of a round, in order:
+the strategy and the fold (:mod:`~stamen.server.fold`) call each installed one at the same points of a
+round, in order:
 
     configure (train / evaluate messages) -> start_round -> add (each accepted update)
     -> finish_round (updates arrived: before the rule moves the global adapter) -> round_metrics

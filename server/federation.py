@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 
 from stamen.shared.adapters import adapter_state, attach_adapter, shared_state
@@ -29,14 +28,15 @@ from stamen.shared.wire import AdapterSchema
 
 from .anchor_distribution import AnchorDistribution
 from .checkpoint import ServerState, load_checkpoint, save_checkpoint
-from .exchange import send_and_collect
 from .extensions import ServerExtension
+from .federated_round import FederatedRound
+from .fold import RoundFold
 from .lora_exact import ExactLoraResidual, correction_shapes
 from .privacy import PrivacyEngine
 from .root_update import RootTrainer
+from .round_ledger import RoundLedger
 from .rules import make_rule
 from .run_record import RunRecorder, new_run_id
-from .secure_round import run_secure_evaluation, run_secure_train_round
 from .strategy import AdapterStrategy
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,10 @@ def run_federation(
     if resume and checkpoint is None:
         log.warning("%s has no completed round to resume from; starting at round 1", run_dir)
     recorder = RunRecorder(run_dir, config, start.meta, resume_at=checkpoint.metrics_offset if checkpoint else None)
+    extensions = [*_extensions_for(config, start, anchor), *extensions]
+    fold = RoundFold(start.initial, start.schema, rule, extensions, config.privacy, config.max_client_weight)
     strategy = AdapterStrategy(
-        start.initial, start.schema, start.fingerprint, recorder, rule,
-        [*_extensions_for(config, start, anchor), *extensions], config.privacy, config.max_client_weight,
+        rule, extensions, config.wire_dtype,
         fraction_train=1.0 if _samples_for_privacy(config) else config.fraction_train,
         fraction_evaluate=config.fraction_evaluate,
         min_train_nodes=config.min_clients,
@@ -70,16 +71,18 @@ def run_federation(
         min_available_nodes=config.min_clients,
     )
     if checkpoint:
-        strategy.restore(checkpoint.global_adapter, checkpoint.rule_state)
+        fold.restore(checkpoint.global_adapter, checkpoint.rule_state)
         random.setstate(checkpoint.python_rng)
         log.info("Resuming %s after round %d", run_dir, checkpoint.round)
     else:
-        rule.initialise(strategy.global_adapter)
+        rule.initialise(fold.global_adapter)
         random.seed(config.seed)  # Flower samples nodes with the random module
     first_round = checkpoint.round + 1 if checkpoint else 1
     root = RootTrainer(config) if rule.needs_root_update else None
-    _run_rounds(grid, strategy, round_config(config, start.fingerprint), config, first_round, run_dir, root)
-    recorder.save_adapter(strategy.global_adapter)
+    rounds = FederatedRound(strategy, fold, RoundLedger(recorder), start.fingerprint, config,
+                            round_config(config, start.fingerprint))
+    _run_rounds(grid, rounds, first_round, run_dir, root)
+    recorder.save_adapter(fold.global_adapter)
     recorder.finish(start.meta)
     return run_dir
 
@@ -138,43 +141,14 @@ def _extensions_for(
     return installed
 
 
-def _run_rounds(
-    grid: Grid, strategy: AdapterStrategy, instruction: ConfigRecord, config: RunConfig, first: int, run_dir: Path,
-    root: RootTrainer | None,
-) -> None:
-    for server_round in range(first, config.num_rounds + 1):
-        log.info("round %d/%d", server_round, config.num_rounds)
+def _run_rounds(grid: Grid, rounds: FederatedRound, first: int, run_dir: Path, root: RootTrainer | None) -> None:
+    """Round after round, a checkpoint after each."""
+    fold = rounds.fold
+    for server_round in range(first, rounds.config.num_rounds + 1):
+        log.info("round %d/%d", server_round, rounds.config.num_rounds)
         if root:
-            strategy.rule.set_root_update(root.update(strategy.global_adapter, server_round))
-        train_round(grid, strategy, instruction, config, server_round)
-        evaluation_round(grid, strategy, instruction, config, server_round)
-        save_checkpoint(
-            run_dir,
-            ServerState(server_round, strategy.global_adapter, strategy.server_state(), random.getstate(),
-                        strategy.recorder.offset()),
-        )
-
-
-def train_round(
-    grid: Grid, strategy: AdapterStrategy, instruction: ConfigRecord, config: RunConfig, server_round: int
-) -> None:
-    """One training round: clients' updates into the strategy, in the clear or as a secure sum."""
-    if config.privacy.secure_aggregation:
-        run_secure_train_round(grid, strategy, instruction, config, server_round)
-    else:
-        train = strategy.configure_train(server_round, strategy.global_record(), instruction, grid)
-        strategy.aggregate_train(server_round, send_and_collect(grid, train, config.round_timeout))
-
-
-def evaluation_round(
-    grid: Grid, strategy: AdapterStrategy, instruction: ConfigRecord, config: RunConfig, server_round: int
-) -> None:
-    """The round's evaluation: clients' metrics into the strategy, in the clear or as a secure sum (none in a
-    round ``evaluate-every`` skips)."""
-    if not config.evaluates(server_round):
-        strategy.skip_evaluation(server_round)
-    elif config.privacy.secure_aggregation:
-        run_secure_evaluation(grid, strategy, instruction, config, server_round)
-    else:
-        evaluate = strategy.configure_evaluate(server_round, strategy.global_record(), instruction, grid)
-        strategy.aggregate_evaluate(server_round, send_and_collect(grid, evaluate, config.round_timeout))
+            fold.rule.set_root_update(root.update(fold.global_adapter, server_round))
+        rounds.train(grid, server_round)
+        rounds.evaluate(grid, server_round)
+        save_checkpoint(run_dir, ServerState(server_round, fold.global_adapter, fold.state_dict(), random.getstate(),
+                                             rounds.ledger.recorder.offset()))

@@ -59,7 +59,7 @@ class PoissonSampling:
 
 
 class PrivacyEngine(ServerExtension):
-    """The run's differential privacy, the one object the strategy holds for it: central clipping
+    """The run's differential privacy, the one object the round holds for it: central clipping
     and noise (``dp = central``), secret Poisson sampling of the round's nodes where it amplifies
     privacy, and the accountant's ε after every release (both modes)."""
 

@@ -39,8 +39,10 @@ from stamen.shared.secagg_protocol import (
     SecAggError,
     StageInfo,
     pairwise_sign,
+    read_sum,
     share_threshold,
 )
+from stamen.shared.secure_metrics import metric_means
 
 log = logging.getLogger(__name__)
 MAX_CIPHERTEXT_BYTES = 1024  # an encrypted pair of shares is under 200 bytes
@@ -53,7 +55,7 @@ class SecAggAborted(RuntimeError):
 
 @dataclass(frozen=True)
 class SecureSum:
-    """What one secure exchange hands the strategy: who is in the sum (node -> bytes it sent), and
+    """What one secure exchange hands the round: who is in the sum (node -> bytes it sent), and
     the decoded sum (None when aborted): update values, weight, then the ``metric_names`` slots."""
 
     survivors: dict[int, int]
@@ -61,6 +63,16 @@ class SecureSum:
     metric_names: tuple[str, ...]
     value_range: float  # the update values' declared range
     tolerance: float = 0.0  # the codec's largest error on one coordinate of the sum
+
+    def parts(self, num_values: int, num_uploads: int = 0
+              ) -> tuple[np.ndarray, list[np.ndarray], float, dict[str, float]]:
+        """The decoded sum read as ``num_values`` update values (and ``num_uploads`` more of them): their
+        weighted sums, the total weight and the survivors' metric means."""
+        assert self.total is not None, "an aborted secure sum has no parts"
+        weighted_sum, extra_sums, total_weight, slots = read_sum(self.total, self.value_range, num_values,
+                                                                 num_uploads)
+        return weighted_sum, extra_sums, total_weight, metric_means(slots, self.metric_names, total_weight,
+                                                                   self.tolerance)
 
 
 @dataclass(frozen=True)

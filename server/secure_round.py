@@ -1,11 +1,10 @@
-"""One training round under secure aggregation, as Flower message exchanges.
+"""The exchanges of a secure sum after its stage 1, as Flower messages; the sum goes back to the round.
 
-Stage 1 is Flower's ordinary ``train`` message (clients train, then advertise keys and name
-their metrics); the later stages are ``train`` messages carrying a ``secagg`` record, which the
-ClientApp's secure-aggregation mod answers: shares, masked inputs, (under a roster) signatures of
-the survivor set, and the revealed shares. The round's evaluation runs the same stages on
-``evaluate`` messages, summing metrics only. A client that errors or does not answer (training
-within ``round-timeout``, each later stage within ``secagg-timeout``) counts as dropped at that
+Stage 1 is the round's ordinary ``train`` (or ``evaluate``) message: clients train, then advertise
+keys and name their metrics, and the round admits the key replies. The later stages are messages of
+the same type carrying a ``secagg`` record, which the ClientApp's secure-aggregation mod answers:
+shares, masked inputs, (under a roster) signatures of the survivor set, and the revealed shares. A
+client that errors or does not answer a stage within ``secagg-timeout`` counts as dropped at that
 stage; the sum goes on as long as every needed secret can be rebuilt.
 """
 
@@ -16,7 +15,7 @@ import random
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from stamen.shared.config import RunConfig
@@ -45,39 +44,11 @@ from stamen.shared.secure_metrics import common_names
 from .admission import ARRAY_HEADER_BYTES
 from .exchange import send_and_collect
 from .secure_aggregation import SecAggAborted, SecAggSettings, SecureAggregator, SecureSum
-from .strategy import AdapterStrategy
 
 log = logging.getLogger(__name__)
 
 
-def run_secure_train_round(
-    grid: Grid, strategy: AdapterStrategy, instruction: ConfigRecord, config: RunConfig, server_round: int
-) -> None:
-    """Train, mask, and unmask one round; the strategy sees only the sum of the survivors' updates (and the rule's
-    extra uploads) and metrics."""
-    train = strategy.configure_train(server_round, strategy.global_record(), instruction, grid)
-    name = session(config.run_id, MessageType.TRAIN)
-    admitted = strategy.admit_key_replies(server_round, send_and_collect(grid, train, config.round_timeout),
-                                          MessageType.TRAIN, name)
-    num_values = strategy.schema.num_values * (1 + len(strategy.rule.extra_uploads))
-    strategy.aggregate_secure_sum(server_round, admitted,
-                                  _secure_sum(grid, admitted, config, server_round, MessageType.TRAIN, num_values))
-
-
-def run_secure_evaluation(
-    grid: Grid, strategy: AdapterStrategy, instruction: ConfigRecord, config: RunConfig, server_round: int
-) -> None:
-    """Evaluate the global adapter; the strategy sees only the weighted sums of the survivors' metrics."""
-    evaluate = list(strategy.configure_evaluate(server_round, strategy.global_record(), instruction, grid))
-    replies = send_and_collect(grid, evaluate, config.round_timeout)
-    admitted = strategy.admit_key_replies(server_round, replies, MessageType.EVALUATE,
-                                          session(config.run_id, MessageType.EVALUATE))
-    secure = (_secure_sum(grid, admitted, config, server_round, MessageType.EVALUATE, 0)
-              if evaluate else SecureSum({}, None, (), config.secure_value_range()))  # none asked: nothing to sum
-    strategy.aggregate_secure_evaluation(server_round, admitted, secure)
-
-
-def _secure_sum(
+def secure_sum(
     grid: Grid, admitted: dict[int, Message], config: RunConfig, server_round: int, message_type: str,
     num_values: int,
 ) -> SecureSum:

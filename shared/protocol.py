@@ -98,6 +98,11 @@ def client_reply(
     return RecordDict(records)
 
 
+def array_bytes(content: RecordDict) -> int:
+    """The bytes of a message's arrays (an update, a download): what ``bytes_up`` / ``bytes_down`` count."""
+    return sum(record.count_bytes() for record in content.array_records.values())
+
+
 def record_bytes(record: ArrayRecord | ConfigRecord | MetricRecord) -> int:
     """The bytes a record takes as Flower counts them (payload and keys), for any record a client chose: Flower's
     ``count_bytes`` raises on an empty list or an empty string."""

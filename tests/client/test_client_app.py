@@ -369,19 +369,13 @@ def test_self_replay_writes_pseudo_examples_from_the_base_alone_once_per_base_an
 @pytest.mark.parametrize("method", ["dora", "ia3", "loha"])
 def test_each_adapter_type_trains_and_is_aggregated_through_a_round(method, tmp_path):
     """One client, one FedAvg round: the new global adapter is what the client trained (to fp16), every tensor moved."""
-    from stamen.server.rules import make_rule
-    from stamen.server.run_record import RunRecorder
-    from stamen.server.strategy import AdapterStrategy
+    from plain_round import new_global, plain_round
 
     config = TINY.replace(**{"adapter": method, "learning-rate": 0.01, "lora-targets": "q_proj,v_proj,down_proj"})
     fingerprint, initial, schema = _server_view(config)
     reply = client_app(_message(MessageType.TRAIN, config, fingerprint, initial), _context(tmp_path / "device"))
     assert not reply.has_error(), reply.error
-    strategy = AdapterStrategy(
-        initial, schema, fingerprint, RunRecorder(tmp_path / "run", config, {}), make_rule("fedavg")
-    )
-    arrays, _ = strategy.aggregate_train(1, [reply])
-    new = decode_adapter(arrays, schema)
+    new = new_global(plain_round(tmp_path / "run", initial, fingerprint, schema.wire_dtype, config=config), [reply])
     trained = {k: v.numpy() for k, v in adapter_state(client_runtime(config).model).items()}
     assert set(new) == set(trained) == set(initial)
     for name, value in new.items():

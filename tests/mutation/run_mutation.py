@@ -36,7 +36,7 @@ MODULES = {
     "delta computation": ("client/update.py", "client/error_feedback.py", "shared/lora_ranks.py"),
     "rules and accumulator": (*sorted(f"server/rules/{p.name}" for p in (ROOT / "server/rules").glob("*.py")),
                               "server/accumulator.py"),
-    "update validation": ("server/admission.py", "server/influence.py"),
+    "update validation": ("server/admission.py", "server/weight_cap.py"),
     # the protocol's halves; its ClientApp mod and server round are covered by test_lying_server, test_secure_federation
     # and the deployment tests, whose runs per mutant would take hours here
     "secure aggregation": ("shared/fixed_point.py", "shared/shamir.py", "shared/secagg_crypto.py",
@@ -49,7 +49,7 @@ MODULES = {
 TESTS = (
     "tests/shared/test_wire.py", "tests/client/test_error_feedback.py", "tests/client/test_update.py",
     "tests/shared/test_lora_ranks.py", "tests/server/test_rules.py", "tests/server/test_robust_rules.py",
-    "tests/server/test_admission.py", "tests/server/test_strategy.py", "tests/server/test_secure_aggregation.py",
+    "tests/server/test_admission.py", "tests/server/test_federated_round.py", "tests/server/test_secure_aggregation.py",
     "tests/server/test_privacy.py", "tests/server/test_docs_rule_example.py", "tests/server/test_hostile_clients.py",
     "tests/server/test_secure_aggregation_refusals.py",
     "tests/client/test_trust.py", "tests/client/test_release_ledger.py",

@@ -12,20 +12,19 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from plain_round import new_global, plain_round
 
 from stamen.client.secure_aggregation import SecAggClient
 from stamen.server.admission import UpdateRejected, admit_key_reply, admit_update
-from stamen.server.rules import make_rule
-from stamen.server.run_record import RunRecorder
+from stamen.server.federated_round import FederatedRound
 from stamen.server.secure_aggregation import SecAggSettings, SecureAggregator
 from stamen.server.secure_round import _apply, _vector
-from stamen.server.strategy import AdapterStrategy
 from stamen.shared.config import RunConfig
 from stamen.shared.protocol import ARRAYS, CLIENT_INFO, METRICS, client_reply
 from stamen.shared.run_folder import RunFolder
 from stamen.shared.secagg_identity import DeviceIdentity, Roster
 from stamen.shared.secagg_protocol import ENCRYPTION_KEY, MASK_KEY, PUBLIC_KEYS
-from stamen.shared.wire import AdapterSchema, decode_adapter, encode_adapter
+from stamen.shared.wire import AdapterSchema, encode_adapter
 
 FP = "sha256:" + "ab" * 32
 GLOBAL = {"l.lora_A": np.zeros((2, 4), np.float32), "l.lora_B": np.ones((4, 2), np.float32)}
@@ -45,13 +44,8 @@ def _reply(node: int, value: float = 0.5, examples: float = 10, **metrics) -> Me
     return Message(content, reply_to=sent)
 
 
-def _strategy(tmp_path, **options) -> AdapterStrategy:
-    return AdapterStrategy(GLOBAL, SCHEMA, FP, RunRecorder(tmp_path, RunConfig(), {}), make_rule("fedavg"), **options)
-
-
-def _new_global(strategy: AdapterStrategy, replies: list[Message]) -> dict[str, np.ndarray]:
-    arrays, _ = strategy.aggregate_train(1, replies)
-    return decode_adapter(arrays, strategy.schema)
+def _round(tmp_path, **options) -> FederatedRound:
+    return plain_round(tmp_path, GLOBAL, FP, **options)
 
 
 # -- arbitrary records ---------------------------------------------------------------------------------------------
@@ -103,9 +97,9 @@ def _hostile_reply(draw) -> Message:
 def test_a_round_survives_any_reply_and_the_honest_result_holds_unless_the_reply_is_a_valid_update(
         tmp_path_factory, hostile):
     honest = [_reply(1, 0.5, 10), _reply(2, -0.25, 30)]
-    expected = _new_global(_strategy(tmp_path_factory.mktemp("honest")), honest)
+    expected = new_global(_round(tmp_path_factory.mktemp("honest")), honest)
     folder = tmp_path_factory.mktemp("hostile")
-    result = _new_global(_strategy(folder), [*honest, hostile])
+    result = new_global(_round(folder), [*honest, hostile])
     verdict = next(row for row in RunFolder(folder).rows() if row.get("node") == 3)
     if not verdict["accepted"]:
         assert verdict["reason"]
@@ -157,8 +151,8 @@ def test_a_secure_round_drops_a_client_whose_stage_replies_are_arbitrary_and_sum
 # -- named defects --------------------------------------------------------------------------------------------------
 
 def test_a_list_valued_metric_is_refused_and_the_round_goes_on(tmp_path):
-    strategy = _strategy(tmp_path)
-    result = _new_global(strategy, [_reply(1, 0.5), _reply(2, 0.5, **{"train-loss": [1.0, 2.0]})])
+    rounds = _round(tmp_path)
+    result = new_global(rounds, [_reply(1, 0.5), _reply(2, 0.5, **{"train-loss": [1.0, 2.0]})])
     np.testing.assert_allclose(result["l.lora_A"], 0.5)
     refused = next(row for row in RunFolder(tmp_path).rows() if row.get("node") == 2)
     assert refused["reason"] == "metric 'train-loss' must be a finite number, got list"
@@ -186,7 +180,7 @@ def test_an_oversized_upload_is_refused_before_its_payload_is_decoded(monkeypatc
 
 def test_a_client_claiming_a_trillion_examples_weighs_at_most_four_times_the_median(tmp_path):
     honest = [_reply(node, 0.1, 10) for node in (1, 2, 3)]
-    result = _new_global(_strategy(tmp_path), [*honest, _reply(4, 1.0, 1e12)])
+    result = new_global(_round(tmp_path), [*honest, _reply(4, 1.0, 1e12)])
     expected = (3 * 10 * 0.1 + 40 * 1.0) / (3 * 10 + 40)  # capped at 4 x the median count of 10
     np.testing.assert_allclose(result["l.lora_A"], expected, rtol=1e-3)  # float16 on the wire; uncapped: 1.0
     row = next(row for row in RunFolder(tmp_path).rows() if row.get("node") == 4)
@@ -194,14 +188,14 @@ def test_a_client_claiming_a_trillion_examples_weighs_at_most_four_times_the_med
 
 
 def test_float16_extremes_at_an_absurd_weight_leave_the_global_adapter_finite(tmp_path):
-    strategy = _strategy(tmp_path, max_client_weight=1e300)
-    result = _new_global(strategy, [_reply(1, 0.1, 10), _reply(2, 65504.0, 1e308)])
+    rounds = _round(tmp_path, max_client_weight=1e300)
+    result = new_global(rounds, [_reply(1, 0.1, 10), _reply(2, 65504.0, 1e308)])
     assert all(np.isfinite(value).all() for value in result.values())
     assert next(row for row in RunFolder(tmp_path).rows() if row.get("node") == 2)["weight"] == 40.0
 
 
 def test_the_weight_cap_is_four_times_the_lower_median_or_the_configured_one_below_it():
-    from stamen.server.influence import round_weight_cap
+    from stamen.server.weight_cap import round_weight_cap
 
     assert round_weight_cap([10, 30, 1e12], 0.5) == 0.5  # any positive setting, even below one example
     assert round_weight_cap([10, 30, 1e12], 0.0) == 120.0
@@ -214,7 +208,7 @@ def test_the_weight_cap_is_four_times_the_lower_median_or_the_configured_one_bel
 def test_with_two_clients_a_liar_claiming_a_trillion_examples_gets_at_most_four_fifths_of_the_round(tmp_path):
     """Issue: with min-clients = 2, one honest client and one claiming 1e12 examples, the global update was exactly
     the liar's (the cap was four times the median of two). The lower median caps the liar at 4 x 10 examples."""
-    result = _new_global(_strategy(tmp_path), [_reply(1, 0.1, 10), _reply(2, 1.0, 1e12)])
+    result = new_global(_round(tmp_path), [_reply(1, 0.1, 10), _reply(2, 1.0, 1e12)])
     expected = (10 * 0.1 + 40 * 1.0) / 50  # the liar's share: 4/5 = max_weight_share(2)
     np.testing.assert_allclose(result["l.lora_A"], expected, rtol=1e-3)
 
@@ -222,7 +216,7 @@ def test_with_two_clients_a_liar_claiming_a_trillion_examples_gets_at_most_four_
 @settings(max_examples=200, deadline=None)
 @given(weights=st.lists(st.floats(1e-3, 1e15), min_size=2, max_size=40), configured=st.sampled_from([0.0, 5.0, 1e9]))
 def test_no_client_has_more_than_the_stated_share_of_a_plain_rounds_weight(weights, configured):
-    from stamen.server.influence import max_weight_share, round_weight_cap
+    from stamen.server.weight_cap import max_weight_share, round_weight_cap
 
     cap = round_weight_cap(weights, configured)
     capped = [min(weight, cap) for weight in weights]
@@ -230,7 +224,7 @@ def test_no_client_has_more_than_the_stated_share_of_a_plain_rounds_weight(weigh
 
 
 def test_a_secure_total_weight_is_accepted_exactly_up_to_its_bounds_and_refused_beyond():
-    from stamen.server.influence import SecureSumOutOfBounds, check_secure_total
+    from stamen.server.weight_cap import SecureSumOutOfBounds, check_secure_total
     from stamen.shared.config import PrivacySpec
 
     privacy = PrivacySpec(secure_aggregation=True, secagg_max_weight=1000.0, secagg_min_weight=50.0)
@@ -267,7 +261,7 @@ def test_a_client_crafting_its_masked_input_moves_an_applied_coordinate_at_most_
     at most 20x. What holds (docs/privacy.md, "Bounded influence"): a decoded coordinate lies within +-n (the codec's
     range) and the total weight is at least n x secagg-min-weight / secagg-max-weight, so any coordinate of the
     applied mean is at most secagg-value-range x secagg-max-weight / secagg-min-weight (20 by default) in size."""
-    from stamen.server.influence import check_secure_total
+    from stamen.server.weight_cap import check_secure_total
     from stamen.shared.config import PrivacySpec
     from stamen.shared.fixed_point import FixedPoint
     from stamen.shared.secagg_protocol import read_sum, update_vector

@@ -158,4 +158,4 @@ def test_a_library_warning_repeated_on_every_call_is_logged_once_and_stamens_lin
     cast = "MatMul8bitLt: inputs will be cast from %s to float16 during quantization"
     assert [passes("bitsandbytes.autograd._functions", cast, "torch.float32") for _ in range(3)] == [True, False, False]
     assert passes("bitsandbytes.autograd._functions", "another warning")
-    assert all(passes("stamen.server.strategy", "round %d: ...", 1) for _ in range(3))
+    assert all(passes("stamen.server.round_ledger", "round %d: ...", 1) for _ in range(3))

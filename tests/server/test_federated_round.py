@@ -1,4 +1,5 @@
-"""Server-side aggregation on real Flower messages: weighted deltas, and rejection of bad replies."""
+"""A server round on real Flower messages: weighted deltas, rejection of bad replies, its rows; the ServerApp's
+log."""
 
 import logging
 import subprocess
@@ -7,14 +8,11 @@ import sys
 import numpy as np
 import pytest
 from flwr.app import Error, Message, MessageType, RecordDict
+from plain_round import evaluation, new_global, plain_round
 
-from stamen.server.rules import make_rule
-from stamen.server.run_record import RunRecorder
-from stamen.server.strategy import AdapterStrategy
-from stamen.shared.config import RunConfig
 from stamen.shared.protocol import client_reply
 from stamen.shared.run_folder import RunFolder
-from stamen.shared.wire import AdapterSchema, decode_adapter, encode_adapter
+from stamen.shared.wire import encode_adapter
 
 FP = "sha256:" + "ab" * 32
 GLOBAL = {"l.lora_A": np.zeros((2, 4), np.float32), "l.lora_B": np.ones((4, 2), np.float32)}
@@ -37,21 +35,21 @@ pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 @pytest.fixture
-def strategy(tmp_path):
-    recorder = RunRecorder(tmp_path, RunConfig(), {})
-    return AdapterStrategy(GLOBAL, AdapterSchema.from_state(GLOBAL, "float16"), FP, recorder, make_rule("fedavg"))
+def rounds(tmp_path):
+    return plain_round(tmp_path, GLOBAL, FP)
 
 
-def test_new_global_is_the_example_weighted_mean_delta_added(strategy):
-    arrays, metrics = strategy.aggregate_train(1, [_reply(1, _delta(0.5), 10), _reply(2, _delta(-0.25), 30)])
+def test_new_global_is_the_example_weighted_mean_delta_added(rounds, tmp_path):
+    new = new_global(rounds, [_reply(1, _delta(0.5), 10, **{"train-loss": 1.0}),
+                              _reply(2, _delta(-0.25), 30, **{"train-loss": 3.0})])
     expected = (10 * 0.5 + 30 * -0.25) / 40  # = -0.0625
-    new = decode_adapter(arrays, strategy.schema)
     np.testing.assert_allclose(new["l.lora_A"], 0.0 + expected)
     np.testing.assert_allclose(new["l.lora_B"], 1.0 + expected)
-    assert metrics["train-loss"] == pytest.approx(1.0)
+    evaluation(rounds, [])
+    assert RunFolder(tmp_path).rows()[-1]["train_train_loss"] == pytest.approx((10 * 1.0 + 30 * 3.0) / 40)
 
 
-def test_bad_replies_are_rejected_logged_and_the_round_goes_on(strategy, tmp_path, caplog):
+def test_bad_replies_are_rejected_logged_and_the_round_goes_on(rounds, tmp_path, caplog):
     nan = _delta(0.5)
     nan["l.lora_A"][0, 0] = np.nan
     wrong_shape = {"l.lora_A": np.zeros((2, 5), np.float32), "l.lora_B": np.zeros((4, 2), np.float32)}
@@ -64,9 +62,9 @@ def test_bad_replies_are_rejected_logged_and_the_round_goes_on(strategy, tmp_pat
         _reply(6, None, 10),
         _reply(7, _delta(9.0), 0),
     ]
-    with caplog.at_level(logging.WARNING, logger="stamen.server.strategy"):
-        arrays, _ = strategy.aggregate_train(1, replies)
-    np.testing.assert_allclose(decode_adapter(arrays, strategy.schema)["l.lora_A"], 0.5)
+    with caplog.at_level(logging.WARNING, logger="stamen.server.round_ledger"):
+        new = new_global(rounds, replies)
+    np.testing.assert_allclose(new["l.lora_A"], 0.5)
     rows = RunFolder(tmp_path).rows()
     verdicts = {row["node"]: row for row in rows}
     assert verdicts[1]["accepted"] is True
@@ -80,28 +78,27 @@ def test_bad_replies_are_rejected_logged_and_the_round_goes_on(strategy, tmp_pat
     assert caplog.text.count("rejected train reply") == 6
 
 
-def test_when_every_update_is_bad_the_global_is_unchanged(strategy):
-    arrays, _ = strategy.aggregate_train(1, [_reply(1, error="boom"), _reply(2, _delta(1.0), -5)])
-    new = decode_adapter(arrays, strategy.schema)
+def test_when_every_update_is_bad_the_global_is_unchanged(rounds):
+    new = new_global(rounds, [_reply(1, error="boom"), _reply(2, _delta(1.0), -5)])
     for name, value in GLOBAL.items():
         np.testing.assert_array_equal(new[name], value)
 
 
-def test_uploaded_bytes_are_measured_from_the_actual_record(strategy, tmp_path):
-    strategy.aggregate_train(1, [_reply(1, _delta(0.5), 10)])
+def test_uploaded_bytes_are_measured_from_the_actual_record(rounds, tmp_path):
+    new_global(rounds, [_reply(1, _delta(0.5), 10)])
     row = RunFolder(tmp_path).rows()[0]
     record = encode_adapter(_delta(0.5), "float16")
     assert row["bytes_up"] == record.count_bytes()
-    assert strategy.schema.nbytes == 16 * 2
+    assert rounds.fold.schema.nbytes == 16 * 2
 
 
-def test_round_zero_baseline_is_weighted_by_heldout_size(strategy, tmp_path):
+def test_round_zero_baseline_is_weighted_by_heldout_size(rounds, tmp_path):
     replies = [
         _reply(1, _delta(0.0), 100, **{"heldout-examples": 10, "initial-heldout-loss": 1.0}),
         _reply(2, _delta(0.0), 1, **{"heldout-examples": 30, "initial-heldout-loss": 2.0}),
     ]
-    strategy.aggregate_train(1, replies)
-    strategy.aggregate_evaluate(1, [])
+    new_global(rounds, replies)
+    evaluation(rounds, [])
     round_row = RunFolder(tmp_path).rows()[-1]
     assert round_row["kind"] == "round"
     assert round_row["initial_heldout_loss"] == pytest.approx((10 * 1.0 + 30 * 2.0) / 40)
@@ -109,7 +106,7 @@ def test_round_zero_baseline_is_weighted_by_heldout_size(strategy, tmp_path):
 
 
 def test_central_dp_noises_the_released_adapter_by_z_c_over_n(tmp_path):
-    """The strategy itself adds the noise (not only reports an epsilon): each accepted delta is clipped to C,
+    """The round itself adds the noise (not only reports an epsilon): each accepted delta is clipped to C,
     and the new global spreads around the mean of the clipped deltas with std z * C / n."""
     from stamen.server.privacy import PrivacyEngine
     from stamen.shared.config import PrivacySpec
@@ -117,18 +114,10 @@ def test_central_dp_noises_the_released_adapter_by_z_c_over_n(tmp_path):
     big = {"w.lora_A": np.zeros((100, 200), np.float32)}
     clip, multiplier, clients = 0.5, 2.0, 4
     privacy = PrivacySpec(dp="central", dp_clip=clip, dp_noise_multiplier=multiplier)
-    strategy = AdapterStrategy(
-        big,
-        AdapterSchema.from_state(big, "float16"),
-        FP,
-        RunRecorder(tmp_path, RunConfig(), {}),
-        make_rule("fedavg"),
-        [PrivacyEngine(privacy, {"w.lora_A": (100, 200)})],
-        privacy,
-    )
+    rounds = plain_round(tmp_path, big, FP, extensions=[PrivacyEngine(privacy, {"w.lora_A": (100, 200)})],
+                         privacy=privacy)
     deltas = [{"w.lora_A": np.full((100, 200), 0.3 * (i + 1), np.float32)} for i in range(clients)]
-    arrays, _ = strategy.aggregate_train(1, [_reply(i + 1, d, 10) for i, d in enumerate(deltas)])
-    moved = decode_adapter(arrays, strategy.schema)["w.lora_A"]
+    moved = new_global(rounds, [_reply(i + 1, d, 10) for i, d in enumerate(deltas)])["w.lora_A"]
     clipped_value = clip / np.sqrt(moved.size)  # every uniform delta, whatever its size, clipped to norm C
     assert moved.mean() == pytest.approx(clipped_value, abs=4 * multiplier * clip / clients / np.sqrt(moved.size))
     assert moved.std() == pytest.approx(multiplier * clip / clients, rel=0.03)
@@ -158,7 +147,7 @@ import stamen.server.privacy, opacus.utils.module_utils  # the root handler a li
 from stamen.server.app import _log_through_flower
 _log_through_flower()
 logging.getLogger("flwr").info("configure_train: Sampled 3 nodes (out of 3)")
-logging.getLogger("stamen.server.strategy").info("round 1: 3 sampled")
+logging.getLogger("stamen.server.round_ledger").info("round 1: 3 sampled")
 """
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     output = result.stdout + result.stderr
