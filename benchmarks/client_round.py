@@ -71,32 +71,40 @@ def rss_kb(field: str) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:")))
 
 
+def trainable_model(kind: str, base):
+    """The base with Stamen's LoRA (``lora``), with plain PEFT's LoRA of the same settings (``peft``), or with every
+    weight trainable (``full``)."""
+    from peft import LoraConfig, get_peft_model
+
+    from stamen.shared.adapters import attach_adapter
+    from stamen.shared.config import AdapterSpec
+
+    spec = AdapterSpec()
+    if kind == "lora":
+        return attach_adapter(base, spec, seed=0)
+    if kind == "peft":
+        return get_peft_model(base, LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                                               target_modules=list(spec.targets), task_type="CAUSAL_LM"))
+    for parameter in base.parameters():
+        parameter.requires_grad_(True)
+    return base
+
+
 def run_mode(mode: str, base: str, device: str, steps: int, batch: int, seq: int, repeats: int) -> dict:
     """Measure one mode in this process (called in a fresh subprocess): the median speed of
     ``repeats`` rounds after a warm-up round, and the peak memory over them."""
     import torch
-    from peft import LoraConfig, get_peft_model
 
     from stamen.client.evaluation import evaluate_loss
-    from stamen.shared.adapters import attach_adapter
     from stamen.shared.base_model import load_base
-    from stamen.shared.config import AdapterSpec, TrainingSpec
+    from stamen.shared.config import TrainingSpec
     from stamen.shared.corpus import natural_split
     from stamen.shared.training import train_adapter
 
     kind, quantisation = mode.split("-")
     imports_kb = rss_kb("VmRSS")  # torch, transformers, peft, bitsandbytes: the same in every mode
     loaded = load_base(base, quantisation, device)
-    spec = AdapterSpec()
-    if kind == "lora":
-        model = attach_adapter(loaded.model, spec, seed=0)
-    elif kind == "peft":
-        model = get_peft_model(loaded.model, LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                                                        target_modules=list(spec.targets), task_type="CAUSAL_LM"))
-    else:
-        model = loaded.model
-        for parameter in model.parameters():
-            parameter.requires_grad_(True)
+    model = trainable_model(kind, loaded.model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     examples = list(natural_split(4).clients[0].train)
     training = TrainingSpec(local_steps=steps, batch_size=batch, max_seq_len=seq)

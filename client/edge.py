@@ -106,8 +106,8 @@ class PersonalModel:
                                replay_ratio=protection.replay.ratio if rehearsed else 0.0, distillation=distillation)
         self.replay_buffer.add(new)
         self._trained, self.alpha = None, 1.0  # interpolation now starts from this training
-        if protection.wise_alpha != 1.0:
-            self.interpolate(protection.wise_alpha)
+        if protection.personal.wise_alpha != 1.0:
+            self.interpolate(protection.personal.wise_alpha)
         if heldout is not None and keep_gain:
             self.choose_alpha(heldout, keep_gain, keep_retention)
         return result

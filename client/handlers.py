@@ -82,7 +82,7 @@ class StamenClient:
         has_personal = load_personal(runtime.model, runtime.base.tokenizer, setup.store, setup.server_round,
                                      list(data.train), config, seed)  # a finetune trains on this round's data
         trained_personal = {"personal-train-seconds": time.perf_counter() - personalising} \
-            if config.personalisation == "finetune" else {}  # a cost of the method, like Ditto's in training
+            if config.personal.method == "finetune" else {}  # a cost of the method, like Ditto's in training
         personal = loss_on(runtime, data.heldout, training) if has_personal else heldout
         personal, interpolation = model_in_use(runtime, data.heldout, config, personal)
         by_stage = _stage_losses(setup)  # of the model the client uses, as the probes below

@@ -29,7 +29,7 @@ DITTO = "ditto"  # the state-store name of Ditto's personal adapter
 
 def personal_training(config: RunConfig) -> TrainingSpec:
     """The local training of the personal model: ``personal-steps`` (or ``local-steps``) steps."""
-    return replace(config.training, local_steps=config.personal_steps or config.training.local_steps)
+    return replace(config.training, local_steps=config.personal.steps or config.training.local_steps)
 
 
 def train_ditto(
@@ -41,7 +41,7 @@ def train_ditto(
     start = store.load(DITTO, before_round=server_round) or global_adapter
     load_adapter_state(model, start)
     result = train_adapter(model, tokenizer, examples, personal_training(config), seed,
-                           (proximal_term(config.ditto_lambda, global_adapter),))
+                           (proximal_term(config.personal.ditto_lambda, global_adapter),))
     store.save(DITTO, server_round, {name: value.numpy() for name, value in adapter_state(model).items()})
     return result
 
@@ -51,7 +51,7 @@ class Ditto(TrainingHook):
 
     @classmethod
     def start(cls, training_round: TrainingRound) -> Ditto | None:
-        return cls() if training_round.config.personalisation == "ditto" else None
+        return cls() if training_round.config.personal.method == "ditto" else None
 
     def after_training(self, training_round: TrainingRound) -> None:
         setup = training_round.setup
@@ -66,13 +66,13 @@ def load_personal(
 ) -> bool:
     """Put this client's personal model into ``model`` (which holds the global adapter) for evaluation;
     False when it has none distinct from the global one."""
-    if config.personalisation == "ditto":
+    if config.personal.method == "ditto":
         personal = store.load(DITTO, before_round=server_round + 1)
         if personal is None:
             return False
         load_adapter_state(model, personal)
         return True
-    if config.personalisation == "finetune":
+    if config.personal.method == "finetune":
         train_adapter(model, tokenizer, examples, personal_training(config), seed)
         return True
     return False

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord
 
-from stamen.shared.config import RunConfig
+from stamen.shared.config import PrivacySpec, RunConfig
 from stamen.shared.secagg_identity import DeviceIdentity, Roster, keys_statement, survivors_statement
-from stamen.shared.secagg_protocol import PeerEntry, SecAggError, StageInfo, distributed_noise_std
+from stamen.shared.secagg_protocol import PeerEntry, SecAggError, StageInfo, distributed_noise_std, share_threshold
 
 MIN_THRESHOLD_KEY = "secagg-min-threshold"  # node config: the device's own least share threshold
 MIN_NEIGHBOURS_KEY = "secagg-min-neighbours"  # node config: the fewest neighbours the device shares its secrets among
@@ -44,6 +44,36 @@ class DeviceSettings:
         return cls(float(node_config.get(MIN_THRESHOLD_KEY, DEFAULT_MIN_THRESHOLD)),
                    int(node_config.get(MIN_NEIGHBOURS_KEY, 1)),
                    DeviceIdentity.load(Path(str(identity))) if identity else None)
+
+
+def accepted_neighbours(info: StageInfo, peers: ConfigRecord, node: int, settings: DeviceSettings,
+                        privacy: PrivacySpec) -> dict[int, PeerEntry]:
+    """The neighbours the server names for ``node``, if this device accepts them: other nodes, at least as many
+    as the device and the run demand, fewer than the clients, and under a roster each authenticated."""
+    try:
+        neighbours = {int(name): PeerEntry.from_bytes(entry) for name, entry in peers.items()}
+    except ValueError as error:
+        raise SecAggError(f"malformed neighbour list: {error}") from None
+    if node in neighbours or not neighbours:
+        raise SecAggError("the neighbour list must name other nodes, not this one")
+    least_neighbours = max(settings.min_neighbours, privacy.secagg_min_neighbours)
+    if len(neighbours) < least_neighbours:
+        raise SecAggError(f"the server names {len(neighbours)} neighbours; this device shares its secrets among "
+                          f"at least {least_neighbours}")
+    if len(neighbours) >= info.num_clients:
+        raise SecAggError(f"{len(neighbours)} neighbours among {info.num_clients} clients")
+    roster = Roster(privacy.secagg_roster)
+    if roster:
+        authenticate_neighbours(info, neighbours, roster, settings.identity)
+    return neighbours
+
+
+def check_share_threshold(info: StageInfo, holders: int, fraction: float) -> None:
+    """The server's share threshold among ``holders``: at least what ``fraction`` of them needs, at most all."""
+    least = share_threshold(holders, fraction)
+    if not least <= info.threshold <= holders:
+        raise SecAggError(f"the server asks for a share threshold of {info.threshold} among {holders} holders; "
+                          f"this client needs at least {least} (threshold {fraction})")
 
 
 def authenticate_neighbours(info: StageInfo, neighbours: dict[int, PeerEntry], roster: Roster,

@@ -54,7 +54,6 @@ from stamen.shared.secagg_protocol import (
     pack_shares,
     pairwise_sign,
     secure_weight,
-    share_threshold,
     unpack_shares,
     update_vector,
 )
@@ -62,8 +61,9 @@ from stamen.shared.secagg_protocol import (
 from .secagg_checks import (
     IDENTITY_KEY,
     DeviceSettings,
-    authenticate_neighbours,
+    accepted_neighbours,
     check_layout,
+    check_share_threshold,
     check_survivor_signatures,
     noise_share,
 )
@@ -127,27 +127,8 @@ class SecAggClient:
         config = _config(mine)
         privacy = config.privacy
         check_layout(info, config)
-        try:
-            neighbours = {int(node): PeerEntry.from_bytes(entry) for node, entry in peers.items()}
-        except ValueError as error:
-            raise SecAggError(f"malformed neighbour list: {error}") from None
-        if self.node in neighbours or not neighbours:
-            raise SecAggError("the neighbour list must name other nodes, not this one")
-        least_neighbours = max(self.settings.min_neighbours, privacy.secagg_min_neighbours)
-        if len(neighbours) < least_neighbours:
-            raise SecAggError(f"the server names {len(neighbours)} neighbours; this device shares its secrets among "
-                              f"at least {least_neighbours}")
-        if len(neighbours) >= info.num_clients:
-            raise SecAggError(f"{len(neighbours)} neighbours among {info.num_clients} clients")
-        roster = Roster(privacy.secagg_roster)
-        if roster:
-            authenticate_neighbours(info, neighbours, roster, self.settings.identity)
-        holders = len(neighbours) + 1
-        fraction = max(self.settings.min_threshold, privacy.secagg_threshold)
-        least = share_threshold(holders, fraction)
-        if not least <= info.threshold <= holders:
-            raise SecAggError(f"the server asks for a share threshold of {info.threshold} among {holders} holders; "
-                              f"this client needs at least {least} (threshold {fraction})")
+        neighbours = accepted_neighbours(info, peers, self.node, self.settings, privacy)
+        check_share_threshold(info, len(neighbours) + 1, max(self.settings.min_threshold, privacy.secagg_threshold))
         mine["threshold"] = info.threshold
         points = [info.point] + [entry.point for entry in neighbours.values()]
         if len(set(points)) != len(points) or min(points) < 1:
@@ -174,37 +155,13 @@ class SecAggClient:
         mine = self._expect(info, MASK_STAGE, _SHARED)
         config = _config(mine)
         check_layout(info, config)
-        senders = []
-        for sender_text, ciphertext in ciphertexts.items():
-            sender = int(sender_text)
-            if f"peer/{sender}" not in mine:
-                raise SecAggError(f"node {sender} is not one of this client's neighbours")
-            peer = PeerEntry.from_bytes(bytes(mine[f"peer/{sender}"]))
-            key = agreed_key(bytes(mine["encryption-secret"]), peer.encryption_key, info.encryption_purpose())
-            try:
-                plaintext = decrypt(key, bytes(ciphertext), info.share_context(sender, self.node))
-            except ShareAuthenticationError:
-                raise SecAggError(f"the share from node {sender} failed authentication: tampered, "
-                                  f"or sent for another run, round or node") from None
-            claimed_sender, recipient, seed_share, key_share = unpack_shares(plaintext)
-            if (claimed_sender, recipient) != (sender, self.node):
-                raise SecAggError(f"the share from node {sender} names {claimed_sender} -> {recipient}")
-            mine[f"held/{sender}"] = seed_share.to_bytes() + key_share.to_bytes()
-            senders.append(sender)
+        senders = _open_shares(mine, ciphertexts, info, self.node)
         threshold = int(mine["threshold"])
         if len(senders) + 1 < threshold:  # too few pairwise masks: the self mask alone would hide the input
             raise SecAggError(f"only {len(senders)} of this node's neighbours sent it their shares; with fewer than "
                               f"{threshold - 1} its input would not be mixed with theirs")
         vector = self.state[INPUT]["vector"].numpy()
-        noise_std = noise_share(config, info.num_clients, vector.size - 1)
-        if noise_std > 0:  # distributed DP: this client's share of the noise on the update part
-            noise_rng = np.random.default_rng(secrets.randbits(128))
-            vector = vector.copy()
-            vector[:-1] += noise_rng.normal(0.0, noise_std, vector.size - 1)
-            truncated = int(np.count_nonzero(np.abs(vector[:-1]) > 1.0))
-            if truncated:  # encoding would clip the noise: the release would carry less than is accounted
-                raise SecAggError(f"{truncated} noised values left the value range; refusing to send truncated "
-                                  f"noise (the run's secagg-value-range is too small for its DP noise)")
+        vector = _with_noise_share(vector, config, info.num_clients)
         if appended is not None:
             vector = np.concatenate([vector, appended])
         codec = FixedPoint(clip=1.0, num_summands=info.num_clients, bits=info.modulus_bits)
@@ -279,6 +236,44 @@ class SecAggClient:
         if mine["stage"] != state:
             raise SecAggError(f"stage {info.stage} arrived while this node's secure round is at '{mine['stage']}'")
         return mine
+
+
+def _open_shares(mine: ConfigRecord, ciphertexts: ConfigRecord, info: StageInfo, node: int) -> list[int]:
+    """Decrypt and keep the shares ``node``'s neighbours sent it (each authenticated for this run, round and pair);
+    return who sent them."""
+    senders = []
+    for sender_text, ciphertext in ciphertexts.items():
+        sender = int(sender_text)
+        if f"peer/{sender}" not in mine:
+            raise SecAggError(f"node {sender} is not one of this client's neighbours")
+        peer = PeerEntry.from_bytes(bytes(mine[f"peer/{sender}"]))
+        key = agreed_key(bytes(mine["encryption-secret"]), peer.encryption_key, info.encryption_purpose())
+        try:
+            plaintext = decrypt(key, bytes(ciphertext), info.share_context(sender, node))
+        except ShareAuthenticationError:
+            raise SecAggError(f"the share from node {sender} failed authentication: tampered, "
+                              f"or sent for another run, round or node") from None
+        claimed_sender, recipient, seed_share, key_share = unpack_shares(plaintext)
+        if (claimed_sender, recipient) != (sender, node):
+            raise SecAggError(f"the share from node {sender} names {claimed_sender} -> {recipient}")
+        mine[f"held/{sender}"] = seed_share.to_bytes() + key_share.to_bytes()
+        senders.append(sender)
+    return senders
+
+
+def _with_noise_share(vector: np.ndarray, config: RunConfig, num_clients: int) -> np.ndarray:
+    """Distributed DP: the update part of ``vector`` with this client's share of the noise, or the vector as it
+    is; noise the encoding would clip is refused, since the release would carry less than is accounted."""
+    noise_std = noise_share(config, num_clients, vector.size - 1)
+    if noise_std <= 0:
+        return vector
+    noised = vector.copy()
+    noised[:-1] += np.random.default_rng(secrets.randbits(128)).normal(0.0, noise_std, vector.size - 1)
+    truncated = int(np.count_nonzero(np.abs(noised[:-1]) > 1.0))
+    if truncated:
+        raise SecAggError(f"{truncated} noised values left the value range; refusing to send truncated "
+                          f"noise (the run's secagg-value-range is too small for its DP noise)")
+    return noised
 
 
 def _config(mine: ConfigRecord) -> RunConfig:

@@ -35,7 +35,7 @@ def model_in_use(
     held-out result and its metrics: ``wise-alpha``, ``wise-seconds`` (what choosing alpha cost: the held-out
     passes and guard questions of its rules), and with a retention rule ``wise-guard-retention`` (none without
     interpolation)."""
-    if not config.interpolates():
+    if not config.personal.interpolates():
         return full, {}
     started = time.perf_counter()
     trained = trained_deltas(runtime.model)
@@ -63,13 +63,13 @@ def model_in_use(
             results[alpha] = base() if alpha == 0.0 else measured_at(alpha)
         return results[alpha].loss
 
-    alpha = smallest_alpha_keeping(loss_at, config.wise_keep_gain)[0] if config.wise_keep_gain > 0 \
-        else config.wise_alpha
-    if config.wise_keep_retention > 0:
+    alpha = smallest_alpha_keeping(loss_at, config.personal.wise_keep_gain)[0] if config.personal.wise_keep_gain > 0 \
+        else config.personal.wise_alpha
+    if config.personal.wise_keep_retention > 0:
         guard = runtime.guard_facts()
         metrics["wise-guard-facts"] = len(guard)
         alpha, retained = retention_capped(runtime.model, runtime.base.tokenizer, guard, alpha,
-                                           config.wise_keep_retention, use)
+                                           config.personal.wise_keep_retention, use)
         if retained is not None:
             metrics["wise-guard-retention"] = retained
     metrics["wise-seconds"] = time.perf_counter() - started  # the choice; a fixed alpha costs none

@@ -239,18 +239,27 @@ class SecureAggregator:
                 continue
             if share is not None and share.x == self.points[holder]:
                 shares.append(share)
-        if len(shares) < self.threshold:
+        secret = _committed_secret(shares, self.threshold, advertised, commitment)
+        if secret is None:
             raise SecAggAborted(f"only {len(shares)} of {self.threshold} needed shares of node {node}'s "
-                                f"{kind} came back; the round cannot be unmasked")
-        for subset in itertools.islice(itertools.combinations(shares, self.threshold), MAX_SHARE_SUBSETS):
-            try:
-                secret = shamir.combine(list(subset), self.threshold)
-            except shamir.ShamirError:
-                continue
-            if commitment(secret) == advertised:
-                return secret
-        raise SecAggAborted(f"no {self.threshold} of the {len(shares)} shares of node {node}'s {kind} "
-                            f"that came back rebuild the secret it committed to: a holder revealed a wrong share")
+                                f"{kind} came back; the round cannot be unmasked" if len(shares) < self.threshold else
+                                f"no {self.threshold} of the {len(shares)} shares of node {node}'s {kind} that came "
+                                f"back rebuild the secret it committed to: a holder revealed a wrong share")
+        return secret
+
+
+def _committed_secret(shares: list[shamir.Share], threshold: int, advertised: bytes,
+                      commitment: Callable[[bytes], bytes]) -> bytes | None:
+    """The secret that ``threshold`` of ``shares`` rebuild and whose ``commitment`` is what its owner
+    ``advertised``, trying up to ``MAX_SHARE_SUBSETS`` subsets; None if none does (or too few shares came back)."""
+    for subset in itertools.islice(itertools.combinations(shares, threshold), MAX_SHARE_SUBSETS):
+        try:
+            secret = shamir.combine(list(subset), threshold)
+        except shamir.ShamirError:
+            continue
+        if commitment(secret) == advertised:
+            return secret
+    return None
 
 
 def _public_mask_key(secret: bytes) -> bytes:

@@ -183,6 +183,51 @@ class PrivacySpec:
 
 
 @dataclass(frozen=True)
+class PersonalSpec:
+    """The model a client keeps and uses: a personal adapter beside the global one (Ditto, fine-tuning), and
+    WiSE-FT's move of the model it uses toward the base."""
+
+    method: str = _key("personalisation", "global")  # the personal model a client keeps and evaluates
+    ditto_lambda: float = _key("ditto-lambda", 0.1)  # pull of Ditto's personal adapter toward the global one
+    steps: int = _key("personal-steps", 0)  # ditto / finetune local steps (0: local-steps)
+    wise_alpha: float = _key("wise-alpha", 1.0)  # the model a client uses: base + alpha x its adapter (WiSE-FT)
+    wise_keep_gain: float = _key("wise-keep-gain", 0.0)  # > 0: each client picks the least alpha keeping this gain
+    wise_keep_retention: float = _key("wise-keep-retention", 0.0)  # > 0: alpha at most the largest keeping this
+    # share of the base's guard facts (client/neutral_probes.py): a model that forgets moves further to the base
+
+    def __post_init__(self) -> None:
+        _require(self.method in PERSONALISATIONS, "personalisation", self.method, f"must be one of {PERSONALISATIONS}")
+        _require(self.ditto_lambda >= 0, "ditto-lambda", self.ditto_lambda, "must be >= 0")
+        _require(self.steps >= 0, "personal-steps", self.steps, "must be >= 0")
+        _require(0.0 <= self.wise_alpha <= 1.0, "wise-alpha", self.wise_alpha, "must be in [0, 1]")
+        _require(0.0 <= self.wise_keep_gain <= 1.0, "wise-keep-gain", self.wise_keep_gain,
+                 "must be in [0, 1] (0: use wise-alpha as given)")
+        _require(0.0 <= self.wise_keep_retention <= 1.0, "wise-keep-retention", self.wise_keep_retention,
+                 "must be in [0, 1] (0: off)")
+
+    def interpolates(self) -> bool:
+        """Whether a client uses base + alpha x its adapter (WiSE-FT) rather than the adapter as trained."""
+        return self.wise_alpha != 1.0 or self.wise_keep_gain > 0 or self.wise_keep_retention > 0
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """Simulation only (a device never reads these): which simulated clients attack, and how."""
+
+    name: str = _key("attack", "none")
+    fraction: float = _key("attack-fraction", 0.0)
+    options: str = _key("attack-options", "")
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.fraction <= 1.0, "attack-fraction", self.fraction, "must be in [0, 1]")
+        self.settings()  # validates the syntax early
+
+    def settings(self) -> dict[str, float | str]:
+        """``attack-options`` ("factor=10" or "trigger=cf-2026") as keyword arguments of the attack."""
+        return _parse_options("attack-options", self.options, numbers_only=False)
+
+
+@dataclass(frozen=True)
 class DataSpec:
     """What a simulation's clients hold: which dataset, and how it is dealt out (simulations/partitions.py)."""
 
@@ -234,21 +279,13 @@ class RunConfig:
     max_client_weight: float = _key("max-client-weight", 0.0)  # a client's example count caps here (0: 4 x median)
     proximal_mu: float = _key("proximal-mu", 0.0)
     client_ranks: str = _key("client-ranks", "")
-    personalisation: str = _key("personalisation", "global")  # the personal model a client keeps and evaluates
-    ditto_lambda: float = _key("ditto-lambda", 0.1)  # pull of Ditto's personal adapter toward the global one
-    personal_steps: int = _key("personal-steps", 0)  # ditto / finetune local steps (0: local-steps)
+    personal: PersonalSpec = field(default_factory=PersonalSpec)
     keep_optimizer_state: bool = _key("keep-optimizer-state", False)  # AdamW's moments carried to the next round
-    wise_alpha: float = _key("wise-alpha", 1.0)  # the model a client uses: base + alpha x its adapter (WiSE-FT)
-    wise_keep_gain: float = _key("wise-keep-gain", 0.0)  # > 0: each client picks the least alpha keeping this gain
-    wise_keep_retention: float = _key("wise-keep-retention", 0.0)  # > 0: alpha at most the largest keeping this
-    # share of the base's guard facts (client/neutral_probes.py): a model that forgets moves further to the base
     # how the run protects what the base knew: custom (the replay and WiSE keys as set), none, default, or a named
     # protection that sets them (shared/forgetting_protection.py)
     forgetting_protection: str = _key("forgetting-protection", CUSTOM)
     data: DataSpec = field(default_factory=DataSpec)
-    attack: str = _key("attack", "none")
-    attack_fraction: float = _key("attack-fraction", 0.0)
-    attack_options: str = _key("attack-options", "")
+    attack: AttackSpec = field(default_factory=AttackSpec)
     num_rounds: int = _key("num-server-rounds", 3)
     fraction_train: float = _key("fraction-train", 1.0)
     fraction_evaluate: float = _key("fraction-evaluate", 1.0)
@@ -278,22 +315,13 @@ class RunConfig:
         _require(self.proximal_mu >= 0, "proximal-mu", self.proximal_mu, "must be >= 0")
         _require(self.max_client_weight >= 0, "max-client-weight", self.max_client_weight,
                  "must be >= 0 (0: four times the round's median example count)")
-        _require(self.personalisation in PERSONALISATIONS, "personalisation", self.personalisation,
-                 f"must be one of {PERSONALISATIONS}")
-        _require(self.personalisation == "global" or self.adapter.lora_mode().personal_models, "personalisation",
-                 self.personalisation, f"cannot be combined with lora-aggregation {self.adapter.aggregation}, "
-                 "whose adapter already has a personal part")
-        _require(self.ditto_lambda >= 0, "ditto-lambda", self.ditto_lambda, "must be >= 0")
-        _require(self.personal_steps >= 0, "personal-steps", self.personal_steps, "must be >= 0")
-        _require(0.0 <= self.wise_alpha <= 1.0, "wise-alpha", self.wise_alpha, "must be in [0, 1]")
-        _require(0.0 <= self.wise_keep_gain <= 1.0, "wise-keep-gain", self.wise_keep_gain,
-                 "must be in [0, 1] (0: use wise-alpha as given)")
-        _require(0.0 <= self.wise_keep_retention <= 1.0, "wise-keep-retention", self.wise_keep_retention,
-                 "must be in [0, 1] (0: off)")
-        _require(not self.interpolates() or self.adapter.method in ("lora", "ia3"),
+        personal = self.personal.method
+        _require(personal == "global" or self.adapter.lora_mode().personal_models, "personalisation", personal,
+                 f"cannot be combined with lora-aggregation {self.adapter.aggregation}, whose adapter already has a "
+                 "personal part")
+        _require(not self.personal.interpolates() or self.adapter.method in ("lora", "ia3"),
                  "adapter", self.adapter.method, "has no exact interpolation toward the base: wise-alpha, "
                  "wise-keep-gain and wise-keep-retention work with lora and ia3")
-        _require(0.0 <= self.attack_fraction <= 1.0, "attack-fraction", self.attack_fraction, "must be in [0, 1]")
         if self.privacy.dp == "distributed" and self.privacy.secagg_value_range > 0:
             needed = self.noise_value_range()
             _require(self.privacy.secagg_value_range >= needed, "secagg-value-range", self.privacy.secagg_value_range,
@@ -305,12 +333,7 @@ class RunConfig:
                      f"yields only the sum of updates; lora-aggregation {self.adapter.aggregation} needs each "
                      "client's B and A")
         self.rule_options()  # validates the syntax early
-        self.attack_settings()
         self.simulated_client_ranks()
-
-    def interpolates(self) -> bool:
-        """Whether a client uses base + alpha x its adapter (WiSE-FT) rather than the adapter as trained."""
-        return self.wise_alpha != 1.0 or self.wise_keep_gain > 0 or self.wise_keep_retention > 0
 
     def evaluates(self, server_round: int) -> bool:
         """Whether ``server_round`` ends with an evaluation: every ``evaluate-every``-th round and the last."""
@@ -357,10 +380,6 @@ class RunConfig:
     def rule_options(self) -> dict[str, float]:
         """``aggregation-options`` ("server_lr=0.01,momentum=0.9") as keyword arguments of the rule."""
         return _parse_options("aggregation-options", self.aggregation_options, numbers_only=True)
-
-    def attack_settings(self) -> dict[str, float | str]:
-        """``attack-options`` ("factor=10" or "trigger=cf-2026") as keyword arguments of the attack."""
-        return _parse_options("attack-options", self.attack_options, numbers_only=False)
 
     def to_flat(self) -> dict[str, bool | int | float | str]:
         """The flat kebab-case mapping used by Flower records and the CLI."""

@@ -68,17 +68,12 @@ def train_adapter(
 
     if not examples:
         raise ValueError("cannot train on an empty example set")
-    packed = packed_4bit_layers(model)
-    if packed:
-        raise NothingTrained(f"{len(packed)} 4-bit layers (e.g. {packed[0]}) were repacked for bitsandbytes' CPU "
-                             "inference kernel, which has no gradient: load the base with trainable=True to train it")
+    _check_trainable(model)
     started = time.perf_counter()
-    device = next(model.parameters()).device
     encoded = [encode_example(tokenizer, e, spec.max_seq_len) for e in examples]
     replayed = [encode_example(tokenizer, e, spec.max_seq_len) for e in replay]
     replay_slots = min(round(replay_ratio * spec.batch_size), spec.batch_size - 1) if replayed else 0
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(encoded), generator=generator).tolist()
+    batches = _Batches(encoded, replayed, spec.batch_size, replay_slots, torch.Generator().manual_seed(seed))
     named = adapter_parameters(model)
     params = list(named.values())
     received = [p.detach().clone() for p in params]
@@ -87,35 +82,14 @@ def train_adapter(
         import_state(optimizer, named, optimizer_state)
     scheduler = get_scheduler(spec.lr_schedule, optimizer, spec.warmup_steps, spec.local_steps)
     after_step = peft_method(active_peft_type(model).lower()).step_hook(model, spec.local_steps)  # AdaLoRA's budget
+    step = _AccumulatedStep(model, tokenizer.pad_token_id, spec.grad_accum, distillation)
 
     model.train()
-    losses, tokens, cursor, flat_steps, divergences = [], 0, 0, 0, []
+    losses, flat_steps = [], 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # adapter dropout draws from the global generator
-        for step in range(spec.local_steps):
-            step_loss = 0.0
-            for _ in range(spec.grad_accum):
-                picked = ([replayed[i] for i in torch.randint(len(replayed), (replay_slots,), generator=generator)]
-                          if replay_slots else [])
-                for _ in range(spec.batch_size - replay_slots):
-                    if cursor == len(order):
-                        order, cursor = torch.randperm(len(encoded), generator=generator).tolist(), 0
-                    picked.append(encoded[order[cursor]])
-                    cursor += 1
-                batch = {k: v.to(device) for k, v in collate(picked, tokenizer.pad_token_id).items()}
-                if distillation and replay_slots:
-                    loss, divergence = distilled_loss(model, batch, replay_slots, distillation)
-                    divergences.append(divergence)
-                else:
-                    loss = model(**batch).loss
-                loss = loss / spec.grad_accum
-                if not loss.requires_grad:
-                    raise NothingTrained(f"no adapter parameter received a gradient in step {len(losses) + 1}: the "
-                                         "graph from the loss to the adapter is cut (a non-differentiable layer on "
-                                         "every path)")
-                loss.backward()
-                step_loss += loss.item()
-                tokens += int(batch["attention_mask"].sum())
+        for number in range(spec.local_steps):
+            losses.append(step.backward(batches, len(losses) + 1))
             flat_steps += not any(bool(p.grad.any()) for p in params if p.grad is not None)
             for correct in corrections:
                 correct(named)
@@ -123,10 +97,79 @@ def train_adapter(
             optimizer.step()
             scheduler.step()
             if after_step:
-                after_step(step)
+                after_step(number)
             optimizer.zero_grad(set_to_none=True)
-            losses.append(step_loss)
     model.eval()
+    _check_moved(received, params, spec, flat_steps)
+    seen = min(len(encoded), spec.local_steps * spec.grad_accum * spec.batch_size)
+    return TrainResult(sum(losses) / len(losses), spec.local_steps, seen, step.tokens, time.perf_counter() - started,
+                       export_state(optimizer, named), flat_steps,
+                       sum(step.divergences) / len(step.divergences) if step.divergences else None)
+
+
+class _Batches:
+    """Training batches: ``replay_slots`` replayed rows drawn at random, the rest the examples in a seeded order
+    that is shuffled again each time it runs out (every draw from one generator, so a seed fixes the stream)."""
+
+    def __init__(self, encoded: list, replayed: list, batch_size: int, replay_slots: int,
+                 generator: torch.Generator) -> None:
+        self.encoded, self.replayed, self.generator = encoded, replayed, generator
+        self.batch_size, self.replay_slots = batch_size, replay_slots
+        self.order, self.cursor = torch.randperm(len(encoded), generator=generator).tolist(), 0
+
+    def next(self) -> list:
+        picked = ([self.replayed[i] for i in torch.randint(len(self.replayed), (self.replay_slots,),
+                                                            generator=self.generator)]
+                  if self.replay_slots else [])
+        for _ in range(self.batch_size - self.replay_slots):
+            if self.cursor == len(self.order):
+                self.order, self.cursor = torch.randperm(len(self.encoded), generator=self.generator).tolist(), 0
+            picked.append(self.encoded[self.order[self.cursor]])
+            self.cursor += 1
+        return picked
+
+
+class _AccumulatedStep:
+    """One optimiser step's gradients: ``grad_accum`` batches' losses backpropagated, tokens and (under
+    distillation) the replayed rows' divergence from the base counted."""
+
+    def __init__(self, model, pad_token_id: int, grad_accum: int, distillation: Distillation | None) -> None:
+        self.model, self.pad_token_id = model, pad_token_id
+        self.grad_accum, self.distillation = grad_accum, distillation
+        self.device = next(model.parameters()).device
+        self.tokens, self.divergences = 0, []
+
+    def backward(self, batches: _Batches, step: int) -> float:
+        """Backpropagate one step's batches; return its loss."""
+        step_loss = 0.0
+        for _ in range(self.grad_accum):
+            batch = {k: v.to(self.device) for k, v in collate(batches.next(), self.pad_token_id).items()}
+            if self.distillation and batches.replay_slots:
+                loss, divergence = distilled_loss(self.model, batch, batches.replay_slots, self.distillation)
+                self.divergences.append(divergence)
+            else:
+                loss = self.model(**batch).loss
+            loss = loss / self.grad_accum
+            if not loss.requires_grad:
+                raise NothingTrained(f"no adapter parameter received a gradient in step {step}: the graph from the "
+                                     "loss to the adapter is cut (a non-differentiable layer on every path)")
+            loss.backward()
+            step_loss += loss.item()
+            self.tokens += int(batch["attention_mask"].sum())
+        return step_loss
+
+
+def _check_trainable(model) -> None:
+    packed = packed_4bit_layers(model)
+    if packed:
+        raise NothingTrained(f"{len(packed)} 4-bit layers (e.g. {packed[0]}) were repacked for bitsandbytes' CPU "
+                             "inference kernel, which has no gradient: load the base with trainable=True to train it")
+
+
+def _check_moved(received: list[torch.Tensor], params: list[torch.nn.Parameter], spec: TrainingSpec,
+                 flat_steps: int) -> None:
+    """An adapter no step moved is an error (its delta would pass for an update); steps with an all-zero gradient
+    are counted and logged."""
     if all(torch.equal(before, after) for before, after in zip(received, params, strict=False)):
         raise NothingTrained(f"{spec.local_steps} steps left every adapter value as it was "
                              f"(learning rate {spec.learning_rate}, schedule {spec.lr_schedule}): "
@@ -134,8 +177,3 @@ def train_adapter(
     if flat_steps:
         log.warning("%d of %d steps gave the adapter an all-zero gradient (batches already fit)",
                     flat_steps, spec.local_steps)
-    seen = min(len(encoded), spec.local_steps * spec.grad_accum * spec.batch_size)
-    return TrainResult(sum(losses) / len(losses), spec.local_steps, seen, tokens, time.perf_counter() - started,
-                       export_state(optimizer, named), flat_steps,
-                       sum(divergences) / len(divergences) if divergences else None)
-

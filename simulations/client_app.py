@@ -63,9 +63,9 @@ class AttackHook(TrainingHook):
 def attack_probe(setup: RoundSetup, context: Context) -> dict[str, int | float]:
     """The run's attack success on the global adapter, measured by every client (honest ones too)."""
     config = setup.config
-    if config.attack == "none":
+    if config.attack.name == "none":
         return {}
-    probe = make_attack(config.attack, **config.attack_settings())
+    probe = make_attack(config.attack.name, **config.attack.settings())
     metrics = probe.measure(setup.runtime.model, setup.runtime.base.tokenizer, setup.data.heldout)
     return {**metrics, **({"malicious": 1} if attack_for(context, config) else {})}
 

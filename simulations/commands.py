@@ -133,8 +133,9 @@ def new_simulation_config(
     from stamen.simulations.attacks import ATTACKS
 
     config = new_run_config(preset, overrides, rounds)
-    if config.attack not in ("none", *ATTACKS):
-        raise typer.BadParameter(f"configuration key 'attack' = {config.attack!r} is not an attack: {sorted(ATTACKS)}")
+    if config.attack.name not in ("none", *ATTACKS):
+        raise typer.BadParameter(f"configuration key 'attack' = {config.attack.name!r} is not an attack: "
+                                 f"{sorted(ATTACKS)}")
     if config.data.dataset:
         from stamen.simulations.partitions import client_datasets
 

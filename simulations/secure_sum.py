@@ -50,11 +50,7 @@ def secure_sum(
     node signs its keys and the survivor set under their roster. ``tamper`` may alter the server's routed
     shares before the mask stage, as a malicious relay would."""
     drop_before = drop_before or {}
-    config = (config or RunConfig()).replace(**{
-        "secure-aggregation": True, "secagg-threshold": settings.threshold,
-        "secagg-modulus-bits": settings.modulus_bits,
-        "secagg-roster": ",".join(identity.fingerprint for identity in (identities or {}).values()),
-    })
+    config = _secure_config(config or RunConfig(), settings, identities or {})
     clients = {node: SecAggClient(RecordDict(), node, DeviceSettings(identity=(identities or {}).get(node)))
                for node in vectors}
     client_seconds: dict[int, float] = defaultdict(float)
@@ -98,3 +94,12 @@ def secure_sum(
     total = server.finish(revealed)
     server_seconds += time.perf_counter() - started
     return SecureSumResult(total, server, client_seconds, server_seconds, bytes_up)
+
+
+def _secure_config(config: RunConfig, settings: SecAggSettings, identities: dict[int, DeviceIdentity]) -> RunConfig:
+    """``config`` under secure aggregation with ``settings``' threshold and modulus, the identities' roster."""
+    return config.replace(**{
+        "secure-aggregation": True, "secagg-threshold": settings.threshold,
+        "secagg-modulus-bits": settings.modulus_bits,
+        "secagg-roster": ",".join(identity.fingerprint for identity in identities.values()),
+    })

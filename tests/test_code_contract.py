@@ -40,3 +40,18 @@ def test_every_test_the_docs_name_exists():
     assert len(named) > 20
     missing = sorted(f"{module}::{name}" for module, name in named if f"def {name}(" not in tests.get(module, ""))
     assert not missing, missing
+
+
+def test_no_class_is_over_150_lines_and_no_function_over_60():
+    """Code a newcomer can hold in their head: a longer class or function is split by concern."""
+    import ast
+
+    too_long = []
+    for room in ("shared", "client", "server", "simulations", "benchmarks"):
+        for path in sorted((ROOT / room).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                limit = 150 if isinstance(node, ast.ClassDef) else 60 if isinstance(
+                    node, ast.FunctionDef | ast.AsyncFunctionDef) else None
+                if limit and node.end_lineno - node.lineno + 1 > limit:
+                    too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not too_long, too_long

@@ -26,9 +26,9 @@ def malicious_partitions(num_partitions: int, fraction: float, seed: int) -> fro
 def attack_for(context: Context, config: RunConfig) -> Attack | None:
     """This node's attack, if the run has one and this simulated node is among the malicious."""
     node = context.node_config
-    if config.attack == "none" or "partition-id" not in node:
+    if config.attack.name == "none" or "partition-id" not in node:
         return None
-    chosen = malicious_partitions(int(node["num-partitions"]), config.attack_fraction, config.seed)
+    chosen = malicious_partitions(int(node["num-partitions"]), config.attack.fraction, config.seed)
     if int(node["partition-id"]) not in chosen:
         return None
-    return make_attack(config.attack, **config.attack_settings())
+    return make_attack(config.attack.name, **config.attack.settings())

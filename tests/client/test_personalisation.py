@@ -109,9 +109,9 @@ def test_the_personalisation_preset_protects_against_forgetting_by_default_and_s
     for switch, protected in (([], True), (["forgetting-protection=none"], False)):
         out = tmp_path / str(protected)
         config = new_simulation_config(preset, [*settings, *switch, f"run-dir={out}", "run-id=run"], 2, 2)
-        assert config.personalisation == "ditto"
-        assert (config.replay.sources, config.wise_alpha) == ((chosen["replay"], chosen["wise-alpha"]) if protected
-                                                              else ("none", 1.0))
+        assert config.personal.method == "ditto"
+        assert (config.replay.sources, config.personal.wise_alpha) == (
+            (chosen["replay"], chosen["wise-alpha"]) if protected else ("none", 1.0))
         run_federation(InProcessGrid(simulated_client_app([]), 2), config)
         trained, evaluated = _rows(out / "run", "client", "train"), _rows(out / "run", "client", "evaluate")
         assert len(evaluated) == 4 and all("personal_heldout_loss" in r for r in evaluated)
