@@ -27,7 +27,7 @@ from pathlib import Path
 from flwr.app import Context, Message
 from report import print_table, write_results
 
-from stamen.client.runtime import release_runtime
+from stamen.client.loaded_base import release_runtime
 from stamen.shared.config import RunConfig
 from stamen.shared.run_folder import RunFolder
 from stamen.shared.tiny_model import build_tiny_base

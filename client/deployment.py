@@ -26,7 +26,7 @@ from .device_worker import start_worker, worker_environment
 from .release_ledger import MAX_EPSILON_KEY
 from .resource_guard import ResourceGuards
 from .secagg_checks import DEFAULT_MIN_THRESHOLD, IDENTITY_KEY, MIN_NEIGHBOURS_KEY, MIN_THRESHOLD_KEY
-from .trust import OPERATOR_KEY
+from .signed_app import OPERATOR_KEY
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,12 @@ def join(device: DeviceSetup, port: int | None = None, worker_port: int | None =
 
 
 def guarded_environment(state_dir: Path) -> dict[str, str]:
-    """The SuperNode's environment, with :mod:`stamen.client.trust` first on PATH as ``flwr-clientapp``: Flower
+    """The SuperNode's environment, with :mod:`stamen.client.signed_app` first on PATH as ``flwr-clientapp``: Flower
     starts the process that runs each message by that name, and Stamen's checks the app bundle first."""
     shims = state_dir / "bin"
     shims.mkdir(parents=True, exist_ok=True)
     shim = shims / "flwr-clientapp"
-    atomic_write_text(shim, f'#!/bin/sh\nexec "{sys.executable}" -m stamen.client.trust "$@"\n')
+    atomic_write_text(shim, f'#!/bin/sh\nexec "{sys.executable}" -m stamen.client.signed_app "$@"\n')
     shim.chmod(0o755)
     environment = flower_environment(FLWR_HOME=str((state_dir / "flwr-home").resolve()))  # apps stay in the state dir
     environment["PATH"] = f"{shims}{os.pathsep}{environment['PATH']}"

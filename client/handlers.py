@@ -35,8 +35,8 @@ from .replay import Replay
 from .resource_guard import ResourceGuardHook
 from .round_setup import RoundSetup, prepare
 from .secure_aggregation_mod import SUMMED_DTYPE, secure_aggregation_mod
+from .signed_app import operator_signature_mod
 from .state_store import PERSONAL
-from .trust import operator_signature_mod
 from .update import personal_part, shared_delta
 from .wise import model_in_use
 

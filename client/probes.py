@@ -16,8 +16,8 @@ from stamen.shared.protocol import HELDOUT_EXAMPLES
 from .evaluation import EvalResult, evaluate_loss
 from .forgetting import NEUTRAL
 from .hooks import TrainingHook, TrainingRound
+from .loaded_base import ClientRuntime
 from .neutral_probes import fact_outcomes, general_text, probe_version
-from .runtime import ClientRuntime
 
 MODEL_PROBES_KEPT = 512  # cached probe results of adapters: two files each, the newest kept
 ANSWERED = "answered"  # the retention probe's cached answers, fact by fact

@@ -16,8 +16,8 @@ from stamen.shared.protocol import ARRAYS, CORRECTIONS, Instruction, check_serve
 from stamen.shared.run_folder import RunFolder
 from stamen.shared.wire import AdapterSchema, decode_adapter
 
+from .loaded_base import ClientRuntime, client_runtime
 from .local_data import DataSource, LocalData
-from .runtime import ClientRuntime, client_runtime
 from .state_store import PERSONAL, ClientStateStore, client_folder
 
 

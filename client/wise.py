@@ -21,9 +21,9 @@ from stamen.shared.interpolation import (
 )
 
 from .evaluation import EvalResult
+from .loaded_base import ClientRuntime
 from .neutral_probes import Fact, retention
 from .probes import base_loss_file, loss_on
-from .runtime import ClientRuntime
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """One server round, as a pipeline: sample -> exchange -> admit -> fold -> write down.
 
 Each step is one call into its module: the :class:`~stamen.server.strategy.AdapterStrategy` picks the
-nodes and builds the messages, :func:`~stamen.server.exchange.send_and_collect` gets the replies,
+nodes and builds the messages, :func:`~stamen.server.message_exchange.send_and_collect` gets the replies,
 :mod:`~stamen.server.admission` checks each, the :class:`~stamen.server.fold.RoundFold` turns the
 admitted updates (or, under secure aggregation, their sum from
 :func:`~stamen.server.secure_round.secure_sum`) into the next global adapter, and the
@@ -24,8 +24,8 @@ from stamen.shared.secagg_protocol import session
 from stamen.shared.wire import encode_adapter
 
 from .admission import Refusals, admit_evaluations, admit_key_replies, admit_updates
-from .exchange import send_and_collect
 from .fold import RoundFold
+from .message_exchange import send_and_collect
 from .round_ledger import RoundLedger
 from .secure_aggregation import SecureSum
 from .secure_round import secure_sum

@@ -42,7 +42,7 @@ from stamen.shared.secagg_protocol import (
 from stamen.shared.secure_metrics import common_names
 
 from .admission import ARRAY_HEADER_BYTES
-from .exchange import send_and_collect
+from .message_exchange import send_and_collect
 from .secure_aggregation import SecAggAborted, SecAggSettings, SecureAggregator, SecureSum
 
 log = logging.getLogger(__name__)

@@ -107,7 +107,7 @@ def compare(
 
     if len(runs) == 1 and runs[0].suffix == ".toml":
         from stamen.shared.process_guard import guard
-        from stamen.simulations.campaign import Campaign, run_campaign
+        from stamen.simulations.preset_comparison import Campaign, run_campaign
 
         campaign = Campaign.from_toml(runs[0])
         campaign = dataclasses.replace(campaign, seeds=seeds or campaign.seeds,

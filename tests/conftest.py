@@ -41,7 +41,7 @@ def stamen_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def fresh_client_runtime():
     """Each test starts without the process-wide loaded base and adapter an earlier test left behind."""
-    from stamen.client.runtime import release_runtime
+    from stamen.client.loaded_base import release_runtime
 
     release_runtime()
     yield

@@ -5,7 +5,7 @@ from .registry import register
 
 
 @register("fedsa")
-class FedSa(LoraMode):
+class SharedAPersonalB(LoraMode):
     personal_models = False  # B is already personal
 
     @classmethod

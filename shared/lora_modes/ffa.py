@@ -6,7 +6,7 @@ from .registry import register
 
 
 @register("ffa")
-class Ffa(LoraMode):
+class FrozenA(LoraMode):
     lower_client_ranks = False  # A is frozen at the server's rank
 
     @classmethod

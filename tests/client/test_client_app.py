@@ -9,8 +9,8 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from stamen.client.anchor_replay import AnchorSetMissingError
 from stamen.client.evaluation import evaluate_loss
+from stamen.client.loaded_base import client_runtime
 from stamen.client.neutral_probes import general_text
-from stamen.client.runtime import client_runtime
 from stamen.client.self_replay import SEED_PROMPTS
 from stamen.client.state_store import ClientStateStore, client_folder
 from stamen.server.anchor_distribution import AnchorDistribution

@@ -6,7 +6,7 @@ import torch
 from stamen.client.evaluation import evaluate_loss
 from stamen.client.ewc import ewc_penalty, fisher_diagonal
 from stamen.client.forgetting import NEUTRAL, forgetting_metrics
-from stamen.client.runtime import client_runtime
+from stamen.client.loaded_base import client_runtime
 from stamen.client.state_store import ClientStateStore
 from stamen.shared.adapters import adapter_parameters, adapter_state, base_alone, load_adapter_state
 from stamen.shared.config import RunConfig

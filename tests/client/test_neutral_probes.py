@@ -11,9 +11,9 @@ from inprocess_grid import simulate_in_this_process
 from stamen.client import neutral_probes, wise
 from stamen.client import probes as probes_module
 from stamen.client.evaluation import EvalResult, evaluate_loss
+from stamen.client.loaded_base import ClientRuntime, client_runtime
 from stamen.client.neutral_probes import answered, facts, general_text, known_facts, retention
 from stamen.client.probes import base_alone_losses, base_loss_file, model_probes
-from stamen.client.runtime import ClientRuntime, client_runtime
 from stamen.client.self_replay import SEED_PROMPTS
 from stamen.client.wise import model_in_use
 from stamen.shared.adapters import adapter_state, attach_adapter, base_alone, load_adapter_state

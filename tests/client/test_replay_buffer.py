@@ -5,8 +5,8 @@ import numpy as np
 from scipy import stats
 
 from stamen.client.coreset import base_embedding, coverage_radius, k_centre_selection
+from stamen.client.loaded_base import client_runtime
 from stamen.client.replay_buffer import ReplayBuffer, example_bytes
-from stamen.client.runtime import client_runtime
 from stamen.client.state_store import ClientStateStore
 from stamen.shared.config import RunConfig
 from stamen.shared.corpus import load_topics

@@ -43,7 +43,7 @@ MODULES = {
                            "shared/secagg_protocol.py", "shared/secagg_identity.py", "client/secure_aggregation.py",
                            "client/secagg_checks.py", "server/secure_aggregation.py"),
     "privacy": ("server/privacy.py", "shared/clipping.py", "shared/noise_range.py", "shared/dp_accountant.py"),
-    "device trust": ("client/trust.py", "shared/run_signature.py", "client/release_ledger.py"),
+    "device trust": ("client/signed_app.py", "shared/run_signature.py", "client/release_ledger.py"),
 }
 # the tests that guard them; mutmut runs, for each mutant, those among them that reach its function
 TESTS = (
@@ -52,7 +52,7 @@ TESTS = (
     "tests/server/test_admission.py", "tests/server/test_federated_round.py", "tests/server/test_secure_aggregation.py",
     "tests/server/test_privacy.py", "tests/server/test_docs_rule_example.py", "tests/server/test_hostile_clients.py",
     "tests/server/test_secure_aggregation_refusals.py",
-    "tests/client/test_trust.py", "tests/client/test_release_ledger.py",
+    "tests/client/test_signed_app.py", "tests/client/test_release_ledger.py",
 )
 FUZZ_EXAMPLES = "12"  # hypothesis examples per fuzz test and mutant (the suite runs 100-150)
 KILLED = {1, 3, 24, -24, 36, 152, 255, -9, -11}  # a failing test, a pytest error, a timeout or a crash

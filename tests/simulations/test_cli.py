@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 from stamen.server.federation import run_federation
 from stamen.shared.fingerprint import base_fingerprint
 from stamen.shared.run_folder import RunFolder
-from stamen.simulations.campaign import Campaign
 from stamen.simulations.cli import app, main
 from stamen.simulations.client_app import app as client_app
 from stamen.simulations.commands import new_simulation_config
+from stamen.simulations.preset_comparison import Campaign
 from stamen.simulations.sweep import SweepSpec
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")

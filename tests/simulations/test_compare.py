@@ -9,8 +9,8 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from stamen.shared.run_folder import RunFolder
-from stamen.simulations.campaign import Campaign
 from stamen.simulations.cli import app
+from stamen.simulations.preset_comparison import Campaign
 from stamen.simulations.report import RunRecord
 from stamen.simulations.sweep import simulate_in_subprocess
 
@@ -48,7 +48,7 @@ stream-stages = 2
 def runs_in_this_process(monkeypatch):
     """Each run of a campaign through the server's round loop and the ClientApp in this process (the
     subprocess that `stamen compare` starts per run has its own test below)."""
-    monkeypatch.setattr("stamen.simulations.campaign.simulate_in_subprocess", simulate_in_this_process)
+    monkeypatch.setattr("stamen.simulations.preset_comparison.simulate_in_subprocess", simulate_in_this_process)
 
 
 def _half_width(values: list[float]) -> float:
