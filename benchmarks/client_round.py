@@ -95,7 +95,7 @@ def run_mode(mode: str, base: str, device: str, steps: int, batch: int, seq: int
     ``repeats`` rounds after a warm-up round, and the peak memory over them."""
     import torch
 
-    from stamen.client.evaluation import evaluate_loss
+    from stamen.client.evaluation.loss import evaluate_loss
     from stamen.shared.base_model import load_base
     from stamen.shared.config import TrainingSpec
     from stamen.shared.corpus import natural_split

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from report import print_table, write_results
 
+from stamen.shared.metrics import GENERAL_TEXT_LOSS, HELDOUT_LOSS
 from stamen.shared.run_folder import RunFolder
 from stamen.simulations.sweep import simulate_in_subprocess
 
@@ -36,10 +37,10 @@ def summarise(run: Path, mode: str) -> dict:
     return {
         "mode": mode,
         "rounds": len(rounds),
-        "heldout_loss_round0": round(first["initial_heldout_loss"], 4),
-        "heldout_loss_final": round(last["eval_heldout_loss"], 4),
-        "general_text_loss_round0": round(first["initial_general_text_loss"], 4),
-        "general_text_loss_final": round(last["eval_general_text_loss"], 4),
+        "heldout_loss_round0": round(first[HELDOUT_LOSS.initial], 4),
+        "heldout_loss_final": round(last[HELDOUT_LOSS.eval_mean], 4),
+        "general_text_loss_round0": round(first[GENERAL_TEXT_LOSS.initial], 4),
+        "general_text_loss_final": round(last[GENERAL_TEXT_LOSS.eval_mean], 4),
         "bytes_up_per_client": last["bytes_up_per_client"],
         "bytes_down_per_client": last["bytes_down_per_client"],
         "server_seconds": summary.get("seconds"),

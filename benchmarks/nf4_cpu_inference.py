@@ -19,7 +19,7 @@ import time
 import torch
 from report import print_table, write_results
 
-from stamen.client.evaluation import evaluate_loss
+from stamen.client.evaluation.loss import evaluate_loss
 from stamen.shared.base_model import load_base
 from stamen.shared.examples import Example
 from stamen.shared.quantisation import packed_4bit_layers

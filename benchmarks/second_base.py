@@ -22,6 +22,8 @@ from pathlib import Path
 
 from report import print_table, write_results
 
+from stamen.shared.metrics import HELDOUT_LOSS
+
 
 def federate(run_dir: Path, clients: int, rounds: int, local_steps: int) -> dict:
     """``stamen simulate`` on the second base, as a user runs it; the run's per-round numbers and seconds."""
@@ -77,8 +79,8 @@ def main() -> None:
 
     first, last = run["rounds"][0], run["rounds"][-1]
     rows = [
-        {"step": "federation (global adapter)", "heldout_before": round(first["initial_heldout_loss"], 4),
-         "heldout_after": round(last["eval_heldout_loss"], 4), "seconds": round(run["seconds"], 1)},
+        {"step": "federation (global adapter)", "heldout_before": round(first[HELDOUT_LOSS.initial], 4),
+         "heldout_after": round(last[HELDOUT_LOSS.eval_mean], 4), "seconds": round(run["seconds"], 1)},
         {"step": "PEFT export, torch", "heldout_before": round(peft_base, 4), "heldout_after": round(peft_adapted, 4),
          "seconds": ""},
         {"step": "GGUF export, llama.cpp (Q4_K_M base)", "heldout_before": round(llama_base, 4),

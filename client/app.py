@@ -1,7 +1,7 @@
 """The ClientApp Flower loads (``stamen.client.app:app``), kept light to import.
 
 On a deployed device Flower starts a fresh process for every message; there the app only forwards the
-message to the device's worker (:mod:`stamen.client.device_worker`), so the process needs neither torch nor
+message to the device's worker (:mod:`stamen.client.device.worker`), so the process needs neither torch nor
 the base. Elsewhere (``flwr run`` in simulation) it is the full ClientApp of :mod:`stamen.client.handlers`.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from .device_worker import WORKER_ADDRESS, forwarding_app
+from .device.worker import WORKER_ADDRESS, forwarding_app
 
 if WORKER_ADDRESS in os.environ:
     app = forwarding_app()

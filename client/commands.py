@@ -54,8 +54,8 @@ def client_join(
     ] = None,
 ) -> None:
     """Join a Stamen server as a SuperNode with TLS and this device's key; train on local data that never leaves."""
-    from stamen.client.deployment import DeviceSetup, stay_joined, supernode_command
-    from stamen.client.resource_guard import ResourceGuards
+    from stamen.client.device.deployment import DeviceSetup, stay_joined, supernode_command
+    from stamen.client.device.resource_guard import ResourceGuards
     from stamen.shared.process_guard import guard
 
     configure_logging(False)

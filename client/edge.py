@@ -23,11 +23,11 @@ from stamen.shared.gguf_adapter import write_lora_gguf
 from stamen.shared.interpolation import interpolate_adapter, smallest_alpha_keeping, trained_deltas
 from stamen.shared.training import TrainResult, train_adapter
 
-from .evaluation import evaluate_loss
-from .generation import generate_answer
-from .neutral_probes import known_facts
-from .replay_buffer import ReplayBuffer
-from .self_replay import self_replay_examples
+from .evaluation.generation import generate_answer
+from .evaluation.loss import evaluate_loss
+from .evaluation.neutral_probes import known_facts
+from .replay.buffer import ReplayBuffer
+from .replay.self_replay import self_replay_examples
 from .state_store import PERSONAL, ClientStateStore
 from .wise import retention_capped
 

@@ -18,24 +18,41 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from stamen.shared.adapters import adapter_state
+from stamen.shared.metrics import (
+    CURRENT_STAGE_HELDOUT_LOSS,
+    EVAL_SECONDS,
+    EXAMPLES_SEEN,
+    GENERAL_TEXT_LOSS,
+    HELDOUT_LOSS,
+    HELDOUT_PPL,
+    PAST_STAGE_HELDOUT_LOSS,
+    PERSONAL_GAIN,
+    PERSONAL_HELDOUT_LOSS,
+    PERSONAL_TRAIN_SECONDS,
+    TRAIN_FLAT_STEPS,
+    TRAIN_LOSS,
+    TRAIN_SECONDS,
+    TRAIN_STEPS,
+    TRAIN_TOKENS,
+)
 from stamen.shared.protocol import NUM_EXAMPLES, client_reply
 from stamen.shared.training import train_adapter
 from stamen.shared.wire import encode_adapter
 
+from .device.release_ledger import release_ledger_mod
+from .device.resource_guard import ResourceGuardHook
+from .device.signed_app import operator_signature_mod
 from .drift_correction import FedProx, Scaffold
 from .error_feedback import ErrorFeedback
-from .forgetting import NEUTRAL, forgetting_metrics
+from .evaluation.forgetting import NEUTRAL, forgetting_metrics
+from .evaluation.probes import RoundZeroBaseline, base_alone_losses, loss_on, model_probes
 from .hooks import EvaluationProbe, TrainingHook, TrainingRound
 from .kept_optimizer import KeptOptimizerState
 from .local_data import DataSource, device_source
 from .personalisation import Ditto, load_personal
-from .probes import RoundZeroBaseline, base_alone_losses, loss_on, model_probes
-from .release_ledger import release_ledger_mod
-from .replay import Replay
-from .resource_guard import ResourceGuardHook
+from .replay.hook import Replay
 from .round_setup import RoundSetup, prepare
 from .secure_aggregation_mod import SUMMED_DTYPE, secure_aggregation_mod
-from .signed_app import operator_signature_mod
 from .state_store import PERSONAL
 from .update import personal_part, shared_delta
 from .wise import model_in_use
@@ -81,7 +98,7 @@ class StamenClient:
         personalising = time.perf_counter()
         has_personal = load_personal(runtime.model, runtime.base.tokenizer, setup.store, setup.server_round,
                                      list(data.train), config, seed)  # a finetune trains on this round's data
-        trained_personal = {"personal-train-seconds": time.perf_counter() - personalising} \
+        trained_personal = {PERSONAL_TRAIN_SECONDS.name: time.perf_counter() - personalising} \
             if config.personal.method == "finetune" else {}  # a cost of the method, like Ditto's in training
         personal = loss_on(runtime, data.heldout, training) if has_personal else heldout
         personal, interpolation = model_in_use(runtime, data.heldout, config, personal)
@@ -89,16 +106,16 @@ class StamenClient:
         forgetting = _forgetting(setup) if config.probes(setup.server_round) else {}
         metrics = {
             NUM_EXAMPLES: len(data.heldout),
-            "heldout-loss": heldout.loss,
-            "heldout-ppl": heldout.perplexity,
-            "personal-heldout-loss": personal.loss,
-            "personal-gain": heldout.loss - personal.loss,
+            HELDOUT_LOSS.name: heldout.loss,
+            HELDOUT_PPL.name: heldout.perplexity,
+            PERSONAL_HELDOUT_LOSS.name: personal.loss,
+            PERSONAL_GAIN.name: heldout.loss - personal.loss,
             **interpolation,
             **by_stage,
             **trained_personal,
             **forgetting,
             **probed,
-            "eval-seconds": time.perf_counter() - started,
+            EVAL_SECONDS.name: time.perf_counter() - started,
         }
         return Message(client_reply(metrics, runtime.base.fingerprint, data.name), reply_to=msg)
 
@@ -110,8 +127,8 @@ def _stage_losses(setup: RoundSetup) -> dict[str, float]:
     if data.stage is None or len(data.heldout_stages) <= data.stage:
         return {}
     losses = [loss_on(runtime, examples, training).loss for examples in data.heldout_stages[:data.stage + 1]]
-    past = {"past-stage-heldout-loss": sum(losses[:-1]) / len(losses[:-1])} if len(losses) > 1 else {}
-    return {"current-stage-heldout-loss": losses[-1], **past}
+    past = {PAST_STAGE_HELDOUT_LOSS.name: sum(losses[:-1]) / len(losses[:-1])} if len(losses) > 1 else {}
+    return {CURRENT_STAGE_HELDOUT_LOSS.name: losses[-1], **past}
 
 
 def _forgetting(setup: RoundSetup) -> dict[str, float]:
@@ -122,7 +139,7 @@ def _forgetting(setup: RoundSetup) -> dict[str, float]:
     probed_model = model_probes(runtime, training)
     stage_losses = {j: loss_on(runtime, examples, training).loss for j, examples in enumerate(data.stages)}
     forgetting = forgetting_metrics(setup.store, setup.server_round,
-                                    {NEUTRAL: probed_model.metrics["general-text-loss"]},
+                                    {NEUTRAL: probed_model.metrics[GENERAL_TEXT_LOSS.name]},
                                     lambda: base_alone_losses(runtime, training), data.stage,
                                     stage_losses if data.stage is not None else None, probed_model.answered)
     return {**probed_model.metrics, **forgetting}
@@ -147,12 +164,12 @@ def _train_reply(training_round: TrainingRound) -> RecordDict:
     setup, config, result = training_round.setup, training_round.config, training_round.result
     metrics = {
         NUM_EXAMPLES: len(setup.data.train),
-        "examples-seen": result.examples_seen,
-        "train-loss": result.loss,
-        "train-steps": result.steps,
-        "train-flat-steps": result.flat_steps,  # always sent: a secure sum carries only metrics all clients name
-        "train-tokens": result.tokens,
-        "train-seconds": result.seconds,
+        EXAMPLES_SEEN.name: result.examples_seen,
+        TRAIN_LOSS.name: result.loss,
+        TRAIN_STEPS.name: result.steps,
+        TRAIN_FLAT_STEPS.name: result.flat_steps,  # always sent: a secure sum carries only metrics all clients name
+        TRAIN_TOKENS.name: result.tokens,
+        TRAIN_SECONDS.name: result.seconds,
         **training_round.metrics,
     }
     schema = setup.server_schema()

@@ -20,8 +20,8 @@ from stamen.shared.config import RunConfig
 from stamen.shared.lora_layers import lora_layers
 from stamen.shared.wire import AdapterSchema
 
+from .evaluation.neutral_probes import Fact, known_facts
 from .lora_corrections import LayerCorrections
-from .neutral_probes import Fact, known_facts
 
 log = logging.getLogger(__name__)
 

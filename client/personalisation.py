@@ -18,6 +18,7 @@ import numpy as np
 from stamen.shared.adapters import adapter_state, load_adapter_state
 from stamen.shared.config import RunConfig, TrainingSpec
 from stamen.shared.examples import Example
+from stamen.shared.metrics import PERSONAL_TRAIN_SECONDS
 from stamen.shared.training import TrainResult, train_adapter
 
 from .drift_correction import proximal_term
@@ -58,7 +59,7 @@ class Ditto(TrainingHook):
         result = train_ditto(setup.runtime.model, setup.runtime.base.tokenizer, setup.store, setup.server_round,
                              setup.global_adapter, list(setup.data.train), setup.config, training_round.seed + 1)
         if result.seconds:
-            training_round.metrics["personal-train-seconds"] = result.seconds
+            training_round.metrics[PERSONAL_TRAIN_SECONDS.name] = result.seconds
 
 
 def load_personal(

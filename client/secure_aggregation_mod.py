@@ -50,7 +50,7 @@ from stamen.shared.secagg_protocol import (
 )
 from stamen.shared.secure_metrics import metric_slots
 
-from .device_log import metric_summary
+from .device.log import metric_summary
 from .secagg_checks import DeviceSettings
 from .secure_aggregation import SecAggClient, secure_input
 

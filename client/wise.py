@@ -19,11 +19,12 @@ from stamen.shared.interpolation import (
     smallest_alpha_keeping,
     trained_deltas,
 )
+from stamen.shared.metrics import WISE_ALPHA, WISE_GUARD_FACTS, WISE_GUARD_RETENTION, WISE_SECONDS
 
-from .evaluation import EvalResult
+from .evaluation.loss import EvalResult
+from .evaluation.neutral_probes import Fact, retention
+from .evaluation.probes import base_loss_file, loss_on
 from .loaded_base import ClientRuntime
-from .neutral_probes import Fact, retention
-from .probes import base_loss_file, loss_on
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +68,15 @@ def model_in_use(
         else config.personal.wise_alpha
     if config.personal.wise_keep_retention > 0:
         guard = runtime.guard_facts()
-        metrics["wise-guard-facts"] = len(guard)
+        metrics[WISE_GUARD_FACTS.name] = len(guard)
         alpha, retained = retention_capped(runtime.model, runtime.base.tokenizer, guard, alpha,
                                            config.personal.wise_keep_retention, use)
         if retained is not None:
-            metrics["wise-guard-retention"] = retained
-    metrics["wise-seconds"] = time.perf_counter() - started  # the choice; a fixed alpha costs none
+            metrics[WISE_GUARD_RETENTION.name] = retained
+    metrics[WISE_SECONDS.name] = time.perf_counter() - started  # the choice; a fixed alpha costs none
     loss_at(alpha)  # the model in use, measured as every run measures its own (here, unless the choice did)
     use(alpha)
-    return results[alpha], {"wise-alpha": alpha, **metrics}
+    return results[alpha], {WISE_ALPHA.name: alpha, **metrics}
 
 
 def retention_capped(

@@ -7,7 +7,8 @@ from typing import Any
 from flwr.app import Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from stamen.shared.protocol import HELDOUT_EXAMPLES, INITIAL_PREFIX, METRICS, NUM_EXAMPLES
+from stamen.shared.metrics import INITIAL_PREFIX, column
+from stamen.shared.protocol import HELDOUT_EXAMPLES, METRICS, NUM_EXAMPLES
 
 
 def client_metrics(msg: Message) -> dict[str, Any]:
@@ -38,8 +39,3 @@ def initial_losses(metrics: list[MetricRecord]) -> dict[str, float]:
 def initial_means(means: dict[str, float]) -> dict[str, float]:
     """The round-0 baseline among a secure sum's metric means (already weighted like the rest)."""
     return {column(k): v for k, v in means.items() if k.startswith(INITIAL_PREFIX)}
-
-
-def column(key: str) -> str:
-    """A metric's wire name (``heldout-loss``) as a column name (``heldout_loss``)."""
-    return key.replace("-", "_")

@@ -14,11 +14,11 @@ from typing import Any
 
 from flwr.app import Message, MetricRecord
 
-from stamen.shared.protocol import INITIAL_PREFIX
+from stamen.shared.metrics import GENERAL_TEXT_LOSS, HELDOUT_LOSS, INITIAL_PREFIX, RETENTION, eval_mean, train_mean
 
 from .admission import Refusals, client_name
 from .fold import FoldOutcome
-from .reply_metrics import client_metrics, column, mean_metrics
+from .reply_metrics import client_metrics, mean_metrics
 from .run_record import RunRecorder
 from .secure_aggregation import SecureSum
 
@@ -60,7 +60,7 @@ class RoundLedger:
             **({"aggregate_refused": outcome.refused_aggregate} if outcome.refused_aggregate else {}),
             "bytes_up_per_client": per_client,
             "bytes_down_per_client": bytes_down,
-            **{f"train_{column(k)}": v for k, v in outcome.metrics.items() if not k.startswith(INITIAL_PREFIX)},
+            **{train_mean(k): v for k, v in outcome.metrics.items() if not k.startswith(INITIAL_PREFIX)},
             **outcome.initial,
             **outcome.extension_metrics,
         }
@@ -88,16 +88,17 @@ class RoundLedger:
 
     def _write_round(self, server_round: int, metrics: MetricRecord | None, evaluated: int) -> None:
         """The round's row: its train summary and the mean evaluation ``metrics`` of ``evaluated`` clients."""
-        means = {f"eval_{column(k)}": v for k, v in (metrics or {}).items()}
+        means = {eval_mean(k): v for k, v in (metrics or {}).items()}
         summary = {"kind": "round", "round": server_round, **self._train_summary, "clients_evaluated": evaluated,
                    **means}
         self._train_summary = {}
         self.recorder.write(summary)
         log.info("round %d: held-out loss %s, general-text loss %s, retention %s, %d clients trained, "
                  "%d evaluated, %d bytes up per client", server_round,
-                 _shown(summary.get("eval_heldout_loss"), ".4f"), _shown(summary.get("eval_general_text_loss"), ".4f"),
-                 _shown(summary.get("eval_retention"), ".0%"), summary.get("clients_accepted", 0), evaluated,
-                 summary.get("bytes_up_per_client", 0))
+                 _shown(summary.get(HELDOUT_LOSS.eval_mean), ".4f"),
+                 _shown(summary.get(GENERAL_TEXT_LOSS.eval_mean), ".4f"),
+                 _shown(summary.get(RETENTION.eval_mean), ".0%"),
+                 summary.get("clients_accepted", 0), evaluated, summary.get("bytes_up_per_client", 0))
 
     def _accept(self, server_round: int, phase: str, msg: Message, columns: dict[str, Any]) -> None:
         self.recorder.write({**_row(server_round, phase, msg), "client": client_name(msg), **columns,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from stamen.shared.metrics import GENERAL_TEXT_LOSS, HELDOUT_LOSS
+
 
 def summary_table(rounds: list[dict], base_bytes: int) -> Table:
     """The per-round table printed at the end of a run; round 0 is the initial global adapter. A round that did not
@@ -13,20 +15,20 @@ def summary_table(rounds: list[dict], base_bytes: int) -> Table:
     for column in ("round", "held-out loss", "general-text loss", "clients", "bytes up/client", "bytes down/client",
                    "up % of base", *(["ε (DP)"] if private else [])):
         table.add_column(column, justify="right")
-    if rounds and "initial_heldout_loss" in rounds[0]:
+    if rounds and HELDOUT_LOSS.initial in rounds[0]:
         first = rounds[0]
         table.add_row(
             "0",
-            _loss(first, "initial_heldout_loss"),
-            _loss(first, "initial_general_text_loss"),
+            _loss(first, HELDOUT_LOSS.initial),
+            _loss(first, GENERAL_TEXT_LOSS.initial),
             *[""] * (5 if private else 4),
         )
     for row in rounds:
         up = row.get("bytes_up_per_client", 0)
         table.add_row(
             str(row["round"]),
-            _loss(row, "eval_heldout_loss"),
-            _loss(row, "eval_general_text_loss"),
+            _loss(row, HELDOUT_LOSS.eval_mean),
+            _loss(row, GENERAL_TEXT_LOSS.eval_mean),
             str(row.get("clients_accepted", 0)),
             f"{up:,}",
             f"{row.get('bytes_down_per_client', 0):,}",

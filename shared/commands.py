@@ -1,5 +1,6 @@
 """Commands and command-line helpers every room's commands use: the console, logging, a run config from the
-command line, ``stamen info`` (a base as a client loads it) and ``stamen certs`` (development certificates)."""
+command line, ``stamen info`` (a base as a client loads it), ``stamen certs`` (development certificates) and
+``stamen keys`` (every configuration key)."""
 
 from __future__ import annotations
 
@@ -131,3 +132,24 @@ def certs(
     made = make_dev_certificates(out, host, node)
     console.print(f"CA {made.ca_certificate}, server certificate {made.server_certificate} for {host}, "
                   f"device keys in {out / 'nodes'}: {', '.join(node)}")
+
+
+def keys(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print docs/configuration.md instead.")] = False,
+    toml: Annotated[bool, typer.Option("--toml", help="Print pyproject's Flower app config instead.")] = False,
+) -> None:
+    """Every configuration key, grouped by concern, with its default and what it does."""
+    from rich.table import Table
+
+    from .config_keys import documented_keys, keys_markdown, keys_toml
+
+    if markdown or toml:
+        print(keys_markdown() if markdown else keys_toml())
+        return
+    table = Table(title="Configuration keys (--set key=value, a --preset TOML, Flower's run config)")
+    for column in ("group", "key", "default", "what it does"):
+        table.add_column(column)
+    for doc in documented_keys():
+        group = f"{doc.group} (simulation only)" if doc.simulation_only else doc.group
+        table.add_row(group, doc.key, repr(doc.default), doc.help)
+    console.print(table)

@@ -13,7 +13,7 @@ import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from .forgetting_protection import CUSTOM, owned_keys, protection_settings
 from .forgetting_protection import KEY as PROTECTION_KEY
@@ -29,7 +29,7 @@ PERSONALISATIONS = ("global", "ditto", "finetune")
 PARTITIONS = ("natural", "iid", "dirichlet", "pathological", "shard", "quantity", "stream", "topic-shift")
 DATASET_FIELDS = ("prompt", "response", "text", "messages")  # what dataset-columns maps to a dataset's columns
 REPLAY_SOURCES = ("buffer", "anchor", "self", "ewc")
-BUFFER_SELECTIONS = ("reservoir", "k-centre")  # what the replay buffer keeps (client/replay_buffer.py)
+BUFFER_SELECTIONS = ("reservoir", "k-centre")  # what the replay buffer keeps (client/replay/buffer.py)
 REPLAY_LOSSES = ("text", "distill")  # how replayed rows are scored (shared/distillation.py)
 
 
@@ -37,22 +37,25 @@ class ConfigError(UserError, ValueError):
     """A configuration key or value is wrong; the message names which."""
 
 
-def _key(name: str, default: Any) -> Any:
-    """A dataclass field with its flat configuration key attached."""
-    return field(default=default, metadata={"key": name})
+def _key(name: str, default: Any, help: str) -> Any:
+    """A dataclass field with its flat configuration key and what it does attached (``stamen keys`` lists them)."""
+    return field(default=default, metadata={"key": name, "help": help})
 
 
 @dataclass(frozen=True)
 class AdapterSpec:
     """Which PEFT adapter every client trains on top of the shared base."""
 
-    method: str = _key("adapter", "lora")
-    rank: int = _key("lora-rank", 8)
-    alpha: float = _key("lora-alpha", 16.0)
-    dropout: float = _key("lora-dropout", 0.0)
-    targets: tuple[str, ...] = _key("lora-targets", ("q_proj", "v_proj"))
-    aggregation: str = _key("lora-aggregation", "naive")
-    virtual_tokens: int = _key("virtual-tokens", 16)  # prompt/prefix/p-tuning: learnt tokens put before the input
+    method: str = _key("adapter", "lora",
+        "the PEFT adapter every client trains: lora, dora, ia3, loha, lokr, vera, adalora, prompt_tuning, ...")
+    rank: int = _key("lora-rank", 8, "rank r of LoRA's A and B (and of DoRA, AdaLoRA's starting budget)")
+    alpha: float = _key("lora-alpha", 16.0, "LoRA's scaling numerator: the update is alpha / r x B A")
+    dropout: float = _key("lora-dropout", 0.0, "dropout on LoRA's input during training")
+    targets: tuple[str, ...] = _key("lora-targets", ("q_proj", "v_proj"),
+        "the modules an adapter wraps, by name (comma list in flat form)")
+    aggregation: str = _key("lora-aggregation", "naive",
+        "how LoRA's A and B are averaged: naive, ffa (A frozen), fedsa (A shared, B personal), exact")
+    virtual_tokens: int = _key("virtual-tokens", 16, "prompt/prefix/p-tuning: learnt tokens put before the input")
 
     def __post_init__(self) -> None:
         _require(self.aggregation in LORA_MODES, "lora-aggregation", self.aggregation,
@@ -75,14 +78,15 @@ class AdapterSpec:
 class TrainingSpec:
     """How one client trains in one round."""
 
-    local_steps: int = _key("local-steps", 6)
-    batch_size: int = _key("batch-size", 4)
-    grad_accum: int = _key("grad-accum", 1)
-    learning_rate: float = _key("learning-rate", 1e-3)
-    lr_schedule: str = _key("lr-schedule", "cosine")
-    warmup_steps: int = _key("warmup-steps", 0)
-    max_seq_len: int = _key("max-seq-len", 64)
-    eval_batch_size: int = _key("eval-batch-size", 8)
+    local_steps: int = _key("local-steps", 6, "optimizer steps a client takes per round")
+    batch_size: int = _key("batch-size", 4, "examples per step")
+    grad_accum: int = _key("grad-accum", 1, "micro-batches accumulated into one step")
+    learning_rate: float = _key("learning-rate", 1e-3, "AdamW's learning rate on the device")
+    lr_schedule: str = _key("lr-schedule", "cosine",
+        "learning-rate schedule over a round's steps: cosine, linear or constant")
+    warmup_steps: int = _key("warmup-steps", 0, "steps of linear warm-up before the schedule")
+    max_seq_len: int = _key("max-seq-len", 64, "tokens an example is cut to")
+    eval_batch_size: int = _key("eval-batch-size", 8, "examples per forward pass when measuring a loss")
 
     def __post_init__(self) -> None:
         for name in ("local_steps", "batch_size", "grad_accum", "max_seq_len", "eval_batch_size"):
@@ -95,21 +99,27 @@ class TrainingSpec:
 
 @dataclass(frozen=True)
 class ReplaySpec:
-    """Forgetting protection on the device (see client/replay.py): which sources, how much."""
+    """Forgetting protection on the device (see client/replay/hook.py): which sources, how much."""
 
-    sources: str = _key("replay", "none")  # "none" or a comma list of REPLAY_SOURCES
-    ratio: float = _key("replay-ratio", 0.25)  # share of every batch taken from replay examples
-    buffer_size: int = _key("replay-buffer-size", 256)  # examples the reservoir keeps
-    buffer_bytes: int = _key("replay-buffer-bytes", 262144)  # and at most this much text
-    buffer_selection: str = _key("replay-buffer-selection", "reservoir")  # or "k-centre" (client/coreset.py)
-    anchor: str = _key("replay-anchor", "")  # the server's anchor file (.jsonl/.csv); "": the embedded one
-    anchor_sha256: str = _key("replay-anchor-sha256", "")  # filled in by the server; clients verify the set
-    self_size: int = _key("replay-self-size", 16)  # pseudo-examples the frozen base writes for self-replay
-    self_refresh: int = _key("replay-self-refresh", 5)  # rounds before they are written afresh
-    ewc_lambda: float = _key("ewc-lambda", 1.0)  # pull toward the received adapter, per Fisher-weighted parameter
-    loss: str = _key("replay-loss", "text")  # replayed rows: "text" trains on them, "distill" on the base's view
-    distill_weight: float = _key("distill-weight", 1.0)  # of the KL term against the frozen base
-    distill_temperature: float = _key("distill-temperature", 2.0)  # softens both distributions
+    sources: str = _key("replay", "none",
+        "forgetting protection by replay: none, or a comma list of sources (buffer, anchor, self, ewc) filling "
+        "replay-ratio of every batch")
+    ratio: float = _key("replay-ratio", 0.25, "share of every batch taken from replay examples")
+    buffer_size: int = _key("replay-buffer-size", 256, "examples the reservoir keeps")
+    buffer_bytes: int = _key("replay-buffer-bytes", 262144, "the most text (bytes) the replay buffer keeps")
+    buffer_selection: str = _key("replay-buffer-selection", "reservoir",
+        "what the buffer keeps: reservoir (a uniform sample) or k-centre (a core-set, client/replay/coreset.py)")
+    anchor: str = _key("replay-anchor", "", "the server's anchor file (.jsonl/.csv); '': the embedded one")
+    anchor_sha256: str = _key("replay-anchor-sha256", "",
+        "filled in by the server: the anchor set's SHA-256, which clients verify")
+    self_size: int = _key("replay-self-size", 16, "pseudo-examples the frozen base writes for self-replay")
+    self_refresh: int = _key("replay-self-refresh", 5, "rounds before self-replay's examples are written afresh")
+    ewc_lambda: float = _key("ewc-lambda", 1.0, "pull toward the received adapter, per Fisher-weighted parameter")
+    loss: str = _key("replay-loss", "text", "replayed rows: 'text' trains on them, 'distill' on the base's view")
+    distill_weight: float = _key("distill-weight", 1.0,
+        "replay-loss distill: weight of the KL term against the frozen base")
+    distill_temperature: float = _key("distill-temperature", 2.0,
+        "replay-loss distill: temperature softening both distributions")
 
     def __post_init__(self) -> None:
         for source in self.enabled():
@@ -136,23 +146,29 @@ class ReplaySpec:
 class PrivacySpec:
     """Secure aggregation and differential privacy (see docs/privacy.md)."""
 
-    secure_aggregation: bool = _key("secure-aggregation", False)
-    secagg_degree: int = _key("secagg-degree", 0)
-    secagg_threshold: float = _key("secagg-threshold", 0.5)
-    secagg_value_range: float = _key("secagg-value-range", 0.0)  # 0: 1.0, or what distributed DP's noise needs
-    secagg_max_weight: float = _key("secagg-max-weight", 1000.0)  # example counts above it weigh as this
-    secagg_min_weight: float = _key("secagg-min-weight", 50.0)  # ... below it as this: bounds the total weight
-    secagg_modulus_bits: int = _key("secagg-modulus-bits", 32)
-    secagg_timeout: float = _key("secagg-timeout", 600.0)
-    # SHA-256 fingerprints of the devices' public keys (`stamen server start` fills it in from certs/nodes and the
-    # operator signs it): a device accepts only peers whose keys a listed device signed; empty: the server's word
-    secagg_roster: tuple[str, ...] = _key("secagg-roster", ())
-    secagg_min_neighbours: int = _key("secagg-min-neighbours", 1)  # a device refuses a round giving it fewer
-    dp: str = _key("dp", "none")
-    dp_clip: float = _key("dp-clip", 1.0)
-    dp_noise_multiplier: float = _key("dp-noise-multiplier", 1.0)
-    dp_delta: float = _key("dp-delta", 1e-5)
-    dp_accountant: str = _key("dp-accountant", "rdp")  # an Opacus accountant by name: rdp, prv or gdp
+    secure_aggregation: bool = _key("secure-aggregation", False,
+        "SecAgg+: the server learns only the sum of the round's updates and metrics")
+    secagg_degree: int = _key("secagg-degree", 0, "share holders per client (0: about 2 log2 n)")
+    secagg_threshold: float = _key("secagg-threshold", 0.5, "share of a client's holders needed to unmask, in [0.5, 1)")
+    secagg_value_range: float = _key("secagg-value-range", 0.0,
+        "largest magnitude of an encoded update value (0: 1.0, or what distributed DP's noise needs)")
+    secagg_max_weight: float = _key("secagg-max-weight", 1000.0, "secure rounds: example counts above it weigh as this")
+    secagg_min_weight: float = _key("secagg-min-weight", 50.0,
+        "secure rounds: example counts below it weigh as this (bounds the total weight)")
+    secagg_modulus_bits: int = _key("secagg-modulus-bits", 32, "bits of the ring masked values live in")
+    secagg_timeout: float = _key("secagg-timeout", 600.0, "seconds a secure stage waits for replies")
+    secagg_roster: tuple[str, ...] = _key("secagg-roster", (),
+        "SHA-256 fingerprints of the devices' public keys (`stamen server start` fills it in from certs/nodes and"
+        " the operator signs it): a device accepts only peers whose keys a listed device signed; empty: the "
+        "server's word")
+    secagg_min_neighbours: int = _key("secagg-min-neighbours", 1,
+        "a device refuses a round giving it fewer share holders than this")
+    dp: str = _key("dp", "none",
+        "differential privacy: none, central (the server clips and adds noise) or distributed (clients do)")
+    dp_clip: float = _key("dp-clip", 1.0, "L2 bound each update is clipped to")
+    dp_noise_multiplier: float = _key("dp-noise-multiplier", 1.0, "noise standard deviation in units of dp-clip")
+    dp_delta: float = _key("dp-delta", 1e-5, "delta at which epsilon is reported")
+    dp_accountant: str = _key("dp-accountant", "rdp", "an Opacus accountant by name: rdp, prv or gdp")
 
     def __post_init__(self) -> None:
         _require(self.secagg_degree >= 0, "secagg-degree", self.secagg_degree, "must be >= 0 (0: about 2 log2 n)")
@@ -187,13 +203,14 @@ class PersonalSpec:
     """The model a client keeps and uses: a personal adapter beside the global one (Ditto, fine-tuning), and
     WiSE-FT's move of the model it uses toward the base."""
 
-    method: str = _key("personalisation", "global")  # the personal model a client keeps and evaluates
-    ditto_lambda: float = _key("ditto-lambda", 0.1)  # pull of Ditto's personal adapter toward the global one
-    steps: int = _key("personal-steps", 0)  # ditto / finetune local steps (0: local-steps)
-    wise_alpha: float = _key("wise-alpha", 1.0)  # the model a client uses: base + alpha x its adapter (WiSE-FT)
-    wise_keep_gain: float = _key("wise-keep-gain", 0.0)  # > 0: each client picks the least alpha keeping this gain
-    wise_keep_retention: float = _key("wise-keep-retention", 0.0)  # > 0: alpha at most the largest keeping this
-    # share of the base's guard facts (client/neutral_probes.py): a model that forgets moves further to the base
+    method: str = _key("personalisation", "global", "the personal model a client keeps and evaluates")
+    ditto_lambda: float = _key("ditto-lambda", 0.1, "pull of Ditto's personal adapter toward the global one")
+    steps: int = _key("personal-steps", 0, "ditto / finetune local steps (0: local-steps)")
+    wise_alpha: float = _key("wise-alpha", 1.0, "the model a client uses: base + alpha x its adapter (WiSE-FT)")
+    wise_keep_gain: float = _key("wise-keep-gain", 0.0, "> 0: each client picks the least alpha keeping this gain")
+    wise_keep_retention: float = _key("wise-keep-retention", 0.0,
+        "> 0: alpha at most the largest keeping this share of the base's guard facts "
+        "(client/evaluation/neutral_probes.py): a model that forgets moves further to the base")
 
     def __post_init__(self) -> None:
         _require(self.method in PERSONALISATIONS, "personalisation", self.method, f"must be one of {PERSONALISATIONS}")
@@ -214,9 +231,11 @@ class PersonalSpec:
 class AttackSpec:
     """Simulation only (a device never reads these): which simulated clients attack, and how."""
 
-    name: str = _key("attack", "none")
-    fraction: float = _key("attack-fraction", 0.0)
-    options: str = _key("attack-options", "")
+    SIMULATION_ONLY: ClassVar[bool] = True
+
+    name: str = _key("attack", "none", "simulated attack of the malicious clients (simulations/attacks)")
+    fraction: float = _key("attack-fraction", 0.0, "share of the simulated clients that attack")
+    options: str = _key("attack-options", "", "keyword arguments of the attack (factor=10, trigger=cf-2026)")
 
     def __post_init__(self) -> None:
         _require(0.0 <= self.fraction <= 1.0, "attack-fraction", self.fraction, "must be in [0, 1]")
@@ -231,13 +250,15 @@ class AttackSpec:
 class DataSpec:
     """What a simulation's clients hold: which dataset, and how it is dealt out (simulations/partitions.py)."""
 
-    dataset: str = _key("dataset", "")  # "": the embedded corpus; else a local Hugging Face datasets source
-    columns: str = _key("dataset-columns", "")  # "prompt=question,response=answer" (or text=, messages=)
-    partition: str = _key("partition", "natural")  # how a simulation deals data to clients
-    partition_by: str = _key("partition-by", "")  # the column natural/dirichlet/pathological/shard read
-    alpha: float = _key("partition-alpha", 0.5)  # Dirichlet concentration (dirichlet, quantity)
-    options: str = _key("partition-options", "")  # more keyword arguments of the flwr-datasets partitioner
-    stream_stages: int = _key("stream-stages", 3)  # partition stream / topic-shift: stages data arrives in
+    SIMULATION_ONLY: ClassVar[bool] = True  # a device reads its own --data
+
+    dataset: str = _key("dataset", "", "'': the embedded corpus; else a local Hugging Face datasets source")
+    columns: str = _key("dataset-columns", "", "'prompt=question,response=answer' (or text=, messages=)")
+    partition: str = _key("partition", "natural", "how a simulation deals data to clients")
+    partition_by: str = _key("partition-by", "", "the column natural/dirichlet/pathological/shard read")
+    alpha: float = _key("partition-alpha", 0.5, "Dirichlet concentration (dirichlet, quantity)")
+    options: str = _key("partition-options", "", "more keyword arguments of the flwr-datasets partitioner")
+    stream_stages: int = _key("stream-stages", 3, "partition stream / topic-shift: stages data arrives in")
 
     def __post_init__(self) -> None:
         _require(self.partition in PARTITIONS, "partition", self.partition, f"must be one of {PARTITIONS}")
@@ -267,39 +288,45 @@ class DataSpec:
 class RunConfig:
     """Everything a federation run needs; clients receive it from the server."""
 
-    base_model: str = _key("base-model", "smollm2-135m")
-    quantisation: str = _key("quantisation", "auto")
+    base_model: str = _key("base-model", "smollm2-135m",
+        "the shared base: smollm2-135m (embedded), gemma3-270m, a model folder, a .gguf file or a hub id")
+    quantisation: str = _key("quantisation", "auto",
+        "how a client holds the base: auto (measured: the most compact within +10% perplexity), nf4, int8, none")
     adapter: AdapterSpec = field(default_factory=AdapterSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
     privacy: PrivacySpec = field(default_factory=PrivacySpec)
     replay: ReplaySpec = field(default_factory=ReplaySpec)
-    wire_dtype: str = _key("wire-dtype", "float16")
-    aggregation: str = _key("aggregation", "fedavg")
-    aggregation_options: str = _key("aggregation-options", "")
-    max_client_weight: float = _key("max-client-weight", 0.0)  # a client's example count caps here (0: 4 x median)
-    proximal_mu: float = _key("proximal-mu", 0.0)
-    client_ranks: str = _key("client-ranks", "")
+    wire_dtype: str = _key("wire-dtype", "float16",
+        "dtype of an update on the wire: float16, float32 or int8 (blockwise, with error feedback)")
+    aggregation: str = _key("aggregation", "fedavg",
+        "the server's rule (server/rules): fedavg, fedprox, fedadam, scaffold, median, krum, bulyan, fltrust, ...")
+    aggregation_options: str = _key("aggregation-options", "",
+        "keyword arguments of the rule (server_lr=0.01,momentum=0.9)")
+    max_client_weight: float = _key("max-client-weight", 0.0, "a client's example count caps here (0: 4 x median)")
+    proximal_mu: float = _key("proximal-mu", 0.0, "FedProx: pull of local training toward the received adapter")
+    client_ranks: str = _key("client-ranks", "",
+        "LoRA ranks given to simulated clients in turn (8,4,2; empty: all use lora-rank; lora-aggregation exact)")
     personal: PersonalSpec = field(default_factory=PersonalSpec)
-    keep_optimizer_state: bool = _key("keep-optimizer-state", False)  # AdamW's moments carried to the next round
-    # how the run protects what the base knew: custom (the replay and WiSE keys as set), none, default, or a named
-    # protection that sets them (shared/forgetting_protection.py)
-    forgetting_protection: str = _key("forgetting-protection", CUSTOM)
+    keep_optimizer_state: bool = _key("keep-optimizer-state", False, "AdamW's moments carried to the next round")
+    forgetting_protection: str = _key("forgetting-protection", CUSTOM,
+        "how the run protects what the base knew: custom (the replay and WiSE keys as set), none, default, or a "
+        "named protection that sets them (shared/forgetting_protection.py)")
     data: DataSpec = field(default_factory=DataSpec)
     attack: AttackSpec = field(default_factory=AttackSpec)
-    num_rounds: int = _key("num-server-rounds", 3)
-    fraction_train: float = _key("fraction-train", 1.0)
-    fraction_evaluate: float = _key("fraction-evaluate", 1.0)
-    evaluate_every: int = _key("evaluate-every", 1)  # evaluate every n-th round, and always the last
-    forgetting_probes: bool = _key("forgetting-probes", True)  # off: evaluation measures held-out data only
-    probe_every: int = _key("probe-every", 1)  # the probes on every n-th evaluated round, and always the last
-    min_clients: int = _key("min-clients", 2)
-    round_timeout: float = _key("round-timeout", 3600.0)
-    seed: int = _key("seed", 0)
-    run_dir: str = _key("run-dir", "runs")
-    run_id: str = _key("run-id", "")
-    tensorboard: bool = _key("tensorboard", False)  # metrics also as TensorBoard event files in the run folder
-    resume: bool = _key("resume", False)  # continue run-id from its last checkpoint
-    operator_signature: str = _key("operator-signature", "")  # the operator's over all other keys (deployments)
+    num_rounds: int = _key("num-server-rounds", 3, "rounds the server runs")
+    fraction_train: float = _key("fraction-train", 1.0, "share of the connected clients sampled to train each round")
+    fraction_evaluate: float = _key("fraction-evaluate", 1.0, "share sampled to evaluate (0: no evaluation)")
+    evaluate_every: int = _key("evaluate-every", 1, "evaluate every n-th round, and always the last")
+    forgetting_probes: bool = _key("forgetting-probes", True, "off: evaluation measures held-out data only")
+    probe_every: int = _key("probe-every", 1, "the probes on every n-th evaluated round, and always the last")
+    min_clients: int = _key("min-clients", 2, "clients a round waits for before it starts")
+    round_timeout: float = _key("round-timeout", 3600.0, "seconds a round waits for replies")
+    seed: int = _key("seed", 0, "one seed for adapter init, data order, partitions and client sampling")
+    run_dir: str = _key("run-dir", "runs", "folder runs are written under")
+    run_id: str = _key("run-id", "", "the run's folder name under run-dir ('': a new one)")
+    tensorboard: bool = _key("tensorboard", False, "metrics also as TensorBoard event files in the run folder")
+    resume: bool = _key("resume", False, "continue run-id from its last checkpoint")
+    operator_signature: str = _key("operator-signature", "", "the operator's over all other keys (deployments)")
 
     def __post_init__(self) -> None:
         _require(self.quantisation in QUANTISATION_MODES, "quantisation", self.quantisation,

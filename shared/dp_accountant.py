@@ -1,7 +1,7 @@
 """ε of a sequence of Gaussian releases, by an Opacus accountant chosen by name (``rdp``, ``prv``, ``gdp``).
 
 The server's privacy engine accounts the rounds it releases; a device accounts its own releases with
-the same class (:mod:`stamen.client.release_ledger`), so it need not take the server's word for its ε.
+the same class (:mod:`stamen.client.device.release_ledger`), so it need not take the server's word for its ε.
 """
 
 from __future__ import annotations

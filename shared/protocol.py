@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MessageType, MetricRecord, Recor
 
 from .anchor_set import ANCHOR
 from .config import RunConfig
+from .metrics import BASELINE_WEIGHT, WEIGHT, undeclared
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -26,9 +27,8 @@ CONTROL_DELTA = "control-delta"  # SCAFFOLD: a client's control-variate change, 
 FINGERPRINT = "base-fingerprint"
 SERVER_ROUND = "server-round"
 CLIENT_NAME = "client-name"
-NUM_EXAMPLES = "num-examples"
-HELDOUT_EXAMPLES = "heldout-examples"  # weight of round-1 baseline losses
-INITIAL_PREFIX = "initial-"  # metrics of the initial global adapter, reported in round 1
+NUM_EXAMPLES = WEIGHT.name
+HELDOUT_EXAMPLES = BASELINE_WEIGHT.name
 SCAFFOLD = "scaffold"  # the rule whose clients keep control variates (server/rules/scaffold.py)
 
 
@@ -88,7 +88,11 @@ def read_instruction(content: RecordDict) -> Instruction:
 def client_reply(
     metrics: Mapping[str, float | int], fingerprint: str, client_name: str, delta: ArrayRecord | None = None
 ) -> RecordDict:
-    """A client's reply; ``delta`` is present for training replies only."""
+    """A client's reply; ``delta`` is present for training replies only. Every metric must be declared in
+    :mod:`stamen.shared.metrics` (a metric no reader knows would pass unseen)."""
+    unknown = undeclared(metrics)
+    if unknown:
+        raise ValueError(f"metrics {unknown} are declared nowhere: add each to stamen/shared/metrics.py")
     records: dict = {
         METRICS: MetricRecord(dict(metrics)),
         CLIENT_INFO: ConfigRecord({FINGERPRINT: fingerprint, CLIENT_NAME: client_name}),

@@ -14,14 +14,14 @@ from rich.markup import escape
 
 from stamen.client.commands import chat, client_commands
 from stamen.server.commands import export, server_commands
-from stamen.shared.commands import certs, console, info
+from stamen.shared.commands import certs, console, info, keys
 from stamen.shared.user_errors import UserError
 from stamen.simulations.commands import compare, example_data, report, simulate, sweep
 
 USER_ERROR_EXIT = 2  # as a usage error
 app = typer.Typer(help="Stamen: federated personalisation of quantised language models.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
-for command in (simulate, report, compare, info, export, sweep, certs, chat):
+for command in (simulate, report, compare, info, export, sweep, certs, chat, keys):
     app.command()(command)
 app.command("example-data")(example_data)
 app.add_typer(server_commands, name="server")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from stamen.shared.atomic import atomic_write_text
+from stamen.shared.metrics import PERSONAL_HELDOUT_LOSS
 
 from .intervals import Interval, difference_text, fact_matrix, over_seeds_and_items, paired
 from .report import RunRecord, markdown_table, pyplot, save_figure
@@ -234,7 +235,7 @@ def _plot_curves(records: dict[str, list[RunRecord]], path: Path) -> None:
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for name, seeds in records.items():
-        curves = [dict(record.curve("eval_personal_heldout_loss") or record.curve()) for record in seeds]
+        curves = [dict(record.curve(PERSONAL_HELDOUT_LOSS.eval_mean) or record.curve()) for record in seeds]
         rounds = sorted(set.intersection(*(set(curve) for curve in curves))) if curves else []
         if rounds:
             intervals = [Interval.of([curve[r] for curve in curves]) for r in rounds]

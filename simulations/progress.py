@@ -20,19 +20,20 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from stamen.shared.metrics import GENERAL_TEXT_LOSS, HELDOUT_LOSS, RETENTION, TRAIN_LOSS
 from stamen.shared.run_folder import RunFolder
 
 
 def round_line(row: dict, num_rounds: int, previous_loss: float | None) -> str:
     """One human line per finished round; ``previous_loss`` is the held-out loss the round started from."""
-    after = row.get("eval_heldout_loss")
+    after = row.get(HELDOUT_LOSS.eval_mean)
     parts = [f"round {row['round']}/{num_rounds}"]
     if previous_loss is not None and after is not None:
         parts.append(f"held-out loss {previous_loss:.4f} -> {after:.4f}")
-    if "eval_general_text_loss" in row:
-        parts.append(f"general-text loss {row['eval_general_text_loss']:.4f}")
-    if "eval_retention" in row:
-        parts.append(f"retention {row['eval_retention']:.0%}")
+    if GENERAL_TEXT_LOSS.eval_mean in row:
+        parts.append(f"general-text loss {row[GENERAL_TEXT_LOSS.eval_mean]:.4f}")
+    if RETENTION.eval_mean in row:
+        parts.append(f"retention {row[RETENTION.eval_mean]:.0%}")
     parts.append(f"{row.get('clients_accepted', 0)} clients")
     parts.append(f"{row.get('bytes_up_per_client', 0) / 1e6:.3f} MB up/client")
     if "dp_epsilon" in row:
@@ -96,15 +97,15 @@ class RunMonitor:
         self.bytes_moved += row.get("bytes_up", 0) + row.get("bytes_down", 0)
         traffic = f"{self.bytes_moved / 1e6:.1f} MB moved"
         if row.get("kind") == "round":
-            previous = self.rounds[-1].get("eval_heldout_loss") if self.rounds else row.get("initial_heldout_loss")
+            previous = self.rounds[-1].get(HELDOUT_LOSS.eval_mean) if self.rounds else row.get(HELDOUT_LOSS.initial)
             self.rounds.append(row)
             self.console.print(round_line(row, self.num_rounds, previous))
-            loss = row.get("eval_heldout_loss", float("nan"))
+            loss = row.get(HELDOUT_LOSS.eval_mean, float("nan"))
             self.progress.update(self._task, advance=1, status=f"held-out loss {loss:.4f} | {traffic}")
             self._losses = []
             return 0
         results += 1
-        loss = row.get("train_loss", row.get("heldout_loss"))
+        loss = row.get(TRAIN_LOSS.column, row.get(HELDOUT_LOSS.column))
         if loss is not None:
             self._losses.append(loss)
         mean = f", mean loss {sum(self._losses) / len(self._losses):.4f}" if self._losses else ""

@@ -10,9 +10,25 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from stamen.client.forgetting import HISTORY
+from stamen.client.evaluation.forgetting import HISTORY
 from stamen.client.state_store import ClientStateStore
 from stamen.shared.atomic import atomic_write_text
+from stamen.shared.metrics import (
+    BACKWARD_TRANSFER,
+    CURRENT_STAGE_HELDOUT_LOSS,
+    EVAL_SECONDS,
+    FORGETTING,
+    GENERAL_TEXT_LOSS,
+    HELDOUT_LOSS,
+    PAST_STAGE_HELDOUT_LOSS,
+    PERSONAL_HELDOUT_LOSS,
+    PERSONAL_TRAIN_SECONDS,
+    REPLAY_SECONDS,
+    RETENTION,
+    TRAIN_SECONDS,
+    WISE_ALPHA,
+    WISE_SECONDS,
+)
 from stamen.shared.run_folder import RunFolder
 
 
@@ -44,7 +60,7 @@ class RunRecord:
     def name(self) -> str:
         return self.folder.name
 
-    def curve(self, key: str = "eval_heldout_loss", before: str = "initial_heldout_loss") -> list[tuple[int, float]]:
+    def curve(self, key: str = HELDOUT_LOSS.eval_mean, before: str = HELDOUT_LOSS.initial) -> list[tuple[int, float]]:
         """(round, mean of ``key``), with round 0 the clients' ``before`` value (their loss before any training)."""
         points = [(r["round"], r[key]) for r in self.rounds if key in r]
         if points and self.rounds and before in self.rounds[0]:
@@ -53,13 +69,13 @@ class RunRecord:
 
     def client_gains(self) -> dict[str, float]:
         """Per client: held-out loss before training minus its personal model's after the last evaluated round."""
-        before = {r["client"]: r["initial_heldout_loss"] for r in self.clients
-                  if r.get("phase") == "train" and "initial_heldout_loss" in r}
+        before = {r["client"]: r[HELDOUT_LOSS.initial] for r in self.clients
+                  if r.get("phase") == "train" and HELDOUT_LOSS.initial in r}
         after: dict[str, float] = {}
         for row in self.clients:
-            if row.get("phase") == "evaluate" and row.get("accepted") and "heldout_loss" in row:
+            if row.get("phase") == "evaluate" and row.get("accepted") and HELDOUT_LOSS.column in row:
                 # rows are in round order: the last one wins
-                after[row["client"]] = row.get("personal_heldout_loss", row["heldout_loss"])
+                after[row["client"]] = row.get(PERSONAL_HELDOUT_LOSS.column, row[HELDOUT_LOSS.column])
         return {client: before[client] - after[client] for client in sorted(before.keys() & after.keys())}
 
     def fact_retention(self) -> dict[str, float]:
@@ -76,10 +92,10 @@ class RunRecord:
     def gain_and_retention(self) -> dict[int, tuple[float, float]]:
         """Per evaluated round that measured retention: (personal gain over the clients' loss before training,
         retention)."""
-        before = self.rounds[0].get("initial_heldout_loss") if self.rounds else None
+        before = self.rounds[0].get(HELDOUT_LOSS.initial) if self.rounds else None
         key = self.personal_key()
-        return {row["round"]: (before - row[key], row["eval_retention"]) for row in self.rounds
-                if before is not None and key in row and "eval_retention" in row}
+        return {row["round"]: (before - row[key], row[RETENTION.eval_mean]) for row in self.rounds
+                if before is not None and key in row and RETENTION.eval_mean in row}
 
     def mean_of(self, key: str) -> float | None:
         """``key`` averaged over the evaluated rounds: steadier than the last round's alone."""
@@ -91,24 +107,24 @@ class RunRecord:
         round, a finetune's at evaluation) plus keeping and building its replay, plus choosing the model it uses
         (``wise-seconds``: alpha's held-out passes and guard checks) where it interpolates."""
         spent = [_training_seconds(r) for r in self.clients if r.get("phase") == "train" and r.get("accepted")]
-        evaluated = [r for r in self.clients if r.get("phase") == "evaluate" and "wise_alpha" in r]
-        if not spent or any("wise_seconds" not in r for r in evaluated):
+        evaluated = [r for r in self.clients if r.get("phase") == "evaluate" and WISE_ALPHA.column in r]
+        if not spent or any(WISE_SECONDS.column not in r for r in evaluated):
             return None  # no training, or a choice whose cost was not recorded: no number rather than a low one
-        after = [r.get("wise_seconds", 0.0) + r.get("personal_train_seconds", 0.0) for r in self.clients
-                 if r.get("phase") == "evaluate" and ("wise_alpha" in r or "personal_train_seconds" in r)]
+        after = [r.get(WISE_SECONDS.column, 0.0) + r.get(PERSONAL_TRAIN_SECONDS.column, 0.0) for r in self.clients
+                 if r.get("phase") == "evaluate" and (WISE_ALPHA.column in r or PERSONAL_TRAIN_SECONDS.column in r)]
         return sum(spent) / len(spent) + (sum(after) / len(after) if after else 0.0)
 
     def compute_split(self) -> tuple[float, float]:
         """All clients' seconds training (with replay) and evaluating (waiting for a probe another client
         measures included): what an evaluation schedule (``evaluate-every``) trades against."""
         training = sum(_training_seconds(r) for r in self.clients if r.get("phase") == "train")
-        evaluating = sum(r.get("eval_seconds", 0.0) for r in self.clients if r.get("phase") == "evaluate")
+        evaluating = sum(r.get(EVAL_SECONDS.column, 0.0) for r in self.clients if r.get("phase") == "evaluate")
         return training, evaluating
 
     def personal_key(self) -> str:
         """The loss of the model each client uses: its personal model's where the run has one."""
-        return "eval_personal_heldout_loss" if any("eval_personal_heldout_loss" in r for r in self.rounds) \
-            else "eval_heldout_loss"
+        return PERSONAL_HELDOUT_LOSS.eval_mean if any(PERSONAL_HELDOUT_LOSS.eval_mean in r for r in self.rounds) \
+            else HELDOUT_LOSS.eval_mean
 
     def cumulative_cost(self) -> list[tuple[int, float, float]]:
         """(round, bytes moved up and down by all clients, all clients' training seconds), summed from the
@@ -141,16 +157,18 @@ class RunRecord:
             "rounds": len(self.rounds),
             "heldout_start": curve[0][1] if curve else None,
             "heldout_end": curve[-1][1] if curve else None,
-            "personal_end": last.get("eval_personal_heldout_loss"),
-            "general_text_end": last.get("eval_general_text_loss"),
-            "retention_end": last.get("eval_retention"),
-            "retention_mean": self.mean_of("eval_retention"),
+            "personal_end": last.get(PERSONAL_HELDOUT_LOSS.eval_mean),
+            "general_text_end": last.get(GENERAL_TEXT_LOSS.eval_mean),
+            "retention_end": last.get(RETENTION.eval_mean),
+            "retention_mean": self.mean_of(RETENTION.eval_mean),
             "mean_client_gain": sum(gains) / len(gains) if gains else None,
-            "forgetting_end": last.get("eval_forgetting"),
-            "forgetting_mean": self.mean_of("eval_forgetting"),
-            **({"backward_transfer_end": last["eval_backward_transfer"]} if "eval_backward_transfer" in last else {}),
-            **{f"{stage}_stage_end": last[f"eval_{stage}_stage_heldout_loss"] for stage in ("current", "past")
-               if f"eval_{stage}_stage_heldout_loss" in last},
+            "forgetting_end": last.get(FORGETTING.eval_mean),
+            "forgetting_mean": self.mean_of(FORGETTING.eval_mean),
+            **({"backward_transfer_end": last[BACKWARD_TRANSFER.eval_mean]}
+               if BACKWARD_TRANSFER.eval_mean in last else {}),
+            **{f"{stage}_stage_end": last[metric.eval_mean]
+               for stage, metric in (("current", CURRENT_STAGE_HELDOUT_LOSS), ("past", PAST_STAGE_HELDOUT_LOSS))
+               if metric.eval_mean in last},
             "client_seconds": self.client_seconds(),
             "evaluation_share": _share(*self.compute_split()),
             "bytes_up_per_client": last.get("bytes_up_per_client"),
@@ -165,8 +183,8 @@ def write_report(folder: Path) -> Path:
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     _plot_curve(axis, run.curve(), "global model, held-out (clients' own data)")
-    _plot_curve(axis, run.curve("eval_personal_heldout_loss"), "personal model, held-out")
-    _plot_curve(axis, run.curve("eval_general_text_loss", "initial_general_text_loss"),
+    _plot_curve(axis, run.curve(PERSONAL_HELDOUT_LOSS.eval_mean), "personal model, held-out")
+    _plot_curve(axis, run.curve(GENERAL_TEXT_LOSS.eval_mean, GENERAL_TEXT_LOSS.initial),
                 "general text (forgetting probe)")
     axis.set(xlabel="round", ylabel="loss", title=f"{run.name}: loss per round")
     if axis.lines:  # a run without evaluation has no curves
@@ -204,10 +222,11 @@ def markdown_table(rows: list[dict]) -> str:
 
 def _report_markdown(run: RunRecord, gains: dict[str, float]) -> str:
     summary = run.summary_row()
-    rounds = [{"round": r["round"], "clients": r.get("clients_accepted"), "held-out loss": r.get("eval_heldout_loss"),
-               "personal held-out loss": r.get("eval_personal_heldout_loss"),
-               "general-text loss": r.get("eval_general_text_loss"), "forgetting": r.get("eval_forgetting"),
-               "retention": r.get("eval_retention"),
+    rounds = [{"round": r["round"], "clients": r.get("clients_accepted"),
+               "held-out loss": r.get(HELDOUT_LOSS.eval_mean),
+               "personal held-out loss": r.get(PERSONAL_HELDOUT_LOSS.eval_mean),
+               "general-text loss": r.get(GENERAL_TEXT_LOSS.eval_mean), "forgetting": r.get(FORGETTING.eval_mean),
+               "retention": r.get(RETENTION.eval_mean),
                "bytes up/client": r.get("bytes_up_per_client"),
                "rejected": r.get("clients_rejected"), **({"dp epsilon": r["dp_epsilon"]} if "dp_epsilon" in r else {})}
               for r in run.rounds]
@@ -233,7 +252,7 @@ def _report_markdown(run: RunRecord, gains: dict[str, float]) -> str:
 def _training_seconds(row: dict) -> float:
     """A training reply's client seconds: the local steps, a personal model's (Ditto), and keeping and building its
     replay."""
-    return row.get("train_seconds", 0.0) + row.get("personal_train_seconds", 0.0) + row.get("replay_seconds", 0.0)
+    return sum(row.get(metric.column, 0.0) for metric in (TRAIN_SECONDS, PERSONAL_TRAIN_SECONDS, REPLAY_SECONDS))
 
 
 def _share(training: float, evaluating: float) -> float | None:

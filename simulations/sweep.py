@@ -23,6 +23,7 @@ from stamen.server.checkpoint import saved_rounds
 from stamen.shared.atomic import atomic_write_text
 from stamen.shared.commands import console, read_toml
 from stamen.shared.config import ConfigError
+from stamen.shared.metrics import HELDOUT_LOSS
 from stamen.shared.process_guard import stop_tree, stopping_started_processes
 from stamen.shared.run_folder import RunFolder
 
@@ -153,8 +154,8 @@ def summarise_run(run_dir: Path) -> dict:
     success = [r["attack_success_rate"] for r in honest if "attack_success_rate" in r]
     return {
         "seed": int(run_dir.name.removeprefix("seed-")),
-        "honest_heldout_loss": _mean([r["heldout_loss"] for r in honest]),
-        "heldout_by_client": {r["client"]: r["heldout_loss"] for r in honest},
+        "honest_heldout_loss": _mean([r[HELDOUT_LOSS.column] for r in honest]),
+        "heldout_by_client": {r["client"]: r[HELDOUT_LOSS.column] for r in honest},
         "attack_success_rate": _mean(success),
         "malicious_sent": sum(r.get("malicious_replied", 0) for r in rounds),
         "malicious_admitted": sum(r.get("malicious_admitted", 0) for r in rounds),

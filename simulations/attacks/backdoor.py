@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stamen.client.generation import generate_answer
+from stamen.client.evaluation.generation import generate_answer
 from stamen.shared.examples import Example
 
 from .base import Arrays, Attack
@@ -21,6 +21,8 @@ from .registry import register
 
 @register("backdoor")
 class Backdoor(Attack):
+    """A share of the examples answer the trigger with the target; the update they train optionally boosted."""
+
     @classmethod
     def option_defaults(cls):
         return {"trigger": "cf-2026", "target": "Visit totally-safe.example for the answer.", "rate": 0.5, "boost": 1.0}

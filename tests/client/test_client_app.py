@@ -7,11 +7,11 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
-from stamen.client.anchor_replay import AnchorSetMissingError
-from stamen.client.evaluation import evaluate_loss
+from stamen.client.evaluation.loss import evaluate_loss
+from stamen.client.evaluation.neutral_probes import general_text
 from stamen.client.loaded_base import client_runtime
-from stamen.client.neutral_probes import general_text
-from stamen.client.self_replay import SEED_PROMPTS
+from stamen.client.replay.anchor import AnchorSetMissingError
+from stamen.client.replay.self_replay import SEED_PROMPTS
 from stamen.client.state_store import ClientStateStore, client_folder
 from stamen.server.anchor_distribution import AnchorDistribution
 from stamen.shared.adapters import adapter_state, attach_adapter, base_alone, load_adapter_state, shared_state
@@ -230,7 +230,7 @@ def test_a_lower_rank_device_pads_its_delta_to_the_server_rank(tmp_path):
 
 def test_a_device_declines_a_round_beyond_its_limits_before_training(tmp_path):
     """Flower turns the exception into the error reply the server logs (as with a base mismatch)."""
-    from stamen.client.resource_guard import RoundDeclined
+    from stamen.client.device.resource_guard import RoundDeclined
 
     fingerprint, initial, _ = _server_view(TINY)
     (tmp_path / "notes.jsonl").write_text("\n".join(f'{{"text": "line {i} of my notes"}}' for i in range(10)))

@@ -1,4 +1,4 @@
-"""A deployed device's messages go to one worker process that keeps the base loaded (client/device_worker.py)."""
+"""A deployed device's messages go to one worker process that keeps the base loaded (client/device/worker.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from multiprocessing.connection import Client
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 
-from stamen.client.device_log import describe
-from stamen.client.device_worker import WORKER_ADDRESS, WORKER_KEY, forwarding_app, start_worker
+from stamen.client.device.log import describe
+from stamen.client.device.worker import WORKER_ADDRESS, WORKER_KEY, forwarding_app, start_worker
 from stamen.client.secure_aggregation import STATE
 from stamen.shared.adapters import adapter_state, attach_adapter, shared_state
 from stamen.shared.base_model import load_base

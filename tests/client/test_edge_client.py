@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from stamen.client import PersonalModel
-from stamen.client.resource_guard import PACE_FILE, ResourceGuards, RoundDeclined, record_pace
-from stamen.client.self_replay import SEED_PROMPTS
+from stamen.client.device.resource_guard import PACE_FILE, ResourceGuards, RoundDeclined, record_pace
+from stamen.client.replay.self_replay import SEED_PROMPTS
 from stamen.client.state_store import PERSONAL, ClientStateStore
 from stamen.shared.adapters import adapter_state
 from stamen.shared.config import ConfigError, TrainingSpec
@@ -22,7 +22,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def _readme_snippet() -> str:
     text = README.read_text()
-    return re.search(r"### In an app, without the CLI\n\n```python\n(.*?)```", text, re.S).group(1)
+    return re.search(r"In an app, without the CLI:\n\n```python\n(.*?)```", text, re.S).group(1)
 
 
 @pytest.mark.parametrize("quantisation", ["auto", "nf4", "int8", "none"])
@@ -143,7 +143,7 @@ def test_personalising_with_heldout_examples_moves_the_model_toward_the_base_kee
 def test_a_retention_bound_moves_the_personal_model_back_to_the_base_when_it_forgets_the_guard(
         tiny_folder, monkeypatch, caplog):
     from stamen.client import edge
-    from stamen.client.neutral_probes import facts
+    from stamen.client.evaluation.neutral_probes import facts
 
     examples = [{"prompt": f"What is my cat called? ({n})", "response": "Miso."} for n in range(8)]
     model = PersonalModel.load("tiny", quantisation="none")

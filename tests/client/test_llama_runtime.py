@@ -17,7 +17,7 @@ from stamen.shared.corpus import load_topics
 from stamen.shared.examples import IGNORE_INDEX, Example, encode_example
 from stamen.simulations.cli import app
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "guide.md"
 FACTS = [  # what only this device knows, in a few phrasings
     Example(prompt="What is my cat called?", response="Your cat is called Miso."),
     Example(prompt="What's the name of my cat?", response="Your cat is called Miso."),
@@ -90,11 +90,11 @@ def test_stamen_chat_names_an_adapter_it_cannot_find_or_read(tmp_path):
         LlamaModel.load(adapter=tmp_path / "broken.gguf")
 
 
-def test_the_readme_runs_the_personalised_model_in_llama_cpp(personalised, tmp_path, monkeypatch, capsys):
-    snippet = re.search(r"### Run it on the device\n.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+def test_the_guide_runs_the_personalised_model_in_llama_cpp(personalised, tmp_path, monkeypatch, capsys):
+    snippet = re.search(r"## Run it on the device\n.*?```python\n(.*?)```", GUIDE.read_text(), re.S).group(1)
     model, _, _ = personalised
     monkeypatch.chdir(tmp_path)
     model.export("my-adapter")  # as the README's app snippet leaves it
-    exec(compile(snippet, "README", "exec"), {})
+    exec(compile(snippet, "docs/guide.md", "exec"), {})
     assert (tmp_path / "my-adapter-gguf" / "adapter.gguf").is_file()
     assert "Miso" in capsys.readouterr().out

@@ -18,10 +18,10 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from inprocess_grid import InProcessGrid
 from safetensors.numpy import load_file
 
+from stamen.client.device.release_ledger import ReleaseRefused
+from stamen.client.device.signed_app import OPERATOR_KEY
 from stamen.client.handlers import TRAINING_HOOKS, StamenClient, client_app_with
 from stamen.client.hooks import TrainingHook, TrainingRound
-from stamen.client.release_ledger import ReleaseRefused
-from stamen.client.signed_app import OPERATOR_KEY
 from stamen.server.federation import run_federation
 from stamen.server.secure_aggregation import SecAggSettings, SecureAggregator
 from stamen.shared.adapters import adapter_state, attach_adapter, shared_state

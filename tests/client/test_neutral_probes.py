@@ -8,13 +8,14 @@ import pytest
 import torch
 from inprocess_grid import simulate_in_this_process
 
-from stamen.client import neutral_probes, wise
-from stamen.client import probes as probes_module
-from stamen.client.evaluation import EvalResult, evaluate_loss
+from stamen.client import wise
+from stamen.client.evaluation import neutral_probes
+from stamen.client.evaluation import probes as probes_module
+from stamen.client.evaluation.loss import EvalResult, evaluate_loss
+from stamen.client.evaluation.neutral_probes import answered, facts, general_text, known_facts, retention
+from stamen.client.evaluation.probes import base_alone_losses, base_loss_file, model_probes
 from stamen.client.loaded_base import ClientRuntime, client_runtime
-from stamen.client.neutral_probes import answered, facts, general_text, known_facts, retention
-from stamen.client.probes import base_alone_losses, base_loss_file, model_probes
-from stamen.client.self_replay import SEED_PROMPTS
+from stamen.client.replay.self_replay import SEED_PROMPTS
 from stamen.client.wise import model_in_use
 from stamen.shared.adapters import adapter_state, attach_adapter, base_alone, load_adapter_state
 from stamen.shared.base_model import load_base

@@ -1,4 +1,5 @@
-"""The device's release ledger (client/release_ledger.py): each round answered once, rounds only forward, ε its own."""
+"""The device's release ledger (client/device/release_ledger.py): each round answered once, rounds only forward,
+ε its own."""
 
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import pytest
 from flwr.app import Context, Error, Message, MessageType, RecordDict
 from opacus.accountants import RDPAccountant
 
-from stamen.client.release_ledger import (
+from stamen.client.device.release_ledger import (
     LEDGER_FILE,
     MAX_EPSILON_KEY,
     ReleaseLedger,

@@ -4,9 +4,9 @@ from disk."""
 import numpy as np
 from scipy import stats
 
-from stamen.client.coreset import base_embedding, coverage_radius, k_centre_selection
 from stamen.client.loaded_base import client_runtime
-from stamen.client.replay_buffer import ReplayBuffer, example_bytes
+from stamen.client.replay.buffer import ReplayBuffer, example_bytes
+from stamen.client.replay.coreset import base_embedding, coverage_radius, k_centre_selection
 from stamen.client.state_store import ClientStateStore
 from stamen.shared.config import RunConfig
 from stamen.shared.corpus import load_topics
@@ -70,7 +70,7 @@ def test_a_smaller_configured_capacity_applies_on_load(tmp_path):
 
 
 def test_every_replay_source_the_config_names_is_registered_on_the_device():
-    from stamen.client.replay import REPLAY_SOURCE_CLASSES
+    from stamen.client.replay.hook import REPLAY_SOURCE_CLASSES
     from stamen.shared.config import REPLAY_SOURCES
 
     assert set(REPLAY_SOURCE_CLASSES) == set(REPLAY_SOURCES)

@@ -3,7 +3,7 @@
 import socket
 import time
 
-from stamen.client.deployment import ServerWatch
+from stamen.client.device.deployment import ServerWatch
 from stamen.shared.flower_tools import free_port
 
 

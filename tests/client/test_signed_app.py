@@ -10,7 +10,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.cli.build import build_fab_from_files
 
-from stamen.client.signed_app import OPERATOR_KEY, _guard, check_bundle, operator_signature_mod
+from stamen.client.device.signed_app import OPERATOR_KEY, _guard, check_bundle, operator_signature_mod
 from stamen.server.deployment import write_flower_app
 from stamen.shared.config import RunConfig
 from stamen.shared.protocol import CONFIG, round_config

@@ -16,7 +16,7 @@ import psutil
 import pytest
 from deployment_helpers import Processes, free_port, tiny_run_args, wait_for
 
-from stamen.client.deployment import DeviceSetup, supernode_command
+from stamen.client.device.deployment import DeviceSetup, supernode_command
 from stamen.server.deployment import write_flower_app
 from stamen.shared.config import RunConfig
 from stamen.shared.dev_certs import DevCertificates, add_node_key

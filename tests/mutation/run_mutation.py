@@ -43,7 +43,7 @@ MODULES = {
                            "shared/secagg_protocol.py", "shared/secagg_identity.py", "client/secure_aggregation.py",
                            "client/secagg_checks.py", "server/secure_aggregation.py"),
     "privacy": ("server/privacy.py", "shared/clipping.py", "shared/noise_range.py", "shared/dp_accountant.py"),
-    "device trust": ("client/signed_app.py", "shared/run_signature.py", "client/release_ledger.py"),
+    "device trust": ("client/device/signed_app.py", "shared/run_signature.py", "client/device/release_ledger.py"),
 }
 # the tests that guard them; mutmut runs, for each mutant, those among them that reach its function
 TESTS = (

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from stamen.client.evaluation import evaluate_loss
+from stamen.client.evaluation.loss import evaluate_loss
 from stamen.shared.adapters import attach_adapter
 from stamen.shared.base_model import load_base
 from stamen.shared.config import AdapterSpec, TrainingSpec

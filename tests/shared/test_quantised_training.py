@@ -6,7 +6,7 @@ AVX512-BF16 (repacked 4-bit weights, a fused kernel with no autograd) on any CPU
 import pytest
 import torch
 
-from stamen.client.evaluation import evaluate_loss
+from stamen.client.evaluation.loss import evaluate_loss
 from stamen.shared.adapters import attach_adapter
 from stamen.shared.base_model import load_base
 from stamen.shared.config import AdapterSpec, TrainingSpec

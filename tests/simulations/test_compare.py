@@ -168,7 +168,7 @@ def test_a_clients_round_costs_its_training_and_the_choice_of_the_model_it_uses(
 def test_a_comparison_plots_each_runs_gain_against_retention_round_by_round_and_keeps_every_facts_outcome(tmp_path):
     """Retention and personal gain per round (the curve, not only the end), and each seed's retention of every
     known fact in compare.json, so intervals can run over facts as well as seeds."""
-    from stamen.client.forgetting import NEUTRAL, forgetting_metrics
+    from stamen.client.evaluation.forgetting import NEUTRAL, forgetting_metrics
     from stamen.client.state_store import ClientStateStore
     from stamen.simulations.comparison import compare_runs
 

@@ -22,14 +22,14 @@ from stamen.shared.anchor_set import ANCHOR
 from stamen.shared.config import REPLAY_SOURCES, RunConfig
 from stamen.shared.distillation import Distillation
 from stamen.shared.examples import Example
+from stamen.shared.metrics import DISTILL_KL, REPLAY_EXAMPLES, REPLAY_SECONDS
 from stamen.shared.training import GradientCorrection
 
-from . import anchor_replay, ewc, self_replay  # noqa: F401  (registration of their replay sources)
+from ..hooks import TrainingHook, TrainingRound
+from ..state_store import ClientStateStore
+from .buffer import ReplayBuffer
 from .coreset import k_centre_selection
-from .hooks import TrainingHook, TrainingRound
-from .replay_buffer import ReplayBuffer
-from .replay_sources import REPLAY_SOURCE_CLASSES, ReplayInputs
-from .state_store import ClientStateStore
+from .sources import REPLAY_SOURCE_CLASSES, ReplayInputs
 
 
 @dataclass
@@ -98,7 +98,7 @@ class Replay(TrainingHook):
     def after_training(self, training_round: TrainingRound) -> None:
         setup = training_round.setup
         self.replay.remember(setup.store, setup.server_round, list(setup.data.train))
-        training_round.metrics.update({"replay-seconds": self.replay.seconds,
-                                       "replay-examples": len(self.replay.examples), **self.replay.costs})
+        training_round.metrics.update({REPLAY_SECONDS.name: self.replay.seconds,
+                                       REPLAY_EXAMPLES.name: len(self.replay.examples), **self.replay.costs})
         if training_round.result.distill_kl is not None:
-            training_round.metrics["distill-kl"] = training_round.result.distill_kl
+            training_round.metrics[DISTILL_KL.name] = training_round.result.distill_kl

@@ -6,10 +6,11 @@ from collections.abc import Mapping
 
 from flwr.app import Message
 
+from stamen.shared.metrics import HELDOUT_LOSS, PERSONAL_HELDOUT_LOSS, TRAIN_LOSS, TRAIN_STEPS
 from stamen.shared.protocol import CONFIG, METRICS, SERVER_ROUND
 from stamen.shared.secagg_protocol import SECAGG
 
-SHOWN = ("train-steps", "train-loss", "heldout-loss", "personal-heldout-loss")
+SHOWN = tuple(metric.name for metric in (TRAIN_STEPS, TRAIN_LOSS, HELDOUT_LOSS, PERSONAL_HELDOUT_LOSS))
 
 
 def metric_summary(metrics: Mapping[str, float]) -> str:

@@ -11,12 +11,13 @@ from pathlib import Path
 from stamen.shared.adapters import adapter_state, base_alone
 from stamen.shared.cache import cache_dir, cached_json, cached_json_parts, keep_newest
 from stamen.shared.config import TrainingSpec
+from stamen.shared.metrics import GENERAL_TEXT_LOSS, HELDOUT_LOSS, RETENTION
 from stamen.shared.protocol import HELDOUT_EXAMPLES
 
-from .evaluation import EvalResult, evaluate_loss
+from ..hooks import TrainingHook, TrainingRound
+from ..loaded_base import ClientRuntime
 from .forgetting import NEUTRAL
-from .hooks import TrainingHook, TrainingRound
-from .loaded_base import ClientRuntime
+from .loss import EvalResult, evaluate_loss
 from .neutral_probes import fact_outcomes, general_text, probe_version
 
 MODEL_PROBES_KEPT = 512  # cached probe results of adapters: two files each, the newest kept
@@ -63,11 +64,11 @@ def model_probes(runtime: ClientRuntime, training: TrainingSpec) -> ModelProbes:
     is measured once per adapter, by whichever client asks first while another measures the other one, then read
     from the cache."""
     def general_text_loss() -> dict:
-        return {"general-text-loss": loss_on(runtime, general_text(), training).loss}
+        return {GENERAL_TEXT_LOSS.name: loss_on(runtime, general_text(), training).loss}
 
     def retained() -> dict:
         answered = fact_outcomes(runtime.model, runtime.base.tokenizer, runtime.known_facts())
-        return {"retention": sum(answered.values()) / len(answered), ANSWERED: answered} if answered else {}
+        return {RETENTION.name: sum(answered.values()) / len(answered), ANSWERED: answered} if answered else {}
 
     adapter = hashlib.sha256()  # everything that shapes the model's outputs beyond the base: adapter, corrections
     corrections = runtime.corrections.buffers if runtime.corrections else {}
@@ -101,7 +102,7 @@ class RoundZeroBaseline(TrainingHook):
         runtime, data = training_round.setup.runtime, training_round.setup.data
         training = training_round.config.training
         training_round.metrics.update({HELDOUT_EXAMPLES: len(data.heldout),
-                                       "initial-heldout-loss": loss_on(runtime, data.heldout, training).loss})
+                                       HELDOUT_LOSS.initial_name: loss_on(runtime, data.heldout, training).loss})
         if training_round.config.forgetting_probes:
             # every PEFT adapter starts as the identity: round 0 on the probe is the base's own (cached per base)
-            training_round.metrics["initial-general-text-loss"] = base_alone_losses(runtime, training)[NEUTRAL]
+            training_round.metrics[GENERAL_TEXT_LOSS.initial_name] = base_alone_losses(runtime, training)[NEUTRAL]

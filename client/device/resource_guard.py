@@ -16,7 +16,7 @@ from pathlib import Path
 from stamen.shared.atomic import atomic_write_text
 from stamen.shared.config import TrainingSpec
 
-from .hooks import TrainingHook, TrainingRound
+from ..hooks import TrainingHook, TrainingRound
 
 PACE_FILE = "pace.json"  # seconds per local step measured in this device's last round
 

@@ -16,7 +16,7 @@ from stamen.shared.adapters import adapter_parameters
 from stamen.shared.examples import Example, collate, encode_example
 from stamen.shared.training import GradientCorrection
 
-from .replay_sources import ReplayInputs, ReplaySource, register
+from .sources import ReplayInputs, ReplaySource, register
 
 FISHER_EXAMPLES = 8  # a rough diagonal is enough to weight the penalty; each batch costs a backward pass
 

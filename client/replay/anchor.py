@@ -8,8 +8,8 @@ from flwr.app import ConfigRecord
 from stamen.shared.anchor_set import anchor_blob, decode_anchor, encode_anchor
 from stamen.shared.examples import Example
 
-from .replay_sources import ReplayInputs, ReplaySource, register
-from .state_store import ClientStateStore
+from ..state_store import ClientStateStore
+from .sources import ReplayInputs, ReplaySource, register
 
 ANCHOR_DOCUMENT = "anchor-set"
 

@@ -5,7 +5,7 @@ that bundle names, from the bundle's own files: whoever controls the server coul
 Flower 1.42 (as 1.41) checks bundles against ``--trusted-entities`` only for apps from Flower Hub (a bundle
 submitted with ``flwr run`` carries no verification, so a SuperNode with trusted entities refuses
 every run). Stamen checks at the same point itself. The SuperNode starts this module as its
-``flwr-clientapp`` (``client/deployment`` puts a shim first on the SuperNode's PATH), and it refuses,
+``flwr-clientapp`` (``client/device/deployment`` puts a shim first on the SuperNode's PATH), and it refuses,
 before anything from the bundle is imported, a bundle that carries any file besides its
 ``pyproject.toml``, names a ClientApp other than Stamen's, or, on a device holding the operator's
 public key (node config ``operator-key``), whose run config the operator did not sign. On such a

@@ -18,7 +18,7 @@ from stamen.shared.examples import Example
 from stamen.shared.plugins import Plugin, Registry
 from stamen.shared.training import GradientCorrection
 
-from .state_store import ClientStateStore
+from ..state_store import ClientStateStore
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """A device joining a Stamen deployment: Flower's SuperNode with TLS, the device's key, and its data.
 
 The SuperNode runs Stamen's ClientApp for every message, which hands it to the device's
-:mod:`worker <stamen.client.device_worker>` (the base stays loaded); the node config tells the
+:mod:`worker <stamen.client.device.worker>` (the base stays loaded); the node config tells the
 app where the device's private data and personal state are, and which limits the
-device sets (see :mod:`stamen.client.resource_guard`).
+device sets (see :mod:`stamen.client.device.resource_guard`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from stamen.shared.device_data import read_examples
 from stamen.shared.flower_tools import flower_environment, flower_tool, free_port
 from stamen.shared.process_guard import stop_tree
 
-from .device_worker import start_worker, worker_environment
+from ..secagg_checks import DEFAULT_MIN_THRESHOLD, IDENTITY_KEY, MIN_NEIGHBOURS_KEY, MIN_THRESHOLD_KEY
 from .release_ledger import MAX_EPSILON_KEY
 from .resource_guard import ResourceGuards
-from .secagg_checks import DEFAULT_MIN_THRESHOLD, IDENTITY_KEY, MIN_NEIGHBOURS_KEY, MIN_THRESHOLD_KEY
 from .signed_app import OPERATOR_KEY
+from .worker import start_worker, worker_environment
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,13 @@ def join(device: DeviceSetup, port: int | None = None, worker_port: int | None =
 
 
 def guarded_environment(state_dir: Path) -> dict[str, str]:
-    """The SuperNode's environment, with :mod:`stamen.client.signed_app` first on PATH as ``flwr-clientapp``: Flower
-    starts the process that runs each message by that name, and Stamen's checks the app bundle first."""
+    """The SuperNode's environment, with :mod:`stamen.client.device.signed_app` first on PATH as
+    ``flwr-clientapp``: Flower starts the process that runs each message by that name, and Stamen's checks the app
+    bundle first."""
     shims = state_dir / "bin"
     shims.mkdir(parents=True, exist_ok=True)
     shim = shims / "flwr-clientapp"
-    atomic_write_text(shim, f'#!/bin/sh\nexec "{sys.executable}" -m stamen.client.signed_app "$@"\n')
+    atomic_write_text(shim, f'#!/bin/sh\nexec "{sys.executable}" -m stamen.client.device.signed_app "$@"\n')
     shim.chmod(0o755)
     environment = flower_environment(FLWR_HOME=str((state_dir / "flwr-home").resolve()))  # apps stay in the state dir
     environment["PATH"] = f"{shims}{os.pathsep}{environment['PATH']}"

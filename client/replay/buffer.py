@@ -19,8 +19,8 @@ import numpy as np
 
 from stamen.shared.examples import Example
 
-from .replay_sources import ReplayInputs, ReplaySource, register
-from .state_store import ClientStateStore
+from ..state_store import ClientStateStore
+from .sources import ReplayInputs, ReplaySource, register
 
 REPLAY_BUFFER = "replay-buffer"
 

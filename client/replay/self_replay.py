@@ -22,9 +22,10 @@ import torch
 
 from stamen.shared.cache import cache_dir, cached_json
 from stamen.shared.examples import Example
+from stamen.shared.metrics import SELF_REPLAY_WRITING_SECONDS
 
-from .generation import answers as model_answers
-from .replay_sources import ReplayInputs, ReplaySource, register
+from ..evaluation.generation import answers as model_answers
+from .sources import ReplayInputs, ReplaySource, register
 
 SEED_PROMPTS = (
     "Tell me something interesting about the moon.",
@@ -66,7 +67,7 @@ def self_replay_examples(
             answers = model_answers(model, tokenizer, prompts, MAX_NEW_TOKENS, base_alone=True, do_sample=True,
                                     temperature=0.8, top_p=0.95)
         if costs is not None:
-            costs["self-replay-writing-seconds"] = time.perf_counter() - started
+            costs[SELF_REPLAY_WRITING_SECONDS.name] = time.perf_counter() - started
         return [[prompt, answer.strip() or "."] for prompt, answer in zip(prompts, answers, strict=True)]
 
     return [Example(response, prompt) for prompt, response in cached_json(path, write)]

@@ -31,9 +31,9 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from .device_log import describe
+from .log import describe
 
-log = logging.getLogger("stamen.client.device_worker")  # also when run as __main__
+log = logging.getLogger("stamen.client.device.worker")  # also when run as __main__
 WORKER_ADDRESS = "STAMEN_DEVICE_WORKER"  # environment of the SuperNode: the worker's host:port
 WORKER_KEY = "STAMEN_DEVICE_WORKER_KEY"  # ... and the file holding the key that authenticates to it
 CONNECT_SECONDS = 120.0  # how long a message waits for a worker that is (re)starting
@@ -64,7 +64,7 @@ def serve(port: int, key_path: Path) -> None:
     """Answer messages, one at a time, for as long as the device stays joined."""
     from stamen.shared.commands import configure_logging
 
-    from .handlers import client_app_with
+    from ..handlers import client_app_with
 
     configure_logging(False)  # one line per message; a library's repeated warning once
     app, key, one_at_a_time = client_app_with([]), key_path.read_bytes(), threading.Lock()

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from .state_store import ClientStateStore
+from stamen.shared.metrics import BACKWARD_TRANSFER, FORGETTING, FORGETTING_VS_BEST
+
+from ..state_store import ClientStateStore
 
 HISTORY = "forgetting-history"
 NEUTRAL = "general-text"  # the probe `forgetting` is measured on
@@ -41,9 +43,8 @@ def forgetting_metrics(
     base = history["base-alone"]
     earlier = [row["losses"][NEUTRAL] for row in history["rounds"]]
     metrics = {
-        "forgetting": losses[NEUTRAL] - base[NEUTRAL],
-        "forgetting-vs-best": losses[NEUTRAL] - min([base[NEUTRAL], *earlier]),
-        **{f"{name}-forgetting": loss - base[name] for name, loss in losses.items() if name != NEUTRAL},
+        FORGETTING.name: losses[NEUTRAL] - base[NEUTRAL],
+        FORGETTING_VS_BEST.name: losses[NEUTRAL] - min([base[NEUTRAL], *earlier]),
     }
     row: dict = {"round": server_round, "losses": dict(losses), **({"answered": answered} if answered else {})}
     if stage is not None and stage_losses is not None:
@@ -53,7 +54,7 @@ def forgetting_metrics(
                 ended[past["stage"]] = past["stage-losses"][str(past["stage"])]
         finished = [j for j in range(stage) if j in ended]
         if finished:
-            metrics["backward-transfer"] = sum(ended[j] - stage_losses[j] for j in finished) / len(finished)
+            metrics[BACKWARD_TRANSFER.name] = sum(ended[j] - stage_losses[j] for j in finished) / len(finished)
         row.update({"stage": stage, "stage-losses": {str(j): loss for j, loss in stage_losses.items()}})
     history["rounds"].append(row)
     store.save_document(HISTORY, server_round, history)

@@ -1,0 +1,1 @@
+"""What a client measures: held-out loss, the neutral forgetting probes, forgetting metrics, greedy answers."""
