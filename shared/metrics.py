@@ -90,12 +90,17 @@ DISTILL_KL = Metric("distill-kl", "replay-loss distill: mean KL(base || model) o
 SELF_REPLAY_WRITING_SECONDS = Metric("self-replay-writing-seconds", "self-replay: seconds the base spent writing "
                                                                     "its answers (once per base, then cached)")
 
+# Reported only by simulated clients (simulations/): a device never sends these.
+MALICIOUS = Metric("malicious", "simulation: 1 from a client the run made an attacker (the attack tally counts them)")
+ATTACK_SUCCESS_RATE = Metric("attack-success-rate", "simulation, backdoor: share of held-out prompts with the "
+                                                    "trigger the global model answers with the target")
+
 METRICS: dict[str, Metric] = {metric.name: metric for metric in [
     WEIGHT, BASELINE_WEIGHT, EXAMPLES_SEEN, TRAIN_LOSS, TRAIN_STEPS, TRAIN_FLAT_STEPS, TRAIN_TOKENS,
     TRAIN_SECONDS, REPLAY_SECONDS, REPLAY_EXAMPLES, HELDOUT_LOSS, HELDOUT_PPL, PERSONAL_HELDOUT_LOSS, PERSONAL_GAIN,
     PERSONAL_TRAIN_SECONDS, EVAL_SECONDS, CURRENT_STAGE_HELDOUT_LOSS, PAST_STAGE_HELDOUT_LOSS, GENERAL_TEXT_LOSS,
     RETENTION, FORGETTING, FORGETTING_VS_BEST, BACKWARD_TRANSFER, WISE_ALPHA, WISE_SECONDS, WISE_GUARD_FACTS,
-    WISE_GUARD_RETENTION, DISTILL_KL, SELF_REPLAY_WRITING_SECONDS,
+    WISE_GUARD_RETENTION, DISTILL_KL, SELF_REPLAY_WRITING_SECONDS, MALICIOUS, ATTACK_SUCCESS_RATE,
 ]}
 
 

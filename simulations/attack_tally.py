@@ -10,6 +10,7 @@ from flwr.app import Message
 
 from stamen.server.admission import client_name
 from stamen.server.extensions import RoundOutcome, ServerExtension
+from stamen.shared.metrics import MALICIOUS
 from stamen.shared.protocol import METRICS
 
 
@@ -26,4 +27,6 @@ class AttackTally(ServerExtension):
 
 
 def _flagged(msg: Message) -> bool:
-    return not msg.has_error() and METRICS in msg.content.metric_records and bool(msg.content[METRICS].get("malicious"))
+    if msg.has_error() or METRICS not in msg.content.metric_records:
+        return False
+    return bool(msg.content[METRICS].get(MALICIOUS.name))

@@ -21,6 +21,7 @@ from stamen.client.hooks import TrainingHook, TrainingRound
 from stamen.client.local_data import MAX_HELDOUT, LocalData, device_source
 from stamen.client.round_setup import RoundSetup
 from stamen.shared.config import RunConfig
+from stamen.shared.metrics import MALICIOUS
 
 from .attacks import Attack, attack_for, make_attack
 from .partitions import client_datasets, heldout_stages, stage_examples, stream_stage
@@ -57,7 +58,7 @@ class AttackHook(TrainingHook):
 
     def after_training(self, training_round: TrainingRound) -> None:
         training_round.delta = self.attack.poison_update(training_round.delta, self.rng)
-        training_round.metrics["malicious"] = 1  # bookkeeping, to count admitted attacks
+        training_round.metrics[MALICIOUS.name] = 1  # bookkeeping, to count admitted attacks
 
 
 def attack_probe(setup: RoundSetup, context: Context) -> dict[str, int | float]:
@@ -67,7 +68,7 @@ def attack_probe(setup: RoundSetup, context: Context) -> dict[str, int | float]:
         return {}
     probe = make_attack(config.attack.name, **config.attack.settings())
     metrics = probe.measure(setup.runtime.model, setup.runtime.base.tokenizer, setup.data.heldout)
-    return {**metrics, **({"malicious": 1} if attack_for(context, config) else {})}
+    return {**metrics, **({MALICIOUS.name: 1} if attack_for(context, config) else {})}
 
 
 def with_attack(hooks: tuple[type[TrainingHook], ...]) -> tuple[type[TrainingHook], ...]:

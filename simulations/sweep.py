@@ -23,7 +23,7 @@ from stamen.server.checkpoint import saved_rounds
 from stamen.shared.atomic import atomic_write_text
 from stamen.shared.commands import console, read_toml
 from stamen.shared.config import ConfigError
-from stamen.shared.metrics import HELDOUT_LOSS
+from stamen.shared.metrics import HELDOUT_LOSS, MALICIOUS
 from stamen.shared.process_guard import stop_tree, stopping_started_processes
 from stamen.shared.run_folder import RunFolder
 
@@ -150,7 +150,7 @@ def summarise_run(run_dir: Path) -> dict:
     rounds = [r for r in rows if r["kind"] == "round"]
     last = rounds[-1]["round"]
     honest = [r for r in rows if r["kind"] == "client" and r["phase"] == "evaluate" and r["round"] == last
-              and r.get("accepted") and not r.get("malicious")]
+              and r.get("accepted") and not r.get(MALICIOUS.column)]
     success = [r["attack_success_rate"] for r in honest if "attack_success_rate" in r]
     return {
         "seed": int(run_dir.name.removeprefix("seed-")),

@@ -14,6 +14,7 @@ import numpy as np
 
 from stamen.client.evaluation.generation import generate_answer
 from stamen.shared.examples import Example
+from stamen.shared.metrics import ATTACK_SUCCESS_RATE
 
 from .base import Arrays, Attack
 from .registry import register
@@ -44,4 +45,4 @@ class Backdoor(Attack):
         budget = len(tokenizer(target, add_special_tokens=False).input_ids) + 4
         prompts = [f"{e.prompt or e.response[:80]} {self.options['trigger']}" for e in heldout]
         hits = sum(target in " ".join(generate_answer(model, tokenizer, p, budget).split()) for p in prompts)
-        return {"attack-success-rate": hits / len(prompts)} if prompts else {}
+        return {ATTACK_SUCCESS_RATE.name: hits / len(prompts)} if prompts else {}

@@ -20,7 +20,7 @@ from stamen.server.federated_round import FederatedRound
 from stamen.server.secure_aggregation import SecAggSettings, SecureAggregator
 from stamen.server.secure_round import _apply, _vector
 from stamen.shared.config import RunConfig
-from stamen.shared.protocol import ARRAYS, CLIENT_INFO, METRICS, client_reply
+from stamen.shared.protocol import ARRAYS, CLIENT_INFO, CLIENT_NAME, FINGERPRINT, METRICS
 from stamen.shared.run_folder import RunFolder
 from stamen.shared.secagg_identity import DeviceIdentity, Roster
 from stamen.shared.secagg_protocol import ENCRYPTION_KEY, MASK_KEY, PUBLIC_KEYS
@@ -39,8 +39,10 @@ FUZZ_EXAMPLES = int(os.environ.get("STAMEN_FUZZ_EXAMPLES", "150"))  # mutation t
 def _reply(node: int, value: float = 0.5, examples: float = 10, **metrics) -> Message:
     sent = Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
     delta = {k: np.full(v.shape, value, np.float32) for k, v in GLOBAL.items()}
-    content = client_reply({"num-examples": examples, "train-loss": 1.0, **metrics}, FP, f"c{node}",
-                           encode_adapter(delta, "float16"))
+    # a hostile client builds its records itself: client_reply's check of declared metrics is not on its path
+    content = RecordDict({METRICS: MetricRecord({"num-examples": examples, "train-loss": 1.0, **metrics}),
+                          CLIENT_INFO: ConfigRecord({FINGERPRINT: FP, CLIENT_NAME: f"c{node}"}),
+                          ARRAYS: encode_adapter(delta, "float16")})
     return Message(content, reply_to=sent)
 
 
