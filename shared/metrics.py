@@ -48,60 +48,61 @@ class Metric:
         return column(self.initial_name)
 
 
+METRICS: dict[str, Metric] = {}  # wire name -> declaration, filled by _declare below
+
+
+def _declare(name: str, help: str) -> Metric:
+    """A metric's one declaration: what a reply may carry and a reader may name."""
+    METRICS[name] = Metric(name, help)
+    return METRICS[name]
+
+
 # Reported by a train reply (the weight by both).
-WEIGHT = Metric("num-examples", "examples behind a reply (trained on, or held out): the weight of its mean "
+WEIGHT = _declare("num-examples", "examples behind a reply (trained on, or held out): the weight of its mean "
                                 "(Flower's key)")
-BASELINE_WEIGHT = Metric("heldout-examples", "held-out examples the round-0 losses were measured on: their weight")
-EXAMPLES_SEEN = Metric("examples-seen", "examples the round's local steps drew, replayed ones included")
-TRAIN_LOSS = Metric("train-loss", "mean training loss of the round's local steps")
-TRAIN_STEPS = Metric("train-steps", "optimizer steps taken")
-TRAIN_FLAT_STEPS = Metric("train-flat-steps", "steps whose update moved nothing (counted; a round of only these is "
-                                              "an error)")
-TRAIN_TOKENS = Metric("train-tokens", "tokens trained on")
-TRAIN_SECONDS = Metric("train-seconds", "seconds of local training")
-REPLAY_SECONDS = Metric("replay-seconds", "seconds spent building the round's replay examples")
-REPLAY_EXAMPLES = Metric("replay-examples", "replay examples mixed into the round's batches")
+BASELINE_WEIGHT = _declare("heldout-examples", "held-out examples the round-0 losses were measured on: their weight")
+EXAMPLES_SEEN = _declare("examples-seen", "examples the round's local steps drew, replayed ones included")
+TRAIN_LOSS = _declare("train-loss", "mean training loss of the round's local steps")
+TRAIN_STEPS = _declare("train-steps", "optimizer steps taken")
+TRAIN_FLAT_STEPS = _declare("train-flat-steps", "steps whose gradient reached the adapter as all zeros (counted; "
+                                                "a round that moved nothing is an error)")
+TRAIN_TOKENS = _declare("train-tokens", "tokens trained on")
+TRAIN_SECONDS = _declare("train-seconds", "seconds of local training")
+REPLAY_SECONDS = _declare("replay-seconds", "seconds spent building the round's replay examples")
+REPLAY_EXAMPLES = _declare("replay-examples", "replay examples mixed into the round's batches")
 
 # Reported by an evaluate reply.
-HELDOUT_LOSS = Metric("heldout-loss", "loss of the global adapter on the client's held-out examples")
-HELDOUT_PPL = Metric("heldout-ppl", "perplexity of the same")
-PERSONAL_HELDOUT_LOSS = Metric("personal-heldout-loss", "loss of the model the client uses (its personal adapter, "
+HELDOUT_LOSS = _declare("heldout-loss", "loss of the global adapter on the client's held-out examples")
+HELDOUT_PPL = _declare("heldout-ppl", "perplexity of the same")
+PERSONAL_HELDOUT_LOSS = _declare("personal-heldout-loss", "loss of the model the client uses (its personal adapter, "
                                                         "WiSE-FT's interpolation) on its held-out examples")
-PERSONAL_GAIN = Metric("personal-gain", "held-out loss of the global adapter minus the personal model's")
-PERSONAL_TRAIN_SECONDS = Metric("personal-train-seconds", "seconds of training the personal adapter (Ditto, "
+PERSONAL_GAIN = _declare("personal-gain", "held-out loss of the global adapter minus the personal model's")
+PERSONAL_TRAIN_SECONDS = _declare("personal-train-seconds", "seconds of training the personal adapter (Ditto, "
                                                           "fine-tuning)")
-EVAL_SECONDS = Metric("eval-seconds", "seconds of the evaluation")
-CURRENT_STAGE_HELDOUT_LOSS = Metric("current-stage-heldout-loss", "topic-shift clients: held-out loss on the stage "
+EVAL_SECONDS = _declare("eval-seconds", "seconds of the evaluation")
+CURRENT_STAGE_HELDOUT_LOSS = _declare("current-stage-heldout-loss", "topic-shift clients: held-out loss on the stage "
                                                                   "being trained")
-PAST_STAGE_HELDOUT_LOSS = Metric("past-stage-heldout-loss", "topic-shift clients: mean held-out loss on the earlier "
+PAST_STAGE_HELDOUT_LOSS = _declare("past-stage-heldout-loss", "topic-shift clients: mean held-out loss on the earlier "
                                                             "stages")
-GENERAL_TEXT_LOSS = Metric("general-text-loss", "loss on the neutral general-text probe (what the base could do)")
-RETENTION = Metric("retention", "share of the probe facts the base answered that the model still answers")
-FORGETTING = Metric("forgetting", "general-text loss minus the base's own")
-FORGETTING_VS_BEST = Metric("forgetting-vs-best", "general-text loss minus the best of the base's and the "
+GENERAL_TEXT_LOSS = _declare("general-text-loss", "loss on the neutral general-text probe (what the base could do)")
+RETENTION = _declare("retention", "share of the probe facts the base answered that the model still answers")
+FORGETTING = _declare("forgetting", "general-text loss minus the base's own")
+FORGETTING_VS_BEST = _declare("forgetting-vs-best", "general-text loss minus the best of the base's and the "
                                                   "client's earlier rounds'")
-BACKWARD_TRANSFER = Metric("backward-transfer", "topic-shift clients: mean change of loss on finished stages since "
+BACKWARD_TRANSFER = _declare("backward-transfer", "topic-shift clients: mean change of loss on finished stages since "
                                                 "each ended (negative: forgotten)")
-WISE_ALPHA = Metric("wise-alpha", "the share of its adapter the model in use keeps (base + alpha x adapter)")
-WISE_SECONDS = Metric("wise-seconds", "seconds spent choosing alpha (held-out passes, guard checks)")
-WISE_GUARD_FACTS = Metric("wise-guard-facts", "wise-keep-retention: the base's guard facts alpha was checked on")
-WISE_GUARD_RETENTION = Metric("wise-guard-retention", "wise-keep-retention: the share of them the chosen alpha keeps")
-DISTILL_KL = Metric("distill-kl", "replay-loss distill: mean KL(base || model) on the replayed rows")
-SELF_REPLAY_WRITING_SECONDS = Metric("self-replay-writing-seconds", "self-replay: seconds the base spent writing "
+WISE_ALPHA = _declare("wise-alpha", "the share of its adapter the model in use keeps (base + alpha x adapter)")
+WISE_SECONDS = _declare("wise-seconds", "seconds spent choosing alpha (held-out passes, guard checks)")
+WISE_GUARD_FACTS = _declare("wise-guard-facts", "wise-keep-retention: the base's guard facts alpha was checked on")
+WISE_GUARD_RETENTION = _declare("wise-guard-retention", "wise-keep-retention: the share of them the chosen alpha keeps")
+DISTILL_KL = _declare("distill-kl", "replay-loss distill: mean KL(base || model) on the replayed rows")
+SELF_REPLAY_WRITING_SECONDS = _declare("self-replay-writing-seconds", "self-replay: seconds the base spent writing "
                                                                     "its answers (once per base, then cached)")
 
 # Reported only by simulated clients (simulations/): a device never sends these.
-MALICIOUS = Metric("malicious", "simulation: 1 from a client the run made an attacker (the attack tally counts them)")
-ATTACK_SUCCESS_RATE = Metric("attack-success-rate", "simulation, backdoor: share of held-out prompts with the "
+MALICIOUS = _declare("malicious", "simulation: 1 from a client the run made an attacker (the attack tally counts them)")
+ATTACK_SUCCESS_RATE = _declare("attack-success-rate", "simulation, backdoor: share of held-out prompts with the "
                                                     "trigger the global model answers with the target")
-
-METRICS: dict[str, Metric] = {metric.name: metric for metric in [
-    WEIGHT, BASELINE_WEIGHT, EXAMPLES_SEEN, TRAIN_LOSS, TRAIN_STEPS, TRAIN_FLAT_STEPS, TRAIN_TOKENS,
-    TRAIN_SECONDS, REPLAY_SECONDS, REPLAY_EXAMPLES, HELDOUT_LOSS, HELDOUT_PPL, PERSONAL_HELDOUT_LOSS, PERSONAL_GAIN,
-    PERSONAL_TRAIN_SECONDS, EVAL_SECONDS, CURRENT_STAGE_HELDOUT_LOSS, PAST_STAGE_HELDOUT_LOSS, GENERAL_TEXT_LOSS,
-    RETENTION, FORGETTING, FORGETTING_VS_BEST, BACKWARD_TRANSFER, WISE_ALPHA, WISE_SECONDS, WISE_GUARD_FACTS,
-    WISE_GUARD_RETENTION, DISTILL_KL, SELF_REPLAY_WRITING_SECONDS, MALICIOUS, ATTACK_SUCCESS_RATE,
-]}
 
 
 def undeclared(names: Iterable[str]) -> list[str]:

@@ -73,7 +73,7 @@ def test_every_rule_that_takes_sums_gives_the_same_adapter_from_one_secure_sum(n
     weighted = {k: sum(u.weight * u.delta[k].astype(np.float64) for u in updates) for k in GLOBAL}
     extras = {name: {k: sum(u.weight * u.extras[name][k].astype(np.float64) for u in updates) for k in GLOBAL}
               for name in single.extra_uploads}
-    summed.add_sum(weighted, total, len(updates), extras) if extras else summed.add_sum(weighted, total, len(updates))
+    summed.add_sum(weighted, total, len(updates), extras or None)
     a, b = single.finish_round(GLOBAL), summed.finish_round(GLOBAL)
     for k in GLOBAL:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
