@@ -20,9 +20,9 @@ def client_join(
     ],
     key: Annotated[Path, typer.Option(help="This device's private key (registered with the server).", exists=True)],
     ca: Annotated[Path, typer.Option(help="The CA certificate that signed the server's certificate.", exists=True)],
-    state_dir: Annotated[Path, typer.Option(help="Where this device keeps its personal state.")] = Path(
-        "stamen-device"
-    ),
+    state_dir: Annotated[Path | None, typer.Option(
+        help="Where this device keeps its personal state (default: stamen-devices/<key file name>, so devices "
+        "joined from one folder never share one).")] = None,
     name: Annotated[
         str | None, typer.Option(help="Client name in the server's records (default: the data's name).")
     ] = None,
@@ -59,6 +59,7 @@ def client_join(
     from stamen.shared.process_guard import guard
 
     configure_logging(False)
+    state_dir = state_dir or default_state_dir(key)
     guards = ResourceGuards(max_local_steps, max_round_seconds, max_memory_mb)
     device = DeviceSetup(server, ca, key, data, state_dir, name or data.stem, guards, base, secagg_min_threshold,
                          operator_key, secagg_min_neighbours, max_epsilon)
@@ -66,6 +67,12 @@ def client_join(
     guard(state_dir.resolve())  # the SuperNode and what it starts stop with this command, SIGKILL included
     console.print(f"[bold]Device {device.name}[/] joining {server}; data {data}, state in {state_dir}. Ctrl-C leaves.")
     stay_joined(device, wait_for_server)
+
+
+def default_state_dir(key: Path) -> Path:
+    """A device's state folder named after its key (``certs/nodes/device-1.key``: ``stamen-devices/device-1``):
+    two devices started in one folder keep apart without a flag."""
+    return Path("stamen-devices") / key.stem
 
 
 def chat(

@@ -20,23 +20,18 @@ server_commands = typer.Typer(help="The server side of a deployment on real devi
 
 
 def new_run_config(preset: Path | None, overrides: list[str], rounds: int | None) -> RunConfig:
-    """The run config a command line asks for, with a new run id; a bad key or rule is a usage error."""
+    """The run config a command line asks for, with a new run id; a bad key or rule is a :class:`ConfigError`."""
     from stamen.server.rules import RULES
     from stamen.server.run_record import new_run_id
 
-    try:
-        config = load_config(preset, overrides)
-        if config.aggregation not in RULES:
-            raise ConfigError(
-                f"configuration key 'aggregation' = {config.aggregation!r} is not a rule: {sorted(RULES)}"
-            )
-        RULES[config.aggregation].check_fits(config)
-        extra = {"run-id": config.run_id or new_run_id()}
-        if rounds is not None:
-            extra["num-server-rounds"] = rounds
-        return config.replace(**extra)
-    except ConfigError as error:
-        raise typer.BadParameter(str(error)) from error
+    config = load_config(preset, overrides)
+    if config.aggregation not in RULES:
+        raise ConfigError(f"configuration key 'aggregation' = {config.aggregation!r} is not a rule: {sorted(RULES)}")
+    RULES[config.aggregation].check_fits(config)
+    extra = {"run-id": config.run_id or new_run_id()}
+    if rounds is not None:
+        extra["num-server-rounds"] = rounds
+    return config.replace(**extra)
 
 
 @server_commands.command("start")
@@ -78,14 +73,17 @@ def server_start(
     from stamen.shared.secagg_identity import roster_of
 
     configure_logging(False)
-    guard(work_dir.resolve())  # what this command starts stops with it, SIGKILL included
     found = DevCertificates(certs)
     if resume is not None:
         config = deploy.resumed_config(resume)
         load_checkpoint(resume)  # a corrupt checkpoint is reported before any process starts
     else:
-        config = new_run_config(preset, set_, rounds)
+        config = new_run_config(preset, set_, rounds)  # a bad key is reported before the work dir is made
         config = config.replace(**{"run-dir": str(Path(config.run_dir).resolve())})
+    if not work_dir.exists():
+        deploy.require_free_port(host, port)  # no leftover of ours can hold it: refuse before making anything
+    guard(work_dir.resolve())  # stops an earlier command's leftovers; what this one starts stops with it
+    deploy.require_free_port(host, port)
     if found.operator_key.is_file():  # devices that trust the operator run only what it signed
         if config.privacy.secure_aggregation:  # ... and accept secure-aggregation keys of these devices only
             config = config.replace(**{"secagg-roster": ",".join(roster_of(found.node_public_keys()))})

@@ -36,6 +36,17 @@ class DeploymentError(UserError, RuntimeError):
     """A Flower process or CLI call failed; the message carries its output."""
 
 
+def require_free_port(host: str, port: int) -> None:
+    """Refuse, naming the port, a ``--port`` another process listens on, before anything is started."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise DeploymentError(f"--port {port} on {host} is not free ({error.strerror}): stop what holds it, or "
+                                  "choose another --port") from None
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     ca_certificate: Path

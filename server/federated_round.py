@@ -47,7 +47,7 @@ class FederatedRound:
         """Sample, train, and fold the replies (in the clear or as a secure sum) into the global adapter."""
         messages = list(self.strategy.configure_train(server_round, self._global_record(), self.instruction, grid))
         num_nodes = len(list(grid.get_node_ids()))
-        replies = send_and_collect(grid, messages, self.config.round_timeout)
+        replies = send_and_collect(grid, messages, self.config.round_timeout, f"round {server_round} training")
         started = time.perf_counter()
         if self.config.privacy.secure_aggregation:
             admitted, refused = self._admit_keys(replies, MessageType.TRAIN, server_round)
@@ -68,7 +68,7 @@ class FederatedRound:
             return
         messages = list(self.strategy.configure_evaluate(server_round, self._global_record(), self.instruction,
                                                          grid))
-        replies = send_and_collect(grid, messages, self.config.round_timeout)
+        replies = send_and_collect(grid, messages, self.config.round_timeout, f"round {server_round} evaluation")
         if self.config.privacy.secure_aggregation:
             admitted, refused = self._admit_keys(replies, MessageType.EVALUATE, server_round)
             secure = (secure_sum(grid, admitted, self.config, server_round, MessageType.EVALUATE, 0) if messages

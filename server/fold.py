@@ -46,6 +46,7 @@ class FoldOutcome:
     bytes_up_per_client: int
     extension_metrics: dict[str, Any]
     refused_aggregate: str = ""  # why the global adapter did not move, where updates arrived
+    dropped: Refusals = dataclasses.field(default_factory=list)  # replied, then left the secure round before its sum
 
 
 class RoundFold:
@@ -101,16 +102,19 @@ class RoundFold:
         bounds by more than the codec's tolerance (then no client's update is in the aggregate)."""
         self._start(server_round, num_nodes, replies)
         means, refusal = self._add_sum(server_round, secure)
-        accepted, dropped = [], []
+        accepted, dropped, in_refused_sum = [], [], []
         for node, msg in admitted.items():
-            if node in secure.survivors and not refusal:
-                accepted.append((msg, {"bytes_up": secure.survivors[node]}))  # no metrics: none of one client's
+            if node not in secure.survivors:
+                dropped.append((msg, "dropped out of the secure round"))
+            elif refusal:
+                in_refused_sum.append((msg, refusal))
             else:
-                dropped.append((msg, refusal or "dropped out of the secure round"))
+                accepted.append((msg, {"bytes_up": secure.survivors[node]}))  # no metrics: none of one client's
         noise_share = math.sqrt(len(secure.survivors) / max(len(admitted), 1))  # dropped clients took their shares
         accepted.sort(key=lambda pair: pair[0].metadata.src_node_id)
-        return self._finish(server_round, replies, accepted, [*refused, *dropped], MetricRecord(means),
-                            initial_means(means), max(secure.survivors.values(), default=0), noise_share, refusal)
+        outcome = self._finish(server_round, replies, accepted, [*refused, *in_refused_sum], MetricRecord(means),
+                               initial_means(means), max(secure.survivors.values(), default=0), noise_share, refusal)
+        return dataclasses.replace(outcome, dropped=dropped)
 
     def _start(self, server_round: int, num_nodes: int, replies: list[Message]) -> None:
         self.rule.start_round(server_round, num_nodes)

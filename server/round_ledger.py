@@ -38,6 +38,7 @@ class RoundLedger:
         per reply, and the round's traffic, mean train metrics, round-0 losses and extension columns kept for its
         row; ``seconds`` the aggregation took."""
         self._refuse(server_round, "train", outcome.refused)
+        self._drop(server_round, outcome.dropped)
         for msg, columns in outcome.accepted:
             self._accept(server_round, "train", msg, {**columns, "bytes_down": bytes_down})
         accepted, per_client = len(outcome.accepted), outcome.bytes_up_per_client
@@ -45,14 +46,16 @@ class RoundLedger:
             "clients_sampled": sampled,
             "clients_replied": len(outcome.replies),
             "clients_without_reply": sampled - len(outcome.replies),
+            "clients_dropped": len(outcome.dropped),
             "clients_rejected": len(outcome.refused),
             "bytes_in": per_client * accepted,
             "bytes_out": bytes_down * sampled,
             "aggregation_seconds": round(seconds, 4),
         }
-        log.info("round %d: %d sampled, %d replied, %d without reply, %d rejected, %d aggregated; "
+        dropped = f"{len(outcome.dropped)} dropped out of the secure round, " if outcome.dropped else ""
+        log.info("round %d: %d sampled, %d replied, %d without reply, %s%d rejected, %d aggregated; "
                  "%d bytes in, %d bytes out; aggregation %.3f s", server_round, traffic["clients_sampled"],
-                 traffic["clients_replied"], traffic["clients_without_reply"], traffic["clients_rejected"],
+                 traffic["clients_replied"], traffic["clients_without_reply"], dropped, traffic["clients_rejected"],
                  accepted, traffic["bytes_in"], traffic["bytes_out"], traffic["aggregation_seconds"])
         self._train_summary = {
             **traffic,
@@ -103,6 +106,13 @@ class RoundLedger:
     def _accept(self, server_round: int, phase: str, msg: Message, columns: dict[str, Any]) -> None:
         self.recorder.write({**_row(server_round, phase, msg), "client": client_name(msg), **columns,
                              "accepted": True})
+
+    def _drop(self, server_round: int, dropped: Refusals) -> None:
+        """Clients that replied, then left the secure round before its sum: gone, not refused."""
+        for msg, _ in dropped:
+            log.warning("round %d: node %s dropped out of the secure round", server_round, msg.metadata.src_node_id)
+            self.recorder.write({**_row(server_round, "train", msg), "accepted": False, "dropped": True,
+                                 "reason": "dropped out of the secure round"})
 
     def _refuse(self, server_round: int, phase: str, refused: Refusals) -> None:
         for msg, reason in refused:

@@ -109,7 +109,7 @@ def _exchange(
     messages = [Message(content, dst_node_id=node, message_type=message_type)
                 for node, content in contents.items()]
     answered, failed = {}, set()
-    for reply in send_and_collect(grid, messages, timeout):
+    for reply in send_and_collect(grid, messages, timeout, f"round {server_round} secure {message_type}, {stage}"):
         node = reply.metadata.src_node_id
         if reply.has_error():
             failed.add(node)

@@ -17,26 +17,10 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from .config import ConfigError, RunConfig, parse_override
+from .library_logs import LibraryWarningsOnce
 from .run_folder import RunFolder
 
 console = Console()
-
-
-class LibraryWarningsOnce(logging.Filter):
-    """Each warning a library logs (by logger and message template) passes once: bitsandbytes warns on every
-    8-bit matmul, a thousand times a round, with nothing new after the first."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: set[tuple[str, str]] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.startswith(("stamen", "flwr")):
-            return True
-        key = (record.name, str(record.msg))
-        first = key not in self.seen
-        self.seen.add(key)
-        return first
 
 
 def configure_logging(verbose: bool) -> None:

@@ -8,6 +8,7 @@ kebab-case keys, the convention of ``[tool.flwr.app.config]``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import typing
@@ -418,7 +419,7 @@ class RunConfig:
         defaults = _flatten(cls())
         unknown = sorted(set(values) - set(defaults) - set(ignore))
         if unknown:
-            raise ConfigError(f"unknown configuration key(s) {unknown}; known keys: {sorted(defaults)}")
+            raise ConfigError(unknown_keys_message(unknown, defaults))
         return _build(cls, protection_settings({k: v for k, v in values.items() if k in defaults}, defaults))
 
     def replace(self, **overrides: Any) -> RunConfig:
@@ -429,6 +430,15 @@ class RunConfig:
             defaults = _flatten(RunConfig())
             flat.update({key: defaults[key] for key in owned_keys(self.forgetting_protection)})
         return RunConfig.from_flat({**flat, **overrides})
+
+
+def unknown_keys_message(unknown: list[str], known: Mapping[str, Any]) -> str:
+    """One line naming each unknown key with the closest known one (a typo's fix), never the whole list."""
+    named = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+        named.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    return f"unknown configuration key {', '.join(named)}; `stamen keys` lists every key"
 
 
 def parse_override(text: str) -> tuple[str, Any]:

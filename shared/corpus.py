@@ -22,6 +22,7 @@ import yaml
 
 from stamen.shared.atomic import atomic_write_text
 from stamen.shared.examples import Example
+from stamen.shared.user_errors import UserError
 
 BASE_DOMAIN_TOPICS = ("conversations", "greetings")
 BASE_DOMAIN_SIZE = 16
@@ -87,7 +88,8 @@ def natural_split(
     topics = load_topics()
     ranked, english_groups = _topic_groups(num_clients, min_examples)
     if len(ranked) < num_clients:
-        raise ValueError(f"the embedded corpus supports at most {len(ranked)} clients of >= {min_examples} examples")
+        raise UserError(f"the embedded corpus supports at most {len(ranked)} clients of >= {min_examples} examples, "
+                        f"not {num_clients}: use fewer clients or your own data (configuration key 'dataset')")
     rng = random.Random(seed)
     clients = []
     for name, examples in ranked[:num_clients]:

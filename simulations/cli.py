@@ -1,7 +1,8 @@
 """The ``stamen`` command line: each room's commands, assembled under one root.
 
-A :class:`~stamen.shared.user_errors.UserError` ends a command with its one-line message (``--debug``
-adds the traceback); a traceback never lists local variables, which on a device may hold private data.
+A :class:`~stamen.shared.user_errors.UserError` and a usage error (a flag that does not exist, a value out of its
+range, a file that is not there) end a command with one line naming what to fix, exit status 2 (``--debug`` adds
+the traceback of a user error); a traceback never lists local variables, which on a device may hold private data.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Annotated
 
+import click
 import typer
 from rich.markup import escape
 
@@ -38,9 +40,23 @@ def root(debug: Annotated[bool, typer.Option("--debug", help="Show the traceback
 
 def main() -> None:
     try:
-        app()
+        status = app(prog_name="stamen", standalone_mode=False)  # usage errors come here instead of Typer's boxed panel
+    except click.exceptions.NoArgsIsHelpError:
+        sys.exit(USER_ERROR_EXIT)  # the help is printed already
+    except click.UsageError as error:
+        hint = f" (`{error.ctx.command_path} --help`)" if error.ctx is not None else ""
+        _fail(error.format_message() + hint)
+    except click.ClickException as error:
+        _fail(error.format_message())
+    except click.Abort:
+        sys.exit(1)
     except UserError as error:
         if _debug:
             raise
-        console.print(f"[red]error:[/] {escape(str(error))}", markup=True, highlight=False, soft_wrap=True)
-        sys.exit(USER_ERROR_EXIT)
+        _fail(str(error))
+    sys.exit(status if isinstance(status, int) else 0)  # --help and Ctrl-C (130) end with the status they set
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+    sys.exit(USER_ERROR_EXIT)

@@ -10,13 +10,14 @@ import typer
 
 from stamen.server.commands import new_run_config
 from stamen.shared.commands import configure_logging, console, end_stopped_run, ended_cleanly_when_stopped
-from stamen.shared.config import RunConfig
+from stamen.shared.config import ConfigError, RunConfig
 from stamen.shared.run_folder import RunFolder
+from stamen.shared.user_errors import UserError
 from stamen.simulations.report import write_report
 
 
 def simulate(
-    clients: Annotated[int, typer.Option(help="Number of virtual clients (one embedded topic each).")] = 4,
+    clients: Annotated[int, typer.Option(min=1, help="Number of virtual clients (one embedded topic each).")] = 4,
     rounds: Annotated[int | None, typer.Option(help="Rounds (overrides num-server-rounds).")] = None,
     preset: Annotated[Path | None, typer.Option(help="TOML file of flat config keys.", exists=True)] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a config key: --set key=value.")] = [],
@@ -134,14 +135,14 @@ def new_simulation_config(
 
     config = new_run_config(preset, overrides, rounds)
     if config.attack.name not in ("none", *ATTACKS):
-        raise typer.BadParameter(f"configuration key 'attack' = {config.attack.name!r} is not an attack: "
+        raise ConfigError(f"configuration key 'attack' = {config.attack.name!r} is not an attack: "
                                  f"{sorted(ATTACKS)}")
     if config.data.dataset:
+        config = config.replace(dataset=str(Path(config.data.dataset).expanduser().resolve()))
+    if clients is not None:
         from stamen.simulations.partitions import client_datasets
 
-        config = config.replace(dataset=str(Path(config.data.dataset).expanduser().resolve()))
-        if clients is not None:
-            client_datasets(clients, config.seed, config.data)  # a dataset that cannot be dealt fails here, named
+        client_datasets(clients, config.seed, config.data)  # data that cannot be dealt fails here, named
     if clients is None:
         return config
     return config.replace(**{"min-clients": min(config.min_clients, clients)})  # it cannot wait for more
@@ -162,7 +163,8 @@ def _resumable(run_dir: Path):
 
     path = RunFolder(run_dir).simulation
     if not path.is_file():
-        raise typer.BadParameter(f"{run_dir} was not started by 'stamen simulate' (no {path.name})")
+        raise UserError(f"{run_dir} was not started by 'stamen simulate' (no {path.name}): give --resume a "
+                        "runs/<id> folder")
     record = json.loads(path.read_text())
     config = RunConfig.from_flat(record["config"]).replace(**{"run-dir": str(run_dir.parent), "run-id": run_dir.name})
     return config, record["clients"], Resources(**record["resources"])

@@ -228,7 +228,8 @@ def _report_markdown(run: RunRecord, gains: dict[str, float]) -> str:
                "general-text loss": r.get(GENERAL_TEXT_LOSS.eval_mean), "forgetting": r.get(FORGETTING.eval_mean),
                "retention": r.get(RETENTION.eval_mean),
                "bytes up/client": r.get("bytes_up_per_client"),
-               "rejected": r.get("clients_rejected"), **({"dp epsilon": r["dp_epsilon"]} if "dp_epsilon" in r else {})}
+               "dropped": r.get("clients_dropped"), "rejected": r.get("clients_rejected"),
+               **({"dp epsilon": r["dp_epsilon"]} if "dp_epsilon" in r else {})}
               for r in run.rounds]
     shown = ("base-model", "aggregation", "lora-aggregation", "personalisation", "partition", "replay",
              "secure-aggregation", "dp")

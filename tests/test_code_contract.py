@@ -55,3 +55,37 @@ def test_no_class_is_over_150_lines_and_no_function_over_60():
                 if limit and node.end_lineno - node.lineno + 1 > limit:
                     too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
     assert not too_long, too_long
+
+
+def test_every_module_a_docstring_names_exists():
+    """``:mod:`` references (``.sibling``, ``..parent``, ``stamen.room.module``) must follow a renamed or moved
+    module, or the docs send a newcomer to a file that is not there."""
+    import re
+
+    rooms = ("shared", "client", "server", "simulations")
+    missing = []
+    for room in rooms:
+        for path in sorted((ROOT / room).rglob("*.py")):
+            package = path.relative_to(ROOT).parent.parts
+            for name in re.findall(r":mod:`(?:[^<`]*<)?~?([\w.]+)>?`", path.read_text()):
+                dots = len(name) - len(name.lstrip("."))
+                parts = (list(package[:len(package) - dots + 1]) if dots else []) + name.lstrip(".").split(".")
+                if parts[0] == "stamen":
+                    parts = parts[1:]
+                target = ROOT.joinpath(*parts)
+                if not (target.with_suffix(".py").exists() or (target / "__init__.py").exists()):
+                    missing.append(f"{path.relative_to(ROOT)}: {name}")
+    assert len(missing) == 0, missing
+
+
+def test_every_file_the_docs_name_exists():
+    """A path in the docs (``client/device/worker.py``, ``simulations/forgetting.toml``) must follow a move."""
+    import re
+
+    docs = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *(ROOT / "docs").glob("*.md")]
+    pattern = r"\b((?:shared|client|server|simulations|benchmarks|tests)/[\w/.-]+\.(?:py|toml|md|json|png))"
+    named = {(doc, path) for doc in docs for path in re.findall(pattern, doc.read_text())}
+    assert len(named) > 30
+    missing = sorted(f"{doc.relative_to(ROOT)}: {path}" for doc, path in named
+                     if not (ROOT / path).exists() and not (doc.parent / path).exists())
+    assert not missing, missing

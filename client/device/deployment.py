@@ -21,6 +21,7 @@ from stamen.shared.atomic import atomic_write_text
 from stamen.shared.device_data import read_examples
 from stamen.shared.flower_tools import flower_environment, flower_tool, free_port
 from stamen.shared.process_guard import stop_tree
+from stamen.shared.user_errors import UserError
 
 from ..secagg_checks import DEFAULT_MIN_THRESHOLD, IDENTITY_KEY, MIN_NEIGHBOURS_KEY, MIN_THRESHOLD_KEY
 from .release_ledger import MAX_EPSILON_KEY
@@ -99,7 +100,8 @@ def guarded_environment(state_dir: Path) -> dict[str, str]:
 def stay_joined(device: DeviceSetup, wait_for_server: float = 600.0, poll_seconds: float = 5.0) -> None:
     """Run this device's worker (the base loaded once) and SuperNode until interrupted, joining again whenever
     the SuperNode exits (Flower's gives up when the server is down for long or restarts before
-    re-registering the device); leave once the server has not answered for ``wait_for_server`` s."""
+    re-registering the device); leave once the server has not answered for ``wait_for_server`` s. A server that
+    never answered is an error (:class:`ServerNeverAnswered`): the address is wrong or no server runs there."""
     device.state_dir.mkdir(parents=True, exist_ok=True)
     port, worker_port = free_port(), free_port()
     worker = start_worker(device.state_dir, worker_port, flower_environment())
@@ -115,6 +117,9 @@ def stay_joined(device: DeviceSetup, wait_for_server: float = 600.0, poll_second
                     log.info("the SuperNode exited with code %s; joining again", process.returncode)
                 process = join(device, port, worker_port) if answering else None
             time.sleep(poll_seconds)
+        if not server.ever_answered:
+            raise ServerNeverAnswered(f"no server answered at {device.server} in {wait_for_server:.0f} s: check "
+                                      "--server, and that `stamen server start` runs there")
         log.info("the server at %s has not answered for %.0f s (the run ended?): leaving", device.server,
                  wait_for_server)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM/SIGHUP (see stamen.shared.process_guard)
@@ -126,19 +131,25 @@ def stay_joined(device: DeviceSetup, wait_for_server: float = 600.0, poll_second
                 started.wait()
 
 
+class ServerNeverAnswered(UserError):
+    """The device waited its ``--wait-for-server`` and no server ever answered at the address it was given."""
+
+
 class ServerWatch:
-    """Whether the server answers (one probe per :meth:`answers`), and whether it has been silent for longer than
-    ``patience`` seconds since."""
+    """Whether the server answers (one probe per :meth:`answers`), whether it has been silent for longer than
+    ``patience`` seconds since, and whether it ever answered."""
 
     def __init__(self, address: str, patience: float) -> None:
         host, port = address.rsplit(":", 1)
         self.address, self.patience = (host, int(port)), patience
         self.silent_since: float | None = None
+        self.ever_answered = False
 
     def answers(self) -> bool:
         try:
             with socket.create_connection(self.address, timeout=2.0):
                 self.silent_since = None
+                self.ever_answered = True
                 return True
         except OSError:
             if self.silent_since is None:

@@ -1,8 +1,8 @@
 """Forgetting protection on the device: what a round replays, and keeping it for the next.
 
 Sources (``replay``, combinable; each round mixes every chosen source's examples
-into ``replay-ratio`` of every batch) are registered in :mod:`.replay_sources`:
-``buffer`` (:mod:`.replay_buffer`), ``anchor`` (:mod:`.anchor_replay`), ``self``
+into ``replay-ratio`` of every batch) are registered in :mod:`.sources`:
+``buffer`` (:mod:`.buffer`), ``anchor`` (:mod:`.anchor`), ``self``
 (:mod:`.self_replay`), ``ewc`` (:mod:`.ewc`). They run in the order of
 :data:`~stamen.shared.config.REPLAY_SOURCES`. ``replay-loss = distill`` scores the replayed rows by
 the frozen base's next-token distribution instead of their text (:mod:`stamen.shared.distillation`).

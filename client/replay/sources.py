@@ -1,7 +1,7 @@
 """What a replay source is: examples to mix into the round's batches and/or gradient corrections.
 
 Sources are registered by name, one class each beside the concept it uses (the reservoir in
-:mod:`.replay_buffer`, the anchor set in :mod:`.anchor_replay`, the base's own answers in
+:mod:`.buffer`, the anchor set in :mod:`.anchor`, the base's own answers in
 :mod:`.self_replay`, EWC in :mod:`.ewc`); the names are the ``replay`` key's vocabulary that
 :data:`stamen.shared.config.REPLAY_SOURCES` declares to both sides.
 """

@@ -62,7 +62,11 @@ def test_secure_fedavg_matches_plain_fedavg_and_survives_a_dropout_but_not_two(t
     clients = _rows(one_down, "client")
     assert sum(r["accepted"] for r in clients) == 2
     assert [r["reason"] for r in clients if not r["accepted"]] == ["dropped out of the secure round"]
-    assert _rows(one_down, "round")[0]["clients_accepted"] == 2
+    assert [r.get("dropped") for r in clients if not r["accepted"]] == [True]
+    round_row = _rows(one_down, "round")[0]
+    # it replied, then went away: dropped, neither rejected nor without reply
+    assert (round_row["clients_accepted"], round_row["clients_dropped"], round_row["clients_rejected"],
+            round_row["clients_without_reply"]) == (2, 1, 0, 0)
     assert all(r["bytes_up"] > 4 * 3584 for r in clients if r["accepted"])  # masked vector + keys + shares
 
     two_down = _run(tmp_path, "two-down", {"secure-aggregation": True}, drop={0, 1})

@@ -147,8 +147,45 @@ def test_user_errors_are_one_line_naming_the_file_or_key_with_no_traceback_and_l
     assert "SECRET" not in out and "Traceback" not in out
 
 
+@pytest.mark.parametrize("args, named", [
+    (("simulate", "--clients", "0"), "Invalid value for '--clients': 0 is not in the range x>=1"),
+    (("simulate", "--clients", "10000"), "the embedded corpus supports at most"),
+    (("simulate", "--set", "lora-rnak=4"), "unknown configuration key 'lora-rnak' (did you mean 'lora-rank'?)"),
+    (("simulate", "--resume", "."), "was not started by 'stamen simulate' (no simulation.json)"),
+    (("simulate", "--set", "attack=nothing"), "configuration key 'attack' = 'nothing' is not an attack"),
+    (("simulate", "--no-such-flag"), "No such option '--no-such-flag'. (`stamen simulate --help`)"),
+    (("server", "start", "--certs", "missing"), "Invalid value for '--certs': Directory 'missing' does not exist"),
+    (("no-such-command",), "No such command 'no-such-command'"),
+])
+def test_usage_and_config_errors_are_one_line_with_a_hint_and_start_nothing(args, named, tmp_path, monkeypatch,
+                                                                            capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out = _stamen(monkeypatch, capsys, *args)
+    assert code == 2, out
+    assert out.startswith("error: ") and named in out and "\u256d" not in out  # no boxed panel
+    assert len(out.strip().splitlines()) == 1, out
+    assert "secagg-timeout" not in out  # an unknown key does not list all keys
+    assert list(tmp_path.iterdir()) == []  # no run folder, no Ray session
+
+
+def test_a_server_with_a_bad_key_or_a_taken_port_says_so_in_one_line_and_leaves_no_work_dir(tmp_path, monkeypatch,
+                                                                                           capsys):
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    assert _stamen(monkeypatch, capsys, "certs", "certs")[0] == 0
+    code, out = _stamen(monkeypatch, capsys, "server", "start", "--set", "lora-rank=0")
+    assert code == 2 and out.startswith("error: configuration key 'lora-rank'") and len(out.splitlines()) == 1
+    assert not (tmp_path / "stamen-server").exists()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        code, out = _stamen(monkeypatch, capsys, "server", "start", "--port", str(port))
+    assert code == 2 and out.startswith(f"error: --port {port} on 127.0.0.1 is not free") and "Traceback" not in out
+    assert not (tmp_path / "stamen-server").exists()
+
+
 def test_a_library_warning_repeated_on_every_call_is_logged_once_and_stamens_lines_are_not_thinned():
-    from stamen.shared.commands import LibraryWarningsOnce
+    from stamen.shared.library_logs import LibraryWarningsOnce
 
     once = LibraryWarningsOnce()
 

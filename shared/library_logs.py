@@ -1,0 +1,43 @@
+"""Library log lines a person cannot act on, kept from drowning Stamen's own.
+
+bitsandbytes warns ``MatMul8bitLt: inputs will be cast ...`` on every 8-bit matmul (a thousand times a round),
+and on CPUs with AVX512-BF16 ``Failed to load CPU gemm_4bit_forward from kernels-community`` when it cannot fetch
+an optional kernel from a model hub (Stamen never asks it to; bitsandbytes uses its own CPU kernel instead). The
+first passes once per process, the second not at all. Both are set on those libraries' own loggers, so they hold in
+an app that configures no logging (the edge API) as in the ``stamen`` commands, whose handler also passes each
+other library warning once (:class:`LibraryWarningsOnce`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+REPEATED_EVERY_CALL = ("bitsandbytes.autograd._functions",)
+NOTHING_TO_ACT_ON = ("bitsandbytes.backends.cpu.ops",)
+
+
+class LibraryWarningsOnce(logging.Filter):
+    """Each warning a library logs (by logger and message template) passes once; Stamen's and Flower's lines all
+    pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(("stamen", "flwr")):
+            return True
+        key = (record.name, str(record.msg))
+        first = key not in self.seen
+        self.seen.add(key)
+        return first
+
+
+def quiet_library_logs() -> None:
+    """Thin the library loggers above (idempotent: each gets one filter however often this runs)."""
+    for name in REPEATED_EVERY_CALL:
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, LibraryWarningsOnce) for existing in logger.filters):
+            logger.addFilter(LibraryWarningsOnce())
+    for name in NOTHING_TO_ACT_ON:
+        logging.getLogger(name).setLevel(logging.ERROR)
