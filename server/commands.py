@@ -65,7 +65,6 @@ def server_start(
     and registers keys) listens on 127.0.0.1."""
     from stamen.server import deployment as deploy
     from stamen.server.anchor_distribution import pin_anchor
-    from stamen.server.checkpoint import load_checkpoint
     from stamen.shared.dev_certs import DevCertificates
     from stamen.shared.flower_tools import free_port
     from stamen.shared.process_guard import guard
@@ -74,12 +73,7 @@ def server_start(
 
     configure_logging(False)
     found = DevCertificates(certs)
-    if resume is not None:
-        config = deploy.resumed_config(resume)
-        load_checkpoint(resume)  # a corrupt checkpoint is reported before any process starts
-    else:
-        config = new_run_config(preset, set_, rounds)  # a bad key is reported before the work dir is made
-        config = config.replace(**{"run-dir": str(Path(config.run_dir).resolve())})
+    config = _server_run_config(resume, preset, set_, rounds)  # a bad key is reported before the work dir is made
     if not work_dir.exists():
         deploy.require_free_port(host, port)  # no leftover of ours can hold it: refuse before making anything
     guard(work_dir.resolve())  # stops an earlier command's leftovers; what this one starts stops with it
@@ -98,6 +92,21 @@ def server_start(
     folder = RunFolder.of(config)
     with ended_cleanly_when_stopped(folder, new_run=resume is None):  # runs after the processes below stopped
         _serve(setup, found.node_public_keys(), config, folder, keep_running)
+
+
+def _server_run_config(resume: Path | None, preset: Path | None, overrides: list[str], rounds: int | None
+                       ) -> RunConfig:
+    """The run to serve: a resumed run's config (its checkpoint read now, so a corrupt one is reported before any
+    process starts), or a new one from the command line, its run folder made absolute."""
+    from stamen.server import deployment as deploy
+    from stamen.server.checkpoint import load_checkpoint
+
+    if resume is not None:
+        config = deploy.resumed_config(resume)
+        load_checkpoint(resume)
+        return config
+    config = new_run_config(preset, overrides, rounds)
+    return config.replace(**{"run-dir": str(Path(config.run_dir).resolve())})
 
 
 def _serve(
