@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,6 +17,9 @@ from .round_table import summary_table
 if TYPE_CHECKING:
     from .deployment import ServerDeployment
 
+# What else a finished deployment run writes, added by the command-line root (report.md and plots come from the
+# simulations room, above this one): each gets the run folder.
+RUN_FINISHERS: list[Callable[[Path], None]] = []
 server_commands = typer.Typer(help="The server side of a deployment on real devices.", no_args_is_help=True)
 
 
@@ -124,6 +128,8 @@ def _serve(
                       f"then {config.num_rounds} rounds -> {folder.path}")
         deploy.run_federation_on(setup, config)
         console.print(summary_table(folder.summary_record()["rounds"], folder.record()["base_stored_bytes"]))
+        for finish in RUN_FINISHERS:
+            finish(folder.path)
         if keep_running:
             console.print(f"SuperLink still up on {setup.superlink_address}; FLWR_HOME={setup.flower_home} "
                           f"flwr run <app> stamen. Ctrl-C stops it.")

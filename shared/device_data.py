@@ -2,7 +2,9 @@
 
 Accepted: a folder of ``.txt`` files (each blank-line-separated paragraph is one
 text), a ``.jsonl`` file of ``{"prompt", "response"}`` or ``{"text"}`` rows, or a
-``.csv`` file with ``prompt`` and ``response`` columns or a ``text`` column.
+``.csv`` file with ``prompt`` and ``response`` columns or a ``text`` column. A ``.jsonl`` is read line by line
+(a large file costs its examples' memory, not twice its size); a file over ``LARGE_FILE_BYTES`` is named in a
+warning, since the device keeps all its examples in memory while it trains.
 """
 
 from __future__ import annotations
@@ -10,10 +12,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from pathlib import Path
 
 from .examples import Example
 from .user_errors import UserError
+
+log = logging.getLogger(__name__)
+LARGE_FILE_BYTES = 100 * 2**20
 
 
 class DeviceDataError(UserError, ValueError):
@@ -21,6 +27,10 @@ class DeviceDataError(UserError, ValueError):
 
 
 def read_examples(path: Path) -> list[Example]:
+    files = sorted(path.glob("*.txt")) if path.is_dir() else [path] if path.is_file() else []
+    size = sum(file.stat().st_size for file in files)
+    if size > LARGE_FILE_BYTES:
+        log.warning("%s holds %.0f MB: the device keeps all its examples in memory while it trains", path, size / 2**20)
     if path.is_dir():
         examples = [Example(paragraph.strip()) for file in sorted(path.glob("*.txt"))
                     for paragraph in _text(file).split("\n\n") if paragraph.strip()]
@@ -37,12 +47,22 @@ def read_examples(path: Path) -> list[Example]:
 
 
 def _json_lines(path: Path):
-    for number, line in enumerate(_text(path).splitlines(), start=1):
-        if line.strip():
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DeviceDataError(f"{path}:{number} is not JSON: {error.msg}") from None
+    """(line number, parsed row) of each non-blank line, read one at a time."""
+    try:
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise DeviceDataError(f"{path}:{number} is not UTF-8 text (byte {error.start} of the line cannot "
+                                          "be decoded): convert it, or move it out of the data folder") from None
+                if line.strip():
+                    try:
+                        yield number, json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise DeviceDataError(f"{path}:{number} is not JSON: {error.msg}") from None
+    except OSError as error:
+        raise DeviceDataError(f"{path} cannot be read: {error.strerror}") from None
 
 
 def _text(path: Path) -> str:

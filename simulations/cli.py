@@ -15,10 +15,10 @@ import typer
 from rich.markup import escape
 
 from stamen.client.commands import chat, client_commands
-from stamen.server.commands import export, server_commands
+from stamen.server.commands import RUN_FINISHERS, export, server_commands
 from stamen.shared.commands import certs, console, info, keys
 from stamen.shared.user_errors import UserError
-from stamen.simulations.commands import compare, example_data, report, simulate, sweep
+from stamen.simulations.commands import compare, example_data, report, report_written, simulate, sweep
 
 USER_ERROR_EXIT = 2  # as a usage error
 app = typer.Typer(help="Stamen: federated personalisation of quantised language models.", no_args_is_help=True,
@@ -27,6 +27,7 @@ for command in (simulate, report, compare, info, export, sweep, certs, chat, key
     app.command()(command)
 app.command("example-data")(example_data)
 app.add_typer(server_commands, name="server")
+RUN_FINISHERS.append(report_written)  # a deployment run writes report.md and its plots, as a simulation does
 app.add_typer(client_commands, name="client")
 _debug = False
 

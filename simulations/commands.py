@@ -70,6 +70,10 @@ def report(
     run: Annotated[Path, typer.Argument(help="A run folder (runs/<id>).", exists=True, file_okay=False)],
 ) -> None:
     """(Re)build a run's plots and report.md from its metrics, finished or not."""
+    report_written(run)
+
+
+def report_written(run: Path) -> None:
     console.print(f"Report: {write_report(run)}")
 
 

@@ -1,5 +1,10 @@
 """Replay against forgetting on the device: the training hook, the registry of sources and each source.
 
-Importing the package registers every source: a new one is a module here and one import line below."""
+Importing the package imports every module in it, so each source registers itself (``@register``): a new one is a
+module here, and its name in :data:`stamen.shared.config.REPLAY_SOURCES` (the ``replay`` key's vocabulary)."""
 
-from . import anchor, ewc, self_replay  # noqa: F401  (each registers its source)
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -67,6 +67,27 @@ def test_device_data_formats_and_their_errors(tmp_path):
         read_examples(tmp_path / "bad.jsonl")
     with pytest.raises(DeviceDataError, match="expected a folder"):
         read_examples(tmp_path / "rows.parquet")
+    (tmp_path / "latin.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(DeviceDataError, match=r"latin.jsonl:2 is not UTF-8 text \(byte 13 of the line"):
+        read_examples(tmp_path / "latin.jsonl")
+
+
+def test_a_large_data_file_is_read_line_by_line_and_named_in_a_warning(tmp_path, monkeypatch, caplog):
+    from stamen.shared import device_data
+
+    rows = "".join(f'{{"prompt": "q{n}", "response": "a{n}"}}\n' for n in range(2000))
+    (tmp_path / "big.jsonl").write_text(rows)
+    monkeypatch.setattr(device_data, "LARGE_FILE_BYTES", len(rows) - 1)
+    opened = []
+    monkeypatch.setattr(device_data.Path, "read_text", lambda self, *a, **k: opened.append(self))  # not read whole
+    examples = read_examples(tmp_path / "big.jsonl")
+    assert [e.prompt for e in examples[:2]] == ["q0", "q1"] and len(examples) == 2000 and not opened
+    assert any("big.jsonl holds 0 MB: the device keeps all its examples in memory" in r.getMessage()
+               for r in caplog.records)
+    caplog.clear()
+    monkeypatch.setattr(device_data, "LARGE_FILE_BYTES", len(rows))
+    read_examples(tmp_path / "big.jsonl")
+    assert not caplog.records
 
 
 def test_a_device_declines_rounds_beyond_its_limits(tmp_path):

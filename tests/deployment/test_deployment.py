@@ -87,6 +87,7 @@ def test_readme_sequence_with_tls_and_auth_refuses_strangers_plaintext_and_anoth
     superlink_log = (tmp_path / "work-server/superlink.log").read_text()
     assert "No SuperNode found with the given public key" in superlink_log
     rows = _rows(_run_dir(runs))
+    assert (_run_dir(runs) / "report.md").is_file() and (_run_dir(runs) / "loss.png").is_file()  # as a simulation
     rejected = [r for r in rows if r["kind"] == "client" and not r["accepted"]]
     assert len(rejected) == 1 and "fingerprint" in rejected[0]["reason"]
     (round_row,) = [r for r in rows if r["kind"] == "round"]
