@@ -52,6 +52,7 @@ def client_join(
         float | None, typer.Option(min=0.0, help="This device's privacy budget: it trains only under distributed DP "
                                    "and stops before its own accountant's epsilon (at delta 1e-5) would pass this.")
     ] = None,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's own lines (each message, each reconnection).")] = False,
 ) -> None:
     """Join a Stamen server as a SuperNode with TLS and this device's key; train on local data that never leaves."""
     from stamen.client.device.deployment import DeviceSetup, stay_joined, supernode_command
@@ -66,7 +67,7 @@ def client_join(
     supernode_command(device)  # reads the data once: a bad file is reported (DeviceDataError) before joining
     guard(state_dir.resolve())  # the SuperNode and what it starts stop with this command, SIGKILL included
     console.print(f"[bold]Device {device.name}[/] joining {server}; data {data}, state in {state_dir}. Ctrl-C leaves.")
-    stay_joined(device, wait_for_server)
+    stay_joined(device, wait_for_server, verbose=verbose)
 
 
 def default_state_dir(key: Path) -> Path:

@@ -27,6 +27,7 @@ from ..secagg_checks import DEFAULT_MIN_THRESHOLD, IDENTITY_KEY, MIN_NEIGHBOURS_
 from .release_ledger import MAX_EPSILON_KEY
 from .resource_guard import ResourceGuards
 from .signed_app import OPERATOR_KEY
+from .supernode_output import REFUSALS, SuperNodeOutput
 from .worker import start_worker, worker_environment
 
 log = logging.getLogger(__name__)
@@ -75,12 +76,13 @@ def supernode_command(device: DeviceSetup, port: int | None = None) -> list[str]
 
 def join(device: DeviceSetup, port: int | None = None, worker_port: int | None = None) -> subprocess.Popen:
     """Start this device's SuperNode (its ClientApp forwarding to the worker on ``worker_port``, when given);
-    its output goes to this process's."""
+    its combined output on ``stdout``, for :class:`~stamen.client.device.supernode_output.SuperNodeOutput`."""
     device.state_dir.mkdir(parents=True, exist_ok=True)
     environment = guarded_environment(device.state_dir)
     if worker_port is not None:
         environment = worker_environment(environment, device.state_dir, worker_port)
-    return subprocess.Popen(supernode_command(device, port), env=environment)
+    return subprocess.Popen(supernode_command(device, port), env=environment, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
 
 
 def guarded_environment(state_dir: Path) -> dict[str, str]:
@@ -97,25 +99,24 @@ def guarded_environment(state_dir: Path) -> dict[str, str]:
     return environment
 
 
-def stay_joined(device: DeviceSetup, wait_for_server: float = 600.0, poll_seconds: float = 5.0) -> None:
+def stay_joined(device: DeviceSetup, wait_for_server: float = 600.0, poll_seconds: float = 5.0,
+                verbose: bool = False) -> None:
     """Run this device's worker (the base loaded once) and SuperNode until interrupted, joining again whenever
     the SuperNode exits (Flower's gives up when the server is down for long or restarts before
     re-registering the device); leave once the server has not answered for ``wait_for_server`` s. A server that
-    never answered is an error (:class:`ServerNeverAnswered`): the address is wrong or no server runs there."""
+    never answered is an error (:class:`ServerNeverAnswered`), and so is one that turned the device away
+    ``REFUSALS_BEFORE_LEAVING`` times in a row (:class:`DeviceRefused`). ``verbose``: all of Flower's lines."""
     device.state_dir.mkdir(parents=True, exist_ok=True)
     port, worker_port = free_port(), free_port()
     worker = start_worker(device.state_dir, worker_port, flower_environment())
     server = ServerWatch(device.server, wait_for_server)
-    process = None
+    node = SuperNodeRunner(device, port, worker_port, verbose)
     try:
         while (answering := server.answers()) or not server.gone():
             if worker.poll() is not None:
                 log.warning("the device worker exited with code %s; starting it again", worker.returncode)
                 worker = start_worker(device.state_dir, worker_port, flower_environment())
-            if process is None or process.poll() is not None:
-                if process is not None:
-                    log.info("the SuperNode exited with code %s; joining again", process.returncode)
-                process = join(device, port, worker_port) if answering else None
+            node.keep_running(answering)
             time.sleep(poll_seconds)
         if not server.ever_answered:
             raise ServerNeverAnswered(f"no server answered at {device.server} in {wait_for_server:.0f} s: check "
@@ -125,10 +126,53 @@ def stay_joined(device: DeviceSetup, wait_for_server: float = 600.0, poll_second
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM/SIGHUP (see stamen.shared.process_guard)
         pass
     finally:
-        for started in (process, worker):
-            if started is not None:
-                stop_tree(started.pid)
-                started.wait()
+        node.stop()
+        stop_tree(worker.pid)
+        worker.wait()
+
+
+class DeviceRefused(UserError):
+    """The server turned this device away (its CA or its key) ``REFUSALS_BEFORE_LEAVING`` times in a row: no retry
+    can succeed. A single refusal can be a restarted server that has not registered the devices' keys yet."""
+
+
+REFUSALS_BEFORE_LEAVING = 3
+
+
+class SuperNodeRunner:
+    """This device's SuperNode: started while the server answers, started again when it exits, its output shown
+    through :class:`SuperNodeOutput`."""
+
+    def __init__(self, device: DeviceSetup, port: int, worker_port: int, verbose: bool) -> None:
+        self.device, self.port, self.worker_port, self.verbose = device, port, worker_port, verbose
+        self.process: subprocess.Popen | None = None
+        self.output: SuperNodeOutput | None = None
+        self.refused_in_a_row = 0
+
+    def keep_running(self, answering: bool) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return
+        if self.process is not None:
+            self._ended()
+        self.process = join(self.device, self.port, self.worker_port) if answering else None
+        if self.process is not None:
+            self.output = SuperNodeOutput(self.process.stdout, self.verbose, lambda line: print(line, flush=True))
+
+    def _ended(self) -> None:
+        refusal = self.output.finish()
+        self.refused_in_a_row = self.refused_in_a_row + 1 if refusal else 0
+        if self.refused_in_a_row >= REFUSALS_BEFORE_LEAVING:
+            raise DeviceRefused(REFUSALS[refusal].format(ca=self.device.ca_certificate, key=self.device.node_key))
+        if refusal:
+            log.info("the server turned this device away (%s); trying again", refusal)
+        else:
+            log.info("the SuperNode exited with code %s; joining again", self.process.returncode)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.output.mute()
+            stop_tree(self.process.pid)
+            self.process.wait()
 
 
 class ServerNeverAnswered(UserError):

@@ -72,6 +72,18 @@ def test_readme_sequence_with_tls_and_auth_refuses_strangers_plaintext_and_anoth
                                                          "--superlink", f"127.0.0.1:{port}", "--insecure",
                                                          "--port", str(free_port())])
     assert code != 0 and "could not establish a connection" in output
+    # the same two mistakes through `stamen client join`: one line each, exit status 2, no retrying forever
+    site.run("certs", "other-ca", "--node", "device-9")
+    site.start("unregistered", "client", "join", "--server", f"127.0.0.1:{port}", "--data", str(data[0]),
+               "--key", "other-ca/nodes/device-9.key", "--ca", "certs/ca.crt")
+    site.start("wrong-ca", "client", "join", "--server", f"127.0.0.1:{port}", "--data", str(data[0]),
+               "--key", "certs/nodes/device-1.key", "--ca", "other-ca/ca.crt")
+    for name, told in (("unregistered", "error: the server does not know this device's key other-ca/nodes/device-9"),
+                       ("wrong-ca", "error: the server's certificate is not signed by --ca other-ca/ca.crt")):
+        wait_for(lambda name=name: site.started[name].poll() is not None, 180, f"the {name} device to stop")
+        output = site.log(name)
+        assert site.started[name].returncode == 2 and told in output, output[-3000:]
+        assert "Exit Code: 305" not in output and "Traceback" not in output and len(output.splitlines()) <= 10
 
     site.device("device-1", port, data[0], "--wait-for-server", "5")
     site.device("device-2", port, data[1])
@@ -103,8 +115,9 @@ def test_a_killed_device_and_a_killed_server_do_not_stop_a_secure_federation(sit
     site.server("server", port, *tiny_run_args(runs, 2, 3, "round-timeout=60", "secure-aggregation=true",
                                                 "secagg-timeout=60"))
     for number, path in enumerate(data, start=1):
-        site.device(f"device-{number}", port, path)
+        site.device(f"device-{number}", port, path, *(["--verbose"] if number == 3 else []))
     wait_for(lambda: "Receiving: train message" in site.log("device-3"), 180, "device-3 to be sampled in round 1")
+    assert "Receiving: train message" not in site.log("device-1")  # Flower's message lines only with --verbose
     run_dir = _run_dir(runs)
 
     site.kill("device-3", signal.SIGTERM)  # leaves in round 1, which must still complete with the other two
