@@ -52,5 +52,7 @@ def test_split_is_deterministic_and_scales_past_the_topic_count():
 
 
 def test_impossible_client_count_is_a_clear_error():
-    with pytest.raises(ValueError, match="at most"):
+    from stamen.shared.user_errors import UserError
+
+    with pytest.raises(UserError, match="at most 173 clients of >= 40 examples, not 5000: use fewer clients"):
         natural_split(5000)
