@@ -59,14 +59,24 @@ def test_llama_cpp_with_the_exported_adapter_agrees_with_peft_and_lowers_held_ou
     assert peft_with < peft_without - 0.1 and llama_with < llama_without - 0.1, figures
     assert abs(llama_with - peft_with) < 0.1 * peft_with, figures  # Q4_1 arithmetic, the same model
 
+    # the next token at every response position of the held-out examples: the adapter must not add disagreement
+    # beyond what the Q4_1 base already has with PEFT's fp32 (near-ties flip with the CPU's kernels)
+    with base_alone(model.model):
+        base_agreement = _top1_agreement(model, LlamaModel.load(scores=True), encoded)
+    agreement = _top1_agreement(model, personal, encoded)
+    print(f"{figures}; top-1 agreement {agreement:.1%} (the bases alone: {base_agreement:.1%})")
+    assert agreement >= 0.9 and agreement >= base_agreement - 0.03, \
+        f"top-1 agreement {agreement:.1%}, the bases alone {base_agreement:.1%}; {figures}"
+
+
+def _top1_agreement(model: PersonalModel, llama: LlamaModel, encoded) -> float:
     agreeing = total = 0
-    for example in encoded:  # the next token at every response position of the held-out examples
+    for example in encoded:
         scored = np.array(example.labels[1:]) != IGNORE_INDEX
-        llama_top1 = personal.logits(example.input_ids)[:-1].argmax(-1)
+        llama_top1 = llama.logits(example.input_ids)[:-1].argmax(-1)
         agreeing += int((llama_top1 == _peft_top1(model, example.input_ids)[:-1])[scored].sum())
         total += int(scored.sum())
-    print(f"{figures}; top-1 agreement {agreeing}/{total} = {agreeing / total:.1%}")
-    assert agreeing / total >= 0.95, f"top-1 agreement {agreeing}/{total}; {figures}"
+    return agreeing / total
 
 
 def test_stamen_chat_answers_what_the_device_taught_its_adapter(personalised):
