@@ -18,10 +18,11 @@ def print_table(rows: list[dict]) -> None:
         print(" | ".join(str(row[c]).rjust(w) for c, w in zip(columns, widths, strict=False)))
 
 
-def write_results(name: str, rows: list[dict], **settings: object) -> Path:
-    """results/<name>.json: the rows plus the machine, the date and the settings they were measured with."""
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{name}.json"
+def write_results(name: str, rows: list[dict], results: Path = RESULTS, **settings: object) -> Path:
+    """results/<name>.json (``results``: another folder): the rows plus the machine, the date and the settings they
+    were measured with."""
+    results.mkdir(exist_ok=True)
+    out = results / f"{name}.json"
     out.write_text(json.dumps({"machine": platform.node(), "processor": platform.processor() or platform.machine(),
                                "date": time.strftime("%Y-%m-%d"), **settings, "rows": rows}, indent=2))
     print(f"wrote {out}")
