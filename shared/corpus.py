@@ -24,6 +24,10 @@ from stamen.shared.atomic import atomic_write_text
 from stamen.shared.examples import Example
 from stamen.shared.user_errors import UserError
 
+
+class CorpusError(UserError, ValueError):
+    """The embedded corpus cannot serve what was asked (more clients than it has topics for)."""
+
 BASE_DOMAIN_TOPICS = ("conversations", "greetings")
 BASE_DOMAIN_SIZE = 16
 ROOT_SIZE = 16  # the server's own clean examples (FLTrust), apart from clients and the forgetting probe
@@ -88,8 +92,8 @@ def natural_split(
     topics = load_topics()
     ranked, english_groups = _topic_groups(num_clients, min_examples)
     if len(ranked) < num_clients:
-        raise UserError(f"the embedded corpus supports at most {len(ranked)} clients of >= {min_examples} examples, "
-                        f"not {num_clients}: use fewer clients or your own data (configuration key 'dataset')")
+        raise CorpusError(f"the embedded corpus supports at most {len(ranked)} clients of >= {min_examples} examples, "
+                          f"not {num_clients}: use fewer clients or your own data (configuration key 'dataset')")
     rng = random.Random(seed)
     clients = []
     for name, examples in ranked[:num_clients]:

@@ -16,6 +16,7 @@ from stamen.client.state_store import PERSONAL, ClientStateStore
 from stamen.shared.adapters import adapter_state
 from stamen.shared.config import ConfigError, TrainingSpec
 from stamen.shared.device_data import DeviceDataError, read_examples
+from stamen.shared.forgetting_protection import DEFAULT, PROTECTIONS
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -158,7 +159,10 @@ def test_personalising_with_heldout_examples_moves_the_model_toward_the_base_kee
     assert model.alpha in (0.25, 0.5, 0.75)
     assert base - model.score(examples) >= 0.5 * (base - _trained_loss(model, examples)) - 1e-6
     model.personalise(examples, steps=2, learning_rate=1e-2, heldout=examples, keep_gain=None)
-    assert model.alpha == 1.0  # switched off: the adapter as trained
+    assert model.alpha == PROTECTIONS[DEFAULT]["wise-alpha"]  # no choice on the device: the protection's own alpha
+    model.personalise(examples, steps=2, learning_rate=1e-2, heldout=examples, keep_gain=None,
+                      forgetting_protection="none")
+    assert model.alpha == 1.0  # no protection, no choice: the adapter as trained
 
 
 def test_a_retention_bound_moves_the_personal_model_back_to_the_base_when_it_forgets_the_guard(

@@ -34,7 +34,8 @@ def personalised(tmp_path_factory):
     train, heldout = list(topic[:32]) + FACTS * 3, list(topic[32:44])
     model = PersonalModel.load("smollm2-135m", quantisation="none",
                                spec=AdapterSpec(targets=("q_proj", "k_proj", "v_proj")))
-    model.personalise(train, steps=24, learning_rate=3e-3, seed=0)
+    # self-replay without WiSE: the adapter as trained is what the export must carry, whatever the default
+    model.personalise(train, steps=24, learning_rate=3e-3, seed=0, forgetting_protection="self-replay")
     folder = model.export(tmp_path_factory.mktemp("export"), format="gguf").parent
     return model, folder, heldout
 
