@@ -86,7 +86,8 @@ class PersonalModel:
         ``forgetting-protection`` does (``shared/forgetting_protection.py``): ``"default"`` is the federation's
         default, ``"none"`` turns it off, and a named one (``"buffer"``: the examples of earlier calls, a bounded
         sample in memory; ``"self-replay"``: the base's own answers to neutral prompts, written once per base and
-        cached; ``"wise-25"``: a quarter of the adapter in use) is that one. Given ``heldout`` examples of the
+        cached; ``"self-replay-wise-50"``, the default: that, and half of the adapter in use; ``"wise-25"``: a quarter
+        of the adapter in use) is that one. Given ``heldout`` examples of the
         device's own (not trained on), the model then moves toward the base to the least alpha that keeps
         ``keep_gain`` of the adapter's gain on them (:meth:`choose_alpha`, ``self.alpha``; ``keep_gain=None``:
         off), and further where the model would no longer answer ``keep_retention`` of the base's guard facts
