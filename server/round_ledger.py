@@ -109,10 +109,10 @@ class RoundLedger:
 
     def _drop(self, server_round: int, dropped: Refusals) -> None:
         """Clients that replied, then left the secure round before its sum: gone, not refused."""
-        for msg, _ in dropped:
-            log.warning("round %d: node %s dropped out of the secure round", server_round, msg.metadata.src_node_id)
+        for msg, reason in dropped:
+            log.warning("round %d: node %s %s", server_round, msg.metadata.src_node_id, reason)
             self.recorder.write({**_row(server_round, "train", msg), "accepted": False, "dropped": True,
-                                 "reason": "dropped out of the secure round"})
+                                 "reason": reason})
 
     def _refuse(self, server_round: int, phase: str, refused: Refusals) -> None:
         for msg, reason in refused:

@@ -28,6 +28,7 @@ from stamen.shared.user_errors import UserError
 class CorpusError(UserError, ValueError):
     """The embedded corpus cannot serve what was asked (more clients than it has topics for)."""
 
+
 BASE_DOMAIN_TOPICS = ("conversations", "greetings")
 BASE_DOMAIN_SIZE = 16
 ROOT_SIZE = 16  # the server's own clean examples (FLTrust), apart from clients and the forgetting probe

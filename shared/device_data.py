@@ -32,7 +32,7 @@ def read_examples(path: Path) -> list[Example]:
     if size > LARGE_FILE_BYTES:
         log.warning("%s holds %.0f MB: the device keeps all its examples in memory while it trains", path, size / 2**20)
     if path.is_dir():
-        examples = [Example(paragraph.strip()) for file in sorted(path.glob("*.txt"))
+        examples = [Example(paragraph.strip()) for file in files
                     for paragraph in _text(file).split("\n\n") if paragraph.strip()]
     elif path.suffix == ".jsonl":
         examples = [as_example(row, f"{path}:{number}") for number, row in _json_lines(path)]

@@ -140,15 +140,14 @@ def new_simulation_config(
     config = new_run_config(preset, overrides, rounds)
     if config.attack.name not in ("none", *ATTACKS):
         raise ConfigError(f"configuration key 'attack' = {config.attack.name!r} is not an attack: "
-                                 f"{sorted(ATTACKS)}")
+                          f"{sorted(ATTACKS)}")
     if config.data.dataset:
         config = config.replace(dataset=str(Path(config.data.dataset).expanduser().resolve()))
-    if clients is not None:
-        from stamen.simulations.partitions import client_datasets
-
-        client_datasets(clients, config.seed, config.data)  # data that cannot be dealt fails here, named
     if clients is None:
         return config
+    from stamen.simulations.partitions import client_datasets
+
+    client_datasets(clients, config.seed, config.data)  # data that cannot be dealt fails here, named
     return config.replace(**{"min-clients": min(config.min_clients, clients)})  # it cannot wait for more
 
 
