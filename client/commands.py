@@ -52,7 +52,8 @@ def client_join(
         float | None, typer.Option(min=0.0, help="This device's privacy budget: it trains only under distributed DP "
                                    "and stops before its own accountant's epsilon (at delta 1e-5) would pass this.")
     ] = None,
-    verbose: Annotated[bool, typer.Option(help="Show Flower's own lines (each message, each reconnection).")] = False,
+    verbose: Annotated[bool, typer.Option(help="A line for every message (evaluations, secure-aggregation stages) "
+                                          "and Flower's own lines (each message, each reconnection).")] = False,
 ) -> None:
     """Join a Stamen server as a SuperNode with TLS and this device's key; train on local data that never leaves."""
     from stamen.client.device.deployment import DeviceSetup, stay_joined, supernode_command

@@ -94,8 +94,9 @@ def _keys_instead_of_values(
     flat = np.concatenate(parts) if parts else np.zeros(0)
     vector = secure_input(flat, int(metrics[NUM_EXAMPLES]), config)
     values = {name: float(value) for name, value in metrics.items() if name != NUM_EXAMPLES}
-    log.info("round %d %s: %s (kept on this device for the secure sum)", instruction.server_round, message_type,
-             metric_summary(values) or f"{len(values)} metrics")
+    shown = logging.INFO if message_type == MessageType.TRAIN else logging.DEBUG  # a device's one line per round
+    log.log(shown, "round %d %s: %s (kept on this device for the secure sum)", instruction.server_round,
+            message_type, metric_summary(values) or f"{len(values)} metrics")
     context.state[KEPT_METRICS] = MetricRecord(metric_slots(values, float(vector[-1])))
     reply = RecordDict({CLIENT_INFO: content[CLIENT_INFO], METRICS: MetricRecord({NUM_EXAMPLES: 1}),
                         METRIC_NAMES: ConfigRecord({"names": sorted(values)})})

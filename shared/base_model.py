@@ -66,6 +66,6 @@ def load_base(source: str, quantisation: str = "auto", device: str | None = None
         choice = choose_quantisation(folder, fingerprint, tokenizer, target)
     else:
         choice = QuantisationChoice(quantisation, f"{quantisation} requested")
-    log.info("Base %s: %s", source, choice.reason)
+    log.log(logging.INFO if choice.mode != quantisation else logging.DEBUG, "Base %s: %s", source, choice.reason)
     model = load_causal_lm(folder, choice.mode, target, trainable)
     return LoadedBase(model, tokenizer, folder, fingerprint, choice, target)

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from .config import ConfigError, RunConfig, parse_override
-from .library_logs import LibraryWarningsOnce
+from .library_logs import LibraryWarningsOnce, quiet_progress_bars
 from .run_folder import RunFolder
 
 console = Console()
@@ -27,7 +27,7 @@ def configure_logging(verbose: bool) -> None:
     handler = RichHandler(console=console, show_path=False, markup=False)
     handler.addFilter(LibraryWarningsOnce())
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
-    logging.getLogger("stamen").setLevel(logging.INFO)
+    logging.getLogger("stamen").setLevel(logging.DEBUG if verbose else logging.INFO)
     import flwr.common  # noqa: F401  -- installs Flower's own console handler, tuned below
 
     flwr_logger = logging.getLogger("flwr")
@@ -36,6 +36,8 @@ def configure_logging(verbose: bool) -> None:
         flwr_handler.setLevel(logging.INFO if verbose else logging.WARNING)
     for noisy in ("transformers", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    if not verbose:
+        quiet_progress_bars()
 
 
 def end_stopped_run(folder: RunFolder, new_run: bool) -> None:

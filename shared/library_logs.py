@@ -5,15 +5,21 @@ and on CPUs with AVX512-BF16 ``Failed to load CPU gemm_4bit_forward from kernels
 an optional kernel from a model hub (Stamen never asks it to; bitsandbytes uses its own CPU kernel instead). The
 first passes once per process, the second not at all. Both are set on those libraries' own loggers, so they hold in
 an app that configures no logging (the edge API) as in the ``stamen`` commands, whose handler also passes each
-other library warning once (:class:`LibraryWarningsOnce`).
+other library warning once (:class:`LibraryWarningsOnce`). peft's use of a transformers call deprecated for v6
+(``is_gradient_checkpointing``) is not shown either. The commands also hide transformers' progress bars (loading
+and writing a base's weights, a blink on a small base) unless ``--verbose`` (:func:`quiet_progress_bars`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import warnings
 
 REPEATED_EVERY_CALL = ("bitsandbytes.autograd._functions",)
 NOTHING_TO_ACT_ON = ("bitsandbytes.backends.cpu.ops",)
+DEPRECATED_IN_A_LIBRARY = r"`is_gradient_checkpointing` is deprecated"  # transformers 5.x, called by peft
 
 
 class LibraryWarningsOnce(logging.Filter):
@@ -41,3 +47,13 @@ def quiet_library_logs() -> None:
             logger.addFilter(LibraryWarningsOnce())
     for name in NOTHING_TO_ACT_ON:
         logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=DEPRECATED_IN_A_LIBRARY, category=FutureWarning)
+
+
+def quiet_progress_bars() -> None:
+    """No transformers progress bars in this process and the processes it starts (Flower's app processes)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when transformers is imported
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()

@@ -105,17 +105,18 @@ def stay_joined(device: DeviceSetup, wait_for_server: float = 600.0, poll_second
     the SuperNode exits (Flower's gives up when the server is down for long or restarts before
     re-registering the device); leave once the server has not answered for ``wait_for_server`` s. A server that
     never answered is an error (:class:`ServerNeverAnswered`), and so is one that turned the device away
-    ``REFUSALS_BEFORE_LEAVING`` times in a row (:class:`DeviceRefused`). ``verbose``: all of Flower's lines."""
+    ``REFUSALS_BEFORE_LEAVING`` times in a row (:class:`DeviceRefused`). ``verbose``: all of Flower's lines, and a
+    line for every message the device answers."""
     device.state_dir.mkdir(parents=True, exist_ok=True)
     port, worker_port = free_port(), free_port()
-    worker = start_worker(device.state_dir, worker_port, flower_environment())
+    worker = start_worker(device.state_dir, worker_port, flower_environment(), verbose)
     server = ServerWatch(device.server, wait_for_server)
     node = SuperNodeRunner(device, port, worker_port, verbose)
     try:
         while (answering := server.answers()) or not server.gone():
             if worker.poll() is not None:
                 log.warning("the device worker exited with code %s; starting it again", worker.returncode)
-                worker = start_worker(device.state_dir, worker_port, flower_environment())
+                worker = start_worker(device.state_dir, worker_port, flower_environment(), verbose)
             node.keep_running(answering)
             time.sleep(poll_seconds)
         if not server.ever_answered:

@@ -6,7 +6,8 @@ ClientApp there would load and quantise its base again for each train and evalua
 (``WORKER_ADDRESS`` set), Stamen's ClientApp is :func:`forwarding_app`, which hands each message and
 its context to the worker over loopback (authenticated with a key only this device's state folder
 holds) and returns the worker's reply and context. The worker runs the real ClientApp, whose
-runtime keeps the base loaded for the whole session, and logs one line per message. Each connection is
+runtime keeps the base loaded for the whole session, and logs one line per round it trains in (one per
+message with ``--verbose``: evaluations and secure-aggregation stages). Each connection is
 served on a thread of its own that must finish the key handshake and send its message within
 ``HANDSHAKE_SECONDS``, so a local process that connects and stays silent stalls nobody; messages
 themselves run one at a time.
@@ -31,7 +32,7 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from .log import describe
+from .log import describe, is_round_line
 
 log = logging.getLogger("stamen.client.device.worker")  # also when run as __main__
 WORKER_ADDRESS = "STAMEN_DEVICE_WORKER"  # environment of the SuperNode: the worker's host:port
@@ -44,15 +45,17 @@ class WorkerFailed(RuntimeError):
     """The worker raised while handling a message; the message names the error."""
 
 
-def start_worker(state_dir: Path, port: int, environment: dict[str, str]) -> subprocess.Popen:
-    """The device's worker on 127.0.0.1:``port``, with a fresh key in ``state_dir`` (owner-only)."""
+def start_worker(state_dir: Path, port: int, environment: dict[str, str], verbose: bool = False) -> subprocess.Popen:
+    """The device's worker on 127.0.0.1:``port``, with a fresh key in ``state_dir`` (owner-only); ``verbose``: a
+    line for every message, not only for each round's training."""
     key_path = state_dir / "worker.key"
     key_path.unlink(missing_ok=True)
     descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # owner-only from the first byte
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(secrets.token_bytes(32))
     worker_environment = {k: v for k, v in environment.items() if k not in (WORKER_ADDRESS, WORKER_KEY)}
-    return subprocess.Popen([sys.executable, "-m", __name__, str(port), str(key_path)], env=worker_environment)
+    arguments = [sys.executable, "-m", __name__, str(port), str(key_path), *(["--verbose"] if verbose else [])]
+    return subprocess.Popen(arguments, env=worker_environment)
 
 
 def worker_environment(environment: dict[str, str], state_dir: Path, port: int) -> dict[str, str]:
@@ -60,16 +63,16 @@ def worker_environment(environment: dict[str, str], state_dir: Path, port: int) 
     return {**environment, WORKER_ADDRESS: f"127.0.0.1:{port}", WORKER_KEY: str(state_dir / "worker.key")}
 
 
-def serve(port: int, key_path: Path) -> None:
+def serve(port: int, key_path: Path, verbose: bool = False) -> None:
     """Answer messages, one at a time, for as long as the device stays joined."""
     from stamen.shared.commands import configure_logging
 
     from ..handlers import client_app_with
 
-    configure_logging(False)  # one line per message; a library's repeated warning once
+    configure_logging(verbose)  # one line per round (per message with --verbose); a library's repeated warning once
     app, key, one_at_a_time = client_app_with([]), key_path.read_bytes(), threading.Lock()
     with socket.create_server(("127.0.0.1", port)) as listener:
-        log.info("device worker ready on 127.0.0.1:%d", port)
+        log.debug("device worker ready on 127.0.0.1:%d", port)
         while True:
             accepted, _ = listener.accept()
             threading.Thread(target=_serve_connection, args=(app, accepted, key, one_at_a_time), daemon=True).start()
@@ -100,7 +103,8 @@ def _answer(app: ClientApp, connection: Connection, message: Message, context: C
         connection.send(("error", f"{type(error).__name__}: {error}"))
         return
     connection.send(("reply", (reply, context)))
-    log.info(describe(message, reply, time.perf_counter() - started))
+    shown = logging.INFO if is_round_line(message, reply) else logging.DEBUG
+    log.log(shown, describe(message, reply, time.perf_counter() - started))
 
 
 def forwarding_app() -> ClientApp:
@@ -135,4 +139,4 @@ def _forward(msg: Message, context: Context) -> Message:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for `stamen client join`, which stops the worker
-    serve(int(sys.argv[1]), Path(sys.argv[2]))
+    serve(int(sys.argv[1]), Path(sys.argv[2]), verbose="--verbose" in sys.argv[3:])

@@ -110,9 +110,9 @@ def known_facts(model, tokenizer, fingerprint: str, quantisation: str) -> tuple[
     def ask() -> list[int]:
         answered_by_base = correct(model, tokenizer, list(every), base_alone=True)
         known = [i for i, ok in enumerate(answered_by_base) if ok]
-        log.info("the base answers %d of %d probe questions correctly; retention is measured on %d of them, "
-                 "%d more guard the choice of alpha", len(known), len(every), min(len(known), RETENTION_SIZE),
-                 len(known[RETENTION_SIZE:RETENTION_SIZE + GUARD_SIZE]))
+        log.debug("the base answers %d of %d probe questions correctly; retention is measured on %d of them, "
+                  "%d more guard the choice of alpha", len(known), len(every), min(len(known), RETENTION_SIZE),
+                  len(known[RETENTION_SIZE:RETENTION_SIZE + GUARD_SIZE]))
         return known
 
     cache_file = cache_dir("probes") / f"base-knows-{short(fingerprint)}-{quantisation}-{probe_version()}.json"

@@ -10,9 +10,9 @@ from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client
 
 import pytest
-from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 
-from stamen.client.device.log import describe
+from stamen.client.device.log import describe, is_round_line
 from stamen.client.device.worker import WORKER_ADDRESS, WORKER_KEY, forwarding_app, start_worker
 from stamen.client.secure_aggregation import STATE
 from stamen.shared.adapters import adapter_state, attach_adapter, shared_state
@@ -91,3 +91,19 @@ def test_a_device_line_names_the_round_and_secure_stage_and_shows_steps_and_loss
     stage = StageInfo("run", 3, MASK_STAGE, num_clients=3, threshold=2, point=1, modulus_bits=32)
     masked = Message(RecordDict({SECAGG: stage.to_record()}), dst_node_id=7, message_type=MessageType.TRAIN)
     assert describe(masked, Message(RecordDict(), reply_to=masked), 0.5).startswith(f"round 3 train {MASK_STAGE}: ")
+
+
+def test_a_device_shows_one_line_per_round_it_trains_in_and_every_error_the_rest_only_when_verbose():
+    instruction: ConfigRecord = round_config(DEVICE_CONFIG, "f" * 64)
+    train = Message(RecordDict({CONFIG: instruction}), dst_node_id=7, message_type=MessageType.TRAIN)
+    evaluate = Message(RecordDict({CONFIG: instruction}), dst_node_id=7, message_type=MessageType.EVALUATE)
+    plain = RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 5, "train-steps": 4})})
+    assert is_round_line(train, Message(plain, reply_to=train))
+    assert not is_round_line(evaluate, Message(RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 5})}),
+                                               reply_to=evaluate))
+    keys = RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 1}), PUBLIC_KEYS: ConfigRecord({"point": 1})})
+    assert not is_round_line(train, Message(keys, reply_to=train))  # the secure mod says that round's line
+    stage = StageInfo("run", 3, MASK_STAGE, num_clients=3, threshold=2, point=1, modulus_bits=32)
+    masked = Message(RecordDict({SECAGG: stage.to_record()}), dst_node_id=7, message_type=MessageType.TRAIN)
+    assert not is_round_line(masked, Message(RecordDict(), reply_to=masked))
+    assert is_round_line(masked, Message(Error(code=0, reason="refused"), reply_to=masked))
