@@ -56,16 +56,20 @@ def client_join(
                                           "and Flower's own lines (each message, each reconnection).")] = False,
 ) -> None:
     """Join a Stamen server as a SuperNode with TLS and this device's key; train on local data that never leaves."""
-    from stamen.client.device.deployment import DeviceSetup, stay_joined, supernode_command
+    from stamen.client.device.deployment import DeviceSetup, check_server_address, stay_joined, supernode_command
     from stamen.client.device.resource_guard import ResourceGuards
+    from stamen.shared.dev_certs import require_certificate, require_private_key
     from stamen.shared.process_guard import guard
 
     configure_logging(False)
+    check_server_address(server)
     state_dir = state_dir or default_state_dir(key)
     guards = ResourceGuards(max_local_steps, max_round_seconds, max_memory_mb)
     device = DeviceSetup(server, ca, key, data, state_dir, name or data.stem, guards, base, secagg_min_threshold,
                          operator_key, secagg_min_neighbours, max_epsilon)
     supernode_command(device)  # reads the data once: a bad file is reported (DeviceDataError) before joining
+    require_certificate(ca, "--ca")
+    require_private_key(key, "--key")
     guard(state_dir.resolve())  # the SuperNode and what it starts stop with this command, SIGKILL included
     console.print(f"[bold]Device {device.name}[/] joining {server}; data {data}, state in {state_dir}. Ctrl-C leaves.")
     stay_joined(device, wait_for_server, verbose=verbose)

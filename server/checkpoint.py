@@ -92,7 +92,7 @@ def saved_rounds(run_dir: Path) -> list[int]:
 
 def last_round(run_dir: Path) -> int:
     """The newest round saved under ``rounds/``."""
-    rounds = saved_rounds(run_dir)
+    rounds = saved_rounds(RunFolder(run_dir).require_run().path)
     if not rounds:
         raise CheckpointError(f"{run_dir} has no completed round yet: nothing to export or resume from")
     return rounds[-1]

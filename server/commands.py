@@ -78,6 +78,7 @@ def server_start(
     configure_logging(False)
     found = DevCertificates(certs)
     config = _server_run_config(resume, preset, set_, rounds)  # a bad key is reported before the work dir is made
+    found.check_server_files()
     if not work_dir.exists():
         deploy.require_free_port(host, port)  # no leftover of ours can hold it: refuse before making anything
     guard(work_dir.resolve())  # stops an earlier command's leftovers; what this one starts stops with it

@@ -39,6 +39,38 @@ def check_node_name(name: str) -> str:
     return name
 
 
+class CertificateError(UserError, ValueError):
+    """A certificate or key file that is missing or is not what its flag asks for."""
+
+
+def require_certificate(path: Path, what: str) -> Path:
+    """``path``, once it holds a PEM X.509 certificate; else a :class:`CertificateError` naming ``what``."""
+    try:
+        x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise CertificateError(f"{what} {path} is not a PEM certificate ({_reason(error)}): give the certificate "
+                               "file itself (`stamen certs` makes development ones)") from None
+    return path
+
+
+def require_private_key(path: Path, what: str) -> Path:
+    """``path``, once it holds a private key (PEM or OpenSSH, unencrypted); else a :class:`CertificateError`."""
+    try:
+        data = path.read_bytes()
+        if b"OPENSSH PRIVATE KEY" in data:
+            serialization.load_ssh_private_key(data, None)
+        else:
+            serialization.load_pem_private_key(data, None)
+    except (OSError, ValueError, TypeError) as error:
+        raise CertificateError(f"{what} {path} is not an unencrypted private key ({_reason(error)}): give the "
+                               ".key file `stamen certs` wrote, not its .pub or a certificate") from None
+    return path
+
+
+def _reason(error: Exception) -> str:
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error).split(".")[0][:80]
+
+
 @dataclass(frozen=True)
 class DevCertificates:
     """Where ``make_dev_certificates`` put everything."""
@@ -75,6 +107,16 @@ class DevCertificates:
 
     def node_public_keys(self) -> list[Path]:
         return sorted((self.folder / "nodes").glob("*.pub"))
+
+    def check_server_files(self) -> None:
+        """What ``stamen server start`` needs is here: the CA and server certificates, the server key, and at
+        least one device's public key in ``nodes/``."""
+        require_certificate(self.ca_certificate, "--certs")
+        require_certificate(self.server_certificate, "--certs")
+        require_private_key(self.server_key, "--certs")
+        if not self.node_public_keys():
+            raise CertificateError(f"--certs {self.folder} has no device keys (nodes/*.pub): the server accepts only "
+                                   "registered devices; `stamen certs --node NAME` makes a pair")
 
 
 def make_dev_certificates(folder: Path, hosts: list[str], nodes: list[str]) -> DevCertificates:

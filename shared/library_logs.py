@@ -6,7 +6,7 @@ an optional kernel from a model hub (Stamen never asks it to; bitsandbytes uses 
 first passes once per process, the second not at all. Both are set on those libraries' own loggers, so they hold in
 an app that configures no logging (the edge API) as in the ``stamen`` commands, whose handler also passes each
 other library warning once (:class:`LibraryWarningsOnce`). peft's use of a transformers call deprecated for v6
-(``is_gradient_checkpointing``) is not shown either. The commands also hide transformers' progress bars (loading
+(``is_gradient_checkpointing``) is not shown either. The commands also hide libraries' progress bars (loading
 and writing a base's weights, a blink on a small base) unless ``--verbose`` (:func:`quiet_progress_bars`).
 """
 
@@ -51,8 +51,10 @@ def quiet_library_logs() -> None:
 
 
 def quiet_progress_bars() -> None:
-    """No transformers progress bars in this process and the processes it starts (Flower's app processes)."""
+    """No library progress bars (transformers', flwr-datasets' partitioning) in this process and the processes it
+    starts (Flower's app processes, Ray's workers); Stamen's own are Rich's."""
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when transformers is imported
+    os.environ["TQDM_DISABLE"] = "1"  # read when tqdm is imported
     if "transformers" in sys.modules:
         from transformers.utils import logging as transformers_logging
 

@@ -13,6 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
+from .user_errors import UserError
+
+
+class NotARunFolder(UserError, FileNotFoundError):
+    """A folder given as a run lacks a file every run writes."""
 
 
 @dataclass(frozen=True)
@@ -64,18 +69,26 @@ class RunFolder:
 
     def rows(self) -> list[dict[str, Any]]:
         """Every complete line of ``metrics.jsonl`` (a line still being written is left out)."""
-        if not self.metrics.is_file():
-            raise FileNotFoundError(f"{self.path} is not a run folder: it has no {self.metrics.name}")
-        text = self.metrics.read_text(encoding="utf-8")
+        text = self._required(self.metrics).read_text(encoding="utf-8")
         complete = text[: text.rfind("\n") + 1]
         return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def record(self) -> dict[str, Any]:
         """``config.json``: ``{"config": flat run config, ...measurements}``."""
-        return json.loads(self.config.read_text())
+        return json.loads(self._required(self.config).read_text())
 
     def run_config(self) -> RunConfig:
         return RunConfig.from_flat(self.record()["config"])
 
     def summary_record(self) -> dict[str, Any]:
-        return json.loads(self.summary.read_text())
+        return json.loads(self._required(self.summary).read_text())
+
+    def require_run(self) -> RunFolder:
+        """This folder, once it holds what every run writes first (``config.json``)."""
+        self._required(self.config)
+        return self
+
+    def _required(self, path: Path) -> Path:
+        if not path.is_file():
+            raise NotARunFolder(f"{self.path} is not a run folder: it has no {path.name} (give a runs/<id> folder)")
+        return path

@@ -25,9 +25,10 @@ def simulate(
                                                 exists=True, file_okay=False)] = None,
     cpus_per_client: Annotated[int, typer.Option(help="CPU cores reserved per virtual client.")] = 1,
     gpus_per_client: Annotated[float, typer.Option(help="Fraction of a GPU per virtual client.")] = 0.0,
-    verbose: Annotated[bool, typer.Option(help="Show Flower's own INFO logs.")] = False,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's own INFO logs and libraries' progress bars.")] = False,
 ) -> None:
     """Run a simulated federation on this machine and write runs/<id>/."""
+    configure_logging(verbose)  # before the imports below bring in the libraries it quiets
     from stamen.server.checkpoint import load_checkpoint
     from stamen.server.round_table import summary_table
     from stamen.shared.process_guard import exit_at_once_on_signals, guard
@@ -35,7 +36,6 @@ def simulate(
     from stamen.simulations.engine import simulate as run
     from stamen.simulations.progress import RunMonitor
 
-    configure_logging(verbose)
     if resume is not None:
         config, clients, resources = _resumable(resume)
         load_checkpoint(resume)  # a corrupt checkpoint is reported now, not after starting Ray
@@ -43,10 +43,10 @@ def simulate(
         config = new_simulation_config(preset, set_, clients, rounds)
         resources = Resources(cpus_per_client, gpus_per_client)
     folder = RunFolder.of(config)
+    choice = prepare_base(config)  # a bad base is reported before anything is said or written
     verb = "Resuming" if resume else "Stamen simulation"
     console.print(f"[bold]{verb}[/] {clients} clients x {config.num_rounds} rounds on base "
                   f"[cyan]{config.base_model}[/] ({config.aggregation}) -> {folder.path}")
-    choice = prepare_base(config)  # a bad base is reported before anything is written
     console.print(f"Quantisation: {choice.reason}")
     _remember_simulation(folder, config, clients, resources)
     guard(folder.path)  # Ray and what it starts stop with this command
@@ -209,7 +209,7 @@ def sweep(
 
 def example_data(
     out: Annotated[Path, typer.Argument(help="Folder for device-1.jsonl, device-2.jsonl, ...")] = Path("."),
-    devices: Annotated[int, typer.Option(help="How many devices to write data for.")] = 2,
+    devices: Annotated[int, typer.Option(min=1, help="How many devices to write data for.")] = 2,
 ) -> None:
     """Write each device's private data as a .jsonl (one embedded-corpus topic each), to try a deployment."""
     from stamen.shared.corpus import write_device_files

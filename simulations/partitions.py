@@ -27,6 +27,8 @@ partitioner shuffled, a natural group's latest rows where it did not.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import warnings
 from functools import lru_cache
@@ -120,7 +122,8 @@ def _natural(rows: datasets.Dataset, num_clients: int, by: str) -> list[tuple[st
                            f"{partitioner.num_partitions}, the simulation asks for {num_clients} clients")
     first_row = {value: row for row, value in reversed(list(enumerate(rows[by])))}
     ids = sorted(range(num_clients), key=lambda i: first_row[partitioner.partition_id_to_natural_id[i]])
-    return [(str(partitioner.partition_id_to_natural_id[i]), partitioner.load_partition(i)) for i in ids]
+    with contextlib.redirect_stderr(io.StringIO()):  # flwr-datasets' progress bar over a step of milliseconds
+        return [(str(partitioner.partition_id_to_natural_id[i]), partitioner.load_partition(i)) for i in ids]
 
 
 def _topic_shift(num_clients: int, seed: int, data: DataSpec) -> tuple[ClientDataset, ...]:

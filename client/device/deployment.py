@@ -28,7 +28,7 @@ from .release_ledger import MAX_EPSILON_KEY
 from .resource_guard import ResourceGuards
 from .signed_app import OPERATOR_KEY
 from .supernode_output import REFUSALS, SuperNodeOutput
-from .worker import start_worker, worker_environment
+from .worker import WORKER_KEY_FILE, start_worker, worker_environment
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,7 @@ def stay_joined(device: DeviceSetup, wait_for_server: float = 600.0, poll_second
         node.stop()
         stop_tree(worker.pid)
         worker.wait()
+        (device.state_dir / WORKER_KEY_FILE).unlink(missing_ok=True)  # a key for a worker that no longer runs
 
 
 class DeviceRefused(UserError):
@@ -178,6 +179,19 @@ class SuperNodeRunner:
 
 class ServerNeverAnswered(UserError):
     """The device waited its ``--wait-for-server`` and no server ever answered at the address it was given."""
+
+
+class ServerAddressError(UserError, ValueError):
+    """A ``--server`` that is not HOST:PORT."""
+
+
+def check_server_address(address: str) -> str:
+    """``address`` as HOST:PORT with a port in 1-65535, or a :class:`ServerAddressError`."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ServerAddressError(f"--server {address!r} is not HOST:PORT (e.g. 127.0.0.1:9091, the server's "
+                                 "--host and --port)")
+    return address
 
 
 class ServerWatch:

@@ -37,6 +37,7 @@ from .log import describe, is_round_line
 log = logging.getLogger("stamen.client.device.worker")  # also when run as __main__
 WORKER_ADDRESS = "STAMEN_DEVICE_WORKER"  # environment of the SuperNode: the worker's host:port
 WORKER_KEY = "STAMEN_DEVICE_WORKER_KEY"  # ... and the file holding the key that authenticates to it
+WORKER_KEY_FILE = "worker.key"  # in the device's state folder, owner-only, while the worker runs
 CONNECT_SECONDS = 120.0  # how long a message waits for a worker that is (re)starting
 HANDSHAKE_SECONDS = 30.0  # how long a connection may take to authenticate and send its message
 
@@ -48,7 +49,7 @@ class WorkerFailed(RuntimeError):
 def start_worker(state_dir: Path, port: int, environment: dict[str, str], verbose: bool = False) -> subprocess.Popen:
     """The device's worker on 127.0.0.1:``port``, with a fresh key in ``state_dir`` (owner-only); ``verbose``: a
     line for every message, not only for each round's training."""
-    key_path = state_dir / "worker.key"
+    key_path = state_dir / WORKER_KEY_FILE
     key_path.unlink(missing_ok=True)
     descriptor = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # owner-only from the first byte
     with os.fdopen(descriptor, "wb") as handle:
@@ -60,7 +61,7 @@ def start_worker(state_dir: Path, port: int, environment: dict[str, str], verbos
 
 def worker_environment(environment: dict[str, str], state_dir: Path, port: int) -> dict[str, str]:
     """The SuperNode's environment, pointing Stamen's ClientApp at the worker."""
-    return {**environment, WORKER_ADDRESS: f"127.0.0.1:{port}", WORKER_KEY: str(state_dir / "worker.key")}
+    return {**environment, WORKER_ADDRESS: f"127.0.0.1:{port}", WORKER_KEY: str(state_dir / WORKER_KEY_FILE)}
 
 
 def serve(port: int, key_path: Path, verbose: bool = False) -> None:

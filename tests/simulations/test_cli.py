@@ -130,6 +130,7 @@ def test_user_errors_are_one_line_naming_the_file_or_key_with_no_traceback_and_l
     (run / "rounds").mkdir(parents=True)
     (run / "simulation.json").write_text(json.dumps({"config": {"base-model": "tiny"}, "clients": 2,
                                                      "resources": {"cpus_per_client": 1, "gpus_per_client": 0.0}}))
+    (run / "config.json").write_text(json.dumps({"config": {"base-model": "tiny"}}))
     code, out = _stamen(monkeypatch, capsys, "export", str(run))
     assert code == 2 and "has no completed round yet" in out and "Traceback" not in out
     save_file({"global/lora_A": np.zeros((2, 2), np.float32)}, run / "rounds" / "round-1.safetensors")
@@ -173,7 +174,7 @@ def test_a_server_with_a_bad_key_or_a_taken_port_says_so_in_one_line_and_leaves_
     import socket
 
     monkeypatch.chdir(tmp_path)
-    assert _stamen(monkeypatch, capsys, "certs", "certs")[0] == 0
+    assert _stamen(monkeypatch, capsys, "certs", "certs", "--node", "device-1")[0] == 0
     code, out = _stamen(monkeypatch, capsys, "server", "start", "--set", "lora-rank=0")
     assert code == 2 and out.startswith("error: configuration key 'lora-rank'") and len(out.splitlines()) == 1
     assert not (tmp_path / "stamen-server").exists()
