@@ -60,6 +60,8 @@ CASES = [
                                                                                             "'--certs'"),
     ("a certificate folder without certificates", ("server", "start", "--certs", "empty"), "--certs empty/ca.crt is "
                                                                                            "not a PEM certificate"),
+    ("a server that registers no device", ("server", "start", "--certs", "no-devices"), "--certs no-devices has no "
+                                                                                        "device keys (nodes/*.pub)"),
     ("a bad key on the server", ("server", "start", "--set", "lora-rank=0"), "'lora-rank' = 0 must be >= 1"),
     ("a server port already in use", ("server", "start", "--port", "{taken}"), "on 127.0.0.1 is not free"),
     ("a server resuming a folder that is not a run", ("server", "start", "--resume", "empty"), "empty is not a run "
@@ -90,9 +92,10 @@ CASES = [
 
 
 def make_mistakes_folder(folder: Path) -> None:
-    """What the cases refer to: development certificates, good and bad data, bad presets, a run with one saved
-    round, a run whose checkpoint is corrupt, an empty folder."""
+    """What the cases refer to: development certificates (with a device key and without), good and bad data, bad
+    presets, a run with one saved round, a run whose checkpoint is corrupt, an empty folder."""
     make_dev_certificates(folder / "certs", [], ["device-1"])
+    make_dev_certificates(folder / "no-devices", [], [])
     (folder / "notes.jsonl").write_text('{"prompt": "Hi?", "response": "Hello."}\n' * 8)
     (folder / "bad.jsonl").write_text('{"prompt": "Hi?", "response": "Hello."}\n{not json\n')
     (folder / "empty.jsonl").write_text("")
