@@ -92,7 +92,8 @@ def saved_rounds(run_dir: Path) -> list[int]:
 
 def last_round(run_dir: Path) -> int:
     """The newest round saved under ``rounds/``."""
-    rounds = saved_rounds(RunFolder(run_dir).require_run().path)
+    RunFolder(run_dir).require_run()  # a folder that is not a run is named as such, not as one with no rounds
+    rounds = saved_rounds(run_dir)
     if not rounds:
         raise CheckpointError(f"{run_dir} has no completed round yet: nothing to export or resume from")
     return rounds[-1]
