@@ -2,11 +2,12 @@
 
 Each mode runs in its own subprocess so peak RSS (CPU) and peak CUDA memory are the
 mode's own. Modes: LoRA on an nf4 / int8 / unquantised base (Stamen's training loop),
-a full fine-tune of the unquantised base (what adapters avoid), and ``peft-*``: the same
-LoRA steps (batch size, sequence length, AdamW, learning rate) through a plain
-transformers + peft loop, the way a peer would write it, so Stamen's loop can be checked
-for overhead. Each mode is evaluated before its first round, as every client is, and after its
-last: ``learns`` says the loss fell (speed of a round that trains nothing is no speed).
+``peft-*``: the same LoRA steps (batch size, sequence length, AdamW, learning rate) through a
+plain transformers + peft loop, the way a peer would write it, so Stamen's loop can be checked
+for overhead, and ``full-none``: every weight of the unquantised base trained by that plain loop
+(what adapters avoid; Stamen's loop trains adapters only). Each mode is evaluated before its
+first round, as every client is, and after its last: ``learns`` says the loss fell (speed of a
+round that trains nothing is no speed).
 
     python benchmarks/client_round.py --base smollm2-135m --device cpu
 """
@@ -19,20 +20,19 @@ import gc
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from report import print_table, write_results
+from report import add_results_option, measure_in_child, print_table, write_results
 
 MODES = ("lora-nf4", "peft-nf4", "lora-int8", "lora-none", "peft-none", "full-none")
 
 
 def plain_peft_loop(model, tokenizer, examples, steps: int, batch: int, seq: int, learning_rate: float,
                     seed: int) -> int:
-    """A textbook transformers + peft training loop: chat-formatted texts, padded batches,
+    """A textbook transformers (+ peft) training loop: chat-formatted texts, padded batches,
     labels = input ids (padding ignored), AdamW. Returns the tokens it trained on.
 
     Examples are drawn in the same seeded order as Stamen's loop draws them, so both pad
@@ -110,7 +110,7 @@ def run_mode(mode: str, base: str, device: str, steps: int, batch: int, seq: int
     training = TrainingSpec(local_steps=steps, batch_size=batch, max_seq_len=seq)
 
     def one_round(n_steps: int, seed: int) -> int:
-        if kind == "peft":
+        if kind in ("peft", "full"):
             return plain_peft_loop(model, loaded.tokenizer, examples, n_steps, batch, seq, training.learning_rate, seed)
         return train_adapter(model, loaded.tokenizer, examples, replace(training, local_steps=n_steps), seed).tokens
 
@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--one-mode", help=argparse.SUPPRESS)
+    add_results_option(parser)
     args = parser.parse_args()
     if args.one_mode:
         print(
@@ -167,11 +168,10 @@ def main() -> None:
         return
     rows = []
     for mode in args.modes.split(","):
-        command = [sys.executable, __file__, "--one-mode", mode, "--base", args.base, "--device", args.device,
+        command = [__file__, "--one-mode", mode, "--base", args.base, "--device", args.device,
                    "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq),
                    "--repeats", str(args.repeats)]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(output.strip().splitlines()[-1]))
+        rows.append(measure_in_child(command))
         print(f"measured {mode}", file=sys.stderr)
     memory_key = "peak_cuda_mb" if "peak_cuda_mb" in rows[0] else "peak_rss_mb"
     full = next((r for r in rows if r["mode"] == "full-none"), None)
@@ -183,8 +183,8 @@ def main() -> None:
     stalled = [row["mode"] for row in rows if not row["learns"]]
     if stalled:
         print(f"NOT LEARNING: {', '.join(stalled)} (loss after the measured rounds is not below the loss before)")
-    write_results(f"client_round-{args.device.split(':')[0]}", rows, base=args.base, device_name=rows[0]["device"],
-                  steps=args.steps, batch=args.batch, seq=args.seq, repeats=args.repeats)
+    write_results(f"client_round-{args.device.split(':')[0]}", rows, args.results, base=args.base,
+                  device_name=rows[0]["device"], steps=args.steps, batch=args.batch, seq=args.seq, repeats=args.repeats)
 
 if __name__ == "__main__":
     main()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 from peft import get_peft_model_state_dict
-from report import print_table, write_results
+from report import add_results_option, print_table, write_results
 
 from stamen.shared.adapters import adapter_state, attach_adapter, shared_state
 from stamen.shared.base_model import load_base
@@ -58,6 +58,7 @@ def row(setting: str, values: int, up: int, down: int, base_bytes: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="smollm2-135m")
+    add_results_option(parser)
     args = parser.parse_args()
     base = load_base(args.base, quantisation="none", device="cpu")
     base_bytes = base.stored_bytes  # the base as shipped (bf16 safetensors): the % column's reference
@@ -74,7 +75,7 @@ def main() -> None:
     for entry in rows:
         entry["vs_flowertune"] = round(entry["bytes_up"] / reference, 3)
     print_table(rows)
-    write_results("communication", rows, base=args.base, base_stored_bytes=base_bytes)
+    write_results("communication", rows, args.results, base=args.base, base_stored_bytes=base_bytes)
 
 
 if __name__ == "__main__":

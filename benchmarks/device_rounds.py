@@ -1,13 +1,14 @@
 """Base loads and seconds per round on deployed devices: a real deployment on 127.0.0.1, as the README starts it.
 
 ``stamen server start`` and two ``stamen client join`` processes (TLS, device keys, operator
-signature) run ``--rounds`` rounds with evaluation on the given base. From the devices' logs: how
-many train/evaluate messages each received and how many of them loaded a base (transformers'
-"Loading weights" bar appears in the message's stretch of the log, in any Stamen version); from the
+signature) run ``--rounds`` rounds with evaluation on the given base. From the devices' logs (``--verbose``: Flower's
+message lines and transformers' progress bars): how many train/evaluate messages each received and how many of
+them loaded a base (transformers' "Loading weights" bar appears in the message's stretch of the log); from the
 run: wall seconds per round. ``--stamen`` points at another installation's ``stamen`` to measure an older version
 the same way.
 
     python benchmarks/device_rounds.py [--base smollm2-135m] [--rounds 3] [--stamen PATH] [--label NAME] [--keep DIR]
+                                       [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import print_table, write_results
+from report import add_results_option, print_table, write_results
 
 DEVICES = ("device-1", "device-2")
 
 
-def measure(stamen: str, base: str, rounds: int, folder: Path) -> dict:
+def measure(stamen: str, base: str, rounds: int, folder: Path, extra: list[str]) -> dict:
     def run(*args: str) -> None:
         subprocess.run([stamen, *args], cwd=folder, check=True, capture_output=True)
 
@@ -34,7 +35,7 @@ def measure(stamen: str, base: str, rounds: int, folder: Path) -> dict:
     run("example-data", ".", "--devices", str(len(DEVICES)))
     environment = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     port = _free_port()
-    settings = [f"base-model={base}", "min-clients=2", "fraction-evaluate=1.0", f"run-dir={folder / 'runs'}"]
+    settings = [f"base-model={base}", "min-clients=2", "fraction-evaluate=1.0", f"run-dir={folder / 'runs'}", *extra]
     server_log = (folder / "server.log").open("wb")
     started = time.perf_counter()
     server = subprocess.Popen([stamen, "server", "start", "--certs", "certs", "--port", str(port), "--rounds",
@@ -46,8 +47,8 @@ def measure(stamen: str, base: str, rounds: int, folder: Path) -> dict:
         devices.append(subprocess.Popen(
             [stamen, "client", "join", "--server", f"127.0.0.1:{port}", "--data", f"{name}.jsonl", "--key",
              f"certs/nodes/{name}.key", "--ca", "certs/ca.crt", "--operator-key", "certs/operator.pub",
-             "--state-dir", f"state-{name}"], cwd=folder, env=environment, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True))
+             "--state-dir", f"state-{name}", "--verbose"], cwd=folder, env=environment, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True))
     try:
         code = server.wait(timeout=3600)
     finally:
@@ -80,13 +81,17 @@ def main() -> None:
     parser.add_argument("--stamen", default=str(Path(sys.executable).parent / "stamen"))
     parser.add_argument("--label", default="this version")
     parser.add_argument("--keep", type=Path, help="Run in this folder and keep its logs (default: a temporary one).")
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="another setting of the server's run (e.g. secure-aggregation=true), with --label")
+    add_results_option(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.keep or Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
-        row = {"version": args.label, **measure(args.stamen, args.base, args.rounds, folder)}
+        row = {"version": args.label, **measure(args.stamen, args.base, args.rounds, folder, args.extra)}
     print_table([row])
-    write_results(f"device_rounds-{re.sub(r'[^a-z0-9]+', '-', args.label.lower())}", [row], base=args.base)
+    label = re.sub(r"[^a-z0-9]+", "-", args.label.lower())
+    write_results(f"device_rounds-{label}", [row], args.results, base=args.base)
 
 
 if __name__ == "__main__":

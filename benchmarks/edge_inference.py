@@ -6,7 +6,7 @@ suppressed), greedy. Each configuration runs in its own process, so its peak res
 default r=8 on q_proj, v_proj) exported as PEFT and GGUF: speed and memory do not depend on its values. The
 table also gives the files a device keeps: the base GGUF and the adapter in each format.
 
-    python benchmarks/edge_inference.py [--new-tokens 64 --threads 2]
+    python benchmarks/edge_inference.py [--new-tokens 64 --threads 2] [--runtimes torch-none,llama.cpp]
 """
 
 from __future__ import annotations
@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from report import print_table, write_results
+from report import add_results_option, measure_in_child, print_table, write_results
 
 PROMPTS = ["Tell me about the history of the world.", "What should I cook tonight?", "How do computers work?"]
 RUNTIMES = ["torch-none", "torch-int8", "torch-nf4", "llama.cpp"]
@@ -100,8 +98,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--runtimes", default=",".join(RUNTIMES), help=f"some of {','.join(RUNTIMES)}")
     parser.add_argument("--one", choices=RUNTIMES, help=argparse.SUPPRESS)  # a child process: one configuration
     parser.add_argument("--adapter", type=Path, help=argparse.SUPPRESS)
+    add_results_option(parser)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one, args.adapter, args.new_tokens, args.threads)))
@@ -109,18 +109,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         sizes = export_fresh_adapter(Path(scratch))
         rows = []
-        for runtime in RUNTIMES:
-            child = subprocess.run([sys.executable, __file__, "--one", runtime, "--adapter", scratch, "--new-tokens",
-                                    str(args.new_tokens), "--threads", str(args.threads)],
-                                   check=True, capture_output=True, text=True)
-            rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        for runtime in args.runtimes.split(","):
+            rows.append(measure_in_child([__file__, "--one", runtime, "--adapter", scratch, "--new-tokens",
+                                          str(args.new_tokens), "--threads", str(args.threads)]))
             print(rows[-1], flush=True)
     fastest_torch = max(row["tokens_per_s"] for row in rows if row["runtime"] == "torch")
     for row in rows:
         row["speed_vs_fastest_torch"] = round(row["tokens_per_s"] / fastest_torch, 2)
     print_table(rows)
     print(", ".join(f"{name} {value:,}" for name, value in sizes.items()))
-    write_results("edge_inference", rows, **sizes, new_tokens=args.new_tokens, threads=args.threads,
+    write_results("edge_inference", rows, args.results, **sizes, new_tokens=args.new_tokens, threads=args.threads,
                   prompts=len(PROMPTS))
 
 

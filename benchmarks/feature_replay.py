@@ -8,7 +8,7 @@ the wrong input as soon as training moves an adapter, and the forward pass from 
 needed anyway. This measures both on the embedded base: the default LoRA (q_proj, v_proj in every layer) trained
 on one topic, then the replayed examples (another topic) run with the adapter and with the base alone.
 
-    python benchmarks/feature_replay.py [--steps 24]
+    python benchmarks/feature_replay.py [--steps 24] [--base smollm2-135m]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from report import print_table, write_results
+from report import add_results_option, print_table, write_results
 
 from stamen.client.edge import PersonalModel
 from stamen.shared.adapters import base_alone
@@ -45,11 +45,13 @@ def adapter_inputs(model, batch) -> dict[int, torch.Tensor]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--base", default="smollm2-135m")
+    add_results_option(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
     topics = load_topics()
     trained_on, replayed = (list(topics[name]) for name in sorted(topics, key=lambda n: -len(topics[n]))[:2])
-    model = PersonalModel.load(quantisation="none")
+    model = PersonalModel.load(args.base, quantisation="none")
     model.personalise(trained_on, steps=args.steps, learning_rate=3e-3)
     tokenizer = model.base.tokenizer
     examples = replayed[:16]
@@ -72,7 +74,7 @@ def main() -> None:
                "feature_bytes_per_example": round(feature_bytes / len(examples)),
                "feature_vs_text_bytes": round(feature_bytes / text_bytes)}
     print(summary)
-    write_results("feature_replay", rows, steps=args.steps, **summary)
+    write_results("feature_replay", rows, args.results, base=args.base, steps=args.steps, **summary)
 
 
 if __name__ == "__main__":

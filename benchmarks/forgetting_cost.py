@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from report import RESULTS, print_table, write_results
+from report import add_results_option, print_table, write_results
 
 from stamen.shared.cache import cache_dir
 from stamen.shared.metrics import SELF_REPLAY_WRITING_SECONDS
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="the preset's rounds unless given")
     parser.add_argument("--clients", type=int, help="the preset's clients unless given")
     parser.add_argument("--name", default="forgetting_cost", help="results/<name>.json")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="the folder of <name>.json")
+    add_results_option(parser)
     args = parser.parse_args()
     campaign = Campaign.from_toml(args.preset)
     names = args.runs.split(",")

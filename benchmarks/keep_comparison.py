@@ -16,20 +16,20 @@ import shutil
 import tomllib
 from pathlib import Path
 
-from report import RESULTS, write_results
+from report import RESULTS, add_results_option, write_results
 
 PLOTS = {"compare.png": "", "gain_vs_forgetting.png": "-gain-vs-forgetting",
          "gain_vs_retention.png": "-gain-vs-retention", "cost_to_target.png": "-cost-to-target"}
 
 
-def keep(compared: Path, name: str, preset: Path) -> Path:
+def keep(compared: Path, name: str, preset: Path, results: Path = RESULTS) -> Path:
     rows = json.loads((compared / "compare.json").read_text())
     settings = tomllib.loads(preset.read_text())
-    out = write_results(name, rows, kind="compare", preset=preset.as_posix(), settings=settings,
+    out = write_results(name, rows, results, kind="compare", preset=preset.as_posix(), settings=settings,
                         baseline=settings.get("compare", {}).get("baseline"), seeds=min(row["seeds"] for row in rows))
     for plot, suffix in PLOTS.items():
         if (compared / plot).exists():
-            shutil.copy(compared / plot, RESULTS / f"{name}{suffix}.png")
+            shutil.copy(compared / plot, results / f"{name}{suffix}.png")
     return out
 
 
@@ -38,8 +38,9 @@ def main() -> None:
     parser.add_argument("compared", type=Path, help="the folder stamen compare wrote (compare.json)")
     parser.add_argument("name", help="results/NAME.json and the <!-- results:NAME --> table")
     parser.add_argument("preset", type=Path, help="the preset that was compared")
+    add_results_option(parser)
     args = parser.parse_args()
-    keep(args.compared, args.name, args.preset)
+    keep(args.compared, args.name, args.preset, args.results)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from report import print_table, write_results
+from report import add_results_option, print_table, write_results
 
 from stamen.shared.metrics import GENERAL_TEXT_LOSS, HELDOUT_LOSS
 from stamen.shared.run_folder import RunFolder
@@ -34,6 +34,8 @@ def summarise(run: Path, mode: str) -> dict:
     summary = RunFolder(run).summary_record()
     rounds = summary["rounds"]
     first, last = rounds[0], rounds[-1]
+    if not all(row.get("clients_accepted") for row in rounds):
+        raise SystemExit(f"{mode}: a round aggregated no client; see {run}.log and {run}/metrics.jsonl")
     return {
         "mode": mode,
         "rounds": len(rounds),
@@ -53,13 +55,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=Path, default=Path("runs/lora-modes"))
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra key=value for every run")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"some of {','.join(MODES)}")
+    add_results_option(parser)
     args = parser.parse_args()
     extra = dict(pair.split("=", 1) for pair in args.extra)
-    for mode in MODES:
+    modes = args.modes.split(",")
+    for mode in modes:
         run_mode(mode, args.runs, args.clients, args.rounds, extra)
-    rows = [summarise(args.runs / mode, mode) for mode in MODES]
+    rows = [summarise(args.runs / mode, mode) for mode in modes]
     print_table(rows)
-    write_results("lora_modes", rows, clients=args.clients, rounds=args.rounds)
+    write_results("lora_modes", rows, args.results, clients=args.clients, rounds=args.rounds)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import statistics
 import time
 
 import torch
-from report import print_table, write_results
+from report import add_results_option, print_table, write_results
 
 from stamen.client.evaluation.loss import evaluate_loss
 from stamen.shared.base_model import load_base
@@ -59,13 +59,14 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    add_results_option(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from bitsandbytes.functional import has_avx512bf16
 
     rows = [measure(args.base, trainable, args.new_tokens, args.repeats) for trainable in (True, False)]
     print_table(rows)
-    write_results("nf4_cpu_inference", rows, base=args.base, avx512bf16=bool(has_avx512bf16()),
+    write_results("nf4_cpu_inference", rows, args.results, base=args.base, avx512bf16=bool(has_avx512bf16()),
                   threads=args.threads, new_tokens=args.new_tokens, repeats=args.repeats,
                   cpu=platform.processor() or platform.machine())
 

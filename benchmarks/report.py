@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +19,20 @@ def print_table(rows: list[dict]) -> None:
     print(" | ".join(str(c).rjust(w) for c, w in zip(columns, widths, strict=False)))
     for row in rows:
         print(" | ".join(str(row[c]).rjust(w) for c, w in zip(columns, widths, strict=False)))
+
+
+def measure_in_child(arguments: list[str]) -> dict:
+    """Run this interpreter on ``arguments`` (a script measuring one cell in its own process, so its peak memory is
+    its own); the JSON object its last output line prints. A failed child stops the benchmark with its error."""
+    child = subprocess.run([sys.executable, *arguments], capture_output=True, text=True)
+    if child.returncode != 0:
+        raise SystemExit(f"{' '.join(arguments)} failed:\n{child.stderr[-4000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def add_results_option(parser: argparse.ArgumentParser) -> None:
+    """``--results``: the folder <name>.json goes to; results/ unless a smoke test points it at a temporary one."""
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the folder of <name>.json (default: results/)")
 
 
 def write_results(name: str, rows: list[dict], results: Path = RESULTS, **settings: object) -> Path:

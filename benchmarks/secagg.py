@@ -1,17 +1,20 @@
 """Round time and upload per client with and without secure aggregation, Stamen vs Flower's SecAgg+.
 
 Every cell is a real Flower simulation (Ray backend, one virtual SuperNode per client)
-whose clients skip training and return a fixed random update of ``params`` values, so
-what is timed is the round itself: messages, masking, unmasking and aggregation.
+whose clients skip training and return a fixed random update of ``params`` values, and skip
+evaluation and return a fixed held-out loss, so what is timed is the round itself: messages,
+masking, unmasking and aggregation, for each phase (train, evaluate).
 
-- Stamen: its own server round (``stamen.server.federation.train_round``: plain fp32
-  upload, or the secure round) and its ClientApp's mods around a synthetic train handler,
-  with the same neighbourhood degree and threshold as a run. The secure round runs twice:
-  with keys taken on the server's word (four exchanges), and under a roster (``--roster``
-  cells: every client's keys signed by its P-384 node key and checked by its neighbours, and
-  the consistency round, a fifth exchange, in which each survivor signs the survivor set).
+- Stamen: its own server round (``stamen.server.federated_round.FederatedRound``: plain
+  fp32 upload, or the secure round) and its ClientApp's mods around synthetic train and
+  evaluate handlers, with the same neighbourhood degree and threshold as a run. The secure
+  round runs twice: with keys taken on the server's word (four exchanges per phase), and
+  under a roster (``roster_*`` columns: every client's keys signed by its P-384 node key and
+  checked by its neighbours, and the consistency round, a fifth exchange, in which each
+  survivor signs the survivor set).
 - Flower: the legacy ``DefaultWorkflow`` with and without ``SecAggPlusWorkflow`` +
-  ``secaggplus_mod`` (NumPyClient), with the same number of shares and threshold.
+  ``secaggplus_mod`` (NumPyClient), with the same number of shares and threshold. SecAgg+
+  secures ``fit`` only: Flower's evaluation is in the clear in both cells.
 
 Round 1 includes starting the Ray actors and importing the client code, so a cell's time
 is the median of the later rounds.
@@ -28,13 +31,14 @@ import random
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
-from report import print_table, write_results
+from report import add_results_option, print_table, write_results
 
 from stamen.client.handlers import client_app_with
 from stamen.client.secagg_checks import IDENTITY_KEY
@@ -48,6 +52,7 @@ from stamen.server.secure_aggregation import neighbourhoods
 from stamen.server.strategy import AdapterStrategy
 from stamen.shared.config import RunConfig
 from stamen.shared.dev_certs import DevCertificates, add_node_key
+from stamen.shared.metrics import HELDOUT_LOSS
 from stamen.shared.protocol import ARRAYS, NUM_EXAMPLES, client_reply, read_instruction, round_config
 from stamen.shared.run_folder import RunFolder
 from stamen.shared.secagg_identity import roster_of
@@ -71,9 +76,26 @@ def synthetic_update(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-def stamen_cell(clients: int, params: int, secure: bool, rounds: int, folder: Path, roster: bool = False
-                ) -> tuple[list[float], int]:
-    """Seconds of each round and bytes one client uploads per round (under a roster of the clients' keys)."""
+def synthetic_evaluation(msg: Message, context: Context) -> Message:
+    """Stamen's evaluate handler minus the forward passes: a held-out loss seeded by the client's partition (node
+    ids differ from one simulation to the next), so every cell averages the same losses."""
+    loss = float(np.random.default_rng(int(context.node_config["partition-id"])).uniform(1.0, 3.0))
+    reply = client_reply({NUM_EXAMPLES: 1, HELDOUT_LOSS.name: loss}, FINGERPRINT, f"node-{context.node_id}")
+    return Message(reply, reply_to=msg)
+
+
+@dataclass
+class Cell:
+    """One Stamen cell: seconds of each round's phases, a client's upload per training, the evaluated mean."""
+
+    train_s: list[float]
+    evaluate_s: list[float]
+    upload_bytes: int
+    heldout_loss: float
+
+
+def stamen_cell(clients: int, params: int, secure: bool, rounds: int, folder: Path, roster: bool = False) -> Cell:
+    """Every round trains and evaluates every client (secure: under a roster of the clients' keys)."""
     keys = DevCertificates(folder / f"keys-{clients}")
     if roster:
         for partition in range(clients):
@@ -81,10 +103,11 @@ def stamen_cell(clients: int, params: int, secure: bool, rounds: int, folder: Pa
                 add_node_key(keys, str(partition))
     config = RunConfig().replace(**{
         "secure-aggregation": secure, "wire-dtype": "float32", "num-server-rounds": rounds, "min-clients": clients,
-        "fraction-evaluate": 0.0, "run-dir": str(folder), "run-id": f"stamen-{clients}-{params}-{secure}-{roster}",
+        "fraction-evaluate": 1.0, "run-dir": str(folder), "run-id": f"stamen-{clients}-{params}-{secure}-{roster}",
         "secagg-roster": ",".join(roster_of(keys.node_public_keys())) if roster else "",
     })
     times: list[float] = []
+    evaluation_times: list[float] = []
     server_app = ServerApp()
 
     @server_app.main()
@@ -94,8 +117,8 @@ def stamen_cell(clients: int, params: int, secure: bool, rounds: int, folder: Pa
         ledger = RoundLedger(RunRecorder(folder / config.run_id, config, {}))
         rule = make_rule("fedavg")
         fold = RoundFold(initial, schema, rule, (), config.privacy)
-        strategy = AdapterStrategy(rule, (), config.wire_dtype, fraction_train=1.0, fraction_evaluate=0.0,
-                                   min_train_nodes=clients, min_available_nodes=clients)
+        strategy = AdapterStrategy(rule, (), config.wire_dtype, fraction_train=1.0, fraction_evaluate=1.0,
+                                   min_train_nodes=clients, min_evaluate_nodes=clients, min_available_nodes=clients)
         rule.initialise(fold.global_adapter)
         federated_round = FederatedRound(strategy, fold, ledger, FINGERPRINT, config, round_config(config, FINGERPRINT))
         for server_round in range(1, rounds + 1):
@@ -104,20 +127,27 @@ def stamen_cell(clients: int, params: int, secure: bool, rounds: int, folder: Pa
             times.append(time.perf_counter() - started)
             if rule.count != clients:
                 raise RuntimeError(f"round {server_round} aggregated {rule.count} of {clients} clients")
+            started = time.perf_counter()
+            federated_round.evaluate(grid, server_round)
+            evaluation_times.append(time.perf_counter() - started)
 
     def identity(msg: Message, context: Context, call_next):
         """A virtual node's node key, as `stamen client join` names it in a device's node config."""
         context.node_config[IDENTITY_KEY] = str(keys.node_key(str(context.node_config["partition-id"])))
         return call_next(msg, context)
 
-    run_apps(server_app, client_app_with([identity] if roster else [], train_handler=synthetic_update), clients)
+    run_apps(server_app, client_app_with([identity] if roster else [], train_handler=synthetic_update,
+                                         evaluate_handler=synthetic_evaluation), clients)
     rows = RunFolder(folder / config.run_id).rows()
+    evaluated = [row for row in rows if row.get("kind") == "round" and row.get("clients_evaluated") == clients]
+    if len(evaluated) != rounds:
+        raise RuntimeError(f"{len(evaluated)} of {rounds} rounds evaluated every client")
     uploads = [row["bytes_up"] for row in rows if row.get("accepted") and "bytes_up" in row]
-    return times, int(statistics.median(uploads))
+    return Cell(times, evaluation_times, int(statistics.median(uploads)), evaluated[-1][HELDOUT_LOSS.eval_mean])
 
 
-def flower_cell(clients: int, params: int, secure: bool, rounds: int) -> list[float]:
-    """Seconds of each fit round through Flower's legacy workflows."""
+def flower_cell(clients: int, params: int, secure: bool, rounds: int) -> tuple[list[float], list[float]]:
+    """Seconds of each round's fit and evaluate through Flower's legacy workflows."""
     from flwr.client import NumPyClient
     from flwr.client.mod import secaggplus_mod
     from flwr.common import ndarrays_to_parameters
@@ -132,11 +162,15 @@ def flower_cell(clients: int, params: int, secure: bool, rounds: int) -> list[fl
         def fit(self, parameters, config):
             return [self.update], 1, {}
 
+        def evaluate(self, parameters, config):
+            return float(self.update[0]), 1, {}
+
     starts: list[float] = []
     times: list[float] = []
+    evaluation_times: list[float] = []
 
     class TimedFedAvg(FedAvg):
-        """Round time = configure_fit to the end of aggregate_fit (SecAgg+ unmasks in between)."""
+        """A phase's time = configure_* to the end of aggregate_* (SecAgg+ unmasks in between)."""
 
         def configure_fit(self, server_round, parameters, client_manager):
             starts.append(time.perf_counter())
@@ -149,13 +183,25 @@ def flower_cell(clients: int, params: int, secure: bool, rounds: int) -> list[fl
             times.append(time.perf_counter() - starts[-1])
             return aggregated
 
+        def configure_evaluate(self, server_round, parameters, client_manager):
+            starts.append(time.perf_counter())
+            return super().configure_evaluate(server_round, parameters, client_manager)
+
+        def aggregate_evaluate(self, server_round, results, failures):
+            if len(results) != clients:
+                raise RuntimeError(f"round {server_round} evaluated {len(results)} of {clients} clients")
+            aggregated = super().aggregate_evaluate(server_round, results, failures)
+            evaluation_times.append(time.perf_counter() - starts[-1])
+            return aggregated
+
     holders = min(len(peers) for peers in neighbourhoods(list(range(clients)), 0, random.Random(0)).values()) + 1
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         strategy = TimedFedAvg(
-            fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=clients, min_available_clients=clients,
+            fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=clients, min_evaluate_clients=clients,
+            min_available_clients=clients,
             initial_parameters=ndarrays_to_parameters([np.zeros(params, dtype=np.float32)]),
         )
         legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=rounds), strategy=strategy)
@@ -167,12 +213,38 @@ def flower_cell(clients: int, params: int, secure: bool, rounds: int) -> list[fl
     client_app = ClientApp(client_fn=lambda context: FixedUpdate(context.node_id).to_client(),
                            mods=[secaggplus_mod] if secure else [])
     run_apps(server_app, client_app, clients)
-    return times
+    return times, evaluation_times
 
 
 def steady(times: list[float]) -> float:
     """The median round time after the first (warm-up) round."""
     return round(statistics.median(times[1:] or times), 3)
+
+
+def measure_row(clients: int, params: int, rounds: int, folder: Path, flower: bool) -> dict:
+    """Every cell of one size; each phase's steady seconds and the ratios the README quotes."""
+    plain = stamen_cell(clients, params, False, rounds, folder)
+    secure = stamen_cell(clients, params, True, rounds, folder)
+    signed = stamen_cell(clients, params, True, rounds, folder, roster=True)
+    row = {"clients": clients, "params": params}
+    for name, cell in (("plain", plain), ("secure", secure), ("roster", signed)):
+        row[f"{name}_s"], row[f"{name}_eval_s"] = steady(cell.train_s), steady(cell.evaluate_s)
+        row[f"{name}_upload_bytes"] = cell.upload_bytes
+    for name in ("secure", "roster"):
+        row[f"{name}_x_plain"] = round(row[f"{name}_s"] / row["plain_s"], 2)
+        row[f"{name}_eval_x_plain"] = round(row[f"{name}_eval_s"] / row["plain_eval_s"], 2)
+        row[f"{name}_round_x_plain"] = round((row[f"{name}_s"] + row[f"{name}_eval_s"])
+                                             / (row["plain_s"] + row["plain_eval_s"]), 2)
+    # the secure evaluation's mean against the plain one's, over the same seeded losses: fixed-point error only
+    row["secure_eval_mean_error"] = f"{abs(secure.heldout_loss - plain.heldout_loss):.1e}"
+    if flower:
+        flower_plain, flower_eval = (steady(times) for times in flower_cell(clients, params, False, rounds))
+        flower_secure, flower_secure_eval = (steady(times) for times in flower_cell(clients, params, True, rounds))
+        row.update(flower_plain_s=flower_plain, flower_secaggplus_s=flower_secure, flower_eval_s=flower_eval,
+                   flower_secaggplus_eval_s=flower_secure_eval)
+        # how many times Stamen's training overhead over plain fits in SecAgg+'s (which secures training only)
+        row["overhead_ratio"] = round((flower_secure - flower_plain) / max(row["secure_s"] - row["plain_s"], 1e-3), 1)
+    return row
 
 
 def main() -> None:
@@ -182,39 +254,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-flower", action="store_true", help="skip Flower's legacy workflows")
     parser.add_argument("--name", default="secagg", help="results/<name>.json")
+    add_results_option(parser)
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for params in args.params:
             for clients in args.clients:
-                plain, plain_bytes = stamen_cell(clients, params, False, args.rounds, Path(scratch))
-                secure, secure_bytes = stamen_cell(clients, params, True, args.rounds, Path(scratch))
-                signed, signed_bytes = stamen_cell(clients, params, True, args.rounds, Path(scratch), roster=True)
-                row = {
-                    "clients": clients,
-                    "params": params,
-                    "plain_s": steady(plain),
-                    "secure_s": steady(secure),
-                    "roster_s": steady(signed),
-                    "flower_plain_s": None
-                    if args.no_flower
-                    else steady(flower_cell(clients, params, False, args.rounds)),
-                    "flower_secaggplus_s": None
-                    if args.no_flower
-                    else steady(flower_cell(clients, params, True, args.rounds)),
-                    "plain_upload_bytes": plain_bytes,
-                    "secure_upload_bytes": secure_bytes,
-                    "roster_upload_bytes": signed_bytes,
-                }
-                row["secure_x_plain"] = round(row["secure_s"] / row["plain_s"], 2)
-                row["roster_x_plain"] = round(row["roster_s"] / row["plain_s"], 2)
-                if row["flower_secaggplus_s"] is not None:
-                    flower_overhead = row["flower_secaggplus_s"] - row["flower_plain_s"]
-                    row["overhead_ratio"] = round(flower_overhead / max(row["secure_s"] - row["plain_s"], 1e-3), 1)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                rows.append(measure_row(clients, params, args.rounds, Path(scratch), not args.no_flower))
+                print(json.dumps(rows[-1]), flush=True)
     print_table(rows)
-    write_results(args.name, rows, rounds=args.rounds)
+    write_results(args.name, rows, args.results, rounds=args.rounds)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import argparse
 import time
 
 import numpy as np
-from report import print_table, write_results
+from report import add_results_option, print_table, write_results
 
 from stamen.server.secure_aggregation import SecAggSettings
 from stamen.shared.secagg_protocol import update_vector
@@ -50,11 +50,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--values", type=int, default=460_800, help="adapter values (default: the demo's LoRA)")
     parser.add_argument("--clients", default="10,50,100")
+    add_results_option(parser)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     rows = [measure(n, args.values, drop, rng) for n in map(int, args.clients.split(",")) for drop in (0.0, 0.1)]
     print_table(rows)
-    write_results("secure_aggregation", rows, values=args.values)
+    write_results("secure_aggregation", rows, args.results, values=args.values)
 
 
 if __name__ == "__main__":

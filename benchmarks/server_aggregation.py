@@ -14,7 +14,7 @@ import resource
 import time
 
 import numpy as np
-from report import print_table, write_results
+from report import add_results_option, print_table, write_results
 
 from stamen.server.rules import ClientUpdate, make_rule
 
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--clients", default="10,100,1000")
     parser.add_argument("--values", default="1000000,10000000")
     parser.add_argument("--max-gib", type=float, default=4.0, help="memory budget for rules that hold every update")
+    add_results_option(parser)
     args = parser.parse_args()
     rows = []
     for values in map(int, args.values.split(",")):
@@ -62,7 +63,7 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print_table(rows)
     print(f"peak RSS {peak:.2f} GiB")
-    write_results("server_aggregation", rows, peak_rss_gib=round(peak, 2), max_gib=args.max_gib)
+    write_results("server_aggregation", rows, args.results, peak_rss_gib=round(peak, 2), max_gib=args.max_gib)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from flwr.app import Context, Message
-from report import print_table, write_results
+from report import add_results_option, measure_in_child, print_table, write_results
 
 from stamen.client.loaded_base import release_runtime
 from stamen.shared.config import RunConfig
@@ -67,6 +66,7 @@ def main() -> None:
     parser.add_argument("--per-call-tiny", type=int, nargs="*", default=[10, 50])
     parser.add_argument("--per-call-embedded", type=int, nargs="*", default=[10])
     parser.add_argument("--one-cell", nargs=3, metavar=("BASE", "CLIENTS", "LOADER"), help=argparse.SUPPRESS)
+    add_results_option(parser)
     args = parser.parse_args()
     if args.one_cell:
         base, clients, loader = args.one_cell
@@ -81,12 +81,11 @@ def main() -> None:
         cells += [("embedded 135M", EMBEDDED, n, "per-call") for n in args.per_call_embedded]
         rows = []
         for label, base, clients, loader in cells:
-            command = [sys.executable, __file__, "--one-cell", str(base), str(clients), loader]
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            rows.append({"base": label, "clients": clients, "loader": loader, **json.loads(output.splitlines()[-1])})
+            measured = measure_in_child([__file__, "--one-cell", str(base), str(clients), loader])
+            rows.append({"base": label, "clients": clients, "loader": loader, **measured})
             print(f"measured {label} x {clients} ({loader}): {rows[-1]}", file=sys.stderr)
     print_table(rows)
-    write_results("simulation_scale", rows, rounds=2, local_steps=1, batch_size=2, max_seq_len=48)
+    write_results("simulation_scale", rows, args.results, rounds=2, local_steps=1, batch_size=2, max_seq_len=48)
 
 
 if __name__ == "__main__":

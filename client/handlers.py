@@ -186,15 +186,16 @@ def _train_reply(training_round: TrainingRound) -> RecordDict:
 
 
 def client_app_with(mods: list[Mod], train_handler: Callable[[Message, Context], Message] | None = None,
-                    client: StamenClient | None = None) -> ClientApp:
+                    client: StamenClient | None = None,
+                    evaluate_handler: Callable[[Message, Context], Message] | None = None) -> ClientApp:
     """Stamen's ClientApp with Flower ``mods`` wrapped around every handler (Flower's extension point),
     inside the operator's signature check and outside the release ledger and the secure-aggregation mod every
     Stamen ClientApp carries.
 
-    ``client`` sets the data source and hooks (a simulation's); ``train_handler`` answers ordinary
-    train messages instead of it (benchmarks swap in synthetic updates)."""
+    ``client`` sets the data source and hooks (a simulation's); ``train_handler`` and ``evaluate_handler`` answer
+    ordinary train and evaluate messages instead of it (benchmarks swap in synthetic updates and metrics)."""
     client = client or StamenClient()
     client_app = ClientApp(mods=[operator_signature_mod, *mods, release_ledger_mod, secure_aggregation_mod])
     client_app.train()(train_handler or client.train)
-    client_app.evaluate()(client.evaluate)
+    client_app.evaluate()(evaluate_handler or client.evaluate)
     return client_app
