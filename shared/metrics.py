@@ -68,6 +68,8 @@ TRAIN_FLAT_STEPS = _declare("train-flat-steps", "steps whose gradient reached th
                                                 "a round that moved nothing is an error)")
 TRAIN_TOKENS = _declare("train-tokens", "tokens trained on")
 TRAIN_SECONDS = _declare("train-seconds", "seconds of local training")
+BASELINE_SECONDS = _declare("baseline-seconds", "seconds of the round-0 baseline's evaluation (round 1): evaluation "
+                                                "work a train reply carries, counted with the evaluations' seconds")
 REPLAY_SECONDS = _declare("replay-seconds", "seconds spent building the round's replay examples")
 REPLAY_EXAMPLES = _declare("replay-examples", "replay examples mixed into the round's batches")
 

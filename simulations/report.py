@@ -15,6 +15,7 @@ from stamen.client.state_store import ClientStateStore
 from stamen.shared.atomic import atomic_write_text
 from stamen.shared.metrics import (
     BACKWARD_TRANSFER,
+    BASELINE_SECONDS,
     CURRENT_STAGE_HELDOUT_LOSS,
     EVAL_SECONDS,
     FORGETTING,
@@ -116,9 +117,11 @@ class RunRecord:
 
     def compute_split(self) -> tuple[float, float]:
         """All clients' seconds training (with replay) and evaluating (waiting for a probe another client
-        measures included): what an evaluation schedule (``evaluate-every``) trades against."""
+        measures included, and the round-0 baseline round 1's training replies measure): what an evaluation
+        schedule (``evaluate-every``) trades against."""
         training = sum(_training_seconds(r) for r in self.clients if r.get("phase") == "train")
-        evaluating = sum(r.get(EVAL_SECONDS.column, 0.0) for r in self.clients if r.get("phase") == "evaluate")
+        evaluating = sum(r.get(EVAL_SECONDS.column, 0.0) if r.get("phase") == "evaluate"
+                         else r.get(BASELINE_SECONDS.column, 0.0) for r in self.clients)
         return training, evaluating
 
     def personal_key(self) -> str:
@@ -240,8 +243,9 @@ def _report_markdown(run: RunRecord, gains: dict[str, float]) -> str:
         f"# Run {run.name}", "", settings, "",
         f"Held-out loss {format_cell(summary['heldout_start'])} -> {format_cell(summary['heldout_end'])}; "
         f"{improved} of {len(gains)} clients' personal models improved on their own held-out data.", "",
-        f"Client compute: {training:,.1f} s training, {evaluating:,.1f} s evaluating (all clients; "
-        f"{_share(training, evaluating) or 0:.0%} evaluating; `evaluate-every` evaluates less often).", "",
+        f"Client compute: {training:,.1f} s training, {evaluating:,.1f} s evaluating (all clients, the round-0 "
+        f"baseline included; {_share(training, evaluating) or 0:.0%} evaluating; `evaluate-every` evaluates less "
+        "often).", "",
         "![loss per round](loss.png)", "", markdown_table(rounds) if rounds else "No round finished.", "",
         "Forgetting: general-text loss (human prose no client or replay source touches) of the model each client "
         "uses minus the base's own (lower is better); retention: share of the probe questions the base answered "

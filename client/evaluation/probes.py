@@ -6,12 +6,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from pathlib import Path
 
 from stamen.shared.adapters import adapter_state, base_alone
 from stamen.shared.cache import cache_dir, cached_json, cached_json_parts, keep_newest
 from stamen.shared.config import TrainingSpec
-from stamen.shared.metrics import GENERAL_TEXT_LOSS, HELDOUT_LOSS, RETENTION
+from stamen.shared.metrics import BASELINE_SECONDS, GENERAL_TEXT_LOSS, HELDOUT_LOSS, RETENTION
 from stamen.shared.protocol import HELDOUT_EXAMPLES
 
 from ..hooks import TrainingHook, TrainingRound
@@ -99,6 +100,7 @@ class RoundZeroBaseline(TrainingHook):
         return cls() if training_round.setup.server_round == 1 and config.fraction_evaluate > 0 else None
 
     def before_training(self, training_round: TrainingRound) -> None:
+        started = time.perf_counter()
         runtime, data = training_round.setup.runtime, training_round.setup.data
         training = training_round.config.training
         training_round.metrics.update({HELDOUT_EXAMPLES: len(data.heldout),
@@ -106,3 +108,4 @@ class RoundZeroBaseline(TrainingHook):
         if training_round.config.forgetting_probes:
             # every PEFT adapter starts as the identity: round 0 on the probe is the base's own (cached per base)
             training_round.metrics[GENERAL_TEXT_LOSS.initial_name] = base_alone_losses(runtime, training)[NEUTRAL]
+        training_round.metrics[BASELINE_SECONDS.name] = time.perf_counter() - started

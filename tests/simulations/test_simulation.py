@@ -55,9 +55,14 @@ def test_two_round_federation_of_three_clients_lowers_heldout_loss(tmp_path):
     report = (run_dir / "report.md").read_text()
     assert f"-> {rounds[-1]['eval_heldout_loss']:.4f}" in report
     training = sum(r["train_seconds"] for r in uploads)
-    evaluating = sum(r["eval_seconds"] for r in rows if r["kind"] == "client" and r["phase"] == "evaluate")
-    assert evaluating > 0 and (f"{training:,.1f} s training, {evaluating:,.1f} s evaluating (all clients; "
-                               f"{evaluating / (training + evaluating):.0%} evaluating") in report
+    baseline = [r["baseline_seconds"] for r in uploads if r["round"] == 1]  # the round-0 evaluation is evaluating
+    assert len(baseline) == 3 and all(seconds > 0 for seconds in baseline)
+    assert all("baseline_seconds" not in r for r in uploads if r["round"] > 1)
+    evaluating = sum(baseline) + sum(r["eval_seconds"] for r in rows
+                                     if r["kind"] == "client" and r["phase"] == "evaluate")
+    assert evaluating > 0 and (f"{training:,.1f} s training, {evaluating:,.1f} s evaluating (all clients, the "
+                               f"round-0 baseline included; {evaluating / (training + evaluating):.0%} evaluating"
+                               ) in report
     for plot in ("loss.png", "gains.png", "bytes.png"):
         assert f"]({plot})" in report and (run_dir / plot).read_bytes().startswith(b"\x89PNG")
     for written in ("report.md", "loss.png", "gains.png", "bytes.png"):
