@@ -36,7 +36,13 @@ from pathlib import Path
 
 import numpy as np
 from flwr.app import Context, Message
+from flwr.client import NumPyClient
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.common import ndarrays_to_parameters
+from flwr.server import LegacyContext, ServerConfig
+from flwr.server.strategy import FedAvg
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid, ServerApp
 from report import add_results_option, print_table, write_results
 
@@ -146,74 +152,72 @@ def stamen_cell(clients: int, params: int, secure: bool, rounds: int, folder: Pa
     return Cell(times, evaluation_times, int(statistics.median(uploads)), evaluated[-1][HELDOUT_LOSS.eval_mean])
 
 
+class FixedUpdate(NumPyClient):
+    """Flower's side of a synthetic client: a seeded random update of ``params`` values, a fixed loss."""
+
+    def __init__(self, seed: int, params: int) -> None:
+        self.update = np.random.default_rng(seed).uniform(-UPDATE_SCALE, UPDATE_SCALE, params).astype(np.float32)
+
+    def fit(self, parameters, config):
+        return [self.update], 1, {}
+
+    def evaluate(self, parameters, config):
+        return float(self.update[0]), 1, {}
+
+
+class TimedFedAvg(FedAvg):
+    """FedAvg timing each phase from configure_* to the end of aggregate_* (SecAgg+ unmasks in between); a phase
+    that did not hear from every client stops the benchmark."""
+
+    def __init__(self, clients: int, **options) -> None:
+        super().__init__(**options)
+        self.clients, self.fit_s, self.evaluate_s, self._started = clients, [], [], 0.0
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        self._started = time.perf_counter()
+        return super().configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round, results, failures):
+        self._check(server_round, results, "aggregated")
+        aggregated = super().aggregate_fit(server_round, results, failures)
+        self.fit_s.append(time.perf_counter() - self._started)
+        return aggregated
+
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        self._started = time.perf_counter()
+        return super().configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        self._check(server_round, results, "evaluated")
+        aggregated = super().aggregate_evaluate(server_round, results, failures)
+        self.evaluate_s.append(time.perf_counter() - self._started)
+        return aggregated
+
+    def _check(self, server_round: int, results: list, done: str) -> None:
+        if len(results) != self.clients:
+            raise RuntimeError(f"round {server_round} {done} {len(results)} of {self.clients} clients")
+
+
 def flower_cell(clients: int, params: int, secure: bool, rounds: int) -> tuple[list[float], list[float]]:
     """Seconds of each round's fit and evaluate through Flower's legacy workflows."""
-    from flwr.client import NumPyClient
-    from flwr.client.mod import secaggplus_mod
-    from flwr.common import ndarrays_to_parameters
-    from flwr.server import LegacyContext, ServerConfig
-    from flwr.server.strategy import FedAvg
-    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
-
-    class FixedUpdate(NumPyClient):
-        def __init__(self, seed: int) -> None:
-            self.update = np.random.default_rng(seed).uniform(-UPDATE_SCALE, UPDATE_SCALE, params).astype(np.float32)
-
-        def fit(self, parameters, config):
-            return [self.update], 1, {}
-
-        def evaluate(self, parameters, config):
-            return float(self.update[0]), 1, {}
-
-    starts: list[float] = []
-    times: list[float] = []
-    evaluation_times: list[float] = []
-
-    class TimedFedAvg(FedAvg):
-        """A phase's time = configure_* to the end of aggregate_* (SecAgg+ unmasks in between)."""
-
-        def configure_fit(self, server_round, parameters, client_manager):
-            starts.append(time.perf_counter())
-            return super().configure_fit(server_round, parameters, client_manager)
-
-        def aggregate_fit(self, server_round, results, failures):
-            if len(results) != clients:
-                raise RuntimeError(f"round {server_round} aggregated {len(results)} of {clients} clients")
-            aggregated = super().aggregate_fit(server_round, results, failures)
-            times.append(time.perf_counter() - starts[-1])
-            return aggregated
-
-        def configure_evaluate(self, server_round, parameters, client_manager):
-            starts.append(time.perf_counter())
-            return super().configure_evaluate(server_round, parameters, client_manager)
-
-        def aggregate_evaluate(self, server_round, results, failures):
-            if len(results) != clients:
-                raise RuntimeError(f"round {server_round} evaluated {len(results)} of {clients} clients")
-            aggregated = super().aggregate_evaluate(server_round, results, failures)
-            evaluation_times.append(time.perf_counter() - starts[-1])
-            return aggregated
-
     holders = min(len(peers) for peers in neighbourhoods(list(range(clients)), 0, random.Random(0)).values()) + 1
+    strategy = TimedFedAvg(clients, fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=clients,
+                           min_evaluate_clients=clients, min_available_clients=clients,
+                           initial_parameters=ndarrays_to_parameters([np.zeros(params, dtype=np.float32)]))
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy = TimedFedAvg(
-            fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=clients, min_evaluate_clients=clients,
-            min_available_clients=clients,
-            initial_parameters=ndarrays_to_parameters([np.zeros(params, dtype=np.float32)]),
-        )
         legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=rounds), strategy=strategy)
         # Stamen's default: a secret needs more than half of its holders
         fit = SecAggPlusWorkflow(num_shares=holders, reconstruction_threshold=math.floor(holders / 2) + 1,
                                  max_weight=1.0) if secure else None
         DefaultWorkflow(fit_workflow=fit)(grid, legacy)
 
-    client_app = ClientApp(client_fn=lambda context: FixedUpdate(context.node_id).to_client(),
+    client_app = ClientApp(client_fn=lambda context: FixedUpdate(context.node_id, params).to_client(),
                            mods=[secaggplus_mod] if secure else [])
     run_apps(server_app, client_app, clients)
-    return times, evaluation_times
+    return strategy.fit_s, strategy.evaluate_s
 
 
 def steady(times: list[float]) -> float:
