@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import add_results_option, print_table, write_results
+from report import add_results_option, add_settings_option, print_table, write_results
 
 DEVICES = ("device-1", "device-2")
 
@@ -81,8 +81,7 @@ def main() -> None:
     parser.add_argument("--stamen", default=str(Path(sys.executable).parent / "stamen"))
     parser.add_argument("--label", default="this version")
     parser.add_argument("--keep", type=Path, help="Run in this folder and keep its logs (default: a temporary one).")
-    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
-                        help="another setting of the server's run (e.g. secure-aggregation=true), with --label")
+    add_settings_option(parser, "another setting of the server's run (e.g. secure-aggregation=true), with --label")
     add_results_option(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from report import add_results_option, print_table, write_results
+from report import add_results_option, add_settings_option, print_table, write_results
 
 from stamen.shared.metrics import GENERAL_TEXT_LOSS, HELDOUT_LOSS
 from stamen.shared.run_folder import RunFolder
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=Path, default=Path("runs/lora-modes"))
-    parser.add_argument("--set", dest="extra", action="append", default=[], help="extra key=value for every run")
+    add_settings_option(parser, "another setting of every run")
     parser.add_argument("--modes", default=",".join(MODES), help=f"some of {','.join(MODES)}")
     add_results_option(parser)
     args = parser.parse_args()

@@ -35,6 +35,19 @@ def add_results_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help="the folder of <name>.json (default: results/)")
 
 
+def add_settings_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``extra``: settings of the runs a benchmark starts, as ``stamen simulate
+    --set`` takes them; a value without ``=`` is refused by name."""
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE", type=_setting,
+                        help=help)
+
+
+def _setting(text: str) -> str:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return text
+
+
 def write_results(name: str, rows: list[dict], results: Path = RESULTS, **settings: object) -> Path:
     """results/<name>.json (``results``: another folder): the rows plus the machine, the date and the settings they
     were measured with."""

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import add_results_option, print_table, write_results
+from report import add_results_option, add_settings_option, print_table, write_results
 
 from stamen.shared.metrics import HELDOUT_LOSS
 
@@ -49,8 +49,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--local-steps", type=int, default=6)
     parser.add_argument("--base", default="gemma3-270m", help="a packaged base's alias")
-    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
-                        help="another setting of the federation")
+    add_settings_option(parser, "another setting of the federation")
     parser.add_argument("--heldout", type=int, help="score only this many held-out examples (default: all)")
     add_results_option(parser)
     args = parser.parse_args()
